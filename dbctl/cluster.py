@@ -1,0 +1,509 @@
+"""A throwaway or local PostgreSQL cluster, run from the system binaries and shaped like RDS.
+
+Used by the integration fixtures and by `dbctl local`. Nothing here talks to AWS.
+
+API
+---
+- ``find_binary(name) -> Path``: a PostgreSQL binary (initdb, pg_ctl, postgres, psql, ...). Looks on PATH,
+  then in ``pg_config --bindir``, then in the highest ``/usr/lib/postgresql/<major>/bin``. A missing one
+  raises ``BinaryNotFoundError`` naming the Debian package to install.
+- ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1).
+- ``Cluster(base_dir, port, admin_password=..., superuser_password=...)``: one cluster in ``base_dir``:
+  ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log), ``base_dir/tls/server.crt``
+  (self-signed, SAN 127.0.0.1 + localhost; ``cluster.ca_file`` is the CA file for ``sslmode=verify-full``) and
+  ``base_dir/cluster.json`` (port and role names, never passwords; read back by ``Cluster.load``).
+
+  - ``init(log_statement="none")``: initdb (bootstrap superuser, scram-sha-256, ssl=on, pg_stat_statements
+    preloaded, 127.0.0.1 only, hostssl/host scram lines in pg_hba), start, then make it look like RDS: an
+    ``rds_superuser`` NOLOGIN role holding pg_monitor (WITH ADMIN OPTION) and pg_signal_backend, the admin
+    (master) role ``NOSUPERUSER CREATEROLE CREATEDB LOGIN`` in it, the ``spike_land`` database owned by the
+    admin, and pg_stat_statements pre-created in template1 and spike_land (so databases created later have it
+    too). Leaves the server running.
+  - ``start()``, ``stop()``, ``is_running()``, ``wait_ready(timeout)``.
+  - ``set_parameter(name, value)``: ALTER SYSTEM + reload, as the superuser (e.g. ``log_statement``).
+  - ``conninfo(user, password, dbname)``/``url(...)``: libpq conninfo / URL with sslmode=verify-full.
+    ``admin_conninfo(dbname)``, ``admin_url(dbname)``; ``superuser_conninfo(dbname)``: cluster setup only.
+  - ``create_database(name)``: CREATE DATABASE as the admin (owner: the admin), like a fresh RDS database.
+
+When the process runs as root (CI, these machines), initdb/pg_ctl/postgres run as the OS user ``postgres``
+(the Debian package creates it) and ``base_dir`` is chowned to it; a normal user runs them as themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from dbctl import names, scram
+
+HOST = "127.0.0.1"
+BOOTSTRAP_SUPERUSER = "dbctl_bootstrap"
+DEFAULT_ADMIN_USER = "spike_admin"
+RDS_SUPERUSER = "rds_superuser"
+SERVICE_OS_USER = "postgres"
+_LOG_STATEMENT_VALUES = ("none", "ddl", "mod", "all")
+_PACKAGES = {"psql": "postgresql-client", "pg_isready": "postgresql-client"}
+
+
+class ClusterError(RuntimeError):
+    """A local cluster could not be created, started or stopped. The message says why and what to do."""
+
+
+class BinaryNotFoundError(ClusterError):
+    """A PostgreSQL binary is not installed."""
+
+
+def find_binary(name: str) -> Path:
+    """Return the path of a PostgreSQL binary, or raise naming the Debian package that provides it."""
+    candidates: list[Path] = []
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(Path(on_path))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            bindir = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+            candidates.append(Path(bindir) / name)
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+        reverse=True,
+    )
+    candidates.extend(p / name for p in versions)
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    package = _PACKAGES.get(name, "postgresql")
+    raise BinaryNotFoundError(
+        f"PostgreSQL binary {name!r} not found on PATH, in `pg_config --bindir` or "
+        f"/usr/lib/postgresql/*/bin; "
+        f"install it: sudo apt-get install -y {package}"
+    )
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when nothing listens on host:port and we could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port on host that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _runs_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _service_ids() -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(SERVICE_OS_USER)
+    except KeyError:
+        raise ClusterError(
+            f"running as root, and PostgreSQL refuses to run as root, but there is no OS user "
+            f"{SERVICE_OS_USER!r} to run it as; install the Debian package: apt-get install -y postgresql"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _chown_tree(path: Path) -> None:
+    """Give path (recursively) to the service user when we are root; a no-op otherwise."""
+    if not _runs_as_root():
+        return
+    uid, gid = _service_ids()
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def _check_reachable(path: Path) -> None:
+    """As root, every parent of path must be traversable by the service user, or initdb fails obscurely."""
+    if not _runs_as_root():
+        return
+    for parent in path.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            raise ClusterError(
+                f"{parent} is not traversable by OS user {SERVICE_OS_USER!r}, which runs PostgreSQL "
+                f"(we are root); put the cluster elsewhere (e.g. under /tmp) or chmod o+x {parent}"
+            )
+
+
+@dataclass
+class Cluster:
+    """One PostgreSQL cluster in base_dir, listening on 127.0.0.1:port. See the module docstring."""
+
+    base_dir: Path
+    port: int
+    admin_password: str = field(default="", repr=False)
+    superuser_password: str = field(default="", repr=False)
+    admin_user: str = DEFAULT_ADMIN_USER
+    host: str = HOST
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base_dir / "postgres.log"
+
+    @property
+    def ca_file(self) -> Path:
+        """The self-signed server certificate; use it as sslrootcert for sslmode=verify-full."""
+        return self.base_dir / "tls" / "server.crt"
+
+    @property
+    def _key_file(self) -> Path:
+        return self.base_dir / "tls" / "server.key"
+
+    @property
+    def _meta_file(self) -> Path:
+        return self.base_dir / "cluster.json"
+
+    @classmethod
+    def load(cls, base_dir: Path, *, admin_password: str = "", superuser_password: str = "") -> Cluster:
+        """Reattach to a cluster made by init() (port and role names come from base_dir/cluster.json)."""
+        meta_file = Path(base_dir) / "cluster.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+            return cls(
+                base_dir=Path(base_dir),
+                port=int(meta["port"]),
+                admin_user=str(meta["admin_user"]),
+                admin_password=admin_password,
+                superuser_password=superuser_password,
+            )
+        except FileNotFoundError:
+            raise ClusterError(
+                f"no cluster in {base_dir} ({meta_file} is missing); create one first"
+            ) from None
+        except (ValueError, KeyError) as exc:
+            raise ClusterError(
+                f"{meta_file} is unreadable ({exc}); remove {base_dir} and create it again"
+            ) from None
+
+    # --- connection strings -------------------------------------------------------------------------------
+
+    def conninfo(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
+        return make_conninfo(
+            host=self.host,
+            port=str(self.port),
+            user=user,
+            password=password,
+            dbname=dbname,
+            sslmode="verify-full",
+            sslrootcert=str(self.ca_file),
+            connect_timeout="10",
+        )
+
+    def url(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
+        query = urlencode({"sslmode": "verify-full", "sslrootcert": str(self.ca_file)})
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}"
+            f"/{quote(dbname, safe='')}?{query}"
+        )
+
+    def admin_conninfo(self, dbname: str = names.DATABASE_NAME) -> str:
+        return self.conninfo(self.admin_user, self.admin_password, dbname)
+
+    def admin_url(self, dbname: str = names.DATABASE_NAME) -> str:
+        return self.url(self.admin_user, self.admin_password, dbname)
+
+    def superuser_conninfo(self, dbname: str = "postgres") -> str:
+        """Cluster setup only: dbctl code and tests connect as the admin, like on RDS."""
+        return self.conninfo(BOOTSTRAP_SUPERUSER, self.superuser_password, dbname)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def _run(self, args: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a server binary as the service user when root; output goes to a file, never a pipe,
+        because pg_ctl leaves a daemon behind that would keep a pipe open."""
+        out_file = self.base_dir / "pg_ctl.out"
+        uid: int | None = None
+        gid: int | None = None
+        extra_groups: list[int] | None = None
+        if _runs_as_root():
+            uid, gid = _service_ids()
+            extra_groups = []
+        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "PGTZ": "UTC"}
+        env.pop("PGPASSWORD", None)
+        with out_file.open("w") as out:
+            result = subprocess.run(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.base_dir,
+                env=env,
+                timeout=timeout,
+                check=False,
+                text=True,
+                user=uid,
+                group=gid,
+                extra_groups=extra_groups,
+            )
+        result.stdout = out_file.read_text()
+        return result
+
+    def init(self, *, log_statement: str = "none") -> None:
+        """Create the cluster (initdb, TLS, config), start it and make it look like RDS. Leaves it running."""
+        if log_statement not in _LOG_STATEMENT_VALUES:
+            raise ClusterError(
+                f"log_statement={log_statement!r} is not one of {', '.join(_LOG_STATEMENT_VALUES)}"
+            )
+        if not self.admin_password or not self.superuser_password:
+            raise ClusterError("Cluster.init needs admin_password and superuser_password")
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ClusterError(
+                f"{self.data_dir} already holds a cluster; start it, or remove it to start over"
+            )
+        initdb = find_binary("initdb")
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        _check_reachable(self.base_dir)
+        self.base_dir.chmod(0o755)
+        pwfile = self.base_dir / "bootstrap.pw"
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(self.superuser_password + "\n")
+        _chown_tree(self.base_dir)
+        try:
+            result = self._run(
+                [
+                    str(initdb),
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--username",
+                    BOOTSTRAP_SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ClusterError(f"initdb failed in {self.data_dir}:\n{result.stdout.strip()}")
+        self._make_tls()
+        self._write_config(log_statement)
+        self._meta_file.write_text(
+            json.dumps({"port": self.port, "admin_user": self.admin_user}, indent=2) + "\n"
+        )
+        _chown_tree(self.base_dir)
+        self.start()
+        self._make_rds_like()
+
+    def _make_tls(self) -> None:
+        tls = self.base_dir / "tls"
+        tls.mkdir(exist_ok=True)
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise ClusterError("openssl not found; install it: sudo apt-get install -y openssl")
+        result = subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout",
+                str(self._key_file),
+                "-out",
+                str(self.ca_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"openssl could not make the server certificate:\n{result.stderr.strip()}")
+        self._key_file.chmod(0o600)
+        self.ca_file.chmod(0o644)
+
+    def _write_config(self, log_statement: str) -> None:
+        settings = {
+            "listen_addresses": f"'{self.host}'",
+            "port": str(self.port),
+            # No unix socket: RDS has none, and socket paths under temp dirs can exceed the 107-byte limit.
+            "unix_socket_directories": "''",
+            "password_encryption": "'scram-sha-256'",
+            "ssl": "on",
+            "ssl_cert_file": f"'{self.ca_file}'",
+            "ssl_key_file": f"'{self._key_file}'",
+            "shared_preload_libraries": "'pg_stat_statements'",
+            "log_statement": f"'{log_statement}'",
+            "log_line_prefix": "'%m [%p] %q%u@%d '",
+            "max_connections": "200",
+            "fsync": "off",  # throwaway/local data: speed over durability
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write("\n# --- dbctl.cluster: RDS-like local settings ---\n")
+            for key, value in settings.items():
+                f.write(f"{key} = {value}\n")
+        (self.data_dir / "pg_hba.conf").write_text(
+            "# dbctl.cluster: TCP on 127.0.0.1 only, SCRAM only, as on RDS\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "host    all all 127.0.0.1/32 scram-sha-256\n"
+        )
+
+    def _make_rds_like(self) -> None:
+        admin_verifier = scram.scram_verifier(self.admin_password, os.urandom(scram.SALT_BYTES))
+        with psycopg.connect(self.superuser_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(RDS_SUPERUSER)))
+            conn.execute(
+                sql.SQL("GRANT pg_monitor TO {} WITH ADMIN OPTION").format(sql.Identifier(RDS_SUPERUSER))
+            )
+            conn.execute(
+                sql.SQL("GRANT pg_signal_backend TO {} WITH ADMIN OPTION").format(
+                    sql.Identifier(RDS_SUPERUSER)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER CREATEROLE CREATEDB PASSWORD {}").format(
+                    sql.Identifier(self.admin_user), sql.Literal(admin_verifier)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(RDS_SUPERUSER), sql.Identifier(self.admin_user)
+                )
+            )
+        # In template1 first, so every database created later (per-test ones too) has pg_stat_statements.
+        with psycopg.connect(self.superuser_conninfo("template1"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.create_database(names.DATABASE_NAME)
+
+    def create_database(self, name: str) -> None:
+        """CREATE DATABASE name as the admin, who owns it (as the master user does on RDS)."""
+        with psycopg.connect(self.admin_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def set_parameter(self, name: str, value: str) -> None:
+        """ALTER SYSTEM SET name = value and reload, as the bootstrap superuser."""
+        with psycopg.connect(self.superuser_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            conn.execute("SELECT pg_reload_conf()")
+            # pg_reload_conf only signals; wait until this backend sees the new value.
+            for _ in range(100):
+                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+                if row is not None and row[0] == value:
+                    return
+                time.sleep(0.05)
+        raise ClusterError(f"{name} did not become {value!r} after a reload")
+
+    def start(self, timeout: float = 60) -> None:
+        if self.is_running():
+            return
+        if not self.data_dir.is_dir():
+            raise ClusterError(f"no cluster in {self.data_dir}; create it first")
+        if not port_is_free(self.port, self.host):
+            raise ClusterError(
+                f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
+            )
+        pg_ctl = find_binary("pg_ctl")
+        result = self._run(
+            [
+                str(pg_ctl),
+                "start",
+                "--pgdata",
+                str(self.data_dir),
+                "--log",
+                str(self.log_file),
+                "--wait",
+                "--timeout",
+                str(int(timeout)),
+            ],
+            timeout=timeout + 10,
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                f"PostgreSQL did not start (pg_ctl exit {result.returncode}): {result.stdout.strip()}\n"
+                f"server log {self.log_file}:\n{self._log_tail()}"
+            )
+        self.wait_ready(timeout)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 60) -> None:
+        if not self.is_running():
+            return
+        pg_ctl = find_binary("pg_ctl")
+        result = self._run(
+            [
+                str(pg_ctl),
+                "stop",
+                "--pgdata",
+                str(self.data_dir),
+                "--mode",
+                "fast",
+                "--wait",
+                "-t",
+                str(int(timeout)),
+            ],
+            timeout=timeout + 10,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"PostgreSQL did not stop: {result.stdout.strip()}")
+
+    def is_running(self) -> bool:
+        """pg_ctl status: exit 0 means a server runs on this data dir."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        return (
+            self._run([str(find_binary("pg_ctl")), "status", "--pgdata", str(self.data_dir)]).returncode == 0
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until the server accepts TCP connections on host:port (authentication not attempted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"PostgreSQL at {self.host}:{self.port} not ready after {timeout:.0f} s; "
+                        f"server log {self.log_file}:\n{self._log_tail()}"
+                    ) from None
+                time.sleep(0.05)

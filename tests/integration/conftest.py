@@ -1,0 +1,126 @@
+"""Fixtures for tests against a real PostgreSQL, started from the system binaries by dbctl.cluster.
+
+- ``pg_cluster`` (session): a running, RDS-shaped cluster in a temp dir on a free port. Tests connect as its
+  admin (``pg_cluster.admin_conninfo(db)``), a NOSUPERUSER CREATEROLE CREATEDB role, like RDS's master user.
+- ``fresh_db`` (function): a new empty database owned by the admin, with its admin conninfo and URL.
+- ``role_passwords`` (session): generated plaintext passwords for the four login roles.
+- ``run_migrate`` (function): runs ``python -m dbctl <args>`` as a separate process against ``fresh_db``, with
+  the admin URL in DATABASE_URL (never on the command line) and a credentials file for ``role_passwords``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dbctl import names
+from dbctl.cluster import Cluster, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    # Not pytest's tmp_path: as root it is under /tmp/pytest-of-root (0700), which postgres can't enter.
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-pg-"))
+    cluster = Cluster(
+        base_dir=base,
+        port=free_port(),
+        admin_password=secrets.token_urlsafe(24),
+        superuser_password=secrets.token_urlsafe(24),
+    )
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class FreshDatabase:
+    cluster: Cluster
+    name: str
+
+    @property
+    def admin_conninfo(self) -> str:
+        return self.cluster.admin_conninfo(self.name)
+
+    @property
+    def admin_url(self) -> str:
+        return self.cluster.admin_url(self.name)
+
+    def conninfo(self, user: str, password: str) -> str:
+        return self.cluster.conninfo(user, password, self.name)
+
+
+@pytest.fixture
+def fresh_db(pg_cluster: Cluster) -> Iterator[FreshDatabase]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_cluster.create_database(name)
+    yield FreshDatabase(pg_cluster, name)
+    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def role_passwords() -> dict[str, str]:
+    return {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
+
+
+@pytest.fixture
+def credentials_file(role_passwords: dict[str, str], tmp_path: Path) -> Path:
+    path = tmp_path / "credentials.json"
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(role_passwords))
+    return path
+
+
+RunMigrate = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def migrate_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dbctl", *args]
+
+
+def migrate_env(db: FreshDatabase) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": db.admin_url, "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture
+def run_migrate(fresh_db: FreshDatabase, credentials_file: Path) -> RunMigrate:
+    """run_migrate("migrate", "--json", migrations_dir=path) -> CompletedProcess (text, never raises)."""
+
+    def run(
+        *args: str, migrations_dir: Path | None = None, credentials: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = list(args)
+        if argv and argv[0] in ("migrate", "status"):
+            if "--credentials" not in argv and not (len(argv) > 1 and argv[1] == "resolve"):
+                argv += ["--credentials", str(credentials or credentials_file)]
+            if migrations_dir is not None:
+                argv += ["--migrations-dir", str(migrations_dir)]
+        return subprocess.run(
+            migrate_command(*argv),
+            env=migrate_env(fresh_db),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=REPO_ROOT,
+        )
+
+    return run
