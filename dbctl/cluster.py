@@ -181,6 +181,11 @@ class Cluster:
         return self.base_dir / "tls" / "server.key"
 
     @property
+    def key_file(self) -> Path:
+        """The server's TLS key (owned by the service user, 0600); the local PgBouncer serves TLS with it."""
+        return self._key_file
+
+    @property
     def _meta_file(self) -> Path:
         return self.base_dir / "cluster.json"
 
