@@ -1,0 +1,373 @@
+"""Render `pgbouncer.ini` and `userlist.txt` from typed settings: pure, no I/O.
+
+One renderer for both places PgBouncer runs: the AWS hosts' user data and the local stack. The
+settings are a frozen pydantic model, so a bad value fails with the field's name before any file is
+written. The output is version-aware: a setting is emitted only when the target PgBouncer knows it
+(PgBouncer refuses to start on an unknown key), and every emitted setting carries a one-line reason
+on the line above it (PgBouncer reads `;` as a comment only at the start of a line).
+
+`userlist.txt` holds SCRAM verifiers only. The plaintext passwords stay with the application; with
+the same verifier on the server (`ALTER ROLE ... PASSWORD '<verifier>'`), PgBouncer logs in to
+PostgreSQL with the keys the client's own SCRAM exchange proved, so it never needs a password.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dbctl.names import (
+    APP_ROLE,
+    DATABASE_NAME,
+    MONITOR_ROLE,
+    PGBOUNCER_PORT,
+    POSTGRES_PORT,
+    READ_POOL_DATABASE,
+    READONLY_ROLE,
+)
+from dbctl.scram import is_scram_verifier
+
+Version = tuple[int, int]
+
+# The oldest PgBouncer we render for and test against: Debian bookworm's package.
+MIN_VERSION: Final[Version] = (1, 18)
+# Protocol-level named prepared statements in transaction mode arrived in 1.21.
+PREPARED_STATEMENTS_SINCE: Final[Version] = (1, 21)
+# Settings that exist only from a given version on; everything else we emit is in 1.18.
+SETTING_SINCE: Final[Mapping[str, Version]] = {"max_prepared_statements": PREPARED_STATEMENTS_SINCE}
+
+# The login roles that connect through PgBouncer; the migrator goes direct to the primary.
+POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# Host names and IP addresses only: no spaces, quotes or `=` that could break a connection string.
+Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", max_length=253)]
+RoleName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+StartupParameter = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+_ABSOLUTE_PATH = re.compile(r"^/[^\n\r;#]*$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
+
+
+class PgBouncerConfigError(ValueError):
+    """Settings or verifiers the renderer refuses; the message names the problem and the fix."""
+
+
+def parse_version(text: str) -> Version:
+    """`"1.24"`, `"1.18.0"` -> (major, minor)."""
+    match = _VERSION.fullmatch(text.strip())
+    if match is None:
+        raise PgBouncerConfigError(f"PgBouncer version {text!r} is not MAJOR.MINOR[.PATCH] (e.g. '1.24')")
+    return int(match[1]), int(match[2])
+
+
+def _absolute_path(value: str | None, field: str) -> str | None:
+    if value is not None and not _ABSOLUTE_PATH.fullmatch(value):
+        raise ValueError(f"{field} must be an absolute path without newlines, ';' or '#', got {value!r}")
+    return value
+
+
+class ServerTls(BaseModel):
+    """TLS from PgBouncer to PostgreSQL. verify-full against the RDS CA bundle in AWS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sslmode: SslMode = "verify-full"
+    ca_file: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _absolute_path(v, "server_tls.ca_file")
+
+    @model_validator(mode="after")
+    def _ca_needed(self) -> "ServerTls":
+        if self.sslmode.startswith("verify") and self.ca_file is None:
+            raise ValueError(
+                f"server_tls.sslmode {self.sslmode} needs ca_file (the RDS CA bundle, or the local "
+                "cluster's certificate)"
+            )
+        return self
+
+
+class ClientTls(BaseModel):
+    """TLS from clients to PgBouncer: off unless a key and certificate are given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sslmode: SslMode = "disable"
+    key_file: str | None = None
+    cert_file: str | None = None
+
+    @field_validator("key_file", "cert_file")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _absolute_path(v, "client_tls key_file/cert_file")
+
+    @model_validator(mode="after")
+    def _files_needed(self) -> "ClientTls":
+        if self.sslmode != "disable" and (self.key_file is None or self.cert_file is None):
+            raise ValueError(f"client_tls.sslmode {self.sslmode} needs key_file and cert_file (or 'disable')")
+        if self.sslmode == "disable" and (self.key_file or self.cert_file):
+            raise ValueError("client_tls key_file/cert_file are set but sslmode is 'disable'; pick a mode")
+        return self
+
+
+class PgBouncerConfig(BaseModel):
+    """Everything pgbouncer.ini says. Defaults are the seed's settings plus this project's choices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Version
+    primary_host: Host
+    primary_port: Port = POSTGRES_PORT
+    # The read replica; None means there is none and the read pool points at the primary.
+    read_host: Host | None = None
+    read_port: Port | None = None
+    listen_addr: str = Field(default="127.0.0.1", pattern=r"^(\*|[A-Za-z0-9.:_-]+)(,[A-Za-z0-9.:_-]+)*$")
+    listen_port: Port = PGBOUNCER_PORT
+    auth_file: str
+    logfile: str | None = None
+    pidfile: str | None = None
+
+    pool_mode: Literal["session", "transaction", "statement"] = "transaction"
+    max_client_conn: int = Field(default=1000, ge=1)
+    default_pool_size: int = Field(default=20, ge=1)
+    min_pool_size: int = Field(default=5, ge=0)
+    reserve_pool_size: int = Field(default=5, ge=0)
+    reserve_pool_timeout: int = Field(default=5, ge=0)
+    server_lifetime: int = Field(default=3600, ge=0)
+    server_idle_timeout: int = Field(default=600, ge=0)
+    query_wait_timeout: int = Field(default=30, ge=0)
+    server_connect_timeout: int = Field(default=5, ge=1)
+    idle_transaction_timeout: int = Field(default=60, ge=0)
+    listen_backlog: int = Field(default=1024, ge=1)
+    max_prepared_statements: int = Field(default=200, ge=0)
+    ignore_startup_parameters: tuple[StartupParameter, ...] = ("extra_float_digits", "options")
+    log_connections: bool = False
+    log_disconnections: bool = False
+
+    server_tls: ServerTls
+    client_tls: ClientTls = ClientTls()
+    stats_users: tuple[RoleName, ...] = (MONITOR_ROLE,)
+    admin_users: tuple[RoleName, ...] = ()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: object) -> object:
+        return parse_version(v) if isinstance(v, str) else v
+
+    @field_validator("auth_file", "logfile", "pidfile")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return _absolute_path(v, "auth_file/logfile/pidfile")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PgBouncerConfig":
+        if self.version < MIN_VERSION:
+            raise ValueError(
+                f"PgBouncer {self.version[0]}.{self.version[1]} is older than the oldest supported "
+                f"{MIN_VERSION[0]}.{MIN_VERSION[1]}; install a newer pgbouncer"
+            )
+        if self.read_port is not None and self.read_host is None:
+            raise ValueError(
+                "read_port is set without read_host; set both, or neither to read from the primary"
+            )
+        if self.min_pool_size > self.default_pool_size:
+            raise ValueError(
+                f"min_pool_size {self.min_pool_size} exceeds default_pool_size {self.default_pool_size}; "
+                "lower min_pool_size"
+            )
+        return self
+
+    @property
+    def has_replica(self) -> bool:
+        return self.read_host is not None
+
+    @property
+    def read_target(self) -> tuple[str, int]:
+        """(host, port) the read pool connects to: the replica, or the primary when there is none."""
+        if self.read_host is None:
+            return self.primary_host, self.primary_port
+        return self.read_host, self.read_port or POSTGRES_PORT
+
+    @property
+    def connections_per_pool(self) -> int:
+        """Server connections one database pool can hold (max_db_connections caps it across users)."""
+        return self.default_pool_size + self.reserve_pool_size
+
+    @property
+    def pools_on_primary(self) -> int:
+        """How many capped database pools point at the primary: both when there is no replica."""
+        return 1 if self.has_replica else 2
+
+    def supports(self, setting: str) -> bool:
+        """True when this PgBouncer version understands `setting`."""
+        return self.version >= SETTING_SINCE.get(setting, MIN_VERSION)
+
+
+_Entry = tuple[str, str, str]  # key, value, reason
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, tuple):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def _database_line(config: PgBouncerConfig, host: str, port: int) -> str:
+    return f"host={host} port={port} dbname={DATABASE_NAME} max_db_connections={config.connections_per_pool}"
+
+
+def _databases(config: PgBouncerConfig) -> list[_Entry]:
+    read_host, read_port = config.read_target
+    read_reason = (
+        "reads: the read replica; max_db_connections caps the pool across users"
+        if config.has_replica
+        else "reads: no replica in this stack, so the read pool also points at the primary"
+    )
+    return [
+        (
+            DATABASE_NAME,
+            _database_line(config, config.primary_host, config.primary_port),
+            "the application's read-write pool: the primary; max_db_connections caps it across users",
+        ),
+        (READ_POOL_DATABASE, _database_line(config, read_host, read_port), read_reason),
+    ]
+
+
+def _settings(config: PgBouncerConfig) -> list[_Entry]:
+    c = config
+    entries: list[tuple[str, object, str]] = [
+        ("listen_addr", c.listen_addr, "where clients reach PgBouncer (default: Unix socket only)"),
+        ("listen_port", c.listen_port, "the pooled endpoint's port, 6543, kept from the seed"),
+        ("unix_socket_dir", "", "TCP only: no socket files left in /tmp"),
+        ("auth_type", "scram-sha-256", "SCRAM only: md5 and plaintext are refused"),
+        ("auth_file", c.auth_file, "SCRAM verifiers of the pooled roles; never a plaintext password"),
+    ]
+    if c.logfile is not None:
+        entries.append(("logfile", c.logfile, "a file the host rotates and ships (reopened on SIGHUP)"))
+    if c.pidfile is not None:
+        entries.append(("pidfile", c.pidfile, "lets the service manager signal the right process"))
+    entries += [
+        ("pool_mode", c.pool_mode, "a server connection is held for one transaction only"),
+        (
+            "max_client_conn",
+            c.max_client_conn,
+            "many app/serverless clients share the few server connections",
+        ),
+        (
+            "default_pool_size",
+            c.default_pool_size,
+            "server connections per pool, within the connection budget",
+        ),
+        ("min_pool_size", c.min_pool_size, "keeps warm server connections for the next burst"),
+        ("reserve_pool_size", c.reserve_pool_size, "extra server connections for a pool under pressure"),
+        ("reserve_pool_timeout", c.reserve_pool_timeout, "seconds a client waits before the reserve opens"),
+        (
+            "server_lifetime",
+            c.server_lifetime,
+            "recycle server connections hourly (memory, DNS after failover)",
+        ),
+        ("server_idle_timeout", c.server_idle_timeout, "close server connections idle for 10 minutes"),
+        (
+            "query_wait_timeout",
+            c.query_wait_timeout,
+            "fail a client waiting for a pool fast instead of in 120 s",
+        ),
+        (
+            "server_connect_timeout",
+            c.server_connect_timeout,
+            "a database in the same VPC answers in ms; a 15 s hang hides a failover",
+        ),
+        (
+            "idle_transaction_timeout",
+            c.idle_transaction_timeout,
+            "a client idle inside a transaction would hold a pooled connection forever",
+        ),
+        ("listen_backlog", c.listen_backlog, "a burst of connecting clients overflows the default 128"),
+    ]
+    if c.supports("max_prepared_statements"):
+        entries.append(
+            (
+                "max_prepared_statements",
+                c.max_prepared_statements,
+                "protocol-level prepared statements in transaction mode (Prisma without pgbouncer=true)",
+            )
+        )
+    entries += [
+        (
+            "ignore_startup_parameters",
+            c.ignore_startup_parameters,
+            "JDBC-style extra_float_digits and Prisma's options would otherwise refuse the connection",
+        ),
+        (
+            "server_tls_sslmode",
+            c.server_tls.sslmode,
+            "encrypt and verify the database's certificate and name",
+        ),
+    ]
+    if c.server_tls.ca_file is not None:
+        entries.append(("server_tls_ca_file", c.server_tls.ca_file, "the CA that signed the database cert"))
+    if c.client_tls.sslmode != "disable":
+        entries += [
+            ("client_tls_sslmode", c.client_tls.sslmode, "clients reach PgBouncer over TLS"),
+            ("client_tls_key_file", c.client_tls.key_file, "PgBouncer's TLS key for clients"),
+            ("client_tls_cert_file", c.client_tls.cert_file, "PgBouncer's TLS certificate for clients"),
+        ]
+    entries += [
+        ("log_connections", c.log_connections, "a line per client connect drowns errors at 1000 clients"),
+        ("log_disconnections", c.log_disconnections, "as log_connections; SHOW CLIENTS/STATS cover it"),
+    ]
+    if c.stats_users:
+        entries.append(("stats_users", c.stats_users, "read-only SHOW POOLS/STATS for monitoring"))
+    if c.admin_users:
+        entries.append(("admin_users", c.admin_users, "may PAUSE/RELOAD/SHUTDOWN through the admin console"))
+    return [(key, _value(value), reason) for key, value, reason in entries]
+
+
+def _section(name: str, entries: list[_Entry]) -> list[str]:
+    lines = [f"[{name}]"]
+    for key, value, reason in entries:
+        lines += [f";; {reason}", f"{key} = {value}" if value != "" else f"{key} ="]
+    return [*lines, ""]
+
+
+def render_ini(config: PgBouncerConfig) -> str:
+    """pgbouncer.ini text for `config`: only settings its version knows, each with a reason above it."""
+    header = [
+        f";; Rendered by dbctl.pgbouncer for PgBouncer {config.version[0]}.{config.version[1]}; do not edit.",
+        ";; Settings not listed here keep PgBouncer's defaults. Nothing here is secret.",
+        "",
+    ]
+    body = _section("databases", _databases(config)) + _section("pgbouncer", _settings(config))
+    return "\n".join(header + body)
+
+
+def render_userlist(verifiers: Mapping[str, str]) -> str:
+    """userlist.txt: one `"role" "SCRAM-SHA-256$..."` line per pooled role, from verifiers only.
+
+    Refuses a plaintext password (anything that is not a SCRAM-SHA-256 verifier), a missing pooled role
+    and a role that does not connect through PgBouncer. Error messages never include the value.
+    """
+    unknown = sorted(set(verifiers) - set(POOLED_ROLES))
+    if unknown:
+        raise PgBouncerConfigError(
+            f"userlist: {', '.join(unknown)} do not connect through PgBouncer; "
+            f"pass only {', '.join(POOLED_ROLES)}"
+        )
+    missing = [role for role in POOLED_ROLES if role not in verifiers]
+    if missing:
+        raise PgBouncerConfigError(
+            f"userlist: no verifier for {', '.join(missing)}; pass the scram_verifier from each role's secret"
+        )
+    for role in POOLED_ROLES:
+        if not is_scram_verifier(verifiers[role]):
+            raise PgBouncerConfigError(
+                f"userlist: the value for {role} is not a SCRAM-SHA-256 verifier (a plaintext password?); "
+                "pass the secret's scram_verifier, never the password"
+            )
+    return "".join(f'"{role}" "{verifiers[role]}"\n' for role in POOLED_ROLES)

@@ -1,0 +1,191 @@
+"""The pgbouncer.ini / userlist.txt renderer: pure, version-aware, verifiers only."""
+
+import configparser
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from dbctl.names import (
+    APP_ROLE,
+    DATABASE_NAME,
+    MIGRATOR_ROLE,
+    MONITOR_ROLE,
+    READ_POOL_DATABASE,
+    READONLY_ROLE,
+)
+from dbctl.pgbouncer import (
+    POOLED_ROLES,
+    ClientTls,
+    PgBouncerConfig,
+    PgBouncerConfigError,
+    ServerTls,
+    parse_version,
+    render_ini,
+    render_userlist,
+)
+from dbctl.scram import scram_verifier
+
+
+def config(**overrides: object) -> PgBouncerConfig:
+    values: dict[str, object] = {
+        "version": (1, 18),
+        "primary_host": "db-primary.internal",
+        "auth_file": "/run/pgbouncer/userlist.txt",
+        "server_tls": ServerTls(ca_file="/etc/pgbouncer/rds-ca.pem"),
+    }
+    values.update(overrides)
+    return PgBouncerConfig.model_validate(values)
+
+
+def parse(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(comment_prefixes=(";",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def verifiers() -> dict[str, str]:
+    return {role: scram_verifier(f"pw-{role}", os.urandom(16)) for role in POOLED_ROLES}
+
+
+def test_seed_settings_and_auth_are_rendered() -> None:
+    ini = parse(render_ini(config()))["pgbouncer"]
+    assert ini["listen_port"] == "6543"
+    assert ini["pool_mode"] == "transaction"
+    assert ini["auth_type"] == "scram-sha-256"
+    assert ini["auth_file"] == "/run/pgbouncer/userlist.txt"
+    seed = {
+        "max_client_conn": "1000",
+        "default_pool_size": "20",
+        "min_pool_size": "5",
+        "reserve_pool_size": "5",
+        "reserve_pool_timeout": "5",
+        "server_lifetime": "3600",
+        "server_idle_timeout": "600",
+    }
+    assert {key: ini[key] for key in seed} == seed
+    assert ini["stats_users"] == MONITOR_ROLE
+    assert "admin_users" not in ini
+
+
+def test_backend_tls_is_verify_full_against_the_ca() -> None:
+    ini = parse(render_ini(config()))["pgbouncer"]
+    assert ini["server_tls_sslmode"] == "verify-full"
+    assert ini["server_tls_ca_file"] == "/etc/pgbouncer/rds-ca.pem"
+
+
+def test_verify_full_without_a_ca_file_is_refused() -> None:
+    with pytest.raises(ValidationError, match="needs ca_file"):
+        ServerTls(sslmode="verify-full")
+
+
+def test_client_tls_is_off_by_default_and_configurable() -> None:
+    assert "client_tls_sslmode" not in parse(render_ini(config()))["pgbouncer"]
+    tls = ClientTls(sslmode="require", key_file="/etc/pgbouncer/tls.key", cert_file="/etc/pgbouncer/tls.crt")
+    ini = parse(render_ini(config(client_tls=tls)))["pgbouncer"]
+    assert ini["client_tls_sslmode"] == "require"
+    assert ini["client_tls_key_file"] == "/etc/pgbouncer/tls.key"
+    assert ini["client_tls_cert_file"] == "/etc/pgbouncer/tls.crt"
+    with pytest.raises(ValidationError, match="needs key_file and cert_file"):
+        ClientTls(sslmode="require")
+
+
+def test_read_pool_points_at_the_primary_without_a_replica() -> None:
+    dbs = parse(render_ini(config(primary_port=5433)))["databases"]
+    assert (
+        dbs[DATABASE_NAME]
+        == f"host=db-primary.internal port=5433 dbname={DATABASE_NAME} max_db_connections=25"
+    )
+    assert dbs[READ_POOL_DATABASE] == dbs[DATABASE_NAME]
+
+
+def test_read_pool_points_at_the_replica_when_there_is_one() -> None:
+    rendered = config(read_host="db-replica.internal", default_pool_size=10, reserve_pool_size=2)
+    dbs = parse(render_ini(rendered))["databases"]
+    assert dbs[READ_POOL_DATABASE] == (
+        f"host=db-replica.internal port=5432 dbname={DATABASE_NAME} max_db_connections=12"
+    )
+    assert "db-primary.internal" in dbs[DATABASE_NAME]
+    assert rendered.pools_on_primary == 1
+    assert config().pools_on_primary == 2
+
+
+def test_max_prepared_statements_only_from_1_21() -> None:
+    for version, expected in (((1, 18), False), ((1, 20), False), ((1, 21), True), ((1, 24), True)):
+        ini = parse(render_ini(config(version=version)))["pgbouncer"]
+        assert ("max_prepared_statements" in ini) is expected, version
+    assert parse(render_ini(config(version="1.24.1")))["pgbouncer"]["max_prepared_statements"] == "200"
+
+
+def test_versions_older_than_supported_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"older than the oldest supported 1\.18"):
+        config(version=(1, 17))
+    with pytest.raises(PgBouncerConfigError, match=r"MAJOR\.MINOR"):
+        parse_version("latest")
+    assert parse_version("1.18.0") == (1, 18)
+
+
+def test_every_setting_has_a_reason_on_the_line_above() -> None:
+    for version in ((1, 18), (1, 24)):
+        tls = ClientTls(sslmode="require", key_file="/k", cert_file="/c")
+        lines = render_ini(config(version=version, client_tls=tls, read_host="r1")).splitlines()
+        settings = [i for i, line in enumerate(lines) if "=" in line and not line.startswith(";")]
+        assert len(settings) > 20
+        for i in settings:
+            assert lines[i - 1].startswith(";; ") and len(lines[i - 1]) > 10, lines[i]
+
+
+def test_startup_parameters_and_logging_choices() -> None:
+    ini = parse(render_ini(config()))["pgbouncer"]
+    assert ini["ignore_startup_parameters"] == "extra_float_digits,options"
+    assert ini["log_connections"] == "0"
+    assert ini["log_disconnections"] == "0"
+    assert "verbose" not in ini  # statements are never logged at the default verbosity
+    assert ini["query_wait_timeout"] == "30"
+    assert ini["server_connect_timeout"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"primary_host": "db host"}, "primary_host"),
+        ({"auth_file": "userlist.txt"}, "absolute path"),
+        ({"logfile": "/var/log/x\nadmin_users = evil"}, "absolute path"),
+        ({"min_pool_size": 30}, "min_pool_size 30 exceeds default_pool_size 20"),
+        ({"read_port": 5433}, "read_port is set without read_host"),
+        ({"listen_port": 70000}, "listen_port"),
+        ({"pool_mode": "sometimes"}, "pool_mode"),
+        ({"max_client_conn": 0}, "max_client_conn"),
+        ({"stats_users": ("Robert'); DROP",)}, "stats_users"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_bad_settings_fail_with_the_field_named(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        config(**overrides)
+
+
+def test_userlist_holds_verifiers_of_the_pooled_roles(verifiers: dict[str, str]) -> None:
+    text = render_userlist(verifiers)
+    lines = text.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        f'"{r}"' for r in (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
+    ]
+    for line, role in zip(lines, POOLED_ROLES, strict=True):
+        assert line == f'"{role}" "{verifiers[role]}"'
+    assert text.endswith("\n")
+
+
+def test_userlist_refuses_a_plaintext_password_without_echoing_it(verifiers: dict[str, str]) -> None:
+    with pytest.raises(PgBouncerConfigError, match="not a SCRAM-SHA-256 verifier") as caught:
+        render_userlist({**verifiers, APP_ROLE: "hunter2-plaintext"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_userlist_refuses_missing_and_unpooled_roles(verifiers: dict[str, str]) -> None:
+    with pytest.raises(PgBouncerConfigError, match=f"no verifier for {READONLY_ROLE}"):
+        render_userlist({k: v for k, v in verifiers.items() if k != READONLY_ROLE})
+    with pytest.raises(PgBouncerConfigError, match=f"{MIGRATOR_ROLE} do not connect through PgBouncer"):
+        render_userlist({**verifiers, MIGRATOR_ROLE: verifiers[APP_ROLE]})
