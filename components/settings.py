@@ -1,0 +1,576 @@
+"""Stack settings: the stack's config read once, validated, with per-profile defaults, as one frozen object.
+
+`load_settings(stack, raw)` is pure (no Pulumi): `raw` maps config keys as written in the stack file, without
+the project namespace (`backupRetentionDays`, `pgbouncer`, ...), plus `aws:region`, to their values (strings
+or the parsed YAML/JSON structure). `from_pulumi_config()` gathers `raw` from the running program's config.
+Components receive the resulting `StackSettings` and never call `pulumi.Config` themselves.
+
+Defaults come from the profile (`profile: prod` or `dev`; by default the stack's name when it is `prod`,
+otherwise `dev`): prod is Multi-AZ with one replica, 30-day backups and deletion protection; dev is
+single-AZ, no replica, 7-day backups. Both are always encrypted and private: those are not knobs.
+
+A bad value raises `SettingsError` naming the key (as written in the stack file), the value and what is
+allowed, before any resource is declared.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from components.rds_sizing import max_connections_for
+from dbctl import names
+
+PROJECT = "spike-land-db"
+REGION_KEY = "aws:region"
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+_MAINT_WINDOW = re.compile(
+    r"^(mon|tue|wed|thu|fri|sat|sun):([01]\d|2[0-3]):([0-5]\d)-(mon|tue|wed|thu|fri|sat|sun):([01]\d|2[0-3]):([0-5]\d)$"
+)
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_INSTANCE_CLASS = re.compile(r"^db\.[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_EC2_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+_SG_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+class SettingsError(ValueError):
+    """A stack config value is invalid; the message names the key, the value and what is allowed."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        coerce_numbers_to_str=True,
+    )
+
+
+def _window_minutes(window: str) -> tuple[int, int]:
+    """`hh:mm-hh:mm` -> (start, end) in minutes of the day."""
+    m = _WINDOW.fullmatch(window)
+    assert m is not None
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def _maint_minutes(window: str) -> tuple[int, int]:
+    """`ddd:hh:mm-ddd:hh:mm` -> (start, end) in minutes of the week."""
+    m = _MAINT_WINDOW.fullmatch(window)
+    assert m is not None
+    d1, h1, m1, d2, h2, m2 = m.groups()
+    start = _DAYS.index(d1) * 1440 + int(h1) * 60 + int(m1)
+    end = _DAYS.index(d2) * 1440 + int(h2) * 60 + int(m2)
+    return start, end
+
+
+def _spans(start: int, end: int, period: int) -> list[tuple[int, int]]:
+    """A (possibly wrapping) window as non-wrapping half-open spans within one period."""
+    if end > start:
+        return [(start, end)]
+    return [(start, period), (0, end)]
+
+
+class NetworkSettings(_Model):
+    """`network`: create a private VPC, or adopt an existing one."""
+
+    mode: Literal["create", "existing"] = "create"
+    # create: the VPC's CIDR and how many AZs get a private subnet (RDS needs subnets in >= 2 AZs).
+    vpc_cidr: str = "10.40.0.0/16"
+    az_count: int = Field(default=2, ge=2, le=6)
+    # create: interface endpoints (SSM, Secrets Manager, KMS, CloudWatch) and an S3 gateway endpoint, so the
+    # PgBouncer hosts work with no route to the internet. existing: the VPC is assumed to provide egress.
+    vpc_endpoints: bool = True
+    # existing: the VPC and its private subnets (>= 2 AZs).
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"must be an IPv4 network such as 10.40.0.0/16 ({e})") from None
+        if net.version != 4 or not 16 <= net.prefixlen <= 24:
+            raise ValueError("must be an IPv4 network with a prefix between /16 and /24")
+        return v
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, v: str | None) -> str | None:
+        if v is not None and not _VPC_ID.fullmatch(v):
+            raise ValueError("must be a VPC id like vpc-0123456789abcdef0")
+        return v
+
+    @field_validator("subnet_ids")
+    @classmethod
+    def _subnets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if not _SUBNET_ID.fullmatch(s)]
+        if bad:
+            raise ValueError(f"{bad} are not subnet ids like subnet-0123456789abcdef0")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> NetworkSettings:
+        if self.mode == "existing":
+            if self.vpc_id is None:
+                raise ValueError("mode 'existing' needs vpcId (the VPC to adopt)")
+            if len(set(self.subnet_ids)) < 2:
+                raise ValueError("mode 'existing' needs subnetIds: at least two private subnets in two AZs")
+        elif self.vpc_id is not None or self.subnet_ids:
+            raise ValueError("vpcId and subnetIds are only for mode 'existing'; mode 'create' makes its own")
+        return self
+
+
+class PgBouncerSettings(_Model):
+    """`pgbouncer`: the pooler tier in front of the database (the seed's settings as defaults)."""
+
+    host_count: int = Field(default=1, ge=1, le=10)
+    instance_type: str = "t4g.small"
+    # The PgBouncer version the AWS hosts install (AL2023 package); the renderer uses it to pick settings.
+    version: str = "1.24"
+    max_client_conn: int = Field(default=1000, ge=1, le=100_000)
+    default_pool_size: int = Field(default=20, ge=1, le=10_000)
+    min_pool_size: int = Field(default=5, ge=0, le=10_000)
+    reserve_pool_size: int = Field(default=5, ge=0, le=10_000)
+    reserve_pool_timeout: int = Field(default=5, ge=0, le=3600)
+    server_lifetime: int = Field(default=3600, ge=0)
+    server_idle_timeout: int = Field(default=600, ge=0)
+    client_tls: bool = True
+
+    @field_validator("instance_type")
+    @classmethod
+    def _graviton(cls, v: str) -> str:
+        if not _EC2_INSTANCE_TYPE.fullmatch(v):
+            raise ValueError("must be an EC2 instance type such as t4g.small or c7g.large")
+        family = v.split(".", 1)[0]
+        if not re.fullmatch(r"[a-z]+\d+g[a-z]*", family):
+            raise ValueError("must be an arm64 Graviton type (family with a 'g', e.g. t4g, c7g, m7g)")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.fullmatch(r"1\.\d{1,2}(\.\d+)?", v):
+            raise ValueError("must be a PgBouncer version such as 1.24")
+        return v
+
+    @model_validator(mode="after")
+    def _pools(self) -> PgBouncerSettings:
+        if self.min_pool_size > self.default_pool_size:
+            raise ValueError("minPoolSize must not exceed defaultPoolSize")
+        return self
+
+
+class BackupSettings(_Model):
+    """`backups`: what the backups component adds on top of RDS automated backups."""
+
+    pre_migration_snapshot: bool = False
+    cross_region_copy: bool = False
+    dr_region: str | None = None
+    vault_lock: bool = False
+    # EventBridge schedule expression for the automated restore test.
+    restore_test_schedule: str = "cron(0 4 ? * SUN *)"
+
+    @field_validator("dr_region")
+    @classmethod
+    def _dr(cls, v: str | None) -> str | None:
+        if v is not None and not _REGION.fullmatch(v):
+            raise ValueError("must be an AWS region such as eu-central-1")
+        return v
+
+    @field_validator("restore_test_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if not re.fullmatch(r"(cron|rate)\(.+\)", v):
+            raise ValueError("must be an EventBridge schedule such as cron(0 4 ? * SUN *) or rate(7 days)")
+        return v
+
+    @model_validator(mode="after")
+    def _copy(self) -> BackupSettings:
+        if self.cross_region_copy and self.dr_region is None:
+            raise ValueError("crossRegionCopy needs drRegion (where the copies go)")
+        return self
+
+
+class AlarmSettings(_Model):
+    """`alarms`: who is told, and when (thresholds from the seed)."""
+
+    emails: tuple[str, ...] = ()
+    pager_https_endpoint: str | None = None
+    connections_percent: float = Field(default=80, gt=0, le=100)
+    replica_lag_seconds: float = Field(default=30, gt=0)
+    free_storage_percent: float = Field(default=20, gt=0, lt=100)
+    slow_queries_per_5min: int = Field(default=10, ge=1)
+    cpu_percent: float = Field(default=80, gt=0, le=100)
+    freeable_memory_mb: int = Field(default=128, ge=1)
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [e for e in v if not _EMAIL.fullmatch(e)]
+        if bad:
+            raise ValueError(f"{bad} are not email addresses")
+        return v
+
+    @field_validator("pager_https_endpoint")
+    @classmethod
+    def _pager(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return v
+
+
+class StackSettings(_Model):
+    """Every knob of a stack. Field names are snake_case; the stack file spells them camelCase."""
+
+    stack: str
+    profile: Literal["dev", "prod"]
+    region: str
+    owner: str = "spike-land-platform"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    engine_version: str = "17"
+    instance_class: str
+    replica_instance_class: str | None = None  # None: same as instance_class
+    allocated_storage_gb: int = Field(ge=20, le=65536)
+    max_allocated_storage_gb: int = Field(le=65536)
+    multi_az: bool
+    replica_count: int = Field(ge=0, le=5)
+    # Explicit max_connections for primary and replicas (a hot standby needs >= the primary's);
+    # None: the RDS formula for the primary's instance class memory.
+    max_connections: int | None = Field(default=None, ge=20, le=5000)
+    backup_retention_days: int = Field(ge=1, le=35)
+    backup_window: str = "02:00-03:00"
+    maintenance_window: str = "sun:04:00-sun:05:00"
+    deletion_protection: bool
+    protect: bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
+    skip_final_snapshot: bool = False
+    apply_immediately: bool
+    performance_insights_retention_days: int = 7
+    monitoring_interval_seconds: Literal[1, 5, 10, 15, 30, 60] = 60
+    log_retention_days: int
+    secret_recovery_window_days: int = Field(ge=7, le=30)
+    database_name: str = names.DATABASE_NAME
+    allowed_cidrs: tuple[str, ...] = ()
+    allowed_security_group_ids: tuple[str, ...] = ()
+
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
+    backups: BackupSettings = Field(default_factory=BackupSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+
+    @property
+    def effective_replica_instance_class(self) -> str:
+        return self.replica_instance_class or self.instance_class
+
+    @property
+    def effective_max_connections(self) -> int:
+        if self.max_connections is not None:
+            return self.max_connections
+        value = max_connections_for(self.instance_class)
+        assert value is not None  # checked by _max_connections
+        return value
+
+    @property
+    def parameter_group_family(self) -> str:
+        return f"postgres{self.engine_version}"
+
+    @property
+    def is_prod(self) -> bool:
+        return self.profile == "prod"
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _REGION.fullmatch(v):
+            raise ValueError("must be an AWS region such as eu-west-1")
+        return v
+
+    @field_validator("engine_version")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{2}", v) or not 14 <= int(v) <= 18:
+            raise ValueError(
+                "must be a PostgreSQL major version only, 14 to 18 (e.g. 17); RDS applies minor upgrades"
+            )
+        return v
+
+    @field_validator("instance_class", "replica_instance_class")
+    @classmethod
+    def _class(cls, v: str | None) -> str | None:
+        if v is not None and not _INSTANCE_CLASS.fullmatch(v):
+            raise ValueError("must look like db.<family>.<size>, e.g. db.t4g.micro or db.r7g.large")
+        return v
+
+    @field_validator("performance_insights_retention_days")
+    @classmethod
+    def _pi(cls, v: int) -> int:
+        if v != 7 and not (v % 31 == 0 and 31 <= v <= 713) and v != 731:
+            raise ValueError("must be 7 (free tier), a multiple of 31 up to 713 (months), or 731")
+        return v
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _logs(cls, v: int) -> int:
+        allowed = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557)
+        if v not in allowed:
+            raise ValueError(f"must be one of CloudWatch Logs' retention periods {allowed}")
+        return v
+
+    @field_validator("backup_window")
+    @classmethod
+    def _backup_window(cls, v: str) -> str:
+        if not _WINDOW.fullmatch(v):
+            raise ValueError("must be hh:mm-hh:mm in UTC, e.g. 02:00-03:00")
+        start, end = _window_minutes(v)
+        if (end - start) % 1440 < 30:
+            raise ValueError("must be at least 30 minutes long (RDS rule)")
+        return v
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _maint_window(cls, v: str) -> str:
+        if not _MAINT_WINDOW.fullmatch(v):
+            raise ValueError("must be ddd:hh:mm-ddd:hh:mm in UTC, e.g. sun:04:00-sun:05:00")
+        start, end = _maint_minutes(v)
+        if (end - start) % (7 * 1440) < 30:
+            raise ValueError("must be at least 30 minutes long (RDS rule)")
+        return v
+
+    @field_validator("database_name")
+    @classmethod
+    def _dbname(cls, v: str) -> str:
+        if not _IDENTIFIER.fullmatch(v):
+            raise ValueError("must be a lowercase identifier: letters, digits, underscore (e.g. spike_land)")
+        return v
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in v:
+            try:
+                net = ipaddress.ip_network(cidr, strict=True)
+            except ValueError as e:
+                raise ValueError(f"{cidr!r} is not a network in CIDR notation ({e})") from None
+            if net in _WORLD:
+                raise ValueError(
+                    f"{cidr} opens the database to the whole internet; list your app's private CIDRs instead"
+                )
+        return v
+
+    @field_validator("allowed_security_group_ids")
+    @classmethod
+    def _sgs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if not _SG_ID.fullmatch(s)]
+        if bad:
+            raise ValueError(f"{bad} are not security group ids like sg-0123456789abcdef0")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = {"project", "stack", "owner"} & set(v)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are set by the program; pick other tag keys")
+        bad = [k for k in v if k.startswith("aws:") or not 1 <= len(k) <= 128]
+        if bad:
+            raise ValueError(f"{bad} are not valid tag keys (1-128 chars, not starting with aws:)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> StackSettings:
+        if self.max_allocated_storage_gb < self.allocated_storage_gb:
+            raise _FieldProblem(
+                "max_allocated_storage_gb",
+                self.max_allocated_storage_gb,
+                f"must be >= allocatedStorageGb ({self.allocated_storage_gb}); it is the autoscaling ceiling",
+            )
+        if self.max_connections is None and max_connections_for(self.instance_class) is None:
+            raise _FieldProblem(
+                "max_connections",
+                None,
+                f"must be set: the memory of {self.instance_class} is not in components/rds_sizing.py",
+            )
+        backup = _spans(*_window_minutes(self.backup_window), 1440)
+        maint_start, maint_end = _maint_minutes(self.maintenance_window)
+        maint = _spans(maint_start, maint_end, 7 * 1440)
+        for day in range(7):
+            for b0, b1 in backup:
+                for m0, m1 in maint:
+                    if b0 + day * 1440 < m1 and m0 < b1 + day * 1440:
+                        raise _FieldProblem(
+                            "maintenance_window",
+                            self.maintenance_window,
+                            f"must not overlap backupWindow {self.backup_window} (RDS rule)",
+                        )
+        return self
+
+
+class _FieldProblem(ValueError):
+    """A cross-field rule failed; carries the field to blame so the message names its key."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        super().__init__(allowed)
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+
+
+# Per-profile defaults. A key written in the stack file wins over these.
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dev": {
+        "instanceClass": "db.t4g.micro",
+        "allocatedStorageGb": 20,
+        "maxAllocatedStorageGb": 100,
+        "multiAz": False,
+        "replicaCount": 0,
+        "backupRetentionDays": 7,
+        "deletionProtection": False,
+        "protect": False,
+        "applyImmediately": True,
+        "logRetentionDays": 14,
+        "secretRecoveryWindowDays": 7,
+        "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small"},
+        "backups": {"preMigrationSnapshot": False},
+    },
+    "prod": {
+        "instanceClass": "db.m7g.large",
+        "allocatedStorageGb": 100,
+        "maxAllocatedStorageGb": 1000,
+        "multiAz": True,
+        "replicaCount": 1,
+        "backupRetentionDays": 30,
+        "deletionProtection": True,
+        "protect": True,
+        "applyImmediately": False,
+        "logRetentionDays": 90,
+        "secretRecoveryWindowDays": 30,
+        "performanceInsightsRetentionDays": 7,
+        "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
+        "backups": {"preMigrationSnapshot": True},
+    },
+}
+
+_SECTIONS = ("network", "pgbouncer", "backups", "alarms")
+
+
+def config_key(loc: tuple[int | str, ...]) -> str:
+    """The stack-file key for a pydantic error location, e.g. `spike-land-db:pgbouncer.hostCount`."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return f"{PROJECT}:<config>"
+    if parts[0] == "region":
+        return REGION_KEY
+    fields = StackSettings.model_fields
+    first = parts[0]
+    head = fields[first].alias or to_camel(first) if first in fields else first
+    rest = [to_camel(p) if "_" in p else p for p in parts[1:]]
+    return f"{PROJECT}:" + ".".join([head, *rest])
+
+
+def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in given.items():
+        if key in _SECTIONS and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(stack: str, raw: Mapping[str, Any]) -> StackSettings:
+    """Validate `raw` (stack-file keys -> values) for `stack`; raise SettingsError naming the bad key."""
+    given = dict(raw)
+    region = given.pop(REGION_KEY, None)
+    if region is None:
+        raise SettingsError(
+            f"{REGION_KEY} is not set; fix: pulumi config set aws:region eu-west-1 -s {stack}"
+        )
+    profile = given.pop("profile", "prod" if stack == "prod" else "dev")
+    if profile not in PROFILE_DEFAULTS:
+        raise SettingsError(
+            f"{PROJECT}:profile = {profile!r} is invalid: must be one of {sorted(PROFILE_DEFAULTS)}"
+        )
+    data = _merge(PROFILE_DEFAULTS[profile], given)
+    data.update(stack=stack, profile=profile, region=region)
+    try:
+        return StackSettings.model_validate(data)
+    except ValidationError as e:
+        raise SettingsError(_describe(e, stack)) from None
+
+
+def _describe(error: ValidationError, stack: str) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        ctx_error = (item.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldProblem):
+            key = config_key((ctx_error.field,))
+            problems.append(f"{key} = {ctx_error.value!r} is invalid: {ctx_error.allowed}")
+            continue
+        loc = tuple(item["loc"])
+        key = config_key(loc)
+        msg = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key} is not a known setting; see the README's Settings table")
+            continue
+        if item["type"] == "missing":
+            problems.append(f"{key} is required but not set")
+            continue
+        value = item.get("input")
+        problems.append(f"{key} = {value!r} is invalid: {msg}")
+    header = f"invalid stack config in Pulumi.{stack}.yaml:"
+    if len(problems) == 1:
+        return f"{header} {problems[0]}"
+    return header + "".join(f"\n  - {p}" for p in problems)
+
+
+def known_keys() -> list[str]:
+    """The project config keys the program reads (camelCase, as in the stack file)."""
+    skip = {"stack", "profile", "region"}
+    keys = [f.alias or name for name, f in StackSettings.model_fields.items() if name not in skip]
+    return ["profile", *keys]
+
+
+def from_pulumi_config() -> StackSettings:
+    """Read this program's stack config (Pulumi) and validate it. Call once, in __main__.py."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    config = pulumi.Config(PROJECT)
+    # Every project key the stack file sets, so that a misspelt key is reported, not silently ignored.
+    given = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    prefix = f"{PROJECT}:"
+    written = {k.removeprefix(prefix) for k in given if k.startswith(prefix)}
+    raw: dict[str, Any] = {}
+    for key in sorted(written | set(known_keys())):
+        value = config.get(key)
+        if value is not None:
+            raw[key] = _parse(value)
+    region = pulumi.Config("aws").get("region")
+    if region is not None:
+        raw[REGION_KEY] = region
+    return load_settings(pulumi.get_stack(), raw)
+
+
+def _parse(value: str) -> Any:
+    """Config values arrive as strings; structured ones (lists, maps, numbers, booleans) as JSON."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

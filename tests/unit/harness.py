@@ -1,0 +1,386 @@
+"""Run the real Pulumi program (`__main__.py`) against Pulumi mocks, for a real stack file.
+
+    resources = run_program("prod")                       # every resource the program registers
+    outputs = program_outputs("prod")                     # the stack outputs, resolved (secrets unwrapped)
+    result = run("prod", {"replicaCount": 0})             # both at once: result.resources, result.outputs
+    settings = settings_for("dev", {"backupRetentionDays": 40})   # only the settings object
+
+`run_program(stack, overrides)` loads `Pulumi.<stack>.yaml` itself (never a copy), applies `overrides`
+(config key -> value: `backupRetentionDays`, `spike-land-db:backupRetentionDays`, `aws:region`, or a dotted
+path into a section such as `pgbouncer.hostCount`; the value None deletes the key), sets the config with
+`pulumi.runtime.set_all_config`, installs the mocks (preview=False), runs `__main__.py` with runpy in a
+fresh Pulumi runtime state (new settings, new root Stack, own contextvars) and waits for every output.
+A settings error or an exception in the program propagates unchanged.
+
+`Resource` records each registration: `typ`, `name`, `inputs` (as the provider would receive them;
+Output values resolved, secrets unwrapped), and `provider` (the provider reference `urn::id`, or "" for
+the default provider).
+Its `state` holds the inputs plus the mock's computed outputs (ids, ARNs, endpoints).
+Helpers: `of_type(resources, "aws:rds/instance:Instance")`, `one(resources, typ)`, `named(resources, name)`.
+
+The mocks answer the invokes the program makes (availability zones, caller identity, region, partition,
+IAM policy documents, SSM parameters, ...) with plausible values; add a branch in `_Mocks.call` when a
+component needs another invoke.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import hashlib
+import json
+import runpy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime.sync_await import _sync_await
+
+from components.settings import PROJECT, REGION_KEY, StackSettings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT_ID = "123456789012"
+PARTITION = "aws"
+
+
+@dataclass(frozen=True)
+class Resource:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    provider: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provider_name(self) -> str:
+        """The logical name of the explicit provider this resource uses ("" for the default provider)."""
+        urn = self.provider.split("::")
+        return urn[3] if len(urn) > 3 else ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    secret_outputs: frozenset[str]
+
+
+def stack_file(stack: str) -> Path:
+    return ROOT / f"Pulumi.{stack}.yaml"
+
+
+def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """The stack file's `config:` map (full keys, `spike-land-db:x` / `aws:region`) with overrides applied."""
+    path = stack_file(stack)
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    config: dict[str, Any] = dict(loaded.get("config") or {})
+    for key, value in (overrides or {}).items():
+        full = key if ":" in key else f"{PROJECT}:{key}"
+        namespace, _, path_str = full.partition(":")
+        head, *rest = path_str.split(".")
+        top = f"{namespace}:{head}"
+        if not rest:
+            if value is None:
+                config.pop(top, None)
+            else:
+                config[top] = value
+            continue
+        section = json.loads(json.dumps(config.get(top) or {}))
+        node = section
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(rest[-1], None)
+        else:
+            node[rest[-1]] = value
+        config[top] = section
+    return config
+
+
+def _raw_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    prefix = f"{PROJECT}:"
+    raw = {k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)}
+    if REGION_KEY in config:
+        raw[REGION_KEY] = config[REGION_KEY]
+    return raw
+
+
+def settings_for(stack: str, overrides: Mapping[str, object] | None = None) -> StackSettings:
+    """Only build the settings object for a real stack file plus overrides (no Pulumi runtime)."""
+    return load_settings(stack, _raw_settings(stack_config(stack, overrides)))
+
+
+def _to_config_string(value: Any) -> str:
+    """Pulumi hands config to the program as strings; structured values as JSON (like the CLI does)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _plain(value: Any) -> Any:
+    """Make mock-deserialized values plain Python (unknowns stay as they are)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _hex(seed: str, n: int = 17) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()[:n]
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.resources: list[Resource] = []
+
+    def _arn(self, service: str, resource: str, regional: bool = True) -> str:
+        region = self.region if regional else ""
+        return f"arn:{PARTITION}:{service}:{region}:{ACCOUNT_ID}:{resource}"
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+        inputs = _plain(dict(args.inputs))
+        typ, name = args.typ, args.name
+        rid, extra = self._computed(typ, name, inputs)
+        state = {**inputs, **extra}
+        self.resources.append(
+            Resource(typ=typ, name=name, inputs=inputs, provider=args.provider or "", state=state)
+        )
+        return rid, state
+
+    def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A plausible id and the computed outputs AWS would return for a resource."""
+        h = _hex(f"{typ}/{name}")
+        if typ.startswith("pulumi:providers:"):
+            return f"{name}-provider-id", {}
+        if typ == "random:index/randomPassword:RandomPassword":
+            length = int(inputs.get("length", 32))
+            return name, {"result": ("Pw0rd-" + h * 4)[:length], "bcryptHash": "$2a$10$mock"}
+        if typ == "random:index/randomBytes:RandomBytes":
+            length = int(inputs.get("length", 16))
+            raw = hashlib.sha256(name.encode()).digest()[:length]
+            return name, {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+        if typ == "random:index/randomId:RandomId":
+            length = int(inputs.get("byteLength", 4))
+            hx = hashlib.sha256(name.encode()).hexdigest()[: 2 * length]
+            b64 = base64.urlsafe_b64encode(bytes.fromhex(hx)).decode().rstrip("=")
+            return name, {"hex": hx, "dec": str(int(hx, 16)), "b64Url": b64, "b64Std": b64, "id": b64}
+        if typ == "random:index/randomString:RandomString":
+            length = int(inputs.get("length", 8))
+            return name, {"result": (h * 4)[:length].lower()}
+        if typ == "aws:kms/key:Key":
+            kid = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-8{h[:3]}-{h[:12]}"
+            return kid, {"arn": self._arn("kms", f"key/{kid}"), "keyId": kid}
+        if typ == "aws:kms/alias:Alias":
+            return inputs.get("name", name), {"arn": self._arn("kms", str(inputs.get("name", name)))}
+        if typ == "aws:ec2/vpc:Vpc":
+            vid = f"vpc-{h}"
+            return vid, {"arn": self._arn("ec2", f"vpc/{vid}"), "defaultSecurityGroupId": f"sg-{_hex(vid)}"}
+        if typ == "aws:ec2/subnet:Subnet":
+            sid = f"subnet-{h}"
+            return sid, {"arn": self._arn("ec2", f"subnet/{sid}")}
+        if typ == "aws:ec2/securityGroup:SecurityGroup":
+            sid = f"sg-{h}"
+            return sid, {"arn": self._arn("ec2", f"security-group/{sid}")}
+        if typ == "aws:ec2/routeTable:RouteTable":
+            return f"rtb-{h}", {"arn": self._arn("ec2", f"route-table/rtb-{h}")}
+        if typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
+            return f"vpce-{h}", {"arn": self._arn("ec2", f"vpc-endpoint/vpce-{h}")}
+        if typ == "aws:secretsmanager/secret:Secret":
+            sname = str(inputs.get("name") or inputs.get("namePrefix", name) + h[:6])
+            return self._arn("secretsmanager", f"secret:{sname}-{h[:6]}"), {
+                "arn": self._arn("secretsmanager", f"secret:{sname}-{h[:6]}"),
+                "name": sname,
+            }
+        if typ == "aws:iam/role:Role":
+            rname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            return rname, {"arn": self._arn("iam", f"role/{rname}", regional=False), "name": rname}
+        if typ == "aws:iam/policy:Policy":
+            pname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            arn = self._arn("iam", f"policy/{pname}", regional=False)
+            return arn, {"arn": arn, "name": pname}
+        if typ == "aws:iam/instanceProfile:InstanceProfile":
+            pname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            return pname, {"arn": self._arn("iam", f"instance-profile/{pname}", regional=False)}
+        if typ == "aws:rds/instance:Instance":
+            ident = str(inputs.get("identifier") or f"{inputs.get('identifierPrefix', name)}{h[:8]}")
+            address = f"{ident}.c{h[:10]}.{self.region}.rds.amazonaws.com"
+            port = int(inputs.get("port", 5432))
+            return f"db-{h.upper()[:26]}", {
+                "identifier": ident,
+                "address": address,
+                "endpoint": f"{address}:{port}",
+                "port": port,
+                "arn": self._arn("rds", f"db:{ident}"),
+                "resourceId": f"db-{h.upper()[:26]}",
+                "hostedZoneId": "Z29XKXDKYMONMX",
+            }
+        if typ in ("aws:rds/parameterGroup:ParameterGroup", "aws:rds/subnetGroup:SubnetGroup"):
+            gname = str(inputs.get("name") or f"{inputs.get('namePrefix', name)}{h[:10]}")
+            kind = "pg" if "parameter" in typ else "subgrp"
+            return gname, {"name": gname, "arn": self._arn("rds", f"{kind}:{gname}")}
+        if typ == "aws:cloudwatch/logGroup:LogGroup":
+            lname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            return lname, {"arn": self._arn("logs", f"log-group:{lname}")}
+        if typ == "aws:sns/topic:Topic":
+            tname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            return self._arn("sns", tname), {"arn": self._arn("sns", tname), "name": tname}
+        if typ == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            aname = str(inputs.get("name") or f"{name}-{h[:7]}")
+            return aname, {"arn": self._arn("cloudwatch", f"alarm:{aname}")}
+        if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            return f"lt-{h}", {"arn": self._arn("ec2", f"launch-template/lt-{h}"), "latestVersion": 1}
+        if typ == "aws:lb/loadBalancer:LoadBalancer":
+            dns = f"{name}-{h[:8]}.elb.{self.region}.amazonaws.com"
+            arn = self._arn("elasticloadbalancing", f"loadbalancer/net/{name}/{h[:16]}")
+            return arn, {"arn": arn, "dnsName": dns, "arnSuffix": f"net/{name}/{h[:16]}"}
+        if typ == "aws:lb/targetGroup:TargetGroup":
+            arn = self._arn("elasticloadbalancing", f"targetgroup/{name}/{h[:16]}")
+            return arn, {"arn": arn, "arnSuffix": f"targetgroup/{name}/{h[:16]}"}
+        if typ == "aws:backup/vault:Vault":
+            vname = str(inputs.get("name") or name)
+            return vname, {"arn": self._arn("backup", f"backup-vault:{vname}")}
+        if typ == "aws:backup/plan:Plan":
+            return h, {"arn": self._arn("backup", f"backup-plan:{h}")}
+        if typ.startswith("aws:"):
+            service = typ.split(":")[1].split("/")[0]
+            return f"{name}-{h[:8]}", {"arn": self._arn(service, f"{name}-{h[:8]}")}
+        return f"{name}-id", {}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        token, a = args.token, _plain(dict(args.args))
+        region = self.region
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            zones = [f"{region}{s}" for s in "abc"]
+            return {"names": zones, "zoneIds": [f"euw1-az{i}" for i in (1, 2, 3)], "id": region}, None
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            arn = f"arn:{PARTITION}:iam::{ACCOUNT_ID}:user/ci"
+            return {"accountId": ACCOUNT_ID, "arn": arn, "userId": "AIDAMOCK", "id": ACCOUNT_ID}, None
+        if token == "aws:index/getRegion:getRegion":
+            return {
+                "region": region,
+                "name": region,
+                "id": region,
+                "endpoint": f"ec2.{region}.amazonaws.com",
+            }, None
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": PARTITION, "dnsSuffix": "amazonaws.com", "id": PARTITION}, None
+        if token == "aws:iam/getPolicyDocument:getPolicyDocument":
+            return {"json": json.dumps(_policy_json(a)), "id": "policy"}, None
+        if token == "aws:ssm/getParameter:getParameter":
+            pname = str(a.get("name", ""))
+            value = "ami-0123456789abcdef0" if "ami" in pname else "mock-value"
+            return {"name": pname, "value": value, "type": "String", "id": pname, "arn": pname}, None
+        if token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0123456789abcdef0", "architecture": "arm64", "name": "al2023-ami-mock"}, None
+        if token == "aws:kms/getKey:getKey":
+            return {"arn": self._arn("kms", "key/mock"), "id": "mock"}, None
+        if token == "aws:ec2/getVpc:getVpc":
+            return {"id": a.get("id", "vpc-0123456789abcdef0"), "cidrBlock": "10.0.0.0/16"}, None
+        if token == "aws:ec2/getSubnet:getSubnet":
+            return {
+                "id": a.get("id"),
+                "availabilityZone": f"{region}a",
+                "vpcId": "vpc-0123456789abcdef0",
+            }, None
+        return {}, None
+
+
+def _policy_json(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Render getPolicyDocument's statements into IAM JSON, like the real function."""
+    statements = []
+    for st in args.get("statements") or []:
+        out: dict[str, Any] = {"Effect": st.get("effect", "Allow")}
+        if st.get("sid"):
+            out["Sid"] = st["sid"]
+        if st.get("actions"):
+            out["Action"] = st["actions"]
+        if st.get("resources"):
+            out["Resource"] = st["resources"]
+        for p in st.get("principals") or []:
+            out.setdefault("Principal", {})[p["type"]] = p["identifiers"]
+        for c in st.get("conditions") or []:
+            out.setdefault("Condition", {}).setdefault(c["test"], {})[c["variable"]] = c["values"]
+        statements.append(out)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+async def _resolve(value: Any) -> tuple[Any, bool]:
+    """Resolve an exported value to plain Python; report whether any part of it was secret."""
+    if isinstance(value, pulumi.Output):
+        inner, secret = await _resolve(await value.future(with_unknowns=True))
+        return inner, secret or bool(await value.is_secret())
+    if isinstance(value, dict):
+        items = [(k, await _resolve(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in items}, any(s for _, (_, s) in items)
+    if isinstance(value, list | tuple):
+        parts = [await _resolve(v) for v in value]
+        return [v for v, _ in parts], any(s for _, s in parts)
+    return value, False
+
+
+def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
+    region = str(config.get(REGION_KEY, "eu-west-1"))
+    mocks = _Mocks(region)
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_all_config({k: _to_config_string(v) for k, v in config.items()}, [])
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    runtime_settings.SETTINGS.outputs.clear()
+    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    _sync_await(wait_for_rpcs())
+    root = runtime_settings.get_root_resource()
+    exported: dict[str, Any] = dict(getattr(root, "outputs", {}) or {})
+    outputs: dict[str, Any] = {}
+    secrets: set[str] = set()
+    for key, value in exported.items():
+        resolved, secret = _sync_await(_resolve(value))
+        outputs[key] = resolved
+        if secret:
+            secrets.add(key)
+    _sync_await(wait_for_rpcs())
+    return RunResult(resources=list(mocks.resources), outputs=outputs, secret_outputs=frozenset(secrets))
+
+
+def run(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
+    """Run `__main__.py` for `stack` under mocks: resources, resolved outputs, names of secret outputs."""
+    config = stack_config(stack, overrides)
+    # A fresh contextvars context per run: Pulumi keeps its settings, config and root Stack in ContextVars.
+    return contextvars.copy_context().run(_run_isolated, stack, config)
+
+
+def run_program(stack: str, overrides: Mapping[str, object] | None = None) -> list[Resource]:
+    """Every resource `__main__.py` registers for the real `Pulumi.<stack>.yaml` plus overrides."""
+    return run(stack, overrides).resources
+
+
+def program_outputs(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """The stack outputs (resolved; secrets unwrapped, see `run(...).secret_outputs` for which)."""
+    return run(stack, overrides).outputs
+
+
+def of_type(resources: Sequence[Resource], typ: str) -> list[Resource]:
+    return [r for r in resources if r.typ == typ]
+
+
+def one(resources: Sequence[Resource], typ: str) -> Resource:
+    """The single resource of `typ`; fails listing what there is when there are none or several."""
+    found = of_type(resources, typ)
+    if len(found) != 1:
+        raise AssertionError(f"expected exactly one {typ}, found {len(found)}: {[r.name for r in found]}")
+    return found[0]
+
+
+def named(resources: Sequence[Resource], name: str) -> Resource:
+    found = [r for r in resources if r.name == name]
+    if len(found) != 1:
+        raise AssertionError(f"expected exactly one resource named {name!r}, found {len(found)}")
+    return found[0]
