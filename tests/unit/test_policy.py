@@ -1,0 +1,330 @@
+"""The policy pack: each validator on hand-written inputs, and the pack entry point as pulumi runs it."""
+
+import json
+import runpy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+)
+from pulumi_policy.proxy import UNKNOWN_BOOLEAN_VALUE, UnknownValueError, unknown_checking_proxy
+
+from policy import validators as v
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
+
+GOOD_PRIMARY: dict[str, Any] = {
+    "engine": "postgres",
+    "storageEncrypted": True,
+    "publiclyAccessible": False,
+    "multiAz": True,
+    "deletionProtection": True,
+    "backupRetentionPeriod": 30.0,  # mocks and the engine hand numbers over as floats
+}
+
+
+def names(resource_type: str, inputs: Mapping[str, Any], *, prod: bool = False) -> set[str]:
+    """The names of the policies a resource violates."""
+    found = v.violations(resource_type, inputs, prod=prod)
+    return {message[1 : message.index("]")] for message in found}
+
+
+def iam_doc(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+# --- every policy has a name pulumi accepts and is unique ------------------------------------------------
+
+
+def test_policy_names_are_unique_kebab_case() -> None:
+    policy_names = [p.name for p in v.POLICIES]
+    assert len(policy_names) == len(set(policy_names))
+    for name in policy_names:
+        assert name == name.lower() and " " not in name and name != "all"
+
+
+# --- database, snapshot, secret and topic encryption ---------------------------------------------------
+
+
+def test_a_compliant_prod_primary_passes_everything() -> None:
+    assert v.violations(v.RDS_INSTANCE, GOOD_PRIMARY, prod=True) == []
+
+
+@pytest.mark.parametrize("value", [False, None])
+def test_unencrypted_database_fails(value: bool | None) -> None:
+    inputs = {**GOOD_PRIMARY, "storageEncrypted": value}
+    assert names(v.RDS_INSTANCE, inputs) == {"database-storage-encrypted"}
+    assert names(v.RDS_CLUSTER, {"storageEncrypted": value}) == {"database-storage-encrypted"}
+
+
+def test_a_replica_inherits_encryption_from_its_source() -> None:
+    replica = {"replicateSourceDb": "primary-id", "backupRetentionPeriod": 0.0, "multiAz": False}
+    assert v.violations(v.RDS_INSTANCE, replica, prod=True) == []
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "key"),
+    [
+        (v.SNAPSHOT_COPY, "kmsKeyId"),
+        (v.CLUSTER_SNAPSHOT_COPY, "kmsKeyId"),
+        (v.BACKUP_REPLICATION, "kmsKeyId"),
+        (v.BACKUP_VAULT, "kmsKeyArn"),
+    ],
+)
+def test_snapshot_stores_need_a_kms_key(resource_type: str, key: str) -> None:
+    assert names(resource_type, {"name": "x"}) == {"snapshot-encrypted"}
+    assert names(resource_type, {"name": "x", key: ""}) == {"snapshot-encrypted"}
+    assert names(resource_type, {"name": "x", key: "arn:aws:kms:eu-west-1:1:key/k"}) == set()
+
+
+def test_secret_needs_the_stack_kms_key() -> None:
+    assert names(v.SECRETS_MANAGER_SECRET, {"name": "spike_app"}) == {"secret-encrypted"}
+    assert names(v.SECRETS_MANAGER_SECRET, {"kmsKeyId": "arn:aws:kms:eu-west-1:1:key/k"}) == set()
+
+
+def test_topic_needs_a_kms_key() -> None:
+    assert names(v.SNS_TOPIC, {"name": "alarms"}) == {"topic-encrypted"}
+    assert names(v.SNS_TOPIC, {"kmsMasterKeyId": "alias/spike"}) == set()
+
+
+# --- public access --------------------------------------------------------------------------------------
+
+
+def test_publicly_accessible_database_fails() -> None:
+    found = v.violations(v.RDS_INSTANCE, {**GOOD_PRIMARY, "publiclyAccessible": True}, prod=False)
+    assert found == [
+        "[no-public-instance] publiclyAccessible is true: "
+        "the database would get a public endpoint; set it to False"
+    ]
+
+
+def test_a_replica_is_checked_for_public_access_too() -> None:
+    replica = {"replicateSourceDb": "primary-id", "publiclyAccessible": True}
+    assert names(v.RDS_INSTANCE, replica) == {"no-public-instance"}
+
+
+def test_ec2_instance_or_launch_template_with_public_ip_fails() -> None:
+    assert names(v.EC2_INSTANCE, {"associatePublicIpAddress": True}) == {"no-public-instance"}
+    assert names(v.EC2_INSTANCE, {"associatePublicIpAddress": False}) == set()
+    template = {"networkInterfaces": [{"associatePublicIpAddress": "true"}]}
+    assert names(v.LAUNCH_TEMPLATE, template) == {"no-public-instance"}
+    assert names(v.LAUNCH_TEMPLATE, {"networkInterfaces": [{"associatePublicIpAddress": "false"}]}) == set()
+
+
+# --- prod durability ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "policy"),
+    [
+        ({"multiAz": False}, "prod-multi-az"),
+        ({"multiAz": None}, "prod-multi-az"),
+        ({"deletionProtection": False}, "prod-deletion-protection"),
+        ({"backupRetentionPeriod": 29.0}, "prod-backup-retention"),
+        ({"backupRetentionPeriod": None}, "prod-backup-retention"),
+    ],
+)
+def test_prod_primary_rules(change: dict[str, Any], policy: str) -> None:
+    inputs = {**GOOD_PRIMARY, **change}
+    assert names(v.RDS_INSTANCE, inputs, prod=True) == {policy}
+    assert names(v.RDS_INSTANCE, inputs, prod=False) == set()  # dev may be single-AZ and short-lived
+
+
+def test_prod_rules_message_names_the_fix() -> None:
+    [message] = v.violations(v.RDS_INSTANCE, {**GOOD_PRIMARY, "multiAz": False}, prod=True)
+    assert message.startswith("[prod-multi-az] multiAz is not true")
+
+
+# --- backup retention range -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("days", [0.0, 36.0, -1.0])
+def test_backup_retention_outside_1_to_35_fails(days: float) -> None:
+    inputs = {**GOOD_PRIMARY, "backupRetentionPeriod": days}
+    assert "backup-retention-range" in names(v.RDS_INSTANCE, inputs)
+    assert names(v.RDS_CLUSTER, {"storageEncrypted": True, "backupRetentionPeriod": days}) == {
+        "backup-retention-range"
+    }
+
+
+@pytest.mark.parametrize("days", [1.0, 7.0, 35.0])
+def test_backup_retention_inside_1_to_35_passes(days: float) -> None:
+    assert names(v.RDS_INSTANCE, {**GOOD_PRIMARY, "backupRetentionPeriod": days}) == set()
+
+
+# --- security group ingress -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cidr_key", ["cidrBlocks", "ipv6CidrBlocks"])
+@pytest.mark.parametrize(
+    ("protocol", "from_port", "to_port"),
+    [("tcp", 5432, 5432), ("tcp", 6543, 6543), ("tcp", 5000, 7000), ("-1", 0, 0), ("6", 5432, 5432)],
+)
+def test_inline_ingress_open_to_the_world_on_a_database_port_fails(
+    cidr_key: str, protocol: str, from_port: int, to_port: int
+) -> None:
+    cidr = "0.0.0.0/0" if cidr_key == "cidrBlocks" else "::/0"
+    rule = {"protocol": protocol, "fromPort": float(from_port), "toPort": float(to_port), cidr_key: [cidr]}
+    found = v.violations(v.SECURITY_GROUP, {"ingress": [rule]}, prod=False)
+    assert len(found) == 1 and found[0].startswith("[no-open-database-ingress] ingress[0] admits")
+    assert cidr in found[0]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"protocol": "tcp", "fromPort": 5432, "toPort": 5432, "cidrBlocks": ["10.0.0.0/16"]},
+        {"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrBlocks": ["0.0.0.0/0"]},
+        {"protocol": "udp", "fromPort": 5432, "toPort": 5432, "cidrBlocks": ["0.0.0.0/0"]},
+        {"protocol": "tcp", "fromPort": 6543, "toPort": 6543, "securityGroups": ["sg-app"]},
+    ],
+)
+def test_inline_ingress_that_is_scoped_passes(rule: dict[str, Any]) -> None:
+    assert names(v.SECURITY_GROUP, {"ingress": [rule]}) == set()
+
+
+def test_security_group_rule_and_vpc_ingress_rule_are_checked() -> None:
+    open_rule = {
+        "type": "ingress",
+        "protocol": "tcp",
+        "fromPort": 6543,
+        "toPort": 6543,
+        "cidrBlocks": ["0.0.0.0/0"],
+    }
+    assert names(v.SECURITY_GROUP_RULE, open_rule) == {"no-open-database-ingress"}
+    assert names(v.SECURITY_GROUP_RULE, {**open_rule, "type": "egress"}) == set()
+
+    vpc_rule = {"ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432, "cidrIpv6": "::/0"}
+    assert names(v.VPC_INGRESS_RULE, vpc_rule) == {"no-open-database-ingress"}
+    assert names(v.VPC_INGRESS_RULE, {"ipProtocol": "-1", "cidrIpv4": "0.0.0.0/0"}) == {
+        "no-open-database-ingress"
+    }
+    assert (
+        names(v.VPC_INGRESS_RULE, {**vpc_rule, "cidrIpv6": None, "referencedSecurityGroupId": "sg"}) == set()
+    )
+
+
+# --- IAM Action '*' -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["*", ["s3:GetObject", "*"], "*:*"])
+def test_iam_allow_action_star_fails(action: str | list[str]) -> None:
+    doc = iam_doc({"Sid": "All", "Effect": "Allow", "Action": action, "Resource": "*"})
+    found = v.violations("aws:iam/policy:Policy", {"policy": doc}, prod=False)
+    assert found == [
+        "[no-iam-action-star] policy statement 0 (All) allows Action '*': name the actions it needs"
+    ]
+
+
+def test_iam_star_is_found_in_trust_inline_and_key_policies() -> None:
+    star = {"Effect": "Allow", "Action": "*", "Principal": {"AWS": "*"}, "Resource": "*"}
+    assert names("aws:iam/role:Role", {"assumeRolePolicy": iam_doc(star)}) == {"no-iam-action-star"}
+    role = {"assumeRolePolicy": iam_doc(), "inlinePolicies": [{"name": "p", "policy": iam_doc(star)}]}
+    assert v.violations("aws:iam/role:Role", role, prod=False)[0].startswith(
+        "[no-iam-action-star] inlinePolicies[0].policy statement 0"
+    )
+    assert names("aws:kms/key:Key", {"policy": iam_doc(star)}) == {"no-iam-action-star"}
+    # a single statement object (not a list) is legal IAM too
+    single = json.dumps({"Version": "2012-10-17", "Statement": star})
+    assert names("aws:sns/topicPolicy:TopicPolicy", {"policy": single}) == {"no-iam-action-star"}
+
+
+def test_iam_scoped_actions_and_deny_star_pass() -> None:
+    doc = iam_doc(
+        {
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": "arn:aws:secretsmanager:x",
+        },
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},  # key policies' root statement
+        {
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+    )
+    assert names("aws:iam/rolePolicy:RolePolicy", {"policy": doc}) == set()
+    assert names("aws:iam/rolePolicy:RolePolicy", {"policy": json.loads(doc)}) == set()
+
+
+def test_unparseable_policy_document_is_reported() -> None:
+    assert names("aws:iam/policy:Policy", {"policy": "{not json"}) == {"no-iam-action-star"}
+
+
+def test_component_resources_are_not_inspected() -> None:
+    star = iam_doc({"Effect": "Allow", "Action": "*", "Resource": "*"})
+    assert names("spike-land-db:index:Database", {"policy": star}) == set()
+
+
+# --- unknowns during preview and the stack name ---------------------------------------------------------
+
+
+def test_unknown_values_surface_as_pulumi_policy_unknowns() -> None:
+    # pulumi-policy turns UnknownValueError into an advisory "can't be known during preview" diagnostic;
+    # the validators must let it through rather than treat the unknown as a value.
+    props = unknown_checking_proxy({**GOOD_PRIMARY, "multiAz": UNKNOWN_BOOLEAN_VALUE})
+    with pytest.raises(UnknownValueError):
+        v.prod_multi_az(v.RDS_INSTANCE, props, True)
+    # every other policy works through the proxy (Mapping, not dict)
+    assert v.database_storage_encrypted(v.RDS_INSTANCE, props, True) == []
+
+
+def test_stack_from_urn() -> None:
+    assert v.stack_from_urn("urn:pulumi:prod::spike-land-db::aws:rds/instance:Instance::db") == "prod"
+    with pytest.raises(ValueError, match="not a Pulumi URN"):
+        v.stack_from_urn("arn:aws:rds:x")
+
+
+# --- the pack entry point, as `pulumi preview --policy-pack policy` runs it --------------------------------
+
+
+def load_pack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run policy/__main__.py the way the pulumi.policy launcher does (runpy on the directory), capturing
+    the PolicyPack instead of starting its gRPC server."""
+    import pulumi_policy
+
+    captured: dict[str, Any] = {}
+
+    def fake_pack(**kwargs: Any) -> None:
+        captured.update(kwargs)
+
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", fake_pack)
+    monkeypatch.syspath_prepend(str(POLICY_DIR))
+    runpy.run_path(str(POLICY_DIR), run_name="__main__")
+    return captured
+
+
+def run_policy(policy: Any, stack: str, resource_type: str, props: dict[str, Any]) -> list[str]:
+    reported: list[str] = []
+    args = ResourceValidationArgs(
+        resource_type,
+        unknown_checking_proxy(props),
+        f"urn:pulumi:{stack}::spike-land-db::{resource_type}::db",
+        "db",
+        PolicyResourceOptions(False, [], False, [], PolicyCustomTimeouts(0, 0, 0), []),
+        None,
+    )
+    policy.validate(args, lambda message, urn=None: reported.append(message))
+    return reported
+
+
+def test_the_pack_wraps_every_validator_as_mandatory(monkeypatch: pytest.MonkeyPatch) -> None:
+    pack = load_pack(monkeypatch)
+    assert pack["name"] == "spike-land-db"
+    assert [p.name for p in pack["policies"]] == [p.name for p in v.POLICIES]
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in pack["policies"])
+
+
+def test_the_pack_applies_prod_rules_by_the_stack_in_the_urn(monkeypatch: pytest.MonkeyPatch) -> None:
+    policies = {p.name: p for p in load_pack(monkeypatch)["policies"]}
+    single_az = {**GOOD_PRIMARY, "multiAz": False}
+    assert run_policy(policies["prod-multi-az"], "dev", v.RDS_INSTANCE, single_az) == []
+    [message] = run_policy(policies["prod-multi-az"], "prod", v.RDS_INSTANCE, single_az)
+    assert message.startswith("[prod-multi-az] db: multiAz is not true")
