@@ -257,6 +257,11 @@ class _Mocks(pulumi.runtime.Mocks):
         return f"{name}-id", {}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        # Pulumi's mock monitor iterates a returned tuple's failures, so a (result, None) pair breaks it.
+        result, failures = self._call(args)
+        return result, failures or []
+
+    def _call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         token, a = args.token, _plain(dict(args.args))
         region = self.region
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":

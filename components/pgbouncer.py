@@ -1,0 +1,410 @@
+"""The PgBouncer tier: an Auto Scaling group of arm64 hosts behind an internal Network Load Balancer on 6543.
+
+- Hosts: Amazon Linux 2023 arm64 (the public SSM parameter, so every `pulumi up` picks up the current
+  image and an instance refresh rolls it out), PgBouncer from SPAL. AL2023's package repositories sit
+  behind S3, so the hosts need no internet route: the VPC's S3 gateway and interface endpoints do.
+- Self-healing: the ASG uses the NLB's health (TCP on 6543) and replaces a host whose PgBouncer stops
+  answering; a launch-template change (config, image) rolls the hosts with an instance refresh.
+- User data: `components/pgbouncer_userdata.py` around `dbctl.pgbouncer.render_ini`, the same renderer the
+  local stack uses. The auth file is built on the host from the role secrets' `scram_verifier` keys.
+- Instance role: SSM Session Manager (no SSH, no key pair, no public IP); GetSecretValue on exactly the
+  pooled roles' secrets; kms:Decrypt on the secrets' key, only via Secrets Manager; GetObject on exactly
+  the RDS CA bundle object. No CloudWatch agent: metrics come from the NLB (and PgBouncer's logs go to
+  the journal, reachable through Session Manager).
+- Security groups: the NLB has its own group, which admits 6543 from the app security groups and CIDRs in
+  settings; the PgBouncer group admits 6543 only from the NLB's group (AWS honours that reference even
+  with client IP preservation, and the NLB's health checks come from it too). Nothing admits 0.0.0.0/0.
+  The PgBouncer group's egress (5432 to the database, HTTPS to the endpoints) is the network's.
+- The RDS CA bundle is copied at deploy time (from the machine running `pulumi up`) into a private S3
+  bucket, because the hosts cannot reach truststore.pki.rds.amazonaws.com without an internet route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components import pgbouncer_userdata as ud
+from components.provider import default_tags
+from components.settings import StackSettings
+from dbctl import capacity
+from dbctl.names import PGBOUNCER_PORT, READ_POOL_DATABASE
+from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
+
+# Amazon Linux 2023, arm64 (Graviton), kept current by AWS.
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+# NLB's TCP idle timeout (default 350 s) would silently cut an app's idle pooled connection; PgBouncer
+# itself closes idle clients never (client_idle_timeout = 0), so let the NLB wait an hour.
+NLB_TCP_IDLE_TIMEOUT = 3600
+# Seconds a host keeps draining connections after leaving the target group (the default 300 is slow to
+# replace a broken host; transactions in transaction pooling are short).
+DEREGISTRATION_DELAY = 30
+# First boot installs packages and fetches secrets before PgBouncer listens.
+HEALTH_CHECK_GRACE = 300
+
+
+def ca_bucket_prefix(stack: str) -> str:
+    """Name prefix of the CA bundle bucket: the network's S3 endpoint policy admits objects under it."""
+    return f"spike-land-{stack}-rds-ca-"
+
+
+def ca_bundle_url(region: str) -> str:
+    """The regional RDS CA bundle (the roots of every RDS CA that region uses)."""
+    return f"https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem"
+
+
+def ini_config(settings: StackSettings, primary_host: str, read_host: str | None) -> PgBouncerConfig:
+    """The renderer's settings for an AWS host: stack settings plus the host's fixed paths."""
+    p = settings.pgbouncer
+    client_tls = (
+        ClientTls(sslmode="require", key_file=ud.CLIENT_TLS_KEY_FILE, cert_file=ud.CLIENT_TLS_CERT_FILE)
+        if p.client_tls
+        else ClientTls()
+    )
+    return PgBouncerConfig(
+        version=parse_version(p.version),
+        primary_host=primary_host,
+        read_host=read_host,
+        listen_addr="*",
+        listen_port=PGBOUNCER_PORT,
+        auth_file=ud.AUTH_FILE,
+        max_client_conn=p.max_client_conn,
+        default_pool_size=p.default_pool_size,
+        min_pool_size=p.min_pool_size,
+        reserve_pool_size=p.reserve_pool_size,
+        reserve_pool_timeout=p.reserve_pool_timeout,
+        server_lifetime=p.server_lifetime,
+        server_idle_timeout=p.server_idle_timeout,
+        server_tls=ServerTls(sslmode="verify-full", ca_file=ud.CA_FILE),
+        client_tls=client_tls,
+    )
+
+
+def check_budget(settings: StackSettings, has_replica: bool) -> None:
+    """Refuse a layout where every host's pools together could exhaust an instance's max_connections."""
+    p = settings.pgbouncer
+    targets = [("the primary", 1 if has_replica else 2)] + ([("the replica", 1)] if has_replica else [])
+    for target, pools in targets:
+        capacity.check_pool_budget(
+            max_connections=settings.effective_max_connections,
+            default_pool_size=p.default_pool_size,
+            reserve_pool_size=p.reserve_pool_size,
+            pools=pools,
+            pgbouncer_hosts=p.host_count,  # the ASG's maximum: it never runs more than host_count
+            target=target,
+        )
+
+
+def user_data(
+    settings: StackSettings,
+    primary_host: str,
+    read_host: str | None,
+    role_secret_arns: Mapping[str, str],
+    ca_bundle_s3_uri: str,
+) -> str:
+    """The launch template's user data (base64 of gzip), from resolved values: pure."""
+    cfg = ini_config(settings, primary_host, read_host)
+    script = ud.render_user_data(
+        ud.HostConfig(
+            region=settings.region,
+            pgbouncer_ini=render_ini(cfg),
+            pgbouncer_version=settings.pgbouncer.version,
+            role_secret_arns=role_secret_arns,
+            ca_bundle_s3_uri=ca_bundle_s3_uri,
+            max_client_conn=settings.pgbouncer.max_client_conn,
+            client_tls=settings.pgbouncer.client_tls,
+        )
+    )
+    return ud.encode_user_data(script)
+
+
+@dataclass(frozen=True)
+class PgBouncerTierArgs:
+    settings: StackSettings
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets, one per AZ
+    security_group_id: pulumi.Input[str]  # the PgBouncer hosts' group (network component)
+    database_security_group_id: pulumi.Input[str]  # already admits the PgBouncer group on 5432
+    primary_address: pulumi.Input[str]
+    replica_address: pulumi.Input[str] | None  # None: the read pool points at the primary
+    role_secret_arns: Mapping[str, pulumi.Input[str]]  # login role -> secret ARN (needs POOLED_ROLES)
+    secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
+
+
+class PgBouncerTier(pulumi.ComponentResource):
+    """PgBouncer hosts (ASG) behind an internal NLB on 6543; `endpoint`, `port`, `read_pool_database`."""
+
+    endpoint: pulumi.Output[str]
+    port: int
+    read_pool_database: str
+
+    def __init__(self, name: str, args: PgBouncerTierArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("spike-land-db:index:PgBouncerTier", name, None, opts)
+        s = args.settings
+        missing = [role for role in POOLED_ROLES if role not in args.role_secret_arns]
+        if missing:
+            raise ValueError(f"PgBouncerTier needs the secret ARNs of {', '.join(missing)}")
+        check_budget(s, has_replica=args.replica_address is not None)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        prefix = f"spike-pgb-{s.stack}"[:24]
+
+        # The RDS CA bundle, fetched by the deployer and served to the hosts through the S3 endpoint.
+        bucket = aws.s3.Bucket(
+            f"{name}-ca", bucket_prefix=ca_bucket_prefix(s.stack), force_destroy=True, opts=child
+        )
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-ca",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        ca_key = f"rds-ca/{s.region}-bundle.pem"
+        ca_object = aws.s3.BucketObjectv2(
+            f"{name}-ca-bundle",
+            bucket=bucket.id,
+            key=ca_key,
+            source=pulumi.RemoteAsset(ca_bundle_url(s.region)),
+            content_type="application/x-pem-file",
+            opts=child,
+        )
+        ca_uri = pulumi.Output.concat("s3://", ca_object.bucket, "/", ca_key)
+        ca_object_arn = pulumi.Output.concat(bucket.arn, "/", ca_key)
+
+        # Instance role: Session Manager, the pooled roles' secrets, their key (via Secrets Manager only).
+        role = aws.iam.Role(
+            f"{name}-host",
+            name_prefix=f"{prefix}-host-",
+            assume_role_policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        partition = aws.get_partition_output(opts=invoke).partition
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ssm",
+            role=role.name,
+            policy_arn=partition.apply(lambda p: f"arn:{p}:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+            opts=child,
+        )
+        statements: list[dict[str, object]] = [
+            {
+                "Sid": "ReadPooledRoleSecrets",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": [args.role_secret_arns[r] for r in POOLED_ROLES],
+            },
+            {
+                "Sid": "ReadRdsCaBundle",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [ca_object_arn],
+            },
+        ]
+        if args.secrets_kms_key_arn is not None:
+            statements.append(
+                {
+                    "Sid": "DecryptSecretsViaSecretsManager",
+                    "Effect": "Allow",
+                    "Action": ["kms:Decrypt"],
+                    "Resource": [args.secrets_kms_key_arn],
+                    "Condition": {
+                        "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
+                    },
+                }
+            )
+        aws.iam.RolePolicy(
+            f"{name}-host",
+            role=role.id,
+            policy=pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": statements}),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(
+            f"{name}-host", name_prefix=f"{prefix}-host-", role=role.name, opts=child
+        )
+
+        # Security groups: clients -> NLB group -> PgBouncer group -> database group.
+        nlb_sg = aws.ec2.SecurityGroup(
+            f"{name}-nlb",
+            name_prefix=f"{prefix}-nlb-",
+            description="PgBouncer NLB: 6543 from the app security groups and CIDRs in settings",
+            vpc_id=args.vpc_id,
+            opts=child,
+        )
+        for i, sg_id in enumerate(s.allowed_security_group_ids):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-nlb-from-sg-{i}",
+                security_group_id=nlb_sg.id,
+                referenced_security_group_id=sg_id,
+                ip_protocol="tcp",
+                from_port=PGBOUNCER_PORT,
+                to_port=PGBOUNCER_PORT,
+                description=f"PgBouncer clients in {sg_id}",
+                opts=child,
+            )
+        for i, cidr in enumerate(s.allowed_cidrs):
+            v6 = ":" in cidr
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-nlb-from-cidr-{i}",
+                security_group_id=nlb_sg.id,
+                cidr_ipv4=None if v6 else cidr,
+                cidr_ipv6=cidr if v6 else None,
+                ip_protocol="tcp",
+                from_port=PGBOUNCER_PORT,
+                to_port=PGBOUNCER_PORT,
+                description=f"PgBouncer clients in {cidr}",
+                opts=child,
+            )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-nlb-to-hosts",
+            security_group_id=nlb_sg.id,
+            referenced_security_group_id=args.security_group_id,
+            ip_protocol="tcp",
+            from_port=PGBOUNCER_PORT,
+            to_port=PGBOUNCER_PORT,
+            description="to the PgBouncer hosts (traffic and health checks)",
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-hosts-from-nlb",
+            security_group_id=args.security_group_id,
+            referenced_security_group_id=nlb_sg.id,
+            ip_protocol="tcp",
+            from_port=PGBOUNCER_PORT,
+            to_port=PGBOUNCER_PORT,
+            description="from the PgBouncer NLB only (clients and health checks)",
+            opts=child,
+        )
+        # The PgBouncer group's egress (5432 to the database, 443 to the VPC endpoints) is the network's.
+
+        # Launch template: the image, the role, the group, IMDSv2 only, encrypted root, the user data.
+        ami = aws.ssm.get_parameter_output(name=AMI_PARAMETER, opts=invoke).value
+        arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
+        read_host: pulumi.Input[str | None] = args.replica_address
+        encoded = pulumi.Output.all(args.primary_address, read_host, arns, ca_uri).apply(
+            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3])
+        )
+        tags = {**default_tags(s), "Name": f"{prefix}-host"}
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-host",
+            name_prefix=f"{prefix}-host-",
+            description="PgBouncer host (Amazon Linux 2023 arm64)",
+            image_id=ami,
+            instance_type=s.pgbouncer.instance_type,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            vpc_security_group_ids=[args.security_group_id],
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=1,
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=16, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                    ),
+                )
+            ],
+            monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
+            user_data=encoded,
+            update_default_version=True,
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
+                for kind in ("instance", "volume", "network-interface")
+            ],
+            opts=child,
+        )
+
+        # Internal NLB on 6543 with TCP health checks.
+        target_group = aws.lb.TargetGroup(
+            f"{name}-hosts",
+            name_prefix="pgb-",
+            port=PGBOUNCER_PORT,
+            protocol="TCP",
+            target_type="instance",
+            vpc_id=args.vpc_id,
+            deregistration_delay=DEREGISTRATION_DELAY,
+            connection_termination=True,
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                enabled=True,
+                protocol="TCP",
+                port="traffic-port",
+                interval=10,
+                healthy_threshold=2,
+                unhealthy_threshold=2,
+            ),
+            opts=child,
+        )
+        nlb = aws.lb.LoadBalancer(
+            f"{name}-nlb",
+            name_prefix="pgb-",
+            internal=True,
+            load_balancer_type="network",
+            subnets=args.subnet_ids,
+            security_groups=[nlb_sg.id],
+            # One host in dev: let every AZ's NLB node reach it.
+            enable_cross_zone_load_balancing=True,
+            enable_deletion_protection=s.deletion_protection,
+            opts=child,
+        )
+        aws.lb.Listener(
+            f"{name}-6543",
+            load_balancer_arn=nlb.arn,
+            port=PGBOUNCER_PORT,
+            protocol="TCP",
+            tcp_idle_timeout_seconds=NLB_TCP_IDLE_TIMEOUT,
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_group.arn)
+            ],
+            opts=child,
+        )
+
+        # The hosts: a fixed count across the private subnets, replaced when the NLB finds one unhealthy.
+        aws.autoscaling.Group(
+            f"{name}-hosts",
+            name_prefix=f"{prefix}-",
+            vpc_zone_identifiers=args.subnet_ids,
+            desired_capacity=s.pgbouncer.host_count,
+            min_size=s.pgbouncer.host_count,
+            max_size=s.pgbouncer.host_count,
+            health_check_type="ELB",
+            health_check_grace_period=HEALTH_CHECK_GRACE,
+            target_group_arns=[target_group.arn],
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                strategy="Rolling",
+                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                    min_healthy_percentage=50, instance_warmup=str(HEALTH_CHECK_GRACE)
+                ),
+            ),
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=False)
+                for k, v in tags.items()
+            ],
+            opts=child,
+        )
+
+        self.endpoint = nlb.dns_name
+        self.port = PGBOUNCER_PORT
+        self.read_pool_database = READ_POOL_DATABASE
+        self.register_outputs(
+            {"endpoint": self.endpoint, "port": self.port, "read_pool_database": self.read_pool_database}
+        )
