@@ -5,12 +5,36 @@ settings -> provider -> network -> credentials -> database -> (pgbouncer -> back
 
 import pulumi
 
+from components.credentials import Credentials, CredentialsArgs
+from components.database import Database, DatabaseArgs
+from components.network import Network, NetworkArgs
 from components.provider import make_provider
 from components.settings import from_pulumi_config
 
 settings = from_pulumi_config()  # validated before anything is declared
 provider = make_provider(settings)
 
+network = Network("network", NetworkArgs(settings=settings, provider=provider))
+credentials = Credentials("credentials", CredentialsArgs(settings=settings, provider=provider))
+database = Database(
+    "database", DatabaseArgs(settings=settings, provider=provider, network=network, credentials=credentials)
+)
+
+# Stack outputs: later components and the post-deploy step read these names. No output holds a password.
 pulumi.export("region", settings.region)
 pulumi.export("database_name", settings.database_name)
+pulumi.export("primary_endpoint", database.primary.endpoint)
+pulumi.export("primary_address", database.primary.address)
+pulumi.export("primary_port", database.primary.port)
+pulumi.export("primary_instance_id", database.primary.identifier)
+pulumi.export("replica_endpoints", [r.endpoint for r in database.replicas])
+pulumi.export("replica_addresses", [r.address for r in database.replicas])
+pulumi.export("max_connections", database.max_connections)
+pulumi.export("master_secret_arn", credentials.master_secret.arn)
+pulumi.export("role_secret_arns", credentials.role_secret_arns)
+pulumi.export("kms_key_arn", credentials.kms_key_arn)
+pulumi.export("vpc_id", network.vpc_id)
+pulumi.export("subnet_ids", network.subnet_ids)
+pulumi.export("db_security_group_id", network.db_security_group_id)
+pulumi.export("pgbouncer_security_group_id", network.pgbouncer_security_group_id)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)

@@ -24,8 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from components.rds_sizing import max_connections_for
-from dbctl import names
+from dbctl import capacity, names
 
 PROJECT = "spike-land-db"
 REGION_KEY = "aws:region"
@@ -283,9 +282,7 @@ class StackSettings(_Model):
     def effective_max_connections(self) -> int:
         if self.max_connections is not None:
             return self.max_connections
-        value = max_connections_for(self.instance_class)
-        assert value is not None  # checked by _max_connections
-        return value
+        return capacity.max_connections(self.instance_class)
 
     @property
     def parameter_group_family(self) -> str:
@@ -401,11 +398,12 @@ class StackSettings(_Model):
                 self.max_allocated_storage_gb,
                 f"must be >= allocatedStorageGb ({self.allocated_storage_gb}); it is the autoscaling ceiling",
             )
-        if self.max_connections is None and max_connections_for(self.instance_class) is None:
+        if self.max_connections is None and self.instance_class not in capacity.INSTANCE_MEMORY_GIB:
             raise _FieldProblem(
                 "max_connections",
                 None,
-                f"must be set: the memory of {self.instance_class} is not in components/rds_sizing.py",
+                f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
+                "(set maxConnections, or pick a class listed there)",
             )
         backup = _spans(*_window_minutes(self.backup_window), 1440)
         maint_start, maint_end = _maint_minutes(self.maintenance_window)

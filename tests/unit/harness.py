@@ -196,7 +196,7 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
             return f"vpce-{h}", {"arn": self._arn("ec2", f"vpc-endpoint/vpce-{h}")}
         if typ == "aws:secretsmanager/secret:Secret":
-            sname = str(inputs.get("name") or inputs.get("namePrefix", name) + h[:6])
+            sname = str(inputs.get("name") or inputs.get("namePrefix", f"{name}-"))
             return self._arn("secretsmanager", f"secret:{sname}-{h[:6]}"), {
                 "arn": self._arn("secretsmanager", f"secret:{sname}-{h[:6]}"),
                 "name": sname,

@@ -1,0 +1,169 @@
+"""Credentials: the customer-managed KMS key, the master password and one secret per login role.
+
+Each login role's secret holds `{username, password, scram_verifier}` (keys from dbctl.names). The verifier
+is computed here from the password and a 16-byte salt from pulumi-random, so it is stable across runs and
+the post-deploy step can `ALTER ROLE ... PASSWORD '<verifier>'` without the plaintext reaching the server.
+
+The master secret is created here, empty; its value (the standard RDS JSON with the host) is written by the
+database component once the instance exists. Every password, salt and verifier stays a Pulumi secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from components.settings import StackSettings
+from dbctl import names
+from dbctl.scram import SALT_BYTES, scram_verifier
+
+MASTER_USERNAME = "spike_admin"
+PASSWORD_LENGTH = 40
+# RDS forbids / @ " and space in master passwords; these specials are also URL-safe, so a password can go
+# into a connection string without escaping.
+PASSWORD_SPECIALS = "-_.~"  # noqa: S105 (a character set, not a password)
+
+
+@dataclass(frozen=True)
+class CredentialsArgs:
+    settings: StackSettings
+    provider: aws.Provider
+
+
+def _password(name: str, parent: pulumi.Resource) -> random.RandomPassword:
+    return random.RandomPassword(
+        name,
+        length=PASSWORD_LENGTH,
+        special=True,
+        override_special=PASSWORD_SPECIALS,
+        min_lower=1,
+        min_upper=1,
+        min_numeric=1,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def role_secret_json(username: str, password: str, salt_b64: str) -> str:
+    """The role secret's JSON: username, password and the SCRAM verifier of password with salt."""
+    verifier = scram_verifier(password, base64.b64decode(salt_b64))
+    return json.dumps(
+        {
+            names.SECRET_USERNAME_KEY: username,
+            names.SECRET_PASSWORD_KEY: password,
+            names.SECRET_VERIFIER_KEY: verifier,
+        }
+    )
+
+
+class Credentials(pulumi.ComponentResource):
+    kms_key: aws.kms.Key
+    kms_key_arn: pulumi.Output[str]
+    master_username: str
+    master_password: pulumi.Output[str]
+    master_secret: aws.secretsmanager.Secret
+    role_secret_arns: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("spike-land-db:index:Credentials", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
+        prefix = f"spike-land-{s.stack}"
+        account = aws.get_caller_identity(opts=invoke).account_id
+        partition = aws.get_partition(opts=invoke).partition
+
+        key_policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    # The account administers the key and IAM policies grant its use (RDS, Secrets Manager
+                    # and Performance Insights use it through grants on behalf of those principals). In a
+                    # key policy "*" means this key.
+                    "Sid": "AccountAdministers",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                },
+                {
+                    # CloudWatch Logs encrypts the RDS log groups, and only those (encryption context).
+                    "Sid": "CloudWatchLogsForRdsLogGroups",
+                    "Effect": "Allow",
+                    "Principal": {"Service": f"logs.{s.region}.amazonaws.com"},
+                    "Action": [
+                        "kms:Encrypt*",
+                        "kms:Decrypt*",
+                        "kms:ReEncrypt*",
+                        "kms:GenerateDataKey*",
+                        "kms:Describe*",
+                    ],
+                    "Resource": "*",
+                    "Condition": {
+                        "ArnLike": {
+                            "kms:EncryptionContext:aws:logs:arn": (
+                                f"arn:{partition}:logs:{s.region}:{account}:log-group:/aws/rds/instance/{prefix}-*"
+                            )
+                        }
+                    },
+                },
+            ],
+        }
+        self.kms_key = aws.kms.Key(
+            f"{name}-key",
+            description=f"{prefix}: RDS storage, secrets, Performance Insights and logs",
+            enable_key_rotation=True,
+            deletion_window_in_days=s.secret_recovery_window_days,
+            policy=json.dumps(key_policy),
+            opts=child,
+        )
+        aws.kms.Alias(f"{name}-key", name=f"alias/{prefix}-db", target_key_id=self.kms_key.key_id, opts=child)
+        self.kms_key_arn = self.kms_key.arn
+
+        def secret(key: str, description: str) -> aws.secretsmanager.Secret:
+            return aws.secretsmanager.Secret(
+                f"{name}-{key}",
+                # A prefix, not a name: a deleted secret's name stays taken for the recovery window.
+                name_prefix=f"{prefix}/{key}-",
+                description=description,
+                kms_key_id=self.kms_key.arn,
+                recovery_window_in_days=s.secret_recovery_window_days,
+                opts=child,
+            )
+
+        master_password = _password(f"{name}-master-password", self)
+        self.master_username = MASTER_USERNAME
+        self.master_password = pulumi.Output.secret(master_password.result)
+        self.master_secret = secret("master", f"{prefix} RDS master user (standard RDS secret JSON)")
+
+        self.role_secret_arns = {}
+        for role in names.LOGIN_ROLES:
+            password = _password(f"{name}-{role}-password", self)
+            salt = random.RandomBytes(
+                f"{name}-{role}-salt", length=SALT_BYTES, opts=pulumi.ResourceOptions(parent=self)
+            )
+            role_secret = secret(role, f"{prefix} login role {role}: username, password, scram_verifier")
+            value: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.all(role, password.result, salt.base64).apply(
+                    lambda a: role_secret_json(str(a[0]), str(a[1]), str(a[2]))
+                )
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-{role}",
+                secret_id=role_secret.id,
+                secret_string=value,
+                opts=child,
+            )
+            self.role_secret_arns[role] = role_secret.arn
+
+        self.register_outputs(
+            {
+                "kms_key_arn": self.kms_key.arn,
+                "master_secret_arn": self.master_secret.arn,
+                "role_secret_arns": self.role_secret_arns,
+            }
+        )
