@@ -125,6 +125,8 @@ class PgBouncerConfig(BaseModel):
     # The read replica; None means there is none and the read pool points at the primary.
     read_host: Host | None = None
     read_port: Port | None = None
+    # The database both pools open on the server; tests and the local stack may point it elsewhere.
+    server_dbname: RoleName = DATABASE_NAME
     listen_addr: str = Field(default="127.0.0.1", pattern=r"^(\*|[A-Za-z0-9.:_-]+)(,[A-Za-z0-9.:_-]+)*$")
     listen_port: Port = PGBOUNCER_PORT
     auth_file: str
@@ -219,7 +221,8 @@ def _value(v: object) -> str:
 
 
 def _database_line(config: PgBouncerConfig, host: str, port: int) -> str:
-    return f"host={host} port={port} dbname={DATABASE_NAME} max_db_connections={config.connections_per_pool}"
+    cap = config.connections_per_pool
+    return f"host={host} port={port} dbname={config.server_dbname} max_db_connections={cap}"
 
 
 def _databases(config: PgBouncerConfig) -> list[_Entry]:

@@ -1,0 +1,327 @@
+"""Run a real `pgbouncer` with files from dbctl.pgbouncer: find it, start it, reload it, stop it.
+
+Used by the integration tests and the local stack. The AWS hosts run PgBouncer under systemd instead.
+
+API
+---
+- ``find_pgbouncer() -> Path``: the binary, from PATH or /usr/sbin (Debian installs it there, outside a
+  normal user's PATH). Missing: ``PgBouncerNotFoundError`` naming the Debian package ``pgbouncer``.
+- ``detect_version(binary) -> (major, minor)`` from ``pgbouncer --version``.
+- ``PgBouncerServer(directory, binary=None)``: one PgBouncer whose files live in ``directory``
+  (``pgbouncer.ini``, ``userlist.txt`` mode 0600, ``pgbouncer.log``, ``pgbouncer.pid``).
+
+  - ``config(**settings) -> PgBouncerConfig``: settings for this binary's version with the file paths filled.
+  - ``start(config, verifiers, timeout=30)``: write the files, start pgbouncer in the foreground (as the OS
+    user ``postgres`` when we are root: PgBouncer refuses to run as root), wait until it accepts TCP
+    connections. If pgbouncer exits instead (e.g. it rejects the config), ``PgBouncerServerError`` carries
+    pgbouncer's own ERROR/FATAL lines.
+  - ``reload(config, verifiers, timeout=10)``: rewrite the files and SIGHUP (an online reload: connected
+    clients stay); raises with pgbouncer's error lines if it rejected the new config (it keeps the old one).
+  - ``stop(timeout=10)``; ``is_running()``; usable as a context manager (stops on exit).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini, render_userlist
+
+PACKAGE = "pgbouncer"
+SERVICE_OS_USER = "postgres"
+_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
+_VERSION_LINE = re.compile(r"PgBouncer (\d+\.\d+(?:\.\d+)?)")
+_ERROR_LINE = re.compile(r"\b(ERROR|FATAL|WARNING)\b")
+# File descriptors beyond max_client_conn: server connections, listen sockets, log, DNS.
+_FD_MARGIN = 256
+# The PostgreSQL protocol's SSLRequest: any PgBouncer answers it with one byte, 'S' or 'N'.
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+class PgBouncerServerError(RuntimeError):
+    """PgBouncer could not be found, started, reloaded or stopped. The message says why and what to do."""
+
+
+class PgBouncerNotFoundError(PgBouncerServerError):
+    """The pgbouncer binary is not installed."""
+
+
+def find_pgbouncer() -> Path:
+    """The pgbouncer binary: PATH first, then the sbin/bin directories packages install it to."""
+    candidates = [shutil.which("pgbouncer"), *(f"{d}/pgbouncer" for d in _SEARCH_DIRS)]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise PgBouncerNotFoundError(
+        f"pgbouncer not found on PATH or in {', '.join(_SEARCH_DIRS)}; "
+        f"install the Debian package: sudo apt-get install -y {PACKAGE}"
+    )
+
+
+def detect_version(binary: Path) -> Version:
+    """(major, minor) of the binary, from the first line of `pgbouncer --version`."""
+    result = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    match = _VERSION_LINE.search(result.stdout + result.stderr)
+    if result.returncode != 0 or match is None:
+        raise PgBouncerServerError(
+            f"`{binary} --version` did not report a PgBouncer version (exit {result.returncode}); "
+            f"reinstall the {PACKAGE} package"
+        )
+    return parse_version(match[1])
+
+
+def _service_ids() -> tuple[int, int] | None:
+    """(uid, gid) of the service user when we are root, else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_OS_USER)
+    except KeyError:
+        raise PgBouncerServerError(
+            f"running as root, and PgBouncer refuses to run as root, but there is no OS user "
+            f"{SERVICE_OS_USER!r}; install the Debian package: apt-get install -y postgresql"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _write_private(path: Path, text: str, mode: int, ids: tuple[int, int] | None) -> None:
+    """Write text atomically to path with mode (never briefly world-readable), owned by the service user."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, text.encode())
+        if ids is not None:
+            os.fchown(fd, *ids)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
+def _error_lines(*texts: str) -> str:
+    lines = [line for text in texts for line in text.splitlines() if _ERROR_LINE.search(line)]
+    return "\n".join(lines) or "(pgbouncer printed no error)"
+
+
+class PgBouncerServer:
+    """One pgbouncer process whose files live in `directory`. See the module docstring."""
+
+    def __init__(self, directory: Path, binary: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.binary = binary or find_pgbouncer()
+        self.version = detect_version(self.binary)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._config: PgBouncerConfig | None = None
+        self._verifiers: dict[str, str] = {}
+        self._log_offset = 0
+
+    @property
+    def ini_path(self) -> Path:
+        return self.directory / "pgbouncer.ini"
+
+    @property
+    def userlist_path(self) -> Path:
+        return self.directory / "userlist.txt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "pgbouncer.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.directory / "pgbouncer.pid"
+
+    @property
+    def _console_path(self) -> Path:
+        return self.directory / "pgbouncer.out"
+
+    def config(self, **settings: object) -> PgBouncerConfig:
+        """A PgBouncerConfig for this binary's version, with auth_file/logfile/pidfile in `directory`."""
+        values: dict[str, object] = {
+            "version": self.version,
+            "auth_file": str(self.userlist_path),
+            "logfile": str(self.log_path),
+            "pidfile": str(self.pid_path),
+            **settings,
+        }
+        return PgBouncerConfig.model_validate(values)
+
+    def _write(self, config: PgBouncerConfig, verifiers: Mapping[str, str]) -> None:
+        if config.auth_file != str(self.userlist_path):
+            raise PgBouncerServerError(
+                f"config.auth_file is {config.auth_file}, but this server keeps it at {self.userlist_path}; "
+                "build the config with PgBouncerServer.config()"
+            )
+        ids = _service_ids()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
+        if ids is not None:
+            os.chown(self.directory, *ids)
+        _write_private(self.userlist_path, render_userlist(verifiers), 0o600, ids)
+        _write_private(self.ini_path, render_ini(config), 0o600, ids)
+
+    def _listen_host(self, config: PgBouncerConfig) -> str:
+        first = config.listen_addr.split(",")[0]
+        return "127.0.0.1" if first in ("*", "0.0.0.0") else first  # noqa: S104 - we connect, not bind
+
+    def _raise_fd_limit(self, config: PgBouncerConfig) -> None:
+        needed = config.max_client_conn + _FD_MARGIN
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise PgBouncerServerError(
+                f"max_client_conn {config.max_client_conn} needs about {needed} file descriptors, but "
+                f"the hard limit is {hard}; raise it (ulimit -Hn, or LimitNOFILE under systemd) "
+                "or lower max_client_conn"
+            )
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+    def start(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 30) -> None:
+        """Write the files and run pgbouncer until stop(); raise with its own errors if it won't start."""
+        if self.is_running():
+            raise PgBouncerServerError(f"pgbouncer already runs from {self.directory}; stop() it first")
+        host = self._listen_host(config)
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, config.listen_port))
+            except OSError:
+                raise PgBouncerServerError(
+                    f"port {host}:{config.listen_port} is taken by another process; stop it or pick another "
+                    "listen_port"
+                ) from None
+        self._write(config, verifiers)
+        self._log_offset = len(self._read(self.log_path))
+        # The child inherits our limits; pgbouncer needs one descriptor per client connection.
+        self._raise_fd_limit(config)
+        ids = _service_ids()
+        with self._console_path.open("wb") as console:
+            self.process = subprocess.Popen(
+                [str(self.binary), str(self.ini_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+                user=ids[0] if ids else None,
+                group=ids[1] if ids else None,
+                extra_groups=[] if ids else None,
+            )
+        self._config, self._verifiers = config, dict(verifiers)
+        self._wait_ready(config, timeout)
+
+    def _wait_ready(self, config: PgBouncerConfig, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        address = (self._listen_host(config), config.listen_port)
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self.process = None
+                raise PgBouncerServerError(
+                    f"pgbouncer exited with code {code} instead of starting ({self.ini_path}):\n"
+                    f"{_error_lines(self._read(self._console_path), self._read(self.log_path))}"
+                )
+            try:
+                # "process up" is logged once the listen sockets are open; the connect proves it serves.
+                if "process up" in self._read(self.log_path)[self._log_offset :]:
+                    with socket.create_connection(address, timeout=1):
+                        return
+                raise OSError("not up yet")
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise PgBouncerServerError(
+                        f"pgbouncer did not accept connections on {address[0]}:{address[1]} within "
+                        f"{timeout:.0f} s; its log {self.log_path}:\n"
+                        f"{_error_lines(self._read(self.log_path))}"
+                    ) from None
+                time.sleep(0.05)
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _ping(self, config: PgBouncerConfig) -> None:
+        """One protocol round trip: when it returns, pgbouncer's event loop has handled earlier signals."""
+        with socket.create_connection((self._listen_host(config), config.listen_port), timeout=5) as sock:
+            sock.sendall(_SSL_REQUEST)
+            sock.recv(1)
+
+    def _sighup(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float) -> str:
+        """Write the files, SIGHUP, wait until the reload ran; return what pgbouncer logged about it."""
+        assert self.process is not None and self._config is not None
+        offset = len(self._read(self.log_path))
+        self._write(config, verifiers)
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while "got SIGHUP" not in self._read(self.log_path)[offset:]:
+            if time.monotonic() > deadline:
+                raise PgBouncerServerError(f"pgbouncer did not log the SIGHUP reload within {timeout:.0f} s")
+            time.sleep(0.05)
+        self._ping(self._config)
+        new_lines = self._read(self.log_path)[offset:]
+        return new_lines[new_lines.index("got SIGHUP") :]
+
+    def reload(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 10) -> None:
+        """Rewrite the files and SIGHUP pgbouncer; connected clients stay. Raise if it rejects the config.
+
+        A rejected reload is not clean in PgBouncer: the settings read before the bad line are applied
+        and the rest are not (1.18 drops client TLS that way). So on rejection the last good files are
+        written back and reloaded before raising.
+        """
+        if self.process is None or self._config is None or not self.is_running():
+            raise PgBouncerServerError("pgbouncer is not running; start() it before reload()")
+        logged = self._sighup(config, verifiers, timeout)
+        if "loading failed" not in logged:
+            self._config, self._verifiers = config, dict(verifiers)
+            return
+        restored = self._sighup(self._config, self._verifiers, timeout)
+        outcome = (
+            "restored the previous config"
+            if "loading failed" not in restored
+            else "could NOT restore the previous config either; restart it"
+        )
+        raise PgBouncerServerError(f"pgbouncer rejected the new config ({outcome}):\n{_error_lines(logged)}")
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (PgBouncer's fast shutdown), then SIGKILL if it lingers."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        self.process = None
+
+    def __enter__(self) -> PgBouncerServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
