@@ -1,0 +1,434 @@
+"""Alarm rules, pure: what each CloudWatch alarm watches and its threshold, from settings and capacity.
+
+No Pulumi here: `components/alarms.py` turns these specs into resources, and the tests check the numbers
+without mocks. One spec per seed item ("Monitoring Setup with Alerting") plus the resource alarms:
+
+- connection exhaustion: DatabaseConnections > `connectionsPercent` (80 %) of the max_connections the
+  instances run with (`settings.effective_max_connections`: the RDS formula for the class unless set);
+- replication lag: ReplicaLag > `replicaLagSeconds` (30 s) on each replica;
+- database size: FreeStorageSpace < `freeStoragePercent` (20 %) of the storage size the stack declares.
+  Not of the autoscaling ceiling: FreeStorageSpace is free space of the *current* volume, which starts far
+  below the ceiling (prod: 100 of 1000 GB), so "free < 20 % of the ceiling" would be in ALARM from day one.
+  Below the ceiling, autoscaling grows the volume when free space drops under 10 %; this alarm fires first
+  (at 20 % of the declared size), and clears once autoscaling has grown the volume. At the ceiling, RDS's
+  low-storage events (in the event subscription) report 90 % consumed;
+- slow query increase: more than `slowQueriesPer5min` (10) statements over 1 s in 5 minutes, counted by a
+  log metric filter on the exported `postgresql` log (see `SLOW_QUERY_FILTER_PATTERN`);
+- CPUUtilization, FreeableMemory, ReadLatency, WriteLatency on the primary and every replica;
+- the PgBouncer tier: NLB UnHealthyHostCount > 0 and HealthyHostCount < the desired host count.
+
+`treat_missing_data`, per alarm:
+- RDS instance metrics: `missing` (keep the last state). RDS publishes them every minute while the instance
+  runs; gaps come from reboots, failovers and stops, which the RDS event subscription reports itself, so
+  guessing "breaching" or "not breaching" would only make the alarm flap;
+- ReplicaLag: `breaching`. A replica that stops reporting lag is a replica that is not replicating;
+- slow queries: `notBreaching`. The metric filter only emits data when a log line matches: no data means
+  no slow statement;
+- PgBouncer HealthyHostCount: `breaching` (no data means no NLB/targets to count); UnHealthyHostCount:
+  `notBreaching` (no data means nothing unhealthy was counted).
+
+The slow-query filter: RDS writes `log_line_prefix = %t:%r:%u@%d:[%p]:`, so a slow statement is logged as
+`2026-11-25 05:52:44 UTC:10.0.1.5(58704):spike_app@spike_land:[11494]:LOG:  duration: 1202.851 ms  ...`.
+CloudWatch filter patterns cannot compare a number inside free text, but a space-delimited pattern names
+fields and compares one numerically: `[..., label="duration:", ms>1000, unit="ms", ...]` matches when
+some field is exactly `duration:`, the next is a number above 1000 and the one after is `ms`. The ellipses
+make it independent of how many fields the prefix splits into (and of the two spaces PostgreSQL writes
+after `LOG:`). `filter_pattern_matches` evaluates that subset of the syntax in Python, so tests can run the
+pattern over real PostgreSQL log lines; `aws logs test-metric-filter` checks it against CloudWatch itself
+(README, Operations).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from components.settings import StackSettings
+
+MIB: Final = 1024**2
+GIB: Final = 1024**3
+
+RDS_NAMESPACE: Final = "AWS/RDS"
+NLB_NAMESPACE: Final = "AWS/NetworkELB"
+SLOW_QUERY_METRIC: Final = "SlowQueries"
+SLOW_QUERY_THRESHOLD_MS: Final = 1000
+# Latency alarms: gp3 serves reads and writes in single-digit milliseconds; 20 ms sustained means trouble.
+READ_LATENCY_SECONDS: Final = 0.020
+WRITE_LATENCY_SECONDS: Final = 0.020
+
+Comparison = Literal[
+    "GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold", "LessThanOrEqualToThreshold"
+]
+MissingData = Literal["missing", "breaching", "notBreaching", "ignore"]
+
+
+def custom_namespace(stack: str) -> str:
+    """The CloudWatch namespace of this stack's own metrics (the slow-query count)."""
+    return f"SpikeLandDb/{stack}"
+
+
+def slow_query_filter_pattern(threshold_ms: int = SLOW_QUERY_THRESHOLD_MS) -> str:
+    """The space-delimited filter pattern counting PostgreSQL statements slower than `threshold_ms`."""
+    return f'[..., label="duration:", ms>{threshold_ms}, unit="ms", ...]'
+
+
+SLOW_QUERY_FILTER_PATTERN: Final = slow_query_filter_pattern()
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    """One CloudWatch metric alarm, independent of Pulumi.
+
+    `target` says what the dimensions point at: "primary", "replica-<n>" (1-based) or "pgbouncer"
+    (the NLB and its target group); `components/alarms.py` fills in the identifiers.
+    """
+
+    key: str
+    target: str
+    namespace: str
+    metric: str
+    statistic: Literal["Average", "Maximum", "Minimum", "Sum"]
+    comparison: Comparison
+    threshold: float
+    period: int
+    evaluation_periods: int
+    datapoints_to_alarm: int
+    treat_missing_data: MissingData
+    description: str
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number the alarms use, derived from settings (and the instance class)."""
+
+    max_connections: int
+    connections: int
+    replica_lag_seconds: float
+    free_storage_bytes: int
+    slow_queries_per_5min: int
+    cpu_percent: float
+    freeable_memory_bytes: int
+    read_latency_seconds: float
+    write_latency_seconds: float
+    pgbouncer_desired_hosts: int
+
+
+def thresholds(settings: StackSettings) -> Thresholds:
+    a = settings.alarms
+    max_conn = settings.effective_max_connections
+    return Thresholds(
+        max_connections=max_conn,
+        # "above 80 %": the largest whole number of connections that is still within the limit.
+        connections=math.floor(max_conn * a.connections_percent / 100),
+        replica_lag_seconds=a.replica_lag_seconds,
+        free_storage_bytes=int(settings.allocated_storage_gb * GIB * a.free_storage_percent / 100),
+        slow_queries_per_5min=a.slow_queries_per_5min,
+        cpu_percent=a.cpu_percent,
+        freeable_memory_bytes=a.freeable_memory_mb * MIB,
+        read_latency_seconds=READ_LATENCY_SECONDS,
+        write_latency_seconds=WRITE_LATENCY_SECONDS,
+        pgbouncer_desired_hosts=settings.pgbouncer.host_count,
+    )
+
+
+def _instance_specs(target: str, t: Thresholds, *, replica: bool) -> list[AlarmSpec]:
+    where = "the replica " + target if replica else "the primary"
+    specs = [
+        AlarmSpec(
+            key=f"{target}-connections",
+            target=target,
+            namespace=RDS_NAMESPACE,
+            metric="DatabaseConnections",
+            statistic="Maximum",
+            comparison="GreaterThanThreshold",
+            threshold=t.connections,
+            period=60,
+            evaluation_periods=5,
+            datapoints_to_alarm=5,
+            treat_missing_data="missing",
+            description=(
+                f"Connections on {where} above {t.connections} (80 % of max_connections {t.max_connections}) "
+                "for 5 minutes. Action: check PgBouncer pool sizes and clients holding connections "
+                "(pg_stat_activity), or scale the instance class."
+            ),
+        ),
+        AlarmSpec(
+            key=f"{target}-cpu",
+            target=target,
+            namespace=RDS_NAMESPACE,
+            metric="CPUUtilization",
+            statistic="Average",
+            comparison="GreaterThanThreshold",
+            threshold=t.cpu_percent,
+            period=300,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="missing",
+            description=(
+                f"CPU on {where} above {t.cpu_percent:g} % for 15 minutes. Action: find expensive queries "
+                "(pg_stat_statements, Performance Insights)."
+            ),
+        ),
+        AlarmSpec(
+            key=f"{target}-freeable-memory",
+            target=target,
+            namespace=RDS_NAMESPACE,
+            metric="FreeableMemory",
+            statistic="Minimum",
+            comparison="LessThanThreshold",
+            threshold=t.freeable_memory_bytes,
+            period=300,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="missing",
+            description=(
+                f"Freeable memory on {where} below {t.freeable_memory_bytes // MIB} MiB for 15 minutes. "
+                "Action: look for memory-hungry queries (work_mem) or scale the instance class."
+            ),
+        ),
+        AlarmSpec(
+            key=f"{target}-read-latency",
+            target=target,
+            namespace=RDS_NAMESPACE,
+            metric="ReadLatency",
+            statistic="Average",
+            comparison="GreaterThanThreshold",
+            threshold=t.read_latency_seconds,
+            period=300,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="missing",
+            description=(
+                f"Disk read latency on {where} above {t.read_latency_seconds * 1000:g} ms for 15 minutes. "
+                "Action: check IOPS/throughput against the gp3 limits and queries doing large scans."
+            ),
+        ),
+        AlarmSpec(
+            key=f"{target}-write-latency",
+            target=target,
+            namespace=RDS_NAMESPACE,
+            metric="WriteLatency",
+            statistic="Average",
+            comparison="GreaterThanThreshold",
+            threshold=t.write_latency_seconds,
+            period=300,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="missing",
+            description=(
+                f"Disk write latency on {where} above {t.write_latency_seconds * 1000:g} ms for 15 minutes. "
+                "Action: check IOPS/throughput against the gp3 limits and write-heavy jobs."
+            ),
+        ),
+    ]
+    if replica:
+        specs.append(
+            AlarmSpec(
+                key=f"{target}-replica-lag",
+                target=target,
+                namespace=RDS_NAMESPACE,
+                metric="ReplicaLag",
+                statistic="Maximum",
+                comparison="GreaterThanThreshold",
+                threshold=t.replica_lag_seconds,
+                period=60,
+                evaluation_periods=3,
+                datapoints_to_alarm=3,
+                treat_missing_data="breaching",
+                description=(
+                    f"Replication lag on {where} above {t.replica_lag_seconds:g} s for 3 minutes. "
+                    "Action: check network and disk I/O on the replica, and long queries holding replay."
+                ),
+            )
+        )
+    else:
+        specs.append(
+            AlarmSpec(
+                key=f"{target}-free-storage",
+                target=target,
+                namespace=RDS_NAMESPACE,
+                metric="FreeStorageSpace",
+                statistic="Minimum",
+                comparison="LessThanThreshold",
+                threshold=t.free_storage_bytes,
+                period=300,
+                evaluation_periods=2,
+                datapoints_to_alarm=2,
+                treat_missing_data="missing",
+                description=(
+                    f"Free storage on the primary below {t.free_storage_bytes / GIB:g} GiB (20 % of the "
+                    "declared size) for 10 minutes. Action: clean up or archive, check storage autoscaling "
+                    "events, raise maxAllocatedStorageGb."
+                ),
+            )
+        )
+    return specs
+
+
+def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
+    """Every metric alarm the stack gets, primary first, then each replica, slow queries, PgBouncer."""
+    t = thresholds(settings)
+    specs = _instance_specs("primary", t, replica=False)
+    for n in range(1, settings.replica_count + 1):
+        specs += _instance_specs(f"replica-{n}", t, replica=True)
+    specs.append(
+        AlarmSpec(
+            key="slow-queries",
+            target="primary",
+            namespace=custom_namespace(settings.stack),
+            metric=SLOW_QUERY_METRIC,
+            statistic="Sum",
+            comparison="GreaterThanThreshold",
+            threshold=t.slow_queries_per_5min,
+            period=300,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            treat_missing_data="notBreaching",
+            description=(
+                f"More than {t.slow_queries_per_5min} statements over {SLOW_QUERY_THRESHOLD_MS} ms in "
+                "5 minutes on the primary. Action: review query plans (EXPLAIN ANALYZE), add indexes."
+            ),
+        )
+    )
+    specs += [
+        AlarmSpec(
+            key="pgbouncer-unhealthy-hosts",
+            target="pgbouncer",
+            namespace=NLB_NAMESPACE,
+            metric="UnHealthyHostCount",
+            statistic="Maximum",
+            comparison="GreaterThanThreshold",
+            threshold=0,
+            period=60,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="notBreaching",
+            description=(
+                "A PgBouncer host has failed the NLB health check for 3 minutes. Action: check the host's "
+                "pgbouncer service (SSM Session Manager) and the Auto Scaling group's activity."
+            ),
+        ),
+        AlarmSpec(
+            key="pgbouncer-healthy-hosts",
+            target="pgbouncer",
+            namespace=NLB_NAMESPACE,
+            metric="HealthyHostCount",
+            statistic="Minimum",
+            comparison="LessThanThreshold",
+            threshold=t.pgbouncer_desired_hosts,
+            period=60,
+            evaluation_periods=3,
+            datapoints_to_alarm=3,
+            treat_missing_data="breaching",
+            description=(
+                f"Fewer than {t.pgbouncer_desired_hosts} healthy PgBouncer host(s) behind the NLB for "
+                "3 minutes. Action: check the Auto Scaling group and the hosts' pgbouncer service."
+            ),
+        ),
+    ]
+    return specs
+
+
+# --- a Python evaluator for the space-delimited filter patterns used here ---------------------------------
+
+_FIELD = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?:(?P<op>!=|>=|<=|=|>|<)\s*(?P<value>.+?))?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class _Field:
+    ellipsis: bool = False
+    op: str | None = None
+    value: str | None = None
+    quoted: bool = False
+
+
+def _parse_pattern(pattern: str) -> list[_Field]:
+    body = pattern.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError(f"not a space-delimited filter pattern (expected [...]): {pattern!r}")
+    fields: list[_Field] = []
+    for part in body[1:-1].split(","):
+        if part.strip() == "...":
+            fields.append(_Field(ellipsis=True))
+            continue
+        m = _FIELD.fullmatch(part)
+        if m is None:
+            raise ValueError(f"unsupported field {part.strip()!r} in filter pattern {pattern!r}")
+        value = m.group("value")
+        quoted = value is not None and len(value) >= 2 and value[0] == value[-1] == '"'
+        fields.append(_Field(op=m.group("op"), value=value[1:-1] if quoted else value, quoted=quoted))
+    return fields
+
+
+def tokenize_log_event(message: str) -> list[str]:
+    """Split a log event into fields the way space-delimited filters do.
+
+    Fields are separated by runs of whitespace; a field that starts with `"` runs to the next `"` and one
+    that starts with `[` to the next `]` (their delimiters are not part of the value).
+    """
+    tokens: list[str] = []
+    i, n = 0, len(message)
+    while i < n:
+        if message[i].isspace():
+            i += 1
+            continue
+        closer = {'"': '"', "[": "]"}.get(message[i])
+        if closer is not None:
+            end = message.find(closer, i + 1)
+            if end != -1:
+                tokens.append(message[i + 1 : end])
+                i = end + 1
+                continue
+        j = i
+        while j < n and not message[j].isspace():
+            j += 1
+        tokens.append(message[i:j])
+        i = j
+    return tokens
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _field_matches(field: _Field, token: str) -> bool:
+    if field.op is None or field.value is None:
+        return True
+    if field.op in ("=", "!=") and (field.quoted or _number(field.value) is None):
+        regex = "".join(".*" if c == "*" else re.escape(c) for c in field.value)
+        equal = re.fullmatch(regex, token) is not None
+        return equal if field.op == "=" else not equal
+    want, got = _number(field.value), _number(token)
+    if want is None or got is None:
+        return False
+    return {
+        "=": got == want,
+        "!=": got != want,
+        ">": got > want,
+        "<": got < want,
+        ">=": got >= want,
+        "<=": got <= want,
+    }[field.op]
+
+
+def _match(fields: Sequence[_Field], tokens: Sequence[str]) -> bool:
+    if not fields:
+        return not tokens
+    head, rest = fields[0], fields[1:]
+    if head.ellipsis:
+        return any(_match(rest, tokens[k:]) for k in range(len(tokens) + 1))
+    return bool(tokens) and _field_matches(head, tokens[0]) and _match(rest, tokens[1:])
+
+
+def filter_pattern_matches(pattern: str, message: str) -> bool:
+    """Whether the space-delimited `pattern` matches the log event `message` (the subset used here)."""
+    return _match(_parse_pattern(pattern), tokenize_log_event(message))
