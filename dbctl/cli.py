@@ -2,10 +2,16 @@
 
 import click
 
+from dbctl.migrate_cli import migrate_command, status_command
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """spike-land-db's database tool: migrations, roles and the local stack."""
+
+
+cli.add_command(migrate_command, "migrate")
+cli.add_command(status_command, "status")
 
 
 def main() -> None:

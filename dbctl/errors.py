@@ -1,0 +1,5 @@
+"""The one error type the CLI turns into a single `error: …` line (no traceback, never a secret)."""
+
+
+class DbctlError(Exception):
+    """A problem the user can fix. The message names the problem and the fix; it never holds a secret."""

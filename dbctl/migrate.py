@@ -1,0 +1,295 @@
+"""The schema migration runner, compatible with Prisma Migrate's layout and history table.
+
+- ``load_migrations(directory)``: ``<name>/migration.sql`` in name order; ``checksum`` is the sha256 hex of
+  the file's bytes, as Prisma computes it.
+- ``advisory_lock(conn, timeout)``: the session advisory lock 72707369 that ``prisma migrate deploy`` takes
+  too, polled with pg_try_advisory_lock until the timeout.
+- ``plan(conn, migrations) -> Plan``: applied, pending and failed migrations. Raises ``DbctlError`` (changing
+  nothing) on a failed migration that is not resolved, or on a checksum mismatch.
+- ``apply_one(conn, migration)``: one migration, as ``spike_owner``, with ``lock_timeout``; in a transaction
+  together with its history row unless the file's first line is ``-- dbctl:no-transaction``. On failure the
+  transaction rolls back, a history row records the error in ``logs`` (finished_at NULL, as Prisma does) and
+  ``MigrationFailed`` is raised.
+- ``resolve_rolled_back(conn, name)``: ``prisma migrate resolve --rolled-back`` (sets rolled_back_at).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from dbctl import names
+from dbctl.errors import DbctlError
+
+LOCK_KEY = 72707369  # Prisma Migrate's advisory lock key
+HISTORY_TABLE = "_prisma_migrations"
+NO_TRANSACTION_MARKER = "-- dbctl:no-transaction"
+DEFAULT_LOCK_TIMEOUT = "10s"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+_NAME = re.compile(r"^[0-9]{14}_[A-Za-z0-9_]+$")
+
+# Prisma Migrate's own DDL for its history table, verbatim.
+HISTORY_DDL = sql.SQL(
+    """CREATE TABLE IF NOT EXISTS "_prisma_migrations" (
+    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
+    "checksum"              VARCHAR(64) NOT NULL,
+    "finished_at"           TIMESTAMPTZ,
+    "migration_name"        VARCHAR(255) NOT NULL,
+    "logs"                  TEXT,
+    "rolled_back_at"        TIMESTAMPTZ,
+    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
+)"""
+)
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    path: Path
+    sql_text: str = field(repr=False)
+    checksum: str
+
+    @property
+    def no_transaction(self) -> bool:
+        first = self.sql_text.lstrip().splitlines()[:1]
+        return bool(first) and first[0].strip() == NO_TRANSACTION_MARKER
+
+
+@dataclass(frozen=True)
+class Plan:
+    applied: list[str]
+    pending: list[Migration]
+    # (name, first line of logs) of failed migrations not yet resolved; plan() raises when there are any,
+    # status() reports them.
+    failed: list[tuple[str, str]]
+
+
+class MigrationFailed(DbctlError):
+    pass
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    if not directory.is_dir():
+        raise DbctlError(f"migrations directory {directory} does not exist")
+    migrations = []
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        file = sub / "migration.sql"
+        if not file.is_file():
+            raise DbctlError(
+                f"{sub} has no migration.sql; each migration is <timestamp>_<name>/migration.sql"
+            )
+        if not _NAME.fullmatch(sub.name):
+            raise DbctlError(f"migration directory {sub.name!r} must be named <14-digit timestamp>_<name>")
+        data = file.read_bytes()
+        migrations.append(Migration(sub.name, file, data.decode(), hashlib.sha256(data).hexdigest()))
+    return migrations
+
+
+@contextmanager
+def advisory_lock(conn: Conn, timeout: float = 60.0, poll: float = 0.1) -> Iterator[None]:
+    """Hold Prisma's session advisory lock; wait up to timeout seconds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row and row[0]:
+            break
+        if time.monotonic() >= deadline:
+            holder = conn.execute(
+                "SELECT pid, application_name, backend_start"
+                " FROM pg_stat_activity a JOIN pg_locks l USING (pid)"
+                " WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted LIMIT 1",
+                (LOCK_KEY,),
+            ).fetchone()
+            who = f" (pid {holder[0]}, {holder[1] or 'unnamed'}, since {holder[2]})" if holder else ""
+            raise DbctlError(
+                f"another migration run holds advisory lock {LOCK_KEY}{who}; waited {timeout:.0f} s. "
+                "Wait for it to finish (or stop it), then run again"
+            )
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+def _history_exists(conn: Conn) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'public."{HISTORY_TABLE}"',)).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_history_table(conn: Conn) -> bool:
+    """Create _prisma_migrations as spike_owner if missing; True when it was created."""
+    if _history_exists(conn):
+        return False
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
+        conn.execute(HISTORY_DDL)
+    return True
+
+
+def read_plan(conn: Conn, migrations: list[Migration]) -> tuple[Plan, list[str]]:
+    """The plan, plus problems (checksum mismatches, unknown applied migrations are fine as Prisma allows)."""
+    rows: list[tuple[object, ...]] = []
+    if _history_exists(conn):
+        rows = conn.execute(
+            "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs"
+            ' FROM "_prisma_migrations" ORDER BY started_at'
+        ).fetchall()
+    by_name = {m.name: m for m in migrations}
+    applied: list[str] = []
+    failed: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for name, checksum, finished, rolled_back, logs in rows:
+        name = str(name)
+        if rolled_back:
+            continue
+        if not finished:
+            failed.append((name, (str(logs or "").strip().splitlines() or ["(no log)"])[0]))
+            continue
+        applied.append(name)
+        local = by_name.get(name)
+        if local is not None and local.checksum != checksum:
+            problems.append(
+                f"migration {name} was changed after it was applied (checksum {str(checksum)[:12]}… in the "
+                f"database, {local.checksum[:12]}… in {local.path}); restore the file, and put changes in a "
+                "new migration"
+            )
+    failed = [(name, log) for name, log in failed if name not in applied]
+    pending = [m for m in migrations if m.name not in applied]
+    return Plan(applied, pending, failed), problems
+
+
+def plan(conn: Conn, migrations: list[Migration]) -> Plan:
+    """What would be applied. Raises, changing nothing, on an unresolved failure or a changed file."""
+    result, problems = read_plan(conn, migrations)
+    if result.failed:
+        name, log = result.failed[0]
+        raise DbctlError(
+            f"migration {name} failed earlier ({log}) and is not resolved; nothing was applied. Fix the "
+            f"database or the migration, then run: dbctl migrate resolve --rolled-back {name}"
+        )
+    if problems:
+        raise DbctlError(problems[0])
+    return result
+
+
+def _statements(text: str) -> list[str]:
+    """Split a no-transaction migration into statements: each ends with ';' at the end of a line."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.strip().startswith("--") and not current:
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip())
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
+
+
+def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> None:
+    """Apply one migration and record it. Raises MigrationFailed (after recording the error) on failure."""
+    set_role = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE))
+    set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
+    insert = sql.SQL(
+        'INSERT INTO "_prisma_migrations" (id, checksum, migration_name, started_at)'
+        " VALUES ({}, {}, {}, now())"
+    )
+    finish = sql.SQL(
+        'UPDATE "_prisma_migrations" SET finished_at = now(), applied_steps_count = 1 WHERE id = {}'
+    )
+    row_id = str(uuid.uuid4())
+    values = (sql.Literal(row_id), sql.Literal(migration.checksum), sql.Literal(migration.name))
+    try:
+        if migration.no_transaction:
+            with conn.transaction():
+                conn.execute(set_role)
+                conn.execute(insert.format(*values))
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+            try:
+                for statement in _statements(migration.sql_text):
+                    conn.execute(statement.encode())
+            finally:
+                conn.execute("RESET lock_timeout")
+                conn.execute("RESET ROLE")
+            with conn.transaction():
+                conn.execute(set_role)
+                conn.execute(finish.format(sql.Literal(row_id)))
+        else:
+            with conn.transaction():
+                conn.execute(set_role)
+                conn.execute(set_lock_timeout)
+                conn.execute(insert.format(*values))
+                conn.execute(migration.sql_text.encode())
+                conn.execute(finish.format(sql.Literal(row_id)))
+    except psycopg.Error as exc:
+        message = _error_text(exc)
+        _record_failure(conn, migration, row_id, message)
+        where = "no change was kept" if not migration.no_transaction else "statements before it were kept"
+        raise MigrationFailed(
+            f"migration {migration.name} failed: {message.splitlines()[0]} ({where}). Fix it, then run: "
+            f"dbctl migrate resolve --rolled-back {migration.name}"
+        ) from None
+
+
+def _error_text(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    parts = [str(diag.message_primary or exc).strip()]
+    if diag.sqlstate:
+        parts.append(f"SQLSTATE {diag.sqlstate}")
+    if diag.message_detail:
+        parts.append(f"DETAIL: {diag.message_detail}")
+    return "\n".join(parts)
+
+
+def _record_failure(conn: Conn, migration: Migration, row_id: str, message: str) -> None:
+    """Record the failure as Prisma does: a history row with logs and no finished_at."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
+        conn.execute(
+            sql.SQL(
+                'INSERT INTO "_prisma_migrations" (id, checksum, migration_name, logs, started_at)'
+                " VALUES ({}, {}, {}, {}, now())"
+                " ON CONFLICT (id) DO UPDATE SET logs = EXCLUDED.logs"
+            ).format(
+                sql.Literal(row_id),
+                sql.Literal(migration.checksum),
+                sql.Literal(migration.name),
+                sql.Literal(message),
+            )
+        )
+
+
+def resolve_rolled_back(conn: Conn, name: str) -> None:
+    """Mark a failed migration as rolled back, so the next run applies it again."""
+    if not _history_exists(conn):
+        raise DbctlError(f"no migration history in this database; there is no failed migration {name}")
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
+        cur = conn.execute(
+            sql.SQL(
+                'UPDATE "_prisma_migrations" SET rolled_back_at = now()'
+                " WHERE migration_name = {} AND finished_at IS NULL AND rolled_back_at IS NULL"
+            ).format(sql.Literal(name))
+        )
+        if cur.rowcount == 0:
+            raise DbctlError(
+                f"migration {name} has no failed, unresolved entry in _prisma_migrations; "
+                "`resolve --rolled-back` applies only to a failed migration"
+            )

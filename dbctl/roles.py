@@ -1,0 +1,370 @@
+"""Least-privilege roles: what they should be, how they differ from the database, and the SQL to converge.
+
+``plan(conn, verifiers)`` reads the catalogs and returns the ``Change``s (a description and a psycopg.sql
+statement) that bring the roles, memberships, settings, passwords and privileges to the specs below;
+``apply`` runs them in one transaction. An empty plan means no drift. Every statement works for RDS's master
+user (NOSUPERUSER CREATEROLE CREATEDB, member of rds_superuser): nothing here needs a superuser.
+
+Passwords: only SCRAM verifiers are sent (``ALTER ROLE … PASSWORD 'SCRAM-SHA-256$…'``). The admin cannot read
+pg_authid on RDS, so the step records ``sha256(role:verifier)`` in the role's COMMENT and sets the password
+again only when that fingerprint differs. A password changed by hand outside dbctl is not detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from dbctl import names
+
+PUBLIC = "PUBLIC"
+SCHEMA = "public"
+HISTORY_TABLE = "_prisma_migrations"
+COMMENT_PREFIX = "dbctl: scram sha256="
+DML = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+_PRIVILEGES = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "USAGE", "CREATE"}
+    | {"CONNECT", "TEMPORARY", "EXECUTE", "MAINTAIN"}
+)
+_DEFAULT_ACL_KINDS = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    login: bool
+    member_of: frozenset[str] = frozenset()
+    connection_limit: int = -1
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+ROLES: tuple[RoleSpec, ...] = (
+    RoleSpec(names.OWNER_ROLE, login=False),
+    RoleSpec(names.READWRITE_ROLE, login=False),
+    RoleSpec(names.READONLY_GROUP_ROLE, login=False),
+    # Migrations wait at most 10 s for a lock instead of queueing the app behind them.
+    RoleSpec(names.MIGRATOR_ROLE, True, frozenset({names.OWNER_ROLE}), 5, {"lock_timeout": "10s"}),
+    RoleSpec(
+        names.APP_ROLE,
+        True,
+        frozenset({names.READWRITE_ROLE}),
+        200,
+        {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"},
+    ),
+    RoleSpec(
+        names.READONLY_ROLE,
+        True,
+        frozenset({names.READONLY_GROUP_ROLE}),
+        20,
+        {"default_transaction_read_only": "on", "statement_timeout": "5min"},
+    ),
+    RoleSpec(names.MONITOR_ROLE, True, frozenset({"pg_monitor"}), 5),
+)
+MANAGED = tuple(spec.name for spec in ROLES)
+
+# (grantee, privilege) wanted on the database and on schema public; everything else is revoked.
+DATABASE_ACL = frozenset(
+    (role, "CONNECT")
+    for role in (names.OWNER_ROLE, names.READWRITE_ROLE, names.READONLY_GROUP_ROLE, names.MONITOR_ROLE)
+)
+SCHEMA_ACL = frozenset(
+    {(names.OWNER_ROLE, "USAGE"), (names.OWNER_ROLE, "CREATE")}
+    | {(role, "USAGE") for role in (names.READWRITE_ROLE, names.READONLY_GROUP_ROLE, names.MONITOR_ROLE)}
+)
+TABLE_ACL = frozenset({(names.READWRITE_ROLE, p) for p in DML} | {(names.READONLY_GROUP_ROLE, "SELECT")})
+SEQUENCE_ACL = frozenset({(names.READWRITE_ROLE, "USAGE"), (names.READWRITE_ROLE, "SELECT")})
+# The migration history is the runner's: the app and readers get nothing on it.
+HISTORY_ACL: frozenset[tuple[str, str]] = frozenset()
+DEFAULT_ACL = {"r": TABLE_ACL, "S": SEQUENCE_ACL}
+
+
+@dataclass(frozen=True)
+class Change:
+    description: str
+    statement: sql.SQL | sql.Composed
+
+
+def fingerprint(role: str, verifier: str) -> str:
+    return hashlib.sha256(f"{role}:{verifier}".encode()).hexdigest()
+
+
+def _ident(role: str) -> sql.Composable:
+    return sql.SQL(PUBLIC) if role == PUBLIC else sql.Identifier(role)
+
+
+def _privs(privileges: Iterable[str]) -> sql.Composable:
+    privs = sorted(privileges)
+    unknown = set(privs) - _PRIVILEGES
+    if unknown:
+        raise ValueError(f"unknown privilege(s) {unknown}")
+    return sql.SQL(", ").join(sql.SQL(p) for p in privs)
+
+
+def _acl_changes(
+    what: str, on: sql.Composable, current: set[tuple[str, str]], desired: frozenset[tuple[str, str]]
+) -> list[Change]:
+    """GRANT what is missing and REVOKE what is extra, one statement per grantee."""
+    missing: dict[str, set[str]] = defaultdict(set)
+    extra: dict[str, set[str]] = defaultdict(set)
+    for grantee, priv in desired - current:
+        missing[grantee].add(priv)
+    for grantee, priv in current - desired:
+        extra[grantee].add(priv)
+    changes = []
+    for grantee, privs in sorted(extra.items()):
+        changes.append(
+            Change(
+                f"revoke {', '.join(sorted(privs))} on {what} from {grantee}",
+                sql.SQL("REVOKE {} ON {} FROM {}").format(_privs(privs), on, _ident(grantee)),
+            )
+        )
+    for grantee, privs in sorted(missing.items()):
+        changes.append(
+            Change(
+                f"grant {', '.join(sorted(privs))} on {what} to {grantee}",
+                sql.SQL("GRANT {} ON {} TO {}").format(_privs(privs), on, _ident(grantee)),
+            )
+        )
+    return changes
+
+
+def _role_changes(
+    conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str] | None
+) -> list[Change]:
+    rows = conn.execute(
+        "SELECT r.rolname, r.rolcanlogin, r.rolinherit, r.rolcreatedb, r.rolcreaterole, r.rolconnlimit,"
+        " coalesce(r.rolconfig, '{}'), coalesce(shobj_description(r.oid, 'pg_authid'), '')"
+        " FROM pg_roles r WHERE r.rolname = ANY(%s)",
+        (list(MANAGED),),
+    ).fetchall()
+    existing = {str(row[0]): row for row in rows}
+    member_rows = conn.execute(
+        "SELECT m.rolname, g.rolname FROM pg_auth_members a"
+        " JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid WHERE m.rolname = ANY(%s)",
+        (list(MANAGED),),
+    ).fetchall()
+    memberships: dict[str, set[str]] = defaultdict(set)
+    for member, group in member_rows:
+        memberships[str(member)].add(str(group))
+
+    changes: list[Change] = []
+    for spec in ROLES:
+        role = sql.Identifier(spec.name)
+        login = sql.SQL("LOGIN" if spec.login else "NOLOGIN")
+        row = existing.get(spec.name)
+        if row is None:
+            changes.append(
+                Change(
+                    f"create role {spec.name}",
+                    sql.SQL(
+                        "CREATE ROLE {} WITH {} NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT {}"
+                    ).format(role, login, sql.Literal(spec.connection_limit)),
+                )
+            )
+            config: list[str] = []
+            comment = ""
+        else:
+            _, can_login, inherit, createdb, createrole, connlimit, config_value, comment_value = row
+            config = list(config_value)  # type: ignore[call-overload]
+            comment = str(comment_value)
+            if (can_login, inherit, createdb, createrole, connlimit) != (
+                spec.login,
+                True,
+                False,
+                False,
+                spec.connection_limit,
+            ):
+                changes.append(
+                    Change(
+                        f"reset attributes of {spec.name}",
+                        sql.SQL(
+                            "ALTER ROLE {} WITH {} NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT {}"
+                        ).format(role, login, sql.Literal(spec.connection_limit)),
+                    )
+                )
+        if spec.login and verifiers is not None:
+            verifier = verifiers[spec.name]
+            wanted_comment = COMMENT_PREFIX + fingerprint(spec.name, verifier)
+            if comment != wanted_comment:
+                changes.append(
+                    Change(
+                        f"set password of {spec.name} (SCRAM verifier)",
+                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(verifier)),
+                    )
+                )
+                changes.append(
+                    Change(
+                        f"record password fingerprint of {spec.name}",
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(wanted_comment)),
+                    )
+                )
+        current_settings = dict(item.split("=", 1) for item in config)
+        for name, value in sorted(spec.settings.items()):
+            if current_settings.get(name) != value:
+                changes.append(
+                    Change(
+                        f"set {name}={value} for {spec.name}",
+                        sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                            role, sql.Identifier(name), sql.Literal(value)
+                        ),
+                    )
+                )
+        for name in sorted(set(current_settings) - set(spec.settings)):
+            changes.append(
+                Change(
+                    f"reset {name} for {spec.name}",
+                    sql.SQL("ALTER ROLE {} RESET {}").format(role, sql.Identifier(name)),
+                )
+            )
+        current_groups = memberships.get(spec.name, set())
+        for group in sorted(current_groups - spec.member_of):
+            changes.append(
+                Change(
+                    f"revoke membership of {spec.name} in {group}",
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role),
+                )
+            )
+        for group in sorted(spec.member_of - current_groups):
+            changes.append(
+                Change(
+                    f"grant {group} to {spec.name}",
+                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role),
+                )
+            )
+    admin_in_owner = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid"
+        " WHERE a.member = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND g.rolname = %s)",
+        (names.OWNER_ROLE,),
+    ).fetchone()
+    if not (admin_in_owner and admin_in_owner[0]):
+        changes.append(
+            Change(
+                f"grant {names.OWNER_ROLE} to the admin (to create objects as it)",
+                sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(names.OWNER_ROLE)),
+            )
+        )
+    return changes
+
+
+def _acl_rows(
+    conn: psycopg.Connection[tuple[object, ...]], query: str, *params: object
+) -> set[tuple[str, str]]:
+    return {(str(g), str(p)) for g, p in conn.execute(query, params).fetchall()}
+
+
+def _privilege_changes(conn: psycopg.Connection[tuple[object, ...]]) -> list[Change]:
+    changes: list[Change] = []
+    row = conn.execute(
+        "SELECT current_database(), EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')"
+    ).fetchone()
+    assert row is not None
+    dbname, has_pgss = str(row[0]), bool(row[1])
+    if not has_pgss:
+        changes.append(
+            Change(
+                "create extension pg_stat_statements (for spike_monitor)",
+                sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"),
+            )
+        )
+    database_acl = _acl_rows(
+        conn,
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,"
+        " a.privilege_type FROM pg_database d,"
+        " aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a"
+        " WHERE d.datname = current_database() AND a.grantee <> d.datdba",
+    )
+    changes += _acl_changes(
+        f"database {dbname}",
+        sql.SQL("DATABASE {}").format(sql.Identifier(dbname)),
+        database_acl,
+        DATABASE_ACL,
+    )
+    schema_acl = _acl_rows(
+        conn,
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,"
+        " a.privilege_type FROM pg_namespace n,"
+        " aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a"
+        " WHERE n.nspname = %s AND a.grantee <> n.nspowner",
+        SCHEMA,
+    )
+    changes += _acl_changes(
+        f"schema {SCHEMA}", sql.SQL("SCHEMA {}").format(sql.Identifier(SCHEMA)), schema_acl, SCHEMA_ACL
+    )
+
+    default_rows = conn.execute(
+        "SELECT d.defaclobjtype,"
+        " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type"
+        " FROM pg_default_acl d"
+        " JOIN pg_namespace n ON n.oid = d.defaclnamespace JOIN pg_roles o ON o.oid = d.defaclrole,"
+        " aclexplode(d.defaclacl) a"
+        " WHERE o.rolname = %s AND n.nspname = %s AND a.grantee <> d.defaclrole",
+        (names.OWNER_ROLE, SCHEMA),
+    ).fetchall()
+    current_default: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for kind, grantee, priv in default_rows:
+        current_default[str(kind)].add((str(grantee), str(priv)))
+    for kind in sorted(set(current_default) | set(DEFAULT_ACL)):
+        word = _DEFAULT_ACL_KINDS[kind]
+        for change in _acl_changes(
+            f"future {word.lower()} of {names.OWNER_ROLE}",
+            sql.SQL(word),
+            current_default.get(kind, set()),
+            DEFAULT_ACL.get(kind, frozenset()),
+        ):
+            statement = sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} {}").format(
+                sql.Identifier(names.OWNER_ROLE), sql.Identifier(SCHEMA), change.statement
+            )
+            changes.append(Change(change.description, statement))
+
+    object_rows = conn.execute(
+        "SELECT c.relname, c.relkind,"
+        " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type"
+        " FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles o ON o.oid = c.relowner"
+        " LEFT JOIN LATERAL aclexplode(coalesce(c.relacl,"
+        "   acldefault((CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::\"char\", c.relowner))) a"
+        "   ON a.grantee <> c.relowner"
+        " WHERE n.nspname = %s AND o.rolname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass"
+        "   AND e.objid = c.oid AND e.deptype = 'e')"
+        " ORDER BY c.relname",
+        (SCHEMA, names.OWNER_ROLE),
+    ).fetchall()
+    objects: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for relname, relkind, grantee, priv in object_rows:
+        acl = objects[(str(relname), str(relkind))]
+        if grantee is not None:
+            acl.add((str(grantee), str(priv)))
+    for (relname, relkind), acl in objects.items():
+        if relkind == "S":
+            desired, word = SEQUENCE_ACL, "SEQUENCE"
+        else:
+            desired, word = (HISTORY_ACL if relname == HISTORY_TABLE else TABLE_ACL), "TABLE"
+        changes += _acl_changes(
+            f"{word.lower()} {relname}",
+            sql.SQL("{} {}").format(sql.SQL(word), sql.Identifier(SCHEMA, relname)),
+            acl,
+            desired,
+        )
+    return changes
+
+
+def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str] | None) -> list[Change]:
+    """The changes that bring roles and privileges to the desired state (empty: no drift).
+
+    verifiers maps each login role to the SCRAM verifier to set; None skips the password check (status
+    without credentials).
+    """
+    return _role_changes(conn, verifiers) + _privilege_changes(conn)
+
+
+def apply(conn: psycopg.Connection[tuple[object, ...]], changes: Iterable[Change]) -> None:
+    """Run the changes in one transaction."""
+    with conn.transaction():
+        for change in changes:
+            conn.execute(change.statement)
