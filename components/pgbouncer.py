@@ -126,10 +126,9 @@ class PgBouncerTierArgs:
     settings: StackSettings
     vpc_id: pulumi.Input[str]
     subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets, one per AZ
-    security_group_id: pulumi.Input[str]  # the PgBouncer hosts' group (network component)
-    database_security_group_id: pulumi.Input[str]  # already admits the PgBouncer group on 5432
+    security_group_id: pulumi.Input[str]  # the PgBouncer hosts' group (network: egress, DB ingress)
     primary_address: pulumi.Input[str]
-    replica_address: pulumi.Input[str] | None  # None: the read pool points at the primary
+    replica_address: pulumi.Input[str] | None  # the first replica; None: reads go to the primary
     role_secret_arns: Mapping[str, pulumi.Input[str]]  # login role -> secret ARN (needs POOLED_ROLES)
     secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
 

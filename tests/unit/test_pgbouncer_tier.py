@@ -1,0 +1,265 @@
+"""The PgBouncer tier under Pulumi mocks, for each real stack file: hosts, NLB, user data, IAM, security."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+import json
+import re
+from typing import Any
+
+import pytest
+
+from components.pgbouncer import AMI_PARAMETER, ca_bucket_prefix, ini_config
+from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
+from dbctl import capacity, names
+from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
+
+STACKS = ("dev", "prod")
+HOSTS = {"dev": 1, "prod": 2}
+POOLED = (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE)
+WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+ASG = "aws:autoscaling/group:Group"
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+NLB = "aws:lb/loadBalancer:LoadBalancer"
+TG = "aws:lb/targetGroup:TargetGroup"
+LISTENER = "aws:lb/listener:Listener"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest) -> tuple[str, RunResult]:
+    return request.param, run(request.param)
+
+
+def tier(result: RunResult, typ: str) -> Resource:
+    """The one resource of typ that the PgBouncer component declares."""
+    return one([r for r in result.resources if r.name.startswith("pgbouncer")], typ)
+
+
+def script_of(result: RunResult) -> str:
+    return gzip.decompress(base64.b64decode(tier(result, LT).inputs["userData"])).decode()
+
+
+def ids_by_rule(result: RunResult, name: str) -> dict[str, Any]:
+    return next(r.inputs for r in result.resources if r.name == name)
+
+
+def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    asg = tier(result, ASG).inputs
+    assert asg["desiredCapacity"] == asg["minSize"] == asg["maxSize"] == HOSTS[name]
+    assert asg["healthCheckType"] == "ELB"  # a host the NLB finds dead is replaced
+    assert asg["vpcZoneIdentifiers"] == result.outputs["subnet_ids"]
+    assert asg["instanceRefresh"]["strategy"] == "Rolling"
+    tg = tier(result, TG)
+    assert asg["targetGroupArns"] == [tg.state["arn"]]
+    assert (tg.inputs["port"], tg.inputs["protocol"], tg.inputs["targetType"]) == (6543, "TCP", "instance")
+    assert tg.inputs["healthCheck"]["protocol"] == "TCP" and tg.inputs["healthCheck"]["enabled"] is True
+    nlb = tier(result, NLB)
+    assert nlb.inputs["internal"] is True and nlb.inputs["loadBalancerType"] == "network"
+    assert nlb.inputs["subnets"] == result.outputs["subnet_ids"]
+    listener = tier(result, LISTENER).inputs
+    assert (listener["port"], listener["protocol"]) == (6543, "TCP")
+    assert listener["loadBalancerArn"] == nlb.state["arn"]
+    assert listener["defaultActions"] == [{"type": "forward", "targetGroupArn": tg.state["arn"]}]
+    assert result.outputs["pgbouncer_endpoint"] == nlb.state["dnsName"]
+    assert result.outputs["pgbouncer_port"] == names.PGBOUNCER_PORT
+    assert result.outputs["read_pool_database"] == names.READ_POOL_DATABASE
+
+
+def test_launch_template_is_graviton_al2023_imdsv2_without_ssh_or_public_ip(
+    stack: tuple[str, RunResult],
+) -> None:
+    name, result = stack
+    lt = tier(result, LT).inputs
+    assert AMI_PARAMETER.endswith("-arm64") and "al2023" in AMI_PARAMETER
+    assert lt["imageId"] == "ami-0123456789abcdef0"  # what the mock's SSM parameter lookup returns
+    assert lt["instanceType"] == settings_for(name).pgbouncer.instance_type
+    assert re.fullmatch(r"[a-z]+\d+g[a-z]*\.[a-z0-9]+", lt["instanceType"])
+    assert lt["metadataOptions"]["httpTokens"] == "required"
+    assert "keyName" not in lt and "networkInterfaces" not in lt
+    assert lt["vpcSecurityGroupIds"] == [result.outputs["pgbouncer_security_group_id"]]
+    assert lt["blockDeviceMappings"][0]["ebs"]["encrypted"] == "true"
+    # The ASG follows the template's latest version, so a changed template triggers an instance refresh.
+    template = tier(result, ASG).inputs["launchTemplate"]
+    assert template["id"].startswith("lt-") and template["version"] == "1"
+
+
+def test_user_data_holds_the_rendered_settings(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    settings = settings_for(name)
+    script = script_of(result)
+    primary = result.outputs["primary_address"]
+    replicas = result.outputs["replica_addresses"]
+    read = replicas[0] if replicas else primary
+    assert f"{names.DATABASE_NAME} = host={primary} " in script
+    assert f"{names.READ_POOL_DATABASE} = host={read} " in script
+    assert bool(replicas) == (name == "prod")
+    p = settings.pgbouncer
+    for key, value in (
+        ("listen_port", 6543),
+        ("pool_mode", "transaction"),
+        ("max_client_conn", p.max_client_conn),
+        ("default_pool_size", p.default_pool_size),
+        ("min_pool_size", p.min_pool_size),
+        ("reserve_pool_size", p.reserve_pool_size),
+        ("server_lifetime", p.server_lifetime),
+        ("server_idle_timeout", p.server_idle_timeout),
+        ("auth_type", "scram-sha-256"),
+        ("auth_file", AUTH_FILE),
+        ("server_tls_sslmode", "verify-full"),
+        ("server_tls_ca_file", CA_FILE),
+        ("client_tls_sslmode", "require"),
+    ):
+        assert f"\n{key} = {value}\n" in script, key
+    assert "\nmax_prepared_statements = " in script  # the hosts run >= 1.21
+    assert f"readonly MIN_VERSION={p.version}\n" in script
+    assert f"LimitNOFILE={nofile_limit(p.max_client_conn)}\n" in script
+    assert "Restart=on-failure" in script and "OnUnitActiveSec=" in script
+    assert f"readonly REGION={settings.region}\n" in script
+
+
+def test_auth_file_comes_from_the_pooled_roles_secrets(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    script = script_of(result)
+    arns = result.outputs["role_secret_arns"]
+    for role in POOLED:
+        assert f"--secret {role}={arns[role]}" in script
+    assert arns[names.MIGRATOR_ROLE] not in script  # the migrator goes direct, never through PgBouncer
+    assert result.outputs["master_secret_arn"] not in script
+    assert f"--auth-file {AUTH_FILE}" in script
+
+
+def test_no_plaintext_password_or_verifier_in_the_user_data(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    script = script_of(result)
+    passwords = [
+        r.state["result"] for r in of_type(result.resources, "random:index/randomPassword:RandomPassword")
+    ]
+    assert passwords, "the credentials component should generate passwords"
+    for password in passwords:
+        assert password not in script
+    assert not re.search(r"SCRAM-SHA-256\$\d+:", script)
+    assert "set -x" not in script
+
+
+def statements(result: RunResult) -> list[dict[str, Any]]:
+    policy = json.loads(tier(result, "aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    return list(policy["Statement"])
+
+
+def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    arns = result.outputs["role_secret_arns"]
+    by_sid = {s["Sid"]: s for s in statements(result)}
+    assert set(by_sid) == {"ReadPooledRoleSecrets", "ReadRdsCaBundle", "DecryptSecretsViaSecretsManager"}
+    secrets = by_sid["ReadPooledRoleSecrets"]
+    assert secrets["Action"] == ["secretsmanager:GetSecretValue"]
+    assert sorted(secrets["Resource"]) == sorted(arns[r] for r in POOLED)
+    kms = by_sid["DecryptSecretsViaSecretsManager"]
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == [result.outputs["kms_key_arn"]]
+    via = kms["Condition"]["StringEquals"]["kms:ViaService"]
+    assert via == f"secretsmanager.{settings_for(name).region}.amazonaws.com"
+    ca = by_sid["ReadRdsCaBundle"]
+    assert ca["Action"] == ["s3:GetObject"] and len(ca["Resource"]) == 1
+    assert ca["Resource"][0].endswith(f"/rds-ca/{settings_for(name).region}-bundle.pem")
+    attachment = tier(result, "aws:iam/rolePolicyAttachment:RolePolicyAttachment").inputs
+    assert attachment["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    trust = json.loads(tier(result, "aws:iam/role:Role").inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    for statement in statements(result):
+        resources = statement["Resource"]
+        for resource in resources if isinstance(resources, list) else [resources]:
+            assert "*" not in resource, statement
+
+
+def test_ca_bundle_bucket_is_private_and_named_for_the_endpoint_policy(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    bucket = tier(result, "aws:s3/bucket:Bucket").inputs
+    assert bucket["bucketPrefix"] == ca_bucket_prefix(name)
+    block = tier(result, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
+    assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls"))
+    assert block["restrictPublicBuckets"] is True
+    script = script_of(result)
+    assert f"rds-ca/{settings_for(name).region}-bundle.pem" in script
+
+
+def test_no_ingress_from_the_internet_anywhere(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    rules = of_type(result.resources, INGRESS)
+    for sg in of_type(result.resources, "aws:ec2/securityGroup:SecurityGroup"):
+        rules += [Resource(typ=INGRESS, name=sg.name, inputs=i) for i in sg.inputs.get("ingress") or []]
+    assert rules
+    for rule in rules:
+        cidrs = [rule.inputs.get("cidrIpv4"), rule.inputs.get("cidrIpv6")]
+        cidrs += rule.inputs.get("cidrBlocks") or []
+        cidrs += rule.inputs.get("ipv6CidrBlocks") or []
+        for cidr in filter(None, cidrs):
+            assert ipaddress.ip_network(cidr) not in WORLD, rule.name
+
+
+def test_clients_reach_pgbouncer_only_through_the_nlb(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    settings = settings_for(name)
+    pgb_sg = result.outputs["pgbouncer_security_group_id"]
+    nlb_sg = tier(result, NLB).inputs["securityGroups"][0]
+    into_hosts = [
+        r.inputs for r in of_type(result.resources, INGRESS) if r.inputs["securityGroupId"] == pgb_sg
+    ]
+    assert into_hosts == [
+        {
+            "securityGroupId": pgb_sg,
+            "referencedSecurityGroupId": nlb_sg,
+            "ipProtocol": "tcp",
+            "fromPort": 6543,
+            "toPort": 6543,
+            "description": into_hosts[0]["description"],
+        }
+    ]
+    into_nlb = [r.inputs for r in of_type(result.resources, INGRESS) if r.inputs["securityGroupId"] == nlb_sg]
+    assert {r.get("cidrIpv4") for r in into_nlb if r.get("cidrIpv4")} == set(settings.allowed_cidrs)
+    assert all((r["fromPort"], r["toPort"]) == (6543, 6543) for r in into_nlb)
+    out_of_nlb = [
+        r.inputs for r in of_type(result.resources, EGRESS) if r.inputs["securityGroupId"] == nlb_sg
+    ]
+    assert [(r["referencedSecurityGroupId"], r["fromPort"]) for r in out_of_nlb] == [(pgb_sg, 6543)]
+
+
+def test_app_security_groups_are_admitted_at_the_nlb() -> None:
+    app_sg = "sg-0123456789abcdef0"
+    result = run("dev", {"allowedSecurityGroupIds": [app_sg]})
+    nlb_sg = tier(result, NLB).inputs["securityGroups"][0]
+    refs = [
+        r.inputs["referencedSecurityGroupId"]
+        for r in of_type(result.resources, INGRESS)
+        if r.inputs["securityGroupId"] == nlb_sg and "referencedSecurityGroupId" in r.inputs
+    ]
+    assert refs == [app_sg]
+
+
+def test_client_tls_off_renders_no_client_tls() -> None:
+    script = script_of(run("dev", {"pgbouncer.clientTls": False}))
+    assert "client_tls_sslmode" not in script and "openssl req" not in script
+
+
+def test_a_pool_that_would_exhaust_the_database_is_refused() -> None:
+    settings = settings_for("dev")
+    budget = settings.effective_max_connections - capacity.DEFAULT_HEADROOM
+    # Two pools (no replica in dev) x (default + reserve 5) just over the budget, within settings' own check.
+    size = budget // 2 - 4
+    with pytest.raises(capacity.PoolBudgetError, match="server connections to the primary"):
+        run("dev", {"pgbouncer.defaultPoolSize": size})
+
+
+def test_read_pool_points_at_the_primary_without_a_replica() -> None:
+    settings = settings_for("dev")
+    config = ini_config(settings, "primary.example", None)
+    assert config.read_target == ("primary.example", names.POSTGRES_PORT)
