@@ -8,6 +8,7 @@ import pulumi
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
+from components.pgbouncer import PgBouncerTier, PgBouncerTierArgs
 from components.provider import make_provider
 from components.settings import from_pulumi_config
 
@@ -18,6 +19,20 @@ network = Network("network", NetworkArgs(settings=settings, provider=provider))
 credentials = Credentials("credentials", CredentialsArgs(settings=settings, provider=provider))
 database = Database(
     "database", DatabaseArgs(settings=settings, provider=provider, network=network, credentials=credentials)
+)
+pgbouncer = PgBouncerTier(
+    "pgbouncer",
+    PgBouncerTierArgs(
+        settings=settings,
+        vpc_id=network.vpc_id,
+        subnet_ids=network.subnet_ids,
+        security_group_id=network.pgbouncer_security_group_id,
+        primary_address=database.primary.address,
+        replica_address=database.replicas[0].address if database.replicas else None,
+        role_secret_arns=credentials.role_secret_arns,
+        secrets_kms_key_arn=credentials.kms_key_arn,
+    ),
+    opts=pulumi.ResourceOptions(providers=[provider]),
 )
 
 # Stack outputs: later components and the post-deploy step read these names. No output holds a password.
@@ -37,4 +52,7 @@ pulumi.export("vpc_id", network.vpc_id)
 pulumi.export("subnet_ids", network.subnet_ids)
 pulumi.export("db_security_group_id", network.db_security_group_id)
 pulumi.export("pgbouncer_security_group_id", network.pgbouncer_security_group_id)
+pulumi.export("pgbouncer_endpoint", pgbouncer.endpoint)
+pulumi.export("pgbouncer_port", pgbouncer.port)
+pulumi.export("read_pool_database", pgbouncer.read_pool_database)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
