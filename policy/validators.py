@@ -175,7 +175,7 @@ def no_open_database_ingress(resource_type: str, inputs: Mapping[str, Any], prod
 # --- IAM --------------------------------------------------------------------------------------------------
 
 
-def _policy_documents(inputs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+def policy_documents(inputs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     for key in ("policy", "assumeRolePolicy"):
         if _is_set(inputs.get(key)):
             yield key, inputs[key]
@@ -188,7 +188,7 @@ def no_iam_action_star(resource_type: str, inputs: Mapping[str, Any], prod: bool
     if not resource_type.startswith("aws:"):
         return []
     found: list[str] = []
-    for where, document in _policy_documents(inputs):
+    for where, document in policy_documents(inputs):
         if isinstance(document, str):
             try:
                 document = json.loads(document)

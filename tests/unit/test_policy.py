@@ -1,5 +1,8 @@
-"""The policy pack: each validator on hand-written inputs, and the pack entry point as pulumi runs it."""
+"""The policy pack: each validator on hand-written inputs, the pack entry point as pulumi runs it, and
+every validator over everything the real program declares under mocks for the real dev and prod stacks."""
 
+import copy
+import functools
 import json
 import runpy
 from collections.abc import Mapping
@@ -13,9 +16,11 @@ from pulumi_policy import (
     PolicyResourceOptions,
     ResourceValidationArgs,
 )
+from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UNKNOWN_BOOLEAN_VALUE, UnknownValueError, unknown_checking_proxy
 
 from policy import validators as v
+from tests.unit.harness import Resource, run_program
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 
@@ -328,3 +333,108 @@ def test_the_pack_applies_prod_rules_by_the_stack_in_the_urn(monkeypatch: pytest
     assert run_policy(policies["prod-multi-az"], "dev", v.RDS_INSTANCE, single_az) == []
     [message] = run_policy(policies["prod-multi-az"], "prod", v.RDS_INSTANCE, single_az)
     assert message.startswith("[prod-multi-az] db: multiAz is not true")
+
+
+# --- the real program, under mocks, for the real stack files ----------------------------------------------
+
+
+def as_the_pack_sees_it(inputs: Mapping[str, Any]) -> Any:
+    """Mock inputs -> what pulumi-policy hands a policy: secrets unwrapped by its own deserializer, then
+    its unknown-checking proxy (a read-only Mapping, not a dict)."""
+    return unknown_checking_proxy(deserialize_properties(dict(inputs)))
+
+
+def program_violations(resources: list[Resource], *, prod: bool) -> list[str]:
+    return [
+        f"{r.typ} {r.name}: {message}"
+        for r in resources
+        for message in v.violations(r.typ, as_the_pack_sees_it(r.inputs), prod=prod)
+    ]
+
+
+@functools.cache
+def declared(stack: str) -> list[Resource]:
+    return run_program(stack)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_real_stacks_pass_every_policy(stack: str) -> None:
+    resources = declared(stack)
+    assert program_violations(resources, prod=stack == "prod") == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_scan_is_not_vacuous(stack: str) -> None:
+    # the policies above must actually have met the resources they guard
+    types = {r.typ for r in declared(stack)}
+    assert {v.RDS_INSTANCE, v.SECRETS_MANAGER_SECRET} <= types
+    assert types & {v.SECURITY_GROUP, v.SECURITY_GROUP_RULE, v.VPC_INGRESS_RULE}
+    withpolicy_documents = [
+        r for r in declared(stack) if any(True for _ in v.policy_documents(as_the_pack_sees_it(r.inputs)))
+    ]
+    assert withpolicy_documents, "no resource with an IAM/resource policy document was scanned"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "policy"),
+    [
+        ({"multiAz": False}, "prod-multi-az"),
+        ({"deletionProtection": False}, "prod-deletion-protection"),
+        ({"backupRetentionDays": 7}, "prod-backup-retention"),
+    ],
+)
+def test_a_mutated_prod_stack_fails_naming_the_policy(overrides: dict[str, Any], policy: str) -> None:
+    found = program_violations(run_program("prod", overrides), prod=True)
+    assert found, f"prod with {overrides} passed every policy"
+    assert all(f"[{policy}]" in message for message in found), found
+
+
+def test_the_same_settings_pass_on_dev() -> None:
+    # dev is allowed to be single-AZ, short-lived and deletable
+    resources = run_program("dev", {"multiAz": False, "deletionProtection": False, "backupRetentionDays": 1})
+    assert program_violations(resources, prod=False) == []
+
+
+def mutated(stack: str, typ: str, change: Any) -> tuple[Resource, list[str]]:
+    """The first resource of `typ` the program declares, with `change(inputs)` applied, and its violations."""
+    resource = next((r for r in declared(stack) if r.typ == typ), None)
+    assert resource is not None, f"the {stack} program declares no {typ}"
+    inputs = copy.deepcopy(deserialize_properties(dict(resource.inputs)))
+    change(inputs)
+    return resource, v.violations(typ, unknown_checking_proxy(inputs), prod=stack == "prod")
+
+
+def test_a_real_primary_made_public_or_unencrypted_fails() -> None:
+    _, found = mutated(
+        "prod", v.RDS_INSTANCE, lambda i: i.update(publiclyAccessible=True, storageEncrypted=False)
+    )
+    assert {m[1 : m.index("]")] for m in found} == {"no-public-instance", "database-storage-encrypted"}
+
+
+def test_a_real_secret_without_its_kms_key_fails() -> None:
+    _, found = mutated("prod", v.SECRETS_MANAGER_SECRET, lambda i: i.pop("kmsKeyId"))
+    assert [m[1 : m.index("]")] for m in found] == ["secret-encrypted"]
+
+
+def test_a_real_ingress_rule_opened_to_the_world_fails() -> None:
+    def open_rule(inputs: dict[str, Any]) -> None:
+        inputs.pop("referencedSecurityGroupId", None)
+        inputs.pop("cidrIpv4", None)
+        inputs.update(cidrIpv6="::/0", ipProtocol="tcp", fromPort=6543.0, toPort=6543.0)
+
+    _, found = mutated("prod", v.VPC_INGRESS_RULE, open_rule)
+    assert len(found) == 1 and found[0].startswith(
+        "[no-open-database-ingress] the rule admits ::/0 on port 6543"
+    )
+
+
+def test_a_real_role_policy_widened_to_action_star_fails() -> None:
+    def widen(inputs: dict[str, Any]) -> None:
+        document = json.loads(inputs["policy"])
+        statements = document["Statement"]
+        first = statements[0] if isinstance(statements, list) else statements
+        first["Action"] = "*"
+        inputs["policy"] = json.dumps(document)
+
+    _, found = mutated("prod", "aws:iam/rolePolicy:RolePolicy", widen)
+    assert len(found) == 1 and found[0].startswith("[no-iam-action-star] policy statement 0")
