@@ -23,60 +23,38 @@ from psycopg.conninfo import make_conninfo
 
 from dbctl import names
 from dbctl.cluster import Cluster, free_port
+from dbctl.deploy import run_migrate
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls
 from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError
 from dbctl.scram import SALT_BYTES, scram_verifier
 
 pytestmark = pytest.mark.integration
 
-TABLE = "pgbouncer_probe"
+TABLE = "User"  # from the init migration
 CLIENTS = 1000
 CROWD = "pgbouncer-crowd"
 
 
 @pytest.fixture(scope="module")
-def database(pg_cluster: Cluster) -> Iterator[str]:
-    """A database of its own (the pools point at it), with a table the app may write and readonly may read."""
+def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
+    """A SCRAM verifier per login role, from the session's passwords (as the role secrets hold them)."""
+    return {role: scram_verifier(role_passwords[role], os.urandom(SALT_BYTES)) for role in names.LOGIN_ROLES}
+
+
+@pytest.fixture(scope="module")
+def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
+    """A database of its own (the pools point at it), prepared by the post-deploy step: schema and roles."""
     name = f"pgb_{uuid.uuid4().hex[:10]}"
     pg_cluster.create_database(name)
-    with psycopg.connect(pg_cluster.admin_conninfo(name), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, note text NOT NULL)").format(
-                sql.Identifier(TABLE)
-            )
-        )
+    run_migrate(pg_cluster.admin_url(name), verifiers)
     yield name
     with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture(scope="module")
-def verifiers(pg_cluster: Cluster, database: str, role_passwords: dict[str, str]) -> dict[str, str]:
-    """The pooled roles on the server, passwords set from SCRAM verifiers (as the post-deploy step does)."""
-    result = {role: scram_verifier(role_passwords[role], os.urandom(SALT_BYTES)) for role in POOLED_ROLES}
-    table = sql.Identifier(TABLE)
-    with psycopg.connect(pg_cluster.admin_conninfo(database), autocommit=True) as conn:
-        for role, verifier in result.items():
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
-            conn.execute(
-                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    verb, sql.Identifier(role), sql.Literal(verifier)
-                )
-            )
-            conn.execute(
-                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                    sql.Identifier(database), sql.Identifier(role)
-                )
-            )
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        app, readonly = sql.Identifier(names.APP_ROLE), sql.Identifier(names.READONLY_ROLE)
-        conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(table, app))
-        conn.execute(
-            sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(f"{TABLE}_id_seq"), app)
-        )
-        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, readonly))
-    return result
+def pooled(verifiers: dict[str, str]) -> dict[str, str]:
+    """userlist.txt holds the pooled roles only; the migrator never goes through PgBouncer."""
+    return {role: verifiers[role] for role in POOLED_ROLES}
 
 
 def base_settings(cluster: Cluster, database: str, port: int) -> dict[str, object]:
@@ -124,7 +102,7 @@ def _start(cluster: Cluster, database: str, verifiers: dict[str, str], **setting
     directory = Path(tempfile.mkdtemp(prefix="dbctl-test-pgbouncer-"))
     server = PgBouncerServer(directory)
     config = server.config(**{**base_settings(cluster, database, free_port()), **settings})
-    server.start(config, verifiers)
+    server.start(config, pooled(verifiers))
     return Bouncer(server, config, cluster)
 
 
@@ -153,10 +131,15 @@ def test_app_reads_and_writes_through_pgbouncer_over_scram_and_tls(
 ) -> None:
     with psycopg.connect(bouncer.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])) as conn:
         note = f"written-{uuid.uuid4().hex}"
-        conn.execute(sql.SQL("INSERT INTO {} (note) VALUES (%s)").format(sql.Identifier(TABLE)), (note,))
+        conn.execute(
+            sql.SQL('INSERT INTO {} (id, name, "updatedAt") VALUES (%s, %s, now())').format(
+                sql.Identifier(TABLE)
+            ),
+            (uuid.uuid4().hex, note),
+        )
         conn.commit()
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE note = %s").format(sql.Identifier(TABLE)), (note,)
+            sql.SQL("SELECT count(*) FROM {} WHERE name = %s").format(sql.Identifier(TABLE)), (note,)
         ).fetchone()
         assert row == (1,)
         user, server_tls = conn.execute(
@@ -173,12 +156,25 @@ def test_readonly_uses_the_read_pool_and_cannot_write(
     conninfo = bouncer.conninfo(
         names.READONLY_ROLE, role_passwords[names.READONLY_ROLE], names.READ_POOL_DATABASE
     )
+    insert = sql.SQL("INSERT INTO {} (id, \"updatedAt\") VALUES ('nope', now())").format(
+        sql.Identifier(TABLE)
+    )
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        assert conn.execute(
-            sql.SQL("SELECT count(*) >= 0 FROM {}").format(sql.Identifier(TABLE))
-        ).fetchone() == (True,)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(sql.SQL("INSERT INTO {} (note) VALUES ('nope')").format(sql.Identifier(TABLE)))
+        row = conn.execute(sql.SQL("SELECT count(*) >= 0 FROM {}").format(sql.Identifier(TABLE))).fetchone()
+        assert row == (True,)
+        # The role's sessions are read-only by default, and even a read-write transaction lacks the privilege.
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(insert)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION READ WRITE")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(insert)
+    console = bouncer.conninfo(names.MONITOR_ROLE, role_passwords[names.MONITOR_ROLE], "pgbouncer")
+    with psycopg.connect(console, autocommit=True) as conn:
+        cur = conn.execute("SHOW POOLS")
+        columns = [c.name for c in cur.description or []]
+        pools = {(r[columns.index("database")], r[columns.index("user")]) for r in cur.fetchall()}
+    assert (names.READ_POOL_DATABASE, names.READONLY_ROLE) in pools
 
 
 def test_wrong_password_and_unknown_user_are_refused(
@@ -309,10 +305,13 @@ def test_online_reload_keeps_connected_clients(
         with psycopg.connect(app) as idle_client, psycopg.connect(app) as in_transaction:
             idle_client.execute("SELECT 1")
             idle_client.commit()
-            in_transaction.execute(sql.SQL("INSERT INTO {} (note) VALUES (%s)").format(table), (note,))
+            in_transaction.execute(
+                sql.SQL('INSERT INTO {} (id, name, "updatedAt") VALUES (%s, %s, now())').format(table),
+                (uuid.uuid4().hex, note),
+            )
 
             changed = started.config.model_copy(update={"query_wait_timeout": 45, "default_pool_size": 15})
-            started.server.reload(changed, verifiers)
+            started.server.reload(changed, pooled(verifiers))
 
             in_transaction.commit()  # the transaction begun before the reload completes after it
             assert idle_client.execute("SELECT 2").fetchone() == (2,)
@@ -321,7 +320,7 @@ def test_online_reload_keeps_connected_clients(
             assert config["query_wait_timeout"] == "45"
             assert config["default_pool_size"] == "15"
             count = idle_client.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE note = %s").format(table), (note,)
+                sql.SQL("SELECT count(*) FROM {} WHERE name = %s").format(table), (note,)
             ).fetchone()
             assert count == (1,)
     finally:
@@ -340,7 +339,7 @@ def test_a_config_the_binary_rejects_fails_to_start_with_its_own_error(
         )
         broken = server.config(**{**base_settings(pg_cluster, database, free_port()), "client_tls": missing})
         with pytest.raises(PgBouncerServerError, match="exited with code") as caught:
-            server.start(broken, verifiers)
+            server.start(broken, pooled(verifiers))
         assert "TLS setup failed" in str(caught.value)  # pgbouncer's own words
         assert not server.is_running()
     finally:
@@ -360,10 +359,10 @@ def test_a_config_rendered_for_a_newer_version_is_caught_by_the_binary(
             with pytest.raises(
                 PgBouncerServerError, match="unknown parameter: pgbouncer/max_prepared_statements"
             ):
-                server.start(for_121, verifiers)
+                server.start(for_121, pooled(verifiers))
             assert not server.is_running()
         else:
-            server.start(for_121, verifiers)
+            server.start(for_121, pooled(verifiers))
             console = make_conninfo(
                 host="127.0.0.1",
                 port=str(for_121.listen_port),
@@ -390,7 +389,7 @@ def test_a_rejected_reload_is_reported_and_the_previous_config_restored(
         with pytest.raises(
             PgBouncerServerError, match='invalid value "sometimes" for parameter pool_mode'
         ) as caught:
-            started.server.reload(bogus, verifiers)
+            started.server.reload(bogus, pooled(verifiers))
         assert "restored the previous config" in str(caught.value)
         assert started.server.is_running()
         with psycopg.connect(started.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])) as conn:
