@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components.pgbouncer import ca_bucket_prefix
 from components.settings import StackSettings
 from components.subnets import private_subnet_cidrs
 from dbctl.names import POSTGRES_PORT
@@ -272,7 +273,15 @@ class Network(pulumi.ComponentResource):
                             "Principal": "*",
                             "Action": ["s3:GetObject"],
                             "Resource": [f"arn:aws:s3:::{bucket}/*"],
-                        }
+                        },
+                        {
+                            # The RDS CA bundle the PgBouncer component copies into its own bucket.
+                            "Sid": "RdsCaBundle",
+                            "Effect": "Allow",
+                            "Principal": "*",
+                            "Action": ["s3:GetObject"],
+                            "Resource": [f"arn:aws:s3:::{ca_bucket_prefix(s.stack)}*/*"],
+                        },
                     ],
                 }
             ),

@@ -263,3 +263,13 @@ def test_read_pool_points_at_the_primary_without_a_replica() -> None:
     settings = settings_for("dev")
     config = ini_config(settings, "primary.example", None)
     assert config.read_target == ("primary.example", names.POSTGRES_PORT)
+
+
+def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle(stack: tuple[str, RunResult]) -> None:
+    name, result = stack
+    endpoints = of_type(result.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
+    gateway = [r for r in endpoints if r.inputs.get("vpcEndpointType") == "Gateway"]
+    assert len(gateway) == 1  # both stacks create their VPC, with endpoints and no internet route
+    policy = json.loads(gateway[0].inputs["policy"])
+    resources = [res for st in policy["Statement"] for res in st["Resource"]]
+    assert f"arn:aws:s3:::{ca_bucket_prefix(name)}*/*" in resources
