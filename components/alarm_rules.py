@@ -55,9 +55,6 @@ RDS_NAMESPACE: Final = "AWS/RDS"
 NLB_NAMESPACE: Final = "AWS/NetworkELB"
 SLOW_QUERY_METRIC: Final = "SlowQueries"
 SLOW_QUERY_THRESHOLD_MS: Final = 1000
-# Latency alarms: gp3 serves reads and writes in single-digit milliseconds; 20 ms sustained means trouble.
-READ_LATENCY_SECONDS: Final = 0.020
-WRITE_LATENCY_SECONDS: Final = 0.020
 
 Comparison = Literal[
     "GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold", "LessThanOrEqualToThreshold"
@@ -128,8 +125,8 @@ def thresholds(settings: StackSettings) -> Thresholds:
         slow_queries_per_5min=a.slow_queries_per_5min,
         cpu_percent=a.cpu_percent,
         freeable_memory_bytes=a.freeable_memory_mb * MIB,
-        read_latency_seconds=READ_LATENCY_SECONDS,
-        write_latency_seconds=WRITE_LATENCY_SECONDS,
+        read_latency_seconds=a.read_latency_ms / 1000,
+        write_latency_seconds=a.write_latency_ms / 1000,
         pgbouncer_desired_hosts=settings.pgbouncer.host_count,
     )
 

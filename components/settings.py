@@ -218,6 +218,9 @@ class AlarmSettings(_Model):
     slow_queries_per_5min: int = Field(default=10, ge=1)
     cpu_percent: float = Field(default=80, gt=0, le=100)
     freeable_memory_mb: int = Field(default=128, ge=1)
+    # Average disk latency (ReadLatency/WriteLatency) that, sustained for 15 minutes, means trouble on gp3.
+    read_latency_ms: float = Field(default=20, gt=0)
+    write_latency_ms: float = Field(default=20, gt=0)
 
     @field_validator("emails")
     @classmethod
@@ -405,6 +408,12 @@ class StackSettings(_Model):
                 f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
                 "(set maxConnections, or pick a class listed there)",
             )
+        if self.backups.cross_region_copy and self.backups.dr_region == self.region:
+            raise _FieldProblem(
+                "backups",
+                self.backups.dr_region,
+                f"drRegion must differ from aws:region ({self.region}): a copy in the same region is no DR",
+            )
         backup = _spans(*_window_minutes(self.backup_window), 1440)
         maint_start, maint_end = _maint_minutes(self.maintenance_window)
         maint = _spans(maint_start, maint_end, 7 * 1440)
@@ -461,7 +470,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "secretRecoveryWindowDays": 30,
         "performanceInsightsRetentionDays": 7,
         "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
-        "backups": {"preMigrationSnapshot": True},
+        # Restore test monthly (the seed's "monthly backup test"), on the 2nd, after the 1st's monthly backup.
+        "backups": {"preMigrationSnapshot": True, "restoreTestSchedule": "cron(0 9 2 * ? *)"},
     },
 }
 

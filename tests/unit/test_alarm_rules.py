@@ -111,11 +111,18 @@ def test_explicit_max_connections_drives_the_threshold() -> None:
 def test_thresholds_follow_settings() -> None:
     s = settings_for(
         "prod",
-        {"alarms.replicaLagSeconds": 45, "alarms.slowQueriesPer5Min": 25, "alarms.connectionsPercent": 90},
+        {
+            "alarms.replicaLagSeconds": 45,
+            "alarms.slowQueriesPer5Min": 25,
+            "alarms.connectionsPercent": 90,
+            "alarms.readLatencyMs": 35,
+        },
     )
     specs = {spec.key: spec for spec in alarm_specs(s)}
     assert specs["replica-1-replica-lag"].threshold == 45
     assert specs["slow-queries"].threshold == 25
+    assert specs["primary-read-latency"].threshold == pytest.approx(0.035)  # CloudWatch reports seconds
+    assert specs["replica-1-write-latency"].threshold == pytest.approx(0.020)
     assert specs["primary-connections"].threshold == int(capacity.max_connections(s.instance_class) * 0.9)
 
 
