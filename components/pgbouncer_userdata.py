@@ -11,7 +11,7 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
 3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
 4. with client TLS on, makes a self-signed certificate whose key never leaves the host;
 5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
-   (/run/pgbouncer, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager, runs
+   (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager, runs
    before PgBouncer at every boot and every few minutes on a timer (secret rotation), and reloads
    PgBouncer only when the file changed;
 6. adds a drop-in to pgbouncer.service: LimitNOFILE sized from max_client_conn, Restart=on-failure.
@@ -37,8 +37,9 @@ CA_FILE = f"{CONFIG_DIR}/rds-ca-bundle.pem"
 # Client-facing TLS (self-signed, made on the host): the ini's client_tls_cert_file / client_tls_key_file.
 CLIENT_TLS_CERT_FILE = f"{CONFIG_DIR}/client-tls.crt"
 CLIENT_TLS_KEY_FILE = f"{CONFIG_DIR}/client-tls.key"
-# tmpfs: the verifiers never touch the disk, and a reboot starts from Secrets Manager again.
-AUTH_DIR = "/run/pgbouncer"
+# tmpfs: the verifiers never touch the disk, and a reboot starts from Secrets Manager again. Not
+# /run/pgbouncer: the package may own that one (pid file, RuntimeDirectory= emptied when the unit stops).
+AUTH_DIR = "/run/pgbouncer-auth"
 AUTH_FILE = f"{AUTH_DIR}/userlist.txt"
 
 HELPER_PATH = "/usr/local/sbin/spike-pgbouncer-authfile"

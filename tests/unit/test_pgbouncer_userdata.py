@@ -34,7 +34,7 @@ spike_land = host=primary.example port=5432 dbname=spike_land
 [pgbouncer]
 listen_port = 6543
 auth_type = scram-sha-256
-auth_file = /run/pgbouncer/userlist.txt
+auth_file = /run/pgbouncer-auth/userlist.txt
 max_client_conn = 1000
 """
 
