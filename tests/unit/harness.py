@@ -15,7 +15,8 @@ A settings error or an exception in the program propagates unchanged.
 `Resource` records each registration: `typ`, `name`, `inputs` (as the provider would receive them;
 Output values resolved, secrets unwrapped), and `provider` (the provider reference `urn::id`, or "" for
 the default provider).
-Its `state` holds the inputs plus the mock's computed outputs (ids, ARNs, endpoints).
+Its `state` holds the inputs plus the mock's computed outputs (ids, ARNs, endpoints), and
+`secret_inputs` names the top-level inputs that reached the engine as secrets.
 Helpers: `of_type(resources, "aws:rds/instance:Instance")`, `one(resources, typ)`, `named(resources, name)`.
 
 The mocks answer the invokes the program makes (availability zones, caller identity, region, partition,
@@ -38,6 +39,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
@@ -56,6 +58,9 @@ class Resource:
     inputs: dict[str, Any]
     provider: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    # Top-level inputs the program marked secret (Output.secret / secret config / additional_secret_outputs
+    # do not show here: this is what the engine would store encrypted as an input).
+    secret_inputs: frozenset[str] = frozenset()
 
     @property
     def provider_name(self) -> str:
@@ -126,7 +131,9 @@ def _to_config_string(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Make mock-deserialized values plain Python (unknowns stay as they are)."""
+    """Make mock-deserialized values plain Python: secrets unwrapped (unknowns stay as they are)."""
+    if isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+        return _plain(value.get("value"))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -138,10 +145,34 @@ def _hex(seed: str, n: int = 17) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:n]
 
 
+def _secret_keys(struct: Any) -> frozenset[str]:
+    """Top-level property names whose serialized value is a Pulumi secret."""
+    keys = set()
+    for key, value in struct.fields.items():
+        inner = value.struct_value.fields if value.HasField("struct_value") else {}
+        sig = inner.get(rpc._special_sig_key)
+        if sig is not None and sig.string_value == rpc._special_secret_sig:
+            keys.add(key)
+    return frozenset(keys)
+
+
+class _Monitor(pulumi_mocks.MockMonitor):
+    """The stock mock monitor, noting which inputs arrive as secrets before they are unwrapped."""
+
+    def __init__(self, mocks: _Mocks) -> None:
+        super().__init__(mocks)
+        self._mocks = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self._mocks.pending_secrets[(request.type, request.name)] = _secret_keys(request.object)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]
+
+
 class _Mocks(pulumi.runtime.Mocks):
     def __init__(self, region: str) -> None:
         self.region = region
         self.resources: list[Resource] = []
+        self.pending_secrets: dict[tuple[str, str], frozenset[str]] = {}
 
     def _arn(self, service: str, resource: str, regional: bool = True) -> str:
         region = self.region if regional else ""
@@ -152,8 +183,16 @@ class _Mocks(pulumi.runtime.Mocks):
         typ, name = args.typ, args.name
         rid, extra = self._computed(typ, name, inputs)
         state = {**inputs, **extra}
+        secrets = self.pending_secrets.pop((typ, name), frozenset())
         self.resources.append(
-            Resource(typ=typ, name=name, inputs=inputs, provider=args.provider or "", state=state)
+            Resource(
+                typ=typ,
+                name=name,
+                inputs=inputs,
+                provider=args.provider or "",
+                state=state,
+                secret_inputs=secrets,
+            )
         )
         return rid, state
 
@@ -338,7 +377,7 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
     mocks = _Mocks(region)
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config({k: _to_config_string(v) for k, v in config.items()}, [])
-    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=_Monitor(mocks))
     runtime_settings.SETTINGS.outputs.clear()
     runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
     _sync_await(wait_for_rpcs())

@@ -1,0 +1,372 @@
+"""The real program under mocks, once per real stack file: what the issue promises, per stack."""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import cache
+from typing import Any
+
+import pytest
+import scramp
+
+from dbctl import names
+from dbctl.scram import is_scram_verifier
+from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
+
+STACKS = ("dev", "prod")
+INSTANCE = "aws:rds/instance:Instance"
+PARAMETER_GROUP = "aws:rds/parameterGroup:ParameterGroup"
+SECRET = "aws:secretsmanager/secret:Secret"
+SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+WORLD = {"0.0.0.0/0", "::/0"}
+
+
+@cache
+def result(stack: str) -> RunResult:
+    """One mocked run per real stack file, shared by the read-only tests below."""
+    return run(stack)
+
+
+def primary(r: RunResult) -> Resource:
+    return named(of_type(r.resources, INSTANCE), "database-primary")
+
+
+def replicas(r: RunResult) -> list[Resource]:
+    return [x for x in of_type(r.resources, INSTANCE) if x.inputs.get("replicateSourceDb")]
+
+
+def params(group: Resource) -> dict[str, tuple[str, str]]:
+    return {p["name"]: (p["value"], p.get("applyMethod", "immediate")) for p in group.inputs["parameters"]}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_primary_is_encrypted_private_and_hardened(stack: str) -> None:
+    r = result(stack)
+    db = primary(r).inputs
+    key_arn = r.outputs["kms_key_arn"]
+    assert db["storageEncrypted"] is True and db["kmsKeyId"] == key_arn
+    assert db["storageType"] == "gp3"
+    assert db["publiclyAccessible"] is False
+    assert db["engine"] == "postgres" and db["engineVersion"] == "17"
+    assert db["caCertIdentifier"] == "rds-ca-rsa2048-g1"
+    assert db["iamDatabaseAuthenticationEnabled"] is True
+    assert db["autoMinorVersionUpgrade"] is True
+    assert db["copyTagsToSnapshot"] is True
+    assert db["performanceInsightsEnabled"] is True and db["performanceInsightsKmsKeyId"] == key_arn
+    assert db["monitoringInterval"] == 60 and db["monitoringRoleArn"].endswith(":role/" + _role_name(r))
+    assert db["enabledCloudwatchLogsExports"] == ["postgresql", "upgrade"]
+    assert db["dbName"] == names.DATABASE_NAME
+    assert db["dbSubnetGroupName"] == one(r.resources, "aws:rds/subnetGroup:SubnetGroup").state["name"]
+    assert db["vpcSecurityGroupIds"] == [r.outputs["db_security_group_id"]]
+    assert db["skipFinalSnapshot"] is False
+    assert db["finalSnapshotIdentifier"].startswith(r.outputs["primary_instance_id"] + "-final-")
+    assert "password" in primary(r).secret_inputs
+
+
+def _role_name(r: RunResult) -> str:
+    return str(named(of_type(r.resources, "aws:iam/role:Role"), "database-monitoring").state["name"])
+
+
+def test_prod_is_multi_az_protected_with_30_day_backups_and_one_replica() -> None:
+    r = result("prod")
+    db = primary(r).inputs
+    assert db["multiAz"] is True
+    assert db["deletionProtection"] is True
+    assert db["backupRetentionPeriod"] == 30
+    assert db["applyImmediately"] is False
+    assert settings_for("prod").protect is True  # Pulumi `protect` on the primary (mocks do not see options)
+    (replica,) = replicas(r)
+    assert replica.inputs["replicateSourceDb"] == r.outputs["primary_instance_id"]
+    assert r.outputs["replica_endpoints"] == [replica.state["endpoint"]]
+
+
+def test_dev_is_single_az_unprotected_with_7_day_backups_and_no_replica() -> None:
+    r = result("dev")
+    db = primary(r).inputs
+    assert db["multiAz"] is False
+    assert db["deletionProtection"] is False
+    assert db["backupRetentionPeriod"] == 7
+    assert replicas(r) == []
+    assert len(of_type(r.resources, PARAMETER_GROUP)) == 1
+    assert r.outputs["replica_endpoints"] == [] and r.outputs["replica_addresses"] == []
+
+
+def test_replica_count_zero_in_prod_leaves_no_replica_resources() -> None:
+    r = run("prod", {"replicaCount": 0})
+    assert replicas(r) == []
+    assert [g.name for g in of_type(r.resources, PARAMETER_GROUP)] == ["database-primary"]
+    assert not [x for x in r.resources if "replica" in x.name]
+    assert r.outputs["replica_endpoints"] == []
+
+
+def test_two_replicas_each_sourced_from_the_primary() -> None:
+    r = run("prod", {"replicaCount": 2})
+    sources = {x.inputs["replicateSourceDb"] for x in replicas(r)}
+    assert len(replicas(r)) == 2 and sources == {r.outputs["primary_instance_id"]}
+    assert len(set(r.outputs["replica_addresses"])) == 2
+
+
+def test_replica_has_no_credentials_and_its_own_monitoring() -> None:
+    r = result("prod")
+    (replica,) = replicas(r)
+    x = replica.inputs
+    for absent in ("username", "password", "dbName", "engineVersion", "allocatedStorage"):
+        assert absent not in x, absent
+    assert (
+        x["performanceInsightsEnabled"] is True
+        and x["performanceInsightsKmsKeyId"] == r.outputs["kms_key_arn"]
+    )
+    assert x["monitoringInterval"] == 60 and x["monitoringRoleArn"]
+    assert x["vpcSecurityGroupIds"] == [r.outputs["db_security_group_id"]]
+    assert x["publiclyAccessible"] is False and x["storageEncrypted"] is True
+    assert x["parameterGroupName"] == _group(r, "database-replica").state["name"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_parameter_group_has_the_required_settings(stack: str) -> None:
+    r = result(stack)
+    group = _group(r, "database-primary")
+    assert group.inputs["family"] == "postgres17"
+    p = params(group)
+    assert p["rds.force_ssl"][0] == "1"
+    assert p["password_encryption"][0] == "scram-sha-256"
+    assert "pg_stat_statements" in p["shared_preload_libraries"][0].split(",")
+    assert p["shared_preload_libraries"][1] == "pending-reboot"
+    assert p["pg_stat_statements.track"][0] in {"top", "all"}
+    assert p["log_min_duration_statement"][0] == "100"
+    assert p["log_statement"][0] == "ddl"
+    assert p["log_connections"][0] == "1"
+    assert int(p["idle_in_transaction_session_timeout"][0]) > 0
+    assert p["max_connections"] == (str(r.outputs["max_connections"]), "pending-reboot")
+    assert primary(r).inputs["parameterGroupName"] == group.state["name"]
+
+
+def _group(r: RunResult, name: str) -> Resource:
+    return named(of_type(r.resources, PARAMETER_GROUP), name)
+
+
+def test_replica_parameter_group_handles_standby_conflicts() -> None:
+    r = result("prod")
+    p = params(_group(r, "database-replica"))
+    assert p["hot_standby_feedback"][0] == "1"
+    assert p["max_standby_streaming_delay"][0] == "30000"
+    # A hot standby needs max_connections >= its primary's: both groups carry the same explicit value.
+    assert p["max_connections"] == params(_group(r, "database-primary"))["max_connections"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_database_admits_5432_only_from_pgbouncer_and_configured_sources(stack: str) -> None:
+    r = result(stack)
+    s = settings_for(stack)
+    db_sg = r.outputs["db_security_group_id"]
+    rules = [x.inputs for x in of_type(r.resources, INGRESS) if x.inputs["securityGroupId"] == db_sg]
+    assert all(x["fromPort"] == x["toPort"] == 5432 and x["ipProtocol"] == "tcp" for x in rules)
+    sources = {x.get("referencedSecurityGroupId") or x.get("cidrIpv4") or x.get("cidrIpv6") for x in rules}
+    expected = {r.outputs["pgbouncer_security_group_id"], *s.allowed_security_group_ids, *s.allowed_cidrs}
+    assert sources == expected
+    every_rule = [x.inputs for x in of_type(r.resources, INGRESS)]
+    assert not [x for x in every_rule if {x.get("cidrIpv4"), x.get("cidrIpv6")} & WORLD]
+    assert not [x for x in of_type(r.resources, EGRESS) if x.inputs["securityGroupId"] == db_sg]
+
+
+def test_app_security_groups_and_ipv6_cidrs_are_admitted() -> None:
+    r = run("dev", {"allowedSecurityGroupIds": ["sg-0123456789abcdef0"], "allowedCidrs": ["fd00:1::/64"]})
+    db_sg = r.outputs["db_security_group_id"]
+    rules = [x.inputs for x in of_type(r.resources, INGRESS) if x.inputs["securityGroupId"] == db_sg]
+    assert {"referencedSecurityGroupId": "sg-0123456789abcdef0"}.items() <= _rule_with(rules, "sg-0").items()
+    assert any(x.get("cidrIpv6") == "fd00:1::/64" for x in rules)
+
+
+def _rule_with(rules: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    return next(x for x in rules if str(x.get("referencedSecurityGroupId", "")).startswith(prefix))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_created_network_is_private_in_at_least_two_azs(stack: str) -> None:
+    r = result(stack)
+    subnets = of_type(r.resources, "aws:ec2/subnet:Subnet")
+    assert len({x.inputs["availabilityZone"] for x in subnets}) >= 2
+    assert all(x.inputs["mapPublicIpOnLaunch"] is False for x in subnets)
+    assert not of_type(r.resources, "aws:ec2/internetGateway:InternetGateway")
+    assert not of_type(r.resources, "aws:ec2/natGateway:NatGateway")
+    assert len(r.outputs["subnet_ids"]) == len(subnets) == settings_for(stack).network.az_count
+    assert one(r.resources, "aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == r.outputs["subnet_ids"]
+    vpces = of_type(r.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
+    endpoints = {x.inputs["serviceName"].rsplit(".", 1)[1] for x in vpces}
+    assert {"ssm", "secretsmanager", "kms", "s3"} <= endpoints
+
+
+def test_existing_network_is_adopted_not_created() -> None:
+    subnets = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    r = run("dev", {"network": {"mode": "existing", "vpcId": "vpc-0123456789abcdef0", "subnetIds": subnets}})
+    assert not of_type(r.resources, "aws:ec2/vpc:Vpc")
+    assert not of_type(r.resources, "aws:ec2/subnet:Subnet")
+    assert not of_type(r.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
+    assert one(r.resources, "aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == subnets
+    assert r.outputs["vpc_id"] == "vpc-0123456789abcdef0" and r.outputs["subnet_ids"] == subnets
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_kms_key_rotates_and_encrypts_every_secret_and_log_group(stack: str) -> None:
+    r = result(stack)
+    key = one(r.resources, "aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    key_arn = r.outputs["kms_key_arn"]
+    window = settings_for(stack).secret_recovery_window_days
+    secrets = of_type(r.resources, SECRET)
+    assert len(secrets) == len(names.LOGIN_ROLES) + 1
+    assert all(
+        x.inputs["kmsKeyId"] == key_arn and x.inputs["recoveryWindowInDays"] == window for x in secrets
+    )
+    logs = of_type(r.resources, "aws:cloudwatch/logGroup:LogGroup")
+    assert len(logs) == 2 * (1 + settings_for(stack).replica_count)
+    assert all(x.inputs["kmsKeyId"] == key_arn and x.inputs["retentionInDays"] > 0 for x in logs)
+    ident = r.outputs["primary_instance_id"]
+    assert {x.inputs["name"] for x in logs} >= {f"/aws/rds/instance/{ident}/postgresql"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_role_secrets_hold_username_password_and_a_verifier_of_that_password(stack: str) -> None:
+    r = result(stack)
+    arns = r.outputs["role_secret_arns"]
+    assert set(arns) == set(names.LOGIN_ROLES)
+    for role in names.LOGIN_ROLES:
+        version = named(of_type(r.resources, SECRET_VERSION), f"credentials-{role}")
+        assert version.inputs["secretId"] == arns[role]
+        assert "secretString" in version.secret_inputs
+        body = json.loads(version.inputs["secretString"])
+        assert body[names.SECRET_USERNAME_KEY] == role
+        password, verifier = body[names.SECRET_PASSWORD_KEY], body[names.SECRET_VERIFIER_KEY]
+        assert is_scram_verifier(verifier)
+        salt = named(r.resources, f"credentials-{role}-salt").state["base64"]
+        assert verifier.split("$")[1].split(":")[1] == salt  # the pulumi-random salt, hence stable
+        assert _scram_login_ok(verifier, password)
+        assert not _scram_login_ok(verifier, password + "x")
+
+
+def _scram_login_ok(verifier: str, password: str) -> bool:
+    """Whether a SCRAM client with `password` authenticates against a server holding only `verifier`."""
+    iterations_salt, keys = verifier.removeprefix("SCRAM-SHA-256$").split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key, server_key = (base64.b64decode(k) for k in keys.split(":"))
+    auth = (base64.b64decode(salt), stored_key, server_key, int(iterations))
+    server = scramp.ScramMechanism("SCRAM-SHA-256").make_server(lambda _user: auth)
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "user", password)
+    server.set_client_first(client.get_client_first())
+    client.set_server_first(server.get_server_first())
+    try:
+        server.set_client_final(client.get_client_final())
+    except scramp.ScramException:
+        return False
+    client.set_server_final(server.get_server_final())
+    return True
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_master_secret_is_standard_rds_json_with_the_host(stack: str) -> None:
+    r = result(stack)
+    version = named(of_type(r.resources, SECRET_VERSION), "database-master")
+    assert "secretString" in version.secret_inputs
+    assert version.inputs["secretId"] == r.outputs["master_secret_arn"]
+    body = json.loads(version.inputs["secretString"])
+    assert {"engine", "host", "port", "username", "password", "dbname"} <= set(body)
+    assert body["host"] == r.outputs["primary_address"] and body["port"] == 5432
+    assert body["dbname"] == names.DATABASE_NAME and body["engine"] == "postgres"
+    assert body["password"] == primary(r).inputs["password"]
+    assert not set('/@" ') & set(body["password"])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs_have_the_agreed_names_and_no_password(stack: str) -> None:
+    r = result(stack)
+    expected = {
+        "primary_endpoint", "primary_address", "primary_port", "primary_instance_id", "replica_endpoints",
+        "replica_addresses", "database_name", "master_secret_arn", "role_secret_arns", "kms_key_arn",
+        "db_security_group_id", "pgbouncer_security_group_id", "vpc_id", "subnet_ids", "region",
+        "pre_migration_snapshot",
+    }  # fmt: skip
+    assert expected <= set(r.outputs)
+    assert r.outputs["pre_migration_snapshot"] is settings_for(stack).backups.pre_migration_snapshot
+    passwords = [
+        x.state["result"] for x in of_type(r.resources, "random:index/randomPassword:RandomPassword")
+    ]
+    dumped = json.dumps(r.outputs)
+    assert passwords and not [p for p in passwords if p in dumped]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_aws_resource_uses_the_tagged_provider(stack: str) -> None:
+    r = result(stack)
+    provider = one(r.resources, "pulumi:providers:aws")
+    tags = json.loads(provider.inputs["defaultTags"])["tags"]
+    s = settings_for(stack)
+    assert tags == {**s.tags, "project": "spike-land-db", "stack": stack, "owner": s.owner}
+    assert provider.inputs["region"] == s.region
+    aws_resources = [x for x in r.resources if x.typ.startswith("aws:")]
+    assert aws_resources and all(x.provider_name == "aws" for x in aws_resources)
+
+
+# Actions AWS authorises only on "*" (no resource-level permissions).
+_STAR_ONLY_ACTIONS = {
+    "cloudwatch:PutMetricData",
+    "ec2:DescribeInstances",
+    "ec2:DescribeTags",
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:*",
+    "logs:DescribeLogGroups",
+}
+
+
+def _policies(r: RunResult) -> list[tuple[Resource, dict[str, Any]]]:
+    found = []
+    for x in r.resources:
+        # A KMS key policy's "*" means the key itself; it is not an IAM grant over unknown resources.
+        if x.typ == "aws:kms/key:Key":
+            continue
+        for key in ("policy", "assumeRolePolicy", "inlinePolicies"):
+            value = x.inputs.get(key)
+            docs = value if isinstance(value, list) else [value]
+            for doc in docs:
+                if isinstance(doc, dict):
+                    doc = doc.get("policy")
+                if isinstance(doc, str) and doc.strip().startswith("{"):
+                    found.append((x, json.loads(doc)))
+    return found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_policy_grants_star_resources_where_an_arn_is_known(stack: str) -> None:
+    r = result(stack)
+    offenders = []
+    for resource, doc in _policies(r):
+        statements = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+        for st in statements:
+            res = st.get("Resource", [])
+            res = res if isinstance(res, list) else [res]
+            actions = st.get("Action", [])
+            actions = actions if isinstance(actions, list) else [actions]
+            if st.get("Effect") == "Allow" and "*" in res and not set(actions) <= _STAR_ONLY_ACTIONS:
+                offenders.append((resource.typ, resource.name, actions))
+    assert offenders == []
+
+
+def test_monitoring_role_trusts_only_rds_monitoring_with_the_managed_policy() -> None:
+    r = result("prod")
+    role = named(of_type(r.resources, "aws:iam/role:Role"), "database-monitoring")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    (st,) = trust["Statement"]
+    assert st["Principal"] == {"Service": "monitoring.rds.amazonaws.com"}
+    attachment = named(
+        of_type(r.resources, "aws:iam/rolePolicyAttachment:RolePolicyAttachment"), "database-monitoring"
+    )
+    assert (
+        attachment.inputs["policyArn"]
+        == "arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
+    )
