@@ -1,0 +1,49 @@
+"""Finding the pgbouncer binary and reading its version, without starting it."""
+
+from pathlib import Path
+
+import pytest
+
+from dbctl import pgbouncer_server
+from dbctl.pgbouncer_server import (
+    PgBouncerNotFoundError,
+    PgBouncerServerError,
+    detect_version,
+    find_pgbouncer,
+)
+
+
+def fake_binary(directory: Path, output: str, code: int = 0) -> Path:
+    path = directory / "pgbouncer"
+    path.write_text(f"#!/bin/sh\nprintf '%s\\n' '{output}'\nexit {code}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_missing_binary_names_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(pgbouncer_server, "_SEARCH_DIRS", (str(tmp_path / "nowhere"),))
+    with pytest.raises(PgBouncerNotFoundError, match="apt-get install -y pgbouncer"):
+        find_pgbouncer()
+
+
+def test_binary_is_found_outside_path_in_sbin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    binary = fake_binary(sbin, "PgBouncer 1.18.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(pgbouncer_server, "_SEARCH_DIRS", (str(sbin),))
+    assert find_pgbouncer() == binary
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [("PgBouncer 1.18.0", (1, 18)), ("PgBouncer 1.24.1", (1, 24))],
+)
+def test_version_comes_from_pgbouncer_version(tmp_path: Path, output: str, version: tuple[int, int]) -> None:
+    assert detect_version(fake_binary(tmp_path, output)) == version
+
+
+def test_a_binary_that_reports_no_version_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PgBouncerServerError, match="did not report a PgBouncer version"):
+        detect_version(fake_binary(tmp_path, "something else", code=1))
