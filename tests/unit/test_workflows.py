@@ -1,0 +1,142 @@
+"""The GitHub workflows users run: the properties the schema and zizmor (run by ./dev test) do not pin down.
+
+What runs when, that deploys never overlap or get cancelled, that prod waits for its environment, that every
+action is pinned to a commit, that the Pulumi CLI matches the SDK in uv.lock, and that every `run:` script
+passes shellcheck and takes no `${{ }}` expression (inputs reach scripts through env, never inline).
+"""
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.yml"))
+
+
+def load(name: str) -> dict[Any, Any]:
+    data: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
+    return data
+
+
+def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
+    on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert isinstance(on, dict)
+    return on
+
+
+def steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def locked_version(package: str) -> str:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return str(next(p["version"] for p in lock["package"] if p["name"] == package))
+
+
+def test_the_expected_workflows_exist() -> None:
+    assert [f.name for f in FILES] == ["deploy-stack.yml", "deploy.yml", "pull-request.yml", "test.yml"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_action_is_pinned_to_a_commit_with_its_version(path: Path) -> None:
+    for line in path.read_text().splitlines():
+        match = re.search(r"uses:\s*(\S+)", line)
+        if not match or match.group(1).startswith("./"):
+            continue
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", match.group(1)), line
+        assert re.search(r"#\s*v\d+\.\d+\.\d+\s*$", line), f"no `# vX.Y.Z` comment: {line}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_least_privilege_permissions(path: Path) -> None:
+    workflow = yaml.safe_load(path.read_text())
+    assert workflow["permissions"] == {}, "grant nothing at the top; each job asks for what it needs"
+    for name, job in workflow["jobs"].items():
+        assert "permissions" in job, f"job {name} has no permissions block"
+        assert set(job["permissions"].values()) <= {"read", "write"}
+        writes = {k for k, v in job["permissions"].items() if v == "write"}
+        assert writes <= {"id-token", "pull-requests"}, f"job {name} writes {writes}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_checkouts_do_not_persist_the_token(path: Path) -> None:
+    for step in steps(yaml.safe_load(path.read_text())):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            assert step.get("with", {}).get("persist-credentials") is False
+
+
+def test_pull_requests_run_the_tests_then_preview_both_stacks_with_the_policy_pack() -> None:
+    workflow = load("pull-request.yml")
+    assert set(triggers(workflow)) == {"pull_request"}
+    jobs = workflow["jobs"]
+    assert jobs["test"]["uses"] == "./.github/workflows/test.yml"
+    preview = jobs["preview"]
+    assert preview["needs"] == "test"
+    assert preview["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert preview["permissions"]["id-token"] == "write"
+    [pulumi] = [s for s in preview["steps"] if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["policyPacks"] == "policy"
+    assert pulumi["with"]["comment-on-pr"] is True
+
+
+def test_the_test_workflow_runs_the_readme_command() -> None:
+    workflow = load("test.yml")
+    assert set(triggers(workflow)) == {"workflow_call"}
+    assert any(step.get("run") == "./dev test" for step in steps(workflow))
+
+
+def test_main_deploys_dev_then_prod_and_each_runs_the_post_deploy_step() -> None:
+    workflow = load("deploy.yml")
+    assert triggers(workflow) == {"push": {"branches": ["main"]}}
+    jobs = workflow["jobs"]
+    assert jobs["dev"]["needs"] == "test" and jobs["prod"]["needs"] == "dev"
+    for stack in ("dev", "prod"):
+        assert jobs[stack]["uses"] == "./.github/workflows/deploy-stack.yml"
+        assert jobs[stack]["with"] == {"stack": stack}
+
+    [job] = load("deploy-stack.yml")["jobs"].values()
+    assert job["environment"] == "${{ inputs.stack }}"  # prod's required reviewers live there
+    assert job["concurrency"] == {"group": "deploy-${{ inputs.stack }}", "cancel-in-progress": False}
+    [pulumi] = [s for s in job["steps"] if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert pulumi["with"]["command"] == "up" and pulumi["with"]["policyPacks"] == "policy"
+    migrate = job["steps"][job["steps"].index(pulumi) + 1]
+    assert 'python -m dbctl migrate --stack "$STACK"' in migrate["run"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_the_pulumi_cli_matches_the_locked_sdk(path: Path) -> None:
+    version = yaml.safe_load(path.read_text()).get("env", {}).get("PULUMI_VERSION")
+    if version is not None:
+        assert version == locked_version("pulumi")
+
+
+def run_scripts() -> list[tuple[str, str]]:
+    found = []
+    for path in FILES:
+        for job_name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            for i, step in enumerate(job.get("steps", [])):
+                if "run" in step:
+                    found.append((f"{path.name}:{job_name}:{i}", step["run"]))
+    return found
+
+
+@pytest.mark.parametrize(("where", "script"), run_scripts(), ids=[w for w, _ in run_scripts()])
+def test_run_scripts_take_no_expressions_and_pass_shellcheck(where: str, script: str) -> None:
+    assert "${{" not in script, f"{where}: pass values through env:, not inline (template injection)"
+    shellcheck = shutil.which("shellcheck") or str(ROOT / ".venv" / "bin" / "shellcheck")
+    result = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"{where}:\n{result.stdout}{result.stderr}"
