@@ -7,6 +7,10 @@ import gzip
 import ipaddress
 import json
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +277,17 @@ def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle(stack: tuple[str, Run
     policy = json.loads(gateway[0].inputs["policy"])
     resources = [res for st in policy["Statement"] for res in st["Resource"]]
     assert f"arn:aws:s3:::{ca_bucket_prefix(name)}*/*" in resources
+
+
+def test_shellcheck_passes_on_each_stacks_user_data(stack: tuple[str, RunResult], tmp_path: Path) -> None:
+    name, result = stack
+    path = tmp_path / f"user-data-{name}.sh"
+    path.write_text(script_of(result))
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    done = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
