@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import shutil
 import stat
@@ -275,6 +276,9 @@ def test_a_thousand_concurrent_clients_share_at_most_the_pool_size(
         assert 1 <= peak["servers"] <= pool_size
         assert 1 <= peak["backends"] <= pool_size
         assert 1 <= len(pids) <= pool_size  # every query ran on one of at most pool_size server backends
+        # pgbouncer itself reports the descriptor limit it got; it must cover every client.
+        limit = re.search(r"kernel file descriptor limit: (\d+)", started.server.log_path.read_text())
+        assert limit is not None and int(limit[1]) > CLIENTS
         print(
             f"\n{CLIENTS} clients, {CLIENTS * 3} queries, 0 failures; server backends used: {len(pids)}, "
             f"SHOW POOLS servers at peak: {peak['servers']}, pg_stat_activity backends: {peak['backends']}"
