@@ -2,6 +2,7 @@
 
 import click
 
+from dbctl.local import local
 from dbctl.migrate_cli import migrate_command, status_command
 
 
@@ -12,6 +13,7 @@ def cli() -> None:
 
 cli.add_command(migrate_command, "migrate")
 cli.add_command(status_command, "status")
+cli.add_command(local, "local")
 
 
 def main() -> None:
