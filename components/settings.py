@@ -513,7 +513,8 @@ def load_settings(stack: str, raw: Mapping[str, Any]) -> StackSettings:
     profile = given.pop("profile", "prod" if stack == "prod" else "dev")
     if profile not in PROFILE_DEFAULTS:
         raise SettingsError(
-            f"{PROJECT}:profile = {profile!r} is invalid: must be one of {sorted(PROFILE_DEFAULTS)}"
+            f"invalid stack config in Pulumi.{stack}.yaml: {PROJECT}:profile = {profile!r} is invalid: "
+            f"must be one of {sorted(PROFILE_DEFAULTS)}"
         )
     data = _merge(PROFILE_DEFAULTS[profile], given)
     data.update(stack=stack, profile=profile, region=region)

@@ -10,7 +10,8 @@
 path into a section such as `pgbouncer.hostCount`; the value None deletes the key), sets the config with
 `pulumi.runtime.set_all_config`, installs the mocks (preview=False), runs `__main__.py` with runpy in a
 fresh Pulumi runtime state (new settings, new root Stack, own contextvars) and waits for every output.
-A settings error or an exception in the program propagates unchanged.
+A settings error or an exception in the program propagates unchanged, carrying the resources registered
+before it as `declared_resources` (see `failing_run`).
 
 `Resource` records each registration: `typ`, `name`, `inputs` (as the provider would receive them;
 Output values resolved, secrets unwrapped), and `provider` (the provider reference `urn::id`, or "" for
@@ -379,8 +380,12 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
     pulumi.runtime.set_all_config({k: _to_config_string(v) for k, v in config.items()}, [])
     pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=_Monitor(mocks))
     runtime_settings.SETTINGS.outputs.clear()
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-    _sync_await(wait_for_rpcs())
+    try:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        _sync_await(wait_for_rpcs())
+    except Exception as e:
+        e.declared_resources = list(mocks.resources)  # type: ignore[attr-defined]
+        raise
     root = runtime_settings.get_root_resource()
     exported: dict[str, Any] = dict(getattr(root, "outputs", {}) or {})
     outputs: dict[str, Any] = {}
@@ -409,6 +414,17 @@ def run_program(stack: str, overrides: Mapping[str, object] | None = None) -> li
 def program_outputs(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
     """The stack outputs (resolved; secrets unwrapped, see `run(...).secret_outputs` for which)."""
     return run(stack, overrides).outputs
+
+
+def failing_run(
+    stack: str, overrides: Mapping[str, object] | None = None
+) -> tuple[Exception, list[Resource]]:
+    """Run a program expected to fail: its exception and the resources registered before it."""
+    try:
+        run(stack, overrides)
+    except Exception as e:
+        return e, list(getattr(e, "declared_resources", []))
+    raise AssertionError(f"the {stack} program with {overrides} did not fail")
 
 
 def of_type(resources: Sequence[Resource], typ: str) -> list[Resource]:
