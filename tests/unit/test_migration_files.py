@@ -1,0 +1,105 @@
+"""Migration files, the init migration's Prisma format, URL handling and the roles' SQL composition."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from dbctl import migrate, roles
+from dbctl.connection import parse_target
+from dbctl.errors import DbctlError
+
+
+def write(directory: Path, name: str, text: str) -> None:
+    (directory / name).mkdir(parents=True)
+    (directory / name / "migration.sql").write_text(text)
+
+
+def test_migrations_load_in_name_order_with_prisma_checksums(tmp_path: Path) -> None:
+    write(tmp_path, "20260102000000_second", "SELECT 2;\n")
+    write(tmp_path, "20260101000000_first", "SELECT 1;\n")
+    (tmp_path / "migration_lock.toml").write_text('provider = "postgresql"\n')
+    loaded = migrate.load_migrations(tmp_path)
+    assert [m.name for m in loaded] == ["20260101000000_first", "20260102000000_second"]
+    assert loaded[0].checksum == hashlib.sha256(b"SELECT 1;\n").hexdigest()
+    assert not loaded[0].no_transaction
+
+
+def test_bad_migration_directories_are_named(tmp_path: Path) -> None:
+    write(tmp_path, "init", "SELECT 1;")
+    with pytest.raises(DbctlError, match="'init' must be named <14-digit timestamp>_<name>"):
+        migrate.load_migrations(tmp_path)
+    with pytest.raises(DbctlError, match="does not exist"):
+        migrate.load_migrations(tmp_path / "nope")
+    (tmp_path / "init").rename(tmp_path / "20260101000000_x")
+    (tmp_path / "20260101000000_x" / "migration.sql").unlink()
+    with pytest.raises(DbctlError, match=r"has no migration\.sql"):
+        migrate.load_migrations(tmp_path)
+
+
+def test_no_transaction_marker_and_statement_split(tmp_path: Path) -> None:
+    text = (
+        f"{migrate.NO_TRANSACTION_MARKER}\n-- CreateIndex\n"
+        "CREATE INDEX CONCURRENTLY a ON t(x);\n\nDROP INDEX b;\n"
+    )
+    write(tmp_path, "20260101000000_idx", text)
+    (only,) = migrate.load_migrations(tmp_path)
+    assert only.no_transaction
+    assert migrate._statements(text) == ["CREATE INDEX CONCURRENTLY a ON t(x);", "DROP INDEX b;"]
+
+
+def test_init_migration_follows_prisma_format() -> None:
+    (init,) = migrate.load_migrations()
+    text = init.sql_text
+    assert not init.no_transaction
+    # Every statement sits under one of Prisma's section headers, in Prisma's order.
+    headers = re.findall(r"^-- (\w+)$", text, flags=re.MULTILINE)
+    order = ["CreateEnum", "CreateTable", "CreateIndex", "AddForeignKey"]
+    assert headers == sorted(headers, key=order.index)
+    assert len(headers) == text.count(";")
+    assert (
+        (migrate.MIGRATIONS_DIR / "migration_lock.toml")
+        .read_text()
+        .strip()
+        .endswith('provider = "postgresql"')
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:pw@db.example:5433/spike_land?sslmode=verify-full", "u@db.example:5433/spike_land"),
+        ("host=h user=u password=pw dbname=d", "u@h:5432/d"),
+    ],
+)
+def test_targets_are_printed_without_passwords(url: str, expected: str) -> None:
+    assert str(parse_target(url)) == expected
+
+
+def test_bad_urls_never_echo_the_url() -> None:
+    for url in ("postgresql://u:supersecret@[bad", "not a url with password=supersecret"):
+        with pytest.raises(DbctlError) as err:
+            parse_target(url)
+        assert "supersecret" not in str(err.value)
+    with pytest.raises(DbctlError, match="names no host"):
+        parse_target("postgresql:///spike_land")
+
+
+def test_acl_changes_grant_missing_and_revoke_extra() -> None:
+    changes = roles._acl_changes(
+        "table User",
+        sql.SQL("TABLE {}").format(sql.Identifier("public", "User")),
+        {("spike_rw", "SELECT"), ("spike_rw", "TRUNCATE"), ("PUBLIC", "SELECT")},
+        frozenset({("spike_rw", "SELECT"), ("spike_rw", "INSERT")}),
+    )
+    assert [c.statement.as_string(None) for c in changes] == [
+        'REVOKE SELECT ON TABLE "public"."User" FROM PUBLIC',
+        'REVOKE TRUNCATE ON TABLE "public"."User" FROM "spike_rw"',
+        'GRANT INSERT ON TABLE "public"."User" TO "spike_rw"',
+    ]
+    with pytest.raises(ValueError, match="unknown privilege"):
+        roles._privs(["SELECT; DROP TABLE x"])
