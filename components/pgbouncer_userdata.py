@@ -14,7 +14,8 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager, runs
    before PgBouncer at every boot and every few minutes on a timer (secret rotation), and reloads
    PgBouncer only when the file changed;
-6. adds a drop-in to pgbouncer.service: LimitNOFILE sized from max_client_conn, Restart=on-failure.
+6. adds a drop-in to pgbouncer.service: PgBouncer in the foreground on this config (whatever the package's
+   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file.
 
 No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
 a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
@@ -197,12 +198,21 @@ EOF
 
 # 6. PgBouncer itself: needs the auth file, enough file descriptors, and comes back if it dies.
 install -d -m 0755 /etc/systemd/system/pgbouncer.service.d
-cat > /etc/systemd/system/pgbouncer.service.d/spike.conf <<'EOF'
+# The package's user stays; how PgBouncer is started does not depend on the package's unit (a forking
+# unit would need a pidfile): foreground, logging to the journal, reloaded by SIGHUP.
+pgbouncer_bin=$(command -v pgbouncer)
+cat > /etc/systemd/system/pgbouncer.service.d/spike.conf <<EOF
 [Unit]
 Requires={AUTHFILE_UNIT}.service
 After={AUTHFILE_UNIT}.service
 
 [Service]
+Type=simple
+PIDFile=
+ExecStart=
+ExecStart=$pgbouncer_bin {CONFIG_FILE}
+ExecReload=
+ExecReload=/bin/kill -HUP \\$MAINPID
 LimitNOFILE={nofile_limit(cfg.max_client_conn)}
 Restart=on-failure
 RestartSec=2s

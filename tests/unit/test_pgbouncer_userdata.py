@@ -70,6 +70,9 @@ def test_script_holds_the_settings() -> None:
     assert "readonly MIN_VERSION=1.24" in script
     assert f"LimitNOFILE={2 * 1000 + ud.NOFILE_MARGIN}" in script
     assert "Restart=on-failure" in script
+    # PgBouncer runs in the foreground on our config, whatever the package's unit says.
+    assert f"ExecStart=\nExecStart=$pgbouncer_bin {ud.CONFIG_FILE}\n" in script
+    assert "ExecReload=/bin/kill -HUP \\$MAINPID" in script
     assert f"OnUnitActiveSec={ud.AUTH_REFRESH_INTERVAL}" in script
     assert f"--auth-file {ud.AUTH_FILE}" in script and ud.AUTH_FILE.startswith("/run/")
     for role, arn in ARNS.items():
