@@ -10,7 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl import migrate
+from dbctl import deploy, migrate
+from dbctl.credentials import verifiers_from_mapping
+from dbctl.errors import DbctlError
 from tests.integration.conftest import FreshDatabase, RunMigrate, migrate_command, migrate_env
 
 pytestmark = pytest.mark.integration
@@ -221,3 +223,27 @@ def test_bad_credentials_file_is_a_clear_error(
         assert result.returncode == 2
         assert expected in result.stderr
     assert not table_exists(fresh_db, "_prisma_migrations")
+
+
+def test_before_apply_hook_runs_first_and_only_with_pending_migrations(
+    fresh_db: FreshDatabase, role_passwords: dict[str, str]
+) -> None:
+    """The --stack flow's pre-migration snapshot hangs here: before any change, only when there is work."""
+    calls: list[list[str]] = []
+
+    def refuse(pending: list[migrate.Migration]) -> None:
+        calls.append([m.name for m in pending])
+        raise DbctlError("snapshot failed")
+
+    verifiers = verifiers_from_mapping(role_passwords, "test")
+    with pytest.raises(DbctlError, match="snapshot failed"):
+        deploy.run_migrate(fresh_db.admin_conninfo, verifiers, before_apply=refuse)
+    assert calls == [[INIT]]
+    assert not table_exists(fresh_db, "_prisma_migrations")
+
+    deploy.run_migrate(fresh_db.admin_conninfo, verifiers, before_apply=lambda pending: calls.append([]))
+    assert calls == [[INIT], []]
+    deploy.run_migrate(
+        fresh_db.admin_conninfo, verifiers, before_apply=lambda pending: calls.append(["again"])
+    )
+    assert calls == [[INIT], []]

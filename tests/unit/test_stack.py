@@ -123,3 +123,19 @@ def test_reading_outputs_without_the_pulumi_cli_is_one_clear_error(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DbctlError, match="needs the pulumi CLI on PATH"):
         stack.read_outputs("prod", tmp_path)
+
+
+def test_stack_flow_resolves_url_verifiers_and_the_pre_migration_hook(
+    secrets: tuple[SecretsManagerClient, stack.StackTarget, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbctl import migrate_cli
+
+    _, target, verifiers = secrets
+    fake = outputs(master_secret_arn=target.master_secret_arn, role_secret_arns=dict(target.role_secret_arns))
+    monkeypatch.setattr(stack, "read_outputs", lambda name, work_dir=stack.REPO_ROOT: fake)
+    conn = migrate_cli._resolve_connection(None, None, "prod", "127.0.0.1:15432", None, True)
+    assert conn.verifiers == verifiers
+    assert conninfo_to_dict(conn.url)["hostaddr"] == "127.0.0.1"
+    assert conn.before_apply is not None
+    with pytest.raises(DbctlError, match="drop --credentials"):
+        migrate_cli._resolve_connection(None, stack.REPO_ROOT, "prod", None, None, True)
