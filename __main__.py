@@ -5,6 +5,8 @@ settings -> provider -> network -> credentials -> database -> (pgbouncer -> back
 
 import pulumi
 
+from components.alarms import Alarms, AlarmsArgs
+from components.backups import Backups, BackupsArgs
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
@@ -34,6 +36,26 @@ pgbouncer = PgBouncerTier(
     ),
     opts=pulumi.ResourceOptions(providers=[provider]),
 )
+backups = Backups(
+    "backups",
+    BackupsArgs(
+        settings=settings,
+        provider=provider,
+        kms_key_arn=credentials.kms_key_arn,
+        primary_arn=database.primary.arn,
+        db_subnet_group_name=network.db_subnet_group_name,
+        db_security_group_ids=[network.db_security_group_id],
+    ),
+)
+alarms = Alarms(
+    "alarms",
+    AlarmsArgs(
+        settings=settings,
+        provider=provider,
+        primary_identifier=database.primary.identifier,
+        replica_identifiers=[r.identifier for r in database.replicas],
+    ),
+)
 
 # Stack outputs: later components and the post-deploy step read these names. No output holds a password.
 pulumi.export("region", settings.region)
@@ -56,3 +78,7 @@ pulumi.export("pgbouncer_endpoint", pgbouncer.endpoint)
 pulumi.export("pgbouncer_port", pgbouncer.port)
 pulumi.export("read_pool_database", pgbouncer.read_pool_database)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
+pulumi.export("backup_vault_name", backups.vault_name)
+pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)
+pulumi.export("alarm_topic_arn", alarms.topic_arn)
+pulumi.export("dashboard_name", alarms.dashboard_name)

@@ -429,3 +429,108 @@ def _match(fields: Sequence[_Field], tokens: Sequence[str]) -> bool:
 def filter_pattern_matches(pattern: str, message: str) -> bool:
     """Whether the space-delimited `pattern` matches the log event `message` (the subset used here)."""
     return _match(_parse_pattern(pattern), tokenize_log_event(message))
+
+
+# --- the dashboard ----------------------------------------------------------------------------------------
+
+
+def _rds_metric(metric: str, ident: str, label: str, stat: str) -> list[object]:
+    return [RDS_NAMESPACE, metric, "DBInstanceIdentifier", ident, {"label": label, "stat": stat}]
+
+
+def dashboard_body(
+    settings: StackSettings,
+    *,
+    primary_id: str,
+    replica_ids: Sequence[str],
+    nlb_arn_suffix: str | None,
+    target_group_arn_suffix: str | None,
+    alarm_arns: Sequence[str],
+) -> dict[str, object]:
+    """The CloudWatch dashboard (JSON body as a dict): the metrics the alarms watch, with their thresholds."""
+    t = thresholds(settings)
+    instances = [(primary_id, "primary"), *((r, f"replica-{i}") for i, r in enumerate(replica_ids, 1))]
+
+    def graph(
+        title: str, metrics: list[list[object]], line: tuple[str, float] | None = None
+    ) -> dict[str, object]:
+        props: dict[str, object] = {
+            "title": title,
+            "region": settings.region,
+            "view": "timeSeries",
+            "stacked": False,
+            "period": 60,
+            "metrics": metrics,
+        }
+        if line is not None:
+            props["annotations"] = {"horizontal": [{"label": line[0], "value": line[1]}]}
+        return {"type": "metric", "width": 12, "height": 6, "properties": props}
+
+    widgets: list[dict[str, object]] = [
+        {
+            "type": "alarm",
+            "width": 24,
+            "height": 4,
+            "properties": {
+                "title": f"spike-land-{settings.stack} database alarms",
+                "alarms": list(alarm_arns),
+            },
+        },
+        graph(
+            "Database connections",
+            [_rds_metric("DatabaseConnections", i, n, "Maximum") for i, n in instances],
+            ("alarm (80 % of max_connections)", t.connections),
+        ),
+        graph(
+            "CPU utilization (%)",
+            [_rds_metric("CPUUtilization", i, n, "Average") for i, n in instances],
+            ("alarm", t.cpu_percent),
+        ),
+        graph(
+            "Free storage (bytes)",
+            [_rds_metric("FreeStorageSpace", primary_id, "primary", "Minimum")],
+            ("alarm", t.free_storage_bytes),
+        ),
+        graph(
+            "Freeable memory (bytes)",
+            [_rds_metric("FreeableMemory", i, n, "Minimum") for i, n in instances],
+            ("alarm", t.freeable_memory_bytes),
+        ),
+        graph(
+            "Disk latency (s)",
+            [
+                _rds_metric(m, i, f"{n} {m}", "Average")
+                for i, n in instances
+                for m in ("ReadLatency", "WriteLatency")
+            ],
+        ),
+        graph(
+            f"Slow statements (> {SLOW_QUERY_THRESHOLD_MS} ms) per 5 min",
+            [[custom_namespace(settings.stack), SLOW_QUERY_METRIC, {"stat": "Sum", "period": 300}]],
+            ("alarm", t.slow_queries_per_5min),
+        ),
+    ]
+    if replica_ids:
+        widgets.append(
+            graph(
+                "Replica lag (s)",
+                [
+                    _rds_metric("ReplicaLag", r, f"replica-{i}", "Maximum")
+                    for i, r in enumerate(replica_ids, 1)
+                ],
+                ("alarm", t.replica_lag_seconds),
+            )
+        )
+    if nlb_arn_suffix and target_group_arn_suffix:
+        dims = ["LoadBalancer", nlb_arn_suffix, "TargetGroup", target_group_arn_suffix]
+        widgets.append(
+            graph(
+                "PgBouncer hosts behind the NLB",
+                [
+                    [NLB_NAMESPACE, "HealthyHostCount", *dims, {"stat": "Minimum", "label": "healthy"}],
+                    [NLB_NAMESPACE, "UnHealthyHostCount", *dims, {"stat": "Maximum", "label": "unhealthy"}],
+                ],
+                ("desired", t.pgbouncer_desired_hosts),
+            )
+        )
+    return {"widgets": widgets}

@@ -212,7 +212,7 @@ def test_existing_network_is_adopted_not_created() -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_kms_key_rotates_and_encrypts_every_secret_and_log_group(stack: str) -> None:
     r = result(stack)
-    key = one(r.resources, "aws:kms/key:Key")
+    key = named(of_type(r.resources, "aws:kms/key:Key"), "credentials-key")  # alarms and DR have their own
     assert key.inputs["enableKeyRotation"] is True
     key_arn = r.outputs["kms_key_arn"]
     window = settings_for(stack).secret_recovery_window_days
