@@ -1,22 +1,23 @@
-"""The policy pack: each validator on hand-written inputs, the pack entry point as pulumi runs it, and
-every validator over everything the real program declares under mocks for the real dev and prod stacks."""
+"""The policy pack: each validator on hand-written inputs; the pack process itself, driven over the analyzer
+gRPC protocol as the Pulumi CLI drives it; and every validator over everything the real program declares
+under mocks for the real dev and prod stacks (also sent through the pack process)."""
 
 import copy
 import functools
 import json
-import runpy
-from collections.abc import Mapping
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints; pulumi depends on it
+import pulumi
 import pytest
-from pulumi_policy import (
-    EnforcementLevel,
-    PolicyCustomTimeouts,
-    PolicyResourceOptions,
-    ResourceValidationArgs,
-)
-from pulumi_policy.deserialize import deserialize_properties
+from google.protobuf import empty_pb2, struct_pb2  # type: ignore[import-untyped]
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+from pulumi_policy.deserialize import SPECIAL_ASSET_SIG, SPECIAL_SIG_KEY, deserialize_properties
 from pulumi_policy.proxy import UNKNOWN_BOOLEAN_VALUE, UnknownValueError, unknown_checking_proxy
 
 from policy import validators as v
@@ -287,52 +288,91 @@ def test_stack_from_urn() -> None:
         v.stack_from_urn("arn:aws:rds:x")
 
 
-# --- the pack entry point, as `pulumi preview --policy-pack policy` runs it --------------------------------
+# --- the pack itself, as `pulumi preview --policy-pack policy` runs it --------------------------------------
 
 
-def load_pack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run policy/__main__.py the way the pulumi.policy launcher does (runpy on the directory), capturing
-    the PolicyPack instead of starting its gRPC server."""
-    import pulumi_policy
+@dataclass
+class Pack:
+    """The policy pack running as the Pulumi CLI runs it: `python -m pulumi.policy <engine> policy` (runpy on
+    the directory), serving the analyzer gRPC protocol on the port it prints."""
 
-    captured: dict[str, Any] = {}
+    stub: Any
 
-    def fake_pack(**kwargs: Any) -> None:
-        captured.update(kwargs)
+    def info(self) -> Any:
+        return self.stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
 
-    monkeypatch.setattr(pulumi_policy, "PolicyPack", fake_pack)
-    monkeypatch.syspath_prepend(str(POLICY_DIR))
-    runpy.run_path(str(POLICY_DIR), run_name="__main__")
-    return captured
+    def analyze(
+        self, stack: str, typ: str, name: str, inputs: Mapping[str, Any]
+    ) -> list[tuple[str, str, int]]:
+        properties = struct_pb2.Struct()
+        properties.update(wire(dict(inputs)))
+        request = analyzer_pb2.AnalyzeRequest(
+            type=typ,
+            properties=properties,
+            urn=f"urn:pulumi:{stack}::spike-land-db::{typ}::{name}",
+            name=name,
+        )
+        response = self.stub.Analyze(request, timeout=30)
+        return [(d.policyName, d.message, d.enforcementLevel) for d in response.diagnostics]
 
 
-def run_policy(policy: Any, stack: str, resource_type: str, props: dict[str, Any]) -> list[str]:
-    reported: list[str] = []
-    args = ResourceValidationArgs(
-        resource_type,
-        unknown_checking_proxy(props),
-        f"urn:pulumi:{stack}::spike-land-db::{resource_type}::db",
-        "db",
-        PolicyResourceOptions(False, [], False, [], PolicyCustomTimeouts(0, 0, 0), []),
-        None,
+def wire(value: Any) -> Any:
+    """Mock inputs in the engine's wire shape: they already carry secrets as signature objects; assets
+    become signature objects too, the way the engine serializes them."""
+    if isinstance(value, dict):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [wire(v) for v in value]
+    if isinstance(value, pulumi.RemoteAsset):
+        return {SPECIAL_SIG_KEY: SPECIAL_ASSET_SIG, "uri": value.uri}
+    if isinstance(value, pulumi.FileAsset):
+        return {SPECIAL_SIG_KEY: SPECIAL_ASSET_SIG, "path": value.path}
+    if isinstance(value, pulumi.StringAsset):
+        return {SPECIAL_SIG_KEY: SPECIAL_ASSET_SIG, "text": value.text}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"no wire form for {type(value).__name__} in the mock inputs; add one here")
+
+
+@pytest.fixture(scope="module")
+def pack() -> Iterator[Pack]:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(POLICY_DIR)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=POLICY_DIR.parent,
     )
-    policy.validate(args, lambda message, urn=None: reported.append(message))
-    return reported
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        port = proc.stdout.readline().decode().strip()
+        if not port.isdigit():
+            proc.kill()
+            pytest.fail(f"the policy pack did not start: {proc.stderr.read().decode()[-2000:]}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield Pack(analyzer_pb2_grpc.AnalyzerStub(channel))
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
-def test_the_pack_wraps_every_validator_as_mandatory(monkeypatch: pytest.MonkeyPatch) -> None:
-    pack = load_pack(monkeypatch)
-    assert pack["name"] == "spike-land-db"
-    assert [p.name for p in pack["policies"]] == [p.name for p in v.POLICIES]
-    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in pack["policies"])
+MANDATORY = 1  # pulumirpc.EnforcementLevel.MANDATORY
 
 
-def test_the_pack_applies_prod_rules_by_the_stack_in_the_urn(monkeypatch: pytest.MonkeyPatch) -> None:
-    policies = {p.name: p for p in load_pack(monkeypatch)["policies"]}
+def test_the_pack_serves_every_validator_as_mandatory(pack: Pack) -> None:
+    info = pack.info()
+    assert info.name == "spike-land-db"
+    assert [p.name for p in info.policies] == [p.name for p in v.POLICIES]
+    assert {p.enforcementLevel for p in info.policies} == {MANDATORY}
+
+
+def test_the_pack_applies_prod_rules_by_the_stack_in_the_urn(pack: Pack) -> None:
     single_az = {**GOOD_PRIMARY, "multiAz": False}
-    assert run_policy(policies["prod-multi-az"], "dev", v.RDS_INSTANCE, single_az) == []
-    [message] = run_policy(policies["prod-multi-az"], "prod", v.RDS_INSTANCE, single_az)
-    assert message.startswith("[prod-multi-az] db: multiAz is not true")
+    assert pack.analyze("dev", v.RDS_INSTANCE, "db", single_az) == []
+    [(policy, message, level)] = pack.analyze("prod", v.RDS_INSTANCE, "db", single_az)
+    assert (policy, level) == ("prod-multi-az", MANDATORY)
+    assert "[prod-multi-az] db: multiAz is not true" in message
 
 
 # --- the real program, under mocks, for the real stack files ----------------------------------------------
@@ -387,6 +427,17 @@ def test_a_mutated_prod_stack_fails_naming_the_policy(overrides: dict[str, Any],
     found = program_violations(run_program("prod", overrides), prod=True)
     assert found, f"prod with {overrides} passed every policy"
     assert all(f"[{policy}]" in message for message in found), found
+
+
+def test_the_pack_process_passes_real_dev_and_fails_a_mutated_prod(pack: Pack) -> None:
+    def diagnostics(stack: str, resources: list[Resource]) -> list[tuple[str, str, int]]:
+        return [d for r in resources for d in pack.analyze(stack, r.typ, r.name, r.inputs)]
+
+    assert diagnostics("dev", declared("dev")) == []
+    assert diagnostics("prod", declared("prod")) == []
+    found = diagnostics("prod", run_program("prod", {"multiAz": False}))
+    assert [(policy, level) for policy, _, level in found] == [("prod-multi-az", MANDATORY)]
+    assert "[prod-multi-az] database-primary: multiAz is not true" in found[0][1]
 
 
 def test_the_same_settings_pass_on_dev() -> None:
