@@ -247,3 +247,18 @@ def test_before_apply_hook_runs_first_and_only_with_pending_migrations(
         fresh_db.admin_conninfo, verifiers, before_apply=lambda pending: calls.append(["again"])
     )
     assert calls == [[INIT], []]
+
+
+def test_a_held_lock_makes_the_runner_wait_then_say_who_holds_it(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate
+) -> None:
+    with psycopg.connect(
+        fresh_db.admin_conninfo, autocommit=True, application_name="prisma-migrate"
+    ) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (migrate.LOCK_KEY,))
+        result = run_migrate("migrate", "--lock-wait", "1")
+    assert result.returncode == 2
+    assert "another migration run holds advisory lock 72707369" in result.stderr
+    assert "prisma-migrate" in result.stderr
+    assert not table_exists(fresh_db, "_prisma_migrations")
+    assert run_migrate("migrate").returncode == 0  # released with the session
