@@ -94,12 +94,29 @@ def _fail(message: str, as_json: bool) -> None:
 def _before_pending_migrations(target: Any) -> deploy.BeforeApply:
     """The --stack flow's pre-migration hook: runs once, only when migrations are pending, before any change.
 
-    PRE-MIGRATION SNAPSHOT GOES HERE (dbctl/snapshots.py): when target.pre_migration_snapshot, take a manual
-    RDS snapshot of target.instance_id named after pending[-1].name, and wait until it is available.
+    When the stack says so (output pre_migration_snapshot, on in prod), take a manual RDS snapshot of the
+    primary named after the first pending migration (the database as it was just before it) and wait until
+    it is available (dbctl/snapshots.py). A failure stops the run before anything is applied.
     """
 
     def hook(pending: list[migrate.Migration]) -> None:
-        return None
+        if not target.pre_migration_snapshot:
+            return
+        if not target.instance_id:
+            raise DbctlError(
+                f"stack {target.stack!r} wants a pre-migration snapshot but has no output "
+                "primary_instance_id; run `pulumi up` for it first"
+            )
+        import boto3
+
+        from dbctl import snapshots
+
+        client = boto3.client("rds", region_name=target.region or None)
+        click.echo(f"taking pre-migration snapshot of {target.instance_id} (waits until available)", err=True)
+        snapshot_id = snapshots.take_pre_migration_snapshot(client, target.instance_id, pending[0].name)
+        click.echo(
+            f"pre-migration snapshot {snapshot_id} is available; it is kept until deleted by hand", err=True
+        )
 
     return hook
 

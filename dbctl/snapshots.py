@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError, WaiterError
 
+from dbctl.errors import DbctlError
+
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
     from mypy_boto3_rds.type_defs import TagTypeDef
@@ -34,8 +36,8 @@ RETENTION_TAG: Final = ("retention", "indefinite")
 _TAG_VALUE_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 
 
-class SnapshotError(RuntimeError):
-    """The pre-migration snapshot could not be taken; migrations must not run."""
+class SnapshotError(DbctlError):
+    """The pre-migration snapshot could not be taken; migrations must not run (the CLI prints one line)."""
 
 
 def _slug(text: str) -> str:
