@@ -236,16 +236,20 @@ def _role_changes(
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role),
                 )
             )
-    admin_in_owner = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid"
-        " WHERE a.member = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND g.rolname = %s)",
-        (names.OWNER_ROLE,),
+    # PostgreSQL 16+ gives a CREATEROLE creator an ADMIN-only membership (no SET, no INHERIT) in the roles
+    # it creates, so there "member" is not enough: the admin must be able to SET ROLE spike_owner.
+    version = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    pg16 = bool(version and int(str(version[0])) >= 160000)
+    can_set = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, %s)",
+        (names.OWNER_ROLE, names.OWNER_ROLE, "SET" if pg16 else "MEMBER"),
     ).fetchone()
-    if not (admin_in_owner and admin_in_owner[0]):
+    if not (can_set and can_set[0]):
+        grant = "GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET TRUE" if pg16 else "GRANT {} TO CURRENT_USER"
         changes.append(
             Change(
                 f"grant {names.OWNER_ROLE} to the admin (to create objects as it)",
-                sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(names.OWNER_ROLE)),
+                sql.SQL(grant).format(sql.Identifier(names.OWNER_ROLE)),
             )
         )
     return changes
