@@ -5,9 +5,12 @@ action is pinned to a commit, that the Pulumi CLI matches the SDK in uv.lock, an
 passes shellcheck and takes no `${{ }}` expression (inputs reach scripts through env, never inline).
 """
 
+import json
 import re
 import shutil
+import socket
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -140,3 +143,116 @@ def test_run_scripts_take_no_expressions_and_pass_shellcheck(where: str, script:
         check=False,
     )
     assert result.returncode == 0, f"{where}:\n{result.stdout}{result.stderr}"
+
+
+# --- the deploy's migrate script, run for real against stand-ins for pulumi, aws, curl and uv --------------
+
+STUBS = {
+    "pulumi": """#!/usr/bin/env bash
+echo '{"primary_address": "db.abc.eu-west-1.rds.amazonaws.com", "primary_port": 5432,
+       "pgbouncer_security_group_id": "sg-0pgb", "master_secret_arn": "[secret]"}'
+""",
+    "aws": """#!/usr/bin/env bash
+echo "aws $*" >>"$CALLS"
+case "$1 $2" in
+  "ec2 describe-instances") echo "${STUB_INSTANCE:-i-0123456789abcdef0}" ;;
+  "ssm start-session")
+    [ -n "${STUB_TUNNEL_FAILS:-}" ] && { echo "TargetNotConnected: i-0123456789abcdef0"; exit 254; }
+    while [ "$1" != --parameters ]; do shift; done
+    port=$(printf '%s' "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["localPortNumber"][0])')
+    exec python3 -c 'import socket,sys,time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+while True: s.accept()' "$port" ;;
+esac
+""",
+    "curl": """#!/usr/bin/env bash
+echo "curl $*" >>"$CALLS"
+while [ $# -gt 0 ]; do [ "$1" = -o ] && { echo CA >"$2"; }; shift; done
+""",
+    "uv": """#!/usr/bin/env bash
+echo "uv $*" >>"$CALLS"
+""",
+}
+
+
+def migrate_script() -> str:
+    [job] = load("deploy-stack.yml")["jobs"].values()
+    [step] = [s for s in job["steps"] if "dbctl migrate" in s.get("run", "")]
+    return str(step["run"])
+
+
+def run_migrate_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    with socket.socket() as s:  # a free port for the tunnel's local end
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    calls = tmp_path / "calls"
+    calls.touch()
+    result = subprocess.run(
+        ["bash", "-c", migrate_script()],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "STACK": "dev",
+            "TUNNEL_PORT": str(port),
+            "RUNNER_TEMP": str(tmp_path),
+            "AWS_REGION": "eu-west-1",
+            "CALLS": str(calls),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result, calls.read_text()
+
+
+def test_the_migrate_script_tunnels_to_the_primary_then_migrates_through_it(tmp_path: Path) -> None:
+    result, calls = run_migrate_script(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = calls.splitlines()
+    assert lines[0] == (
+        "aws ec2 describe-instances --filters Name=instance.group-id,Values=sg-0pgb "
+        "Name=instance-state-name,Values=running --query Reservations[].Instances[].InstanceId | [0] "
+        "--output text"
+    )
+    assert "truststore.pki.rds.amazonaws.com/eu-west-1/eu-west-1-bundle.pem" in lines[1]
+    tunnel = lines[2]
+    assert tunnel.startswith("aws ssm start-session --target i-0123456789abcdef0 ")
+    assert '"host":["db.abc.eu-west-1.rds.amazonaws.com"],"portNumber":["5432"]' in tunnel
+    port = json.loads(tunnel.split("--parameters ", 1)[1])["localPortNumber"][0]
+    assert lines[3] == (
+        f"uv run --frozen python -m dbctl migrate --stack dev --via 127.0.0.1:{port} "
+        f"--ssl-root-cert {tmp_path}/rds-ca.pem"
+    )
+    assert tunnel_closes(int(port)), "the script left its SSM session running"
+
+
+def tunnel_closes(port: int) -> bool:
+    """The script kills its background session on exit; the kill lands a moment later."""
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_migrate_script_stops_without_a_pgbouncer_host(tmp_path: Path) -> None:
+    result, calls = run_migrate_script(tmp_path, STUB_INSTANCE="None")
+    assert result.returncode == 1
+    assert "::error::no running PgBouncer host in security group sg-0pgb" in result.stdout
+    assert "dbctl" not in calls
+
+
+def test_the_migrate_script_stops_with_the_tunnel_log_when_it_does_not_open(tmp_path: Path) -> None:
+    result, calls = run_migrate_script(tmp_path, STUB_TUNNEL_FAILS="1")
+    assert result.returncode == 1
+    assert "::error::the SSM port-forward through i-0123456789abcdef0 did not open" in result.stdout
+    assert "TargetNotConnected" in result.stdout
+    assert "dbctl" not in calls
