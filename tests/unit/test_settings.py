@@ -3,7 +3,7 @@
 import pytest
 
 from components.settings import SettingsError, load_settings
-from tests.unit.harness import failing_run, of_type, run, settings_for
+from tests.unit.harness import failing_run, run, settings_for
 
 
 def test_dev_stack_file_is_small_and_cheap() -> None:
@@ -61,11 +61,6 @@ def test_a_bad_value_stops_the_program_before_any_resource(overrides: dict[str, 
 def test_unknown_key_is_reported_through_the_real_program() -> None:
     with pytest.raises(SettingsError, match=r"spike-land-db:backupRetentionDay is not a known setting"):
         run("dev", {"backupRetentionDay": 7})
-
-
-def test_replica_count_zero_is_valid() -> None:
-    r = run("prod", {"replicaCount": 0})
-    assert len(of_type(r.resources, "aws:rds/instance:Instance")) == 1
 
 
 # (overrides, the key as the stack file spells it, a fragment of what is allowed)
