@@ -54,6 +54,8 @@ alarms = Alarms(
         provider=provider,
         primary_identifier=database.primary.identifier,
         replica_identifiers=[r.identifier for r in database.replicas],
+        nlb_arn_suffix=pgbouncer.nlb_arn_suffix,
+        target_group_arn_suffix=pgbouncer.target_group_arn_suffix,
     ),
 )
 

@@ -139,6 +139,9 @@ class PgBouncerTier(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     port: int
     read_pool_database: str
+    # CloudWatch dimensions (AWS/NetworkELB LoadBalancer, TargetGroup) for the alarms component.
+    nlb_arn_suffix: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
 
     def __init__(self, name: str, args: PgBouncerTierArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("spike-land-db:index:PgBouncerTier", name, None, opts)
@@ -402,6 +405,8 @@ class PgBouncerTier(pulumi.ComponentResource):
         )
 
         self.endpoint = nlb.dns_name
+        self.nlb_arn_suffix = nlb.arn_suffix
+        self.target_group_arn_suffix = target_group.arn_suffix
         self.port = PGBOUNCER_PORT
         self.read_pool_database = READ_POOL_DATABASE
         self.register_outputs(
