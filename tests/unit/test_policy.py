@@ -7,6 +7,7 @@ import functools
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,3 +490,15 @@ def test_a_real_role_policy_widened_to_action_star_fails() -> None:
 
     _, found = mutated("prod", "aws:iam/rolePolicy:RolePolicy", widen)
     assert len(found) == 1 and found[0].startswith("[no-iam-action-star] policy statement 0")
+
+
+def test_the_pack_requirements_match_the_locked_versions() -> None:
+    # the pack runs from policy/venv (policy/requirements.txt); tests run from .venv (uv.lock): same code
+    lock = tomllib.loads((POLICY_DIR.parent / "uv.lock").read_text())
+    locked = {p["name"]: p["version"] for p in lock["package"]}
+    pins = dict(
+        line.split("==", 1)
+        for line in (POLICY_DIR / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert pins == {"pulumi": locked["pulumi"], "pulumi-policy": locked["pulumi-policy"]}
