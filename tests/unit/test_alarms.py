@@ -1,0 +1,213 @@
+"""The Alarms component under Pulumi mocks, for the real dev and prod stack files."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import pytest
+
+from components import alarm_rules
+from components.alarms import BACKUP_FAILED_STATES, RDS_EVENT_CATEGORIES
+from dbctl import capacity
+from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
+
+STACKS = ["dev", "prod"]
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+GIB = 1024**3
+
+
+@cache
+def result(stack: str, overrides: tuple[tuple[str, object], ...] = ()) -> RunResult:
+    return run(stack, dict(overrides))
+
+
+def alarms(r: RunResult) -> dict[str, Resource]:
+    return {a.name.removeprefix("alarms-"): a for a in of_type(r.resources, ALARM)}
+
+
+def instance(r: RunResult, name: str) -> Resource:
+    return named(of_type(r.resources, "aws:rds/instance:Instance"), name)
+
+
+def topic(r: RunResult) -> Resource:
+    return one(r.resources, "aws:sns/topic:Topic")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_topic_is_encrypted_with_its_own_key_that_the_publishers_may_use(stack: str) -> None:
+    r = result(stack)
+    key = named(of_type(r.resources, "aws:kms/key:Key"), "alarms-topic-key")
+    assert topic(r).inputs["kmsMasterKeyId"] == key.state["arn"]
+    assert key.state["arn"] != r.outputs["kms_key_arn"]  # not the data key
+    assert key.inputs["enableKeyRotation"] is True
+    statements = json.loads(key.inputs["policy"])["Statement"]
+    publishers = next(st for st in statements if st["Sid"] == "AlarmPublishers")
+    assert set(publishers["Principal"]["Service"]) == {
+        "cloudwatch.amazonaws.com",
+        "events.amazonaws.com",
+        "events.rds.amazonaws.com",
+    }
+    assert publishers["Action"] == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert r.outputs["alarm_topic_arn"] == topic(r).state["arn"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_topic_policy_lets_exactly_the_publishers_in(stack: str) -> None:
+    r = result(stack)
+    policy = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    by_sid = {st["Sid"]: st for st in policy["Statement"]}
+    assert by_sid["CloudWatchAlarms"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert by_sid["RdsEventSubscriptions"]["Principal"] == {"Service": "events.rds.amazonaws.com"}
+    rule = one(r.resources, "aws:cloudwatch/eventRule:EventRule")
+    assert by_sid["BackupFailureRule"]["Condition"] == {"ArnEquals": {"aws:SourceArn": rule.state["arn"]}}
+    assert all(st["Resource"] == topic(r).state["arn"] for st in policy["Statement"])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_emails_from_settings_are_subscribed(stack: str) -> None:
+    r = result(stack)
+    subs = of_type(r.resources, "aws:sns/topicSubscription:TopicSubscription")
+    emails = sorted(s.inputs["endpoint"] for s in subs if s.inputs["protocol"] == "email")
+    assert emails == sorted(settings_for(stack).alarms.emails) == ["db-alerts@spike.land"]
+    assert all(s.inputs["topic"] == topic(r).state["arn"] for s in subs)
+
+
+def test_a_pager_endpoint_gets_an_https_subscription() -> None:
+    url = "https://events.pagerduty.example/integration/abc123/enqueue"
+    r = result("dev", (("alarms.pagerHttpsEndpoint", url),))
+    subs = of_type(r.resources, "aws:sns/topicSubscription:TopicSubscription")
+    assert [
+        (s.inputs["protocol"], s.inputs["endpoint"]) for s in subs if s.inputs["protocol"] == "https"
+    ] == [("https", url)]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_alarm_exists_with_its_threshold_and_notifies_the_topic_on_alarm_and_ok(stack: str) -> None:
+    r = result(stack)
+    found = alarms(r)
+    specs = {spec.key: spec for spec in alarm_rules.alarm_specs(settings_for(stack))}
+    assert set(found) == set(specs)
+    arn = topic(r).state["arn"]
+    for key, spec in specs.items():
+        a = found[key].inputs
+        assert a["name"] == f"spike-land-{stack}-{key}"
+        assert a["threshold"] == pytest.approx(spec.threshold)
+        assert a["comparisonOperator"] == spec.comparison
+        assert a["metricName"] == spec.metric and a["namespace"] == spec.namespace
+        assert a["treatMissingData"] == spec.treat_missing_data
+        assert a["alarmActions"] == [arn] and a["okActions"] == [arn]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_connection_alarm_is_80_percent_of_the_formula_for_the_instance_class(stack: str) -> None:
+    r = result(stack)
+    a = alarms(r)["primary-connections"].inputs
+    expected = int(capacity.max_connections(settings_for(stack).instance_class) * 80 // 100)
+    assert a["threshold"] == expected
+    assert a["dimensions"] == {"DBInstanceIdentifier": r.outputs["primary_instance_id"]}
+    assert a["metricName"] == "DatabaseConnections" and a["comparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_thresholds_are_sized_per_stack() -> None:
+    dev, prod = alarms(result("dev")), alarms(result("prod"))
+    assert dev["primary-connections"].inputs["threshold"] < prod["primary-connections"].inputs["threshold"]
+    assert dev["primary-free-storage"].inputs["threshold"] == pytest.approx(20 * GIB * 0.2)
+    assert prod["primary-free-storage"].inputs["threshold"] == pytest.approx(100 * GIB * 0.2)
+    assert prod["pgbouncer-healthy-hosts"].inputs["threshold"] == 2
+    assert dev["pgbouncer-healthy-hosts"].inputs["threshold"] == 1
+
+
+def test_prod_replica_lag_alarm_on_each_replica() -> None:
+    r = result("prod", (("replicaCount", 2),))
+    found = alarms(r)
+    for n in (1, 2):
+        a = found[f"replica-{n}-replica-lag"].inputs
+        replica = instance(r, f"database-replica-{n}")
+        assert a["dimensions"] == {"DBInstanceIdentifier": replica.inputs["identifier"]}
+        assert a["threshold"] == 30 and a["metricName"] == "ReplicaLag"
+        for metric in ("cpu", "freeable-memory", "read-latency", "write-latency"):
+            assert found[f"replica-{n}-{metric}"].inputs["dimensions"] == a["dimensions"]
+
+
+def test_dev_has_the_same_alarms_minus_replicas() -> None:
+    dev, prod = set(alarms(result("dev"))), set(alarms(result("prod")))
+    assert dev == {k for k in prod if not k.startswith("replica-")}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_slow_query_filter_counts_the_primary_postgresql_log(stack: str) -> None:
+    r = result(stack)
+    f = one(r.resources, "aws:cloudwatch/logMetricFilter:LogMetricFilter").inputs
+    log_group = f"/aws/rds/instance/{r.outputs['primary_instance_id']}/postgresql"
+    assert f["logGroupName"] == log_group
+    assert f["pattern"] == alarm_rules.SLOW_QUERY_FILTER_PATTERN
+    declared = {g.inputs["name"]: g.inputs for g in of_type(r.resources, "aws:cloudwatch/logGroup:LogGroup")}
+    assert declared[log_group]["kmsKeyId"] == r.outputs["kms_key_arn"]
+    assert declared[log_group]["retentionInDays"] == settings_for(stack).log_retention_days
+    transform = f["metricTransformation"]
+    a = alarms(r)["slow-queries"].inputs
+    assert (a["namespace"], a["metricName"]) == (transform["namespace"], transform["name"])
+    assert transform["value"] == "1"
+    assert a["threshold"] == 10 and a["period"] == 300 and a["statistic"] == "Sum"
+
+
+def test_slow_query_logging_reaches_the_filter() -> None:
+    # The filter counts lines PostgreSQL writes only when log_min_duration_statement <= 1000 ms.
+    params = named(
+        of_type(result("prod").resources, "aws:rds/parameterGroup:ParameterGroup"), "database-primary"
+    )
+    values = {p["name"]: p["value"] for p in params.inputs["parameters"]}
+    assert 0 <= int(values["log_min_duration_statement"]) <= alarm_rules.SLOW_QUERY_THRESHOLD_MS
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rds_events_for_every_instance_go_to_the_topic(stack: str) -> None:
+    r = result(stack)
+    sub = one(r.resources, "aws:rds/eventSubscription:EventSubscription").inputs
+    ids = [r.outputs["primary_instance_id"]] + [
+        instance(r, f"database-replica-{n}").inputs["identifier"]
+        for n in range(1, settings_for(stack).replica_count + 1)
+    ]
+    assert sub["sourceType"] == "db-instance"
+    assert sub["sourceIds"] == ids
+    assert set(sub["eventCategories"]) == set(RDS_EVENT_CATEGORIES)
+    assert {"backup", "failure", "failover", "low storage", "maintenance", "notification"} == set(
+        RDS_EVENT_CATEGORIES
+    )
+    assert sub["snsTopic"] == topic(r).state["arn"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_backup_and_restore_test_failures_go_to_the_topic(stack: str) -> None:
+    r = result(stack)
+    rule = one(r.resources, "aws:cloudwatch/eventRule:EventRule")
+    pattern = json.loads(rule.inputs["eventPattern"])
+    assert pattern["source"] == ["aws.backup"]
+    assert "Backup Job State Change" in pattern["detail-type"]
+    assert "Restore Job State Change" in pattern["detail-type"]
+    assert pattern["detail"]["state"] == list(BACKUP_FAILED_STATES)
+    target = one(r.resources, "aws:cloudwatch/eventTarget:EventTarget")
+    assert target.inputs["arn"] == topic(r).state["arn"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_one_dashboard_per_stack_shows_the_alarmed_metrics(stack: str) -> None:
+    r = result(stack)
+    board = one(r.resources, "aws:cloudwatch/dashboard:Dashboard")
+    assert board.inputs["dashboardName"] == r.outputs["dashboard_name"] == f"spike-land-{stack}-db"
+    body: dict[str, Any] = json.loads(board.inputs["dashboardBody"])
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert sorted(alarm_widget["properties"]["alarms"]) == sorted(a.state["arn"] for a in alarms(r).values())
+    text = json.dumps(body)
+    for metric in (
+        "DatabaseConnections",
+        "CPUUtilization",
+        "FreeStorageSpace",
+        "SlowQueries",
+        "HealthyHostCount",
+    ):
+        assert metric in text
+    assert r.outputs["primary_instance_id"] in text
+    assert ("ReplicaLag" in text) == (settings_for(stack).replica_count > 0)
