@@ -11,7 +11,8 @@
   security group, keeps it for `RESTORE_VALIDATION_HOURS`, then AWS Backup deletes it. A failed restore
   reaches the alarm topic through the EventBridge rule in `components/alarms.py`.
 - Cross-region copy (`backups.crossRegionCopy`, `backups.drRegion`): every rule also copies its recovery
-  point, with the same retention, into a vault in the DR region encrypted with a KMS key made there.
+  point, with the same retention, into a vault in the DR region encrypted with a KMS key made there, and
+  RDS replicates the primary's automated backups (PITR, same retention) to that region with the same key.
   pulumi-aws v7 resources take a `region` argument, so the DR key and vault use the stack's provider (and
   its default tags) with `region=drRegion` instead of a second provider.
 - Vault lock (`backups.vaultLock`): compliance mode after `VAULT_LOCK_GRACE_DAYS`. Within those days the
@@ -167,6 +168,16 @@ class Backups(pulumi.ComponentResource):
                 opts=child,
             )
             self.dr_vault_arn = dr_vault.arn
+            # RDS replicates the primary's automated backups and transaction logs to the DR region as well:
+            # point-in-time recovery there, minutes behind, rather than the last daily copy.
+            aws.rds.InstanceAutomatedBackupsReplication(
+                f"{name}-dr-pitr",
+                region=dr_region,
+                source_db_instance_arn=args.primary_arn,
+                kms_key_id=dr_key.arn,
+                retention_period=s.backup_retention_days,
+                opts=child,
+            )
 
         plan = aws.backup.Plan(
             f"{name}-plan",

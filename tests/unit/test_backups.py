@@ -129,6 +129,11 @@ def test_prod_copies_every_tier_to_the_dr_region() -> None:
     dr_key = named(of_type(r.resources, "aws:kms/key:Key"), "backups-dr-key")
     assert dr_key.inputs["region"] == dr_region and dr_key.inputs["enableKeyRotation"] is True
     assert dr_vault.inputs["kmsKeyArn"] == dr_key.state["arn"]
+    pitr = one(r.resources, "aws:rds/instanceAutomatedBackupsReplication:InstanceAutomatedBackupsReplication")
+    assert pitr.inputs["region"] == dr_region
+    assert pitr.inputs["sourceDbInstanceArn"] == primary(r).state["arn"]
+    assert pitr.inputs["kmsKeyId"] == dr_key.state["arn"]
+    assert pitr.inputs["retentionPeriod"] == 30
     for rule in one(r.resources, PLAN).inputs["rules"]:
         (copy,) = rule["copyActions"]
         assert copy["destinationVaultArn"] == dr_vault.state["arn"]
@@ -138,6 +143,12 @@ def test_prod_copies_every_tier_to_the_dr_region() -> None:
 def test_dev_has_no_cross_region_copy() -> None:
     r = result("dev")
     assert [v.name for v in of_type(r.resources, VAULT)] == ["backups-vault"]
+    assert (
+        of_type(
+            r.resources, "aws:rds/instanceAutomatedBackupsReplication:InstanceAutomatedBackupsReplication"
+        )
+        == []
+    )
     assert all(not rule.get("copyActions") for rule in one(r.resources, PLAN).inputs["rules"])
 
 
