@@ -400,9 +400,28 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
 
 
 def run(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
-    """Run `__main__.py` for `stack` under mocks: resources, resolved outputs, names of secret outputs."""
+    """Run `__main__.py` for `stack` under mocks: resources, resolved outputs, names of secret outputs.
+
+    Successful runs are memoised per (stack file contents, overrides) within the test session, so the many
+    tests that read the same stack share one run: treat the result as read-only. A test that patches
+    anything the program uses must call `run_fresh` instead.
+    """
     config = stack_config(stack, overrides)
-    # A fresh contextvars context per run: Pulumi keeps its settings, config and root Stack in ContextVars.
+    key = (stack, json.dumps(config, sort_keys=True, default=str))
+    cached = _RUNS.get(key)
+    if cached is None:
+        # A fresh contextvars context per run: Pulumi keeps settings, config and the root Stack in them.
+        cached = contextvars.copy_context().run(_run_isolated, stack, config)
+        _RUNS[key] = cached
+    return cached
+
+
+_RUNS: dict[tuple[str, str], RunResult] = {}
+
+
+def run_fresh(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
+    """Like `run`, but always a new run (not memoised)."""
+    config = stack_config(stack, overrides)
     return contextvars.copy_context().run(_run_isolated, stack, config)
 
 
