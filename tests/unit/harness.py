@@ -62,6 +62,8 @@ class Resource:
     # Top-level inputs the program marked secret (Output.secret / secret config / additional_secret_outputs
     # do not show here: this is what the engine would store encrypted as an input).
     secret_inputs: frozenset[str] = frozenset()
+    # Resource options the engine sees (mocks do not act on them).
+    protect: bool = False
 
     @property
     def provider_name(self) -> str:
@@ -166,6 +168,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         self._mocks.pending_secrets[(request.type, request.name)] = _secret_keys(request.object)
+        self._mocks.pending_protect[(request.type, request.name)] = bool(request.protect)
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
@@ -174,6 +177,7 @@ class _Mocks(pulumi.runtime.Mocks):
         self.region = region
         self.resources: list[Resource] = []
         self.pending_secrets: dict[tuple[str, str], frozenset[str]] = {}
+        self.pending_protect: dict[tuple[str, str], bool] = {}
 
     def _arn(self, service: str, resource: str, regional: bool = True) -> str:
         region = self.region if regional else ""
@@ -193,6 +197,7 @@ class _Mocks(pulumi.runtime.Mocks):
                 provider=args.provider or "",
                 state=state,
                 secret_inputs=secrets,
+                protect=self.pending_protect.pop((typ, name), False),
             )
         )
         return rid, state

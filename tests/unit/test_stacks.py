@@ -77,7 +77,7 @@ def test_prod_is_multi_az_protected_with_30_day_backups_and_one_replica() -> Non
     assert db["deletionProtection"] is True
     assert db["backupRetentionPeriod"] == 30
     assert db["applyImmediately"] is False
-    assert settings_for("prod").protect is True  # Pulumi `protect` on the primary (mocks do not see options)
+    assert primary(r).protect is True  # Pulumi `protect`: `pulumi destroy` refuses
     (replica,) = replicas(r)
     assert replica.inputs["replicateSourceDb"] == r.outputs["primary_instance_id"]
     assert r.outputs["replica_endpoints"] == [replica.state["endpoint"]]
@@ -89,6 +89,7 @@ def test_dev_is_single_az_unprotected_with_7_day_backups_and_no_replica() -> Non
     assert db["multiAz"] is False
     assert db["deletionProtection"] is False
     assert db["backupRetentionPeriod"] == 7
+    assert primary(r).protect is False
     assert replicas(r) == []
     assert len(of_type(r.resources, PARAMETER_GROUP)) == 1
     assert r.outputs["replica_endpoints"] == [] and r.outputs["replica_addresses"] == []
