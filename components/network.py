@@ -76,7 +76,12 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             zones = aws.get_availability_zones(
-                state="available", opts=pulumi.InvokeOptions(provider=args.provider, parent=self)
+                state="available",
+                # Regular AZs only: Local and Wavelength Zones lack RDS Multi-AZ and most endpoints.
+                filters=[
+                    aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])
+                ],
+                opts=pulumi.InvokeOptions(provider=args.provider, parent=self),
             ).names
             if len(zones) < s.network.az_count:
                 raise ValueError(
@@ -244,13 +249,17 @@ class Network(pulumi.ComponentResource):
             description="AWS APIs through the interface endpoints",
             opts=child,
         )
+        # Each interface endpoint is billed per AZ: dev keeps one AZ (reachable from the others), prod all.
+        endpoint_subnets = (
+            subnet_ids if s.network.endpoints_in_every_az else subnet_ids.apply(lambda ids: ids[:1])
+        )
         for service in INTERFACE_ENDPOINT_SERVICES:
             aws.ec2.VpcEndpoint(
                 f"{name}-{service}",
                 vpc_id=vpc_id,
                 service_name=f"com.amazonaws.{s.region}.{service}",
                 vpc_endpoint_type="Interface",
-                subnet_ids=subnet_ids,
+                subnet_ids=endpoint_subnets,
                 security_group_ids=[endpoints_sg.id],
                 private_dns_enabled=True,
                 tags={"Name": f"{prefix}-{service}"},

@@ -94,6 +94,8 @@ class NetworkSettings(_Model):
     # create: interface endpoints (SSM, Secrets Manager, KMS, CloudWatch) and an S3 gateway endpoint, so the
     # PgBouncer hosts work with no route to the internet. existing: the VPC is assumed to provide egress.
     vpc_endpoints: bool = True
+    # Interface endpoints in every private subnet (AZ-failure tolerant), or only the first (half the cost).
+    endpoints_in_every_az: bool = True
     # existing: the VPC and its private subnets (>= 2 AZs).
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
@@ -453,6 +455,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "applyImmediately": True,
         "logRetentionDays": 14,
         "secretRecoveryWindowDays": 7,
+        "network": {"endpointsInEveryAz": False},
         "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small"},
         "backups": {"preMigrationSnapshot": False},
     },

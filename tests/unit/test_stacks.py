@@ -198,6 +198,10 @@ def test_created_network_is_private_in_at_least_two_azs(stack: str) -> None:
     vpces = of_type(r.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
     endpoints = {x.inputs["serviceName"].rsplit(".", 1)[1] for x in vpces}
     assert {"ssm", "secretsmanager", "kms", "s3"} <= endpoints
+    interface = [x for x in vpces if x.inputs["vpcEndpointType"] == "Interface"]
+    per_endpoint = len(subnets) if stack == "prod" else 1
+    assert interface and all(len(x.inputs["subnetIds"]) == per_endpoint for x in interface)
+    assert all(x.inputs["privateDnsEnabled"] is True for x in interface)
 
 
 def test_existing_network_is_adopted_not_created() -> None:
