@@ -23,6 +23,6 @@ MONITOR_ROLE: Final = "spike_monitor"
 LOGIN_ROLES: Final = (MIGRATOR_ROLE, APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
 
 # The keys of a login role's secret JSON.
-SECRET_USERNAME_KEY: Final = "username"
-SECRET_PASSWORD_KEY: Final = "password"
-SECRET_VERIFIER_KEY: Final = "scram_verifier"
+SECRET_USERNAME_KEY: Final = "username"  # noqa: S105 - a JSON key's name, not a secret
+SECRET_PASSWORD_KEY: Final = "password"  # noqa: S105 - a JSON key's name, not a secret
+SECRET_VERIFIER_KEY: Final = "scram_verifier"  # noqa: S105 - a JSON key's name, not a secret
