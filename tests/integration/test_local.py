@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from dbctl import local, names
+from dbctl import local, migrate, names
 from dbctl.cluster import free_port
 from dbctl.scram import is_scram_verifier
 
@@ -56,6 +56,7 @@ class LocalStack:
     root: Path
     pg_port: int
     pgbouncer_port: int
+    up_output: str
 
     @property
     def paths(self) -> local.Paths:
@@ -73,13 +74,11 @@ class LocalStack:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     root = new_root()
-    s = LocalStack(root, free_port(), free_port())
+    pg_port, pgbouncer_port = free_port(), free_port()
     try:
-        result = dbctl_local(
-            root, "up", "--pg-port", str(s.pg_port), "--pgbouncer-port", str(s.pgbouncer_port)
-        )
+        result = dbctl_local(root, "up", "--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
         assert result.returncode == 0, result.stderr + result.stdout
-        yield s
+        yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
     finally:
         dbctl_local(root, "down")
         shutil.rmtree(root, ignore_errors=True)
@@ -125,6 +124,17 @@ def test_env_has_exactly_the_seed_variables_and_private_files(stack: LocalStack)
     for role in names.LOGIN_ROLES:
         assert creds[role][names.SECRET_USERNAME_KEY] == role
         assert is_scram_verifier(creds[role][names.SECRET_VERIFIER_KEY])
+
+
+@pytest.mark.integration
+def test_up_shows_progress_and_never_a_secret(stack: LocalStack) -> None:
+    assert "initdb" in stack.up_output
+    # The migration step, one line per migration with its timing.
+    assert all(m.name in stack.up_output for m in migrate.load_migrations())
+    creds = json.loads(stack.paths.credentials_file.read_text())
+    for role, secret in creds.items():
+        assert secret[names.SECRET_PASSWORD_KEY] not in stack.up_output, role
+        assert secret[names.SECRET_VERIFIER_KEY].split("$")[-1] not in stack.up_output, role
 
 
 @pytest.mark.integration
