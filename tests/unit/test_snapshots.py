@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from botocore.exceptions import WaiterError
 from moto import mock_aws
 
 from dbctl.snapshots import SnapshotError, snapshot_identifier, take_pre_migration_snapshot
@@ -107,3 +108,26 @@ def test_unknown_instance_is_one_clear_error(rds: RDSClient) -> None:
     assert "no-such-instance" in message
     assert "No migration was applied" in message
     assert "Fix:" in message
+
+
+class _StuckWaiter:
+    def wait(self, **kwargs: object) -> None:
+        raise WaiterError(
+            name="DBSnapshotAvailable",
+            reason="Max attempts exceeded",
+            last_response={"DBSnapshots": [{"Status": "creating"}]},  # type: ignore[typeddict-unknown-key]
+        )
+
+
+def test_a_snapshot_that_never_becomes_available_is_one_clear_error(
+    rds: RDSClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rds, "get_waiter", lambda name: _StuckWaiter())
+    with pytest.raises(SnapshotError) as info:
+        take_pre_migration_snapshot(rds, INSTANCE, "20250101120000_init", now=NOW, poll_seconds=1)
+    message = str(info.value)
+    assert "pre-migration-20250101120000-init-20261125-063015" in message
+    assert "status: creating" in message and "Max attempts exceeded" in message
+    assert "No migration was applied" in message
+    # The snapshot itself was requested and is left alone (never deleted).
+    assert rds.describe_db_snapshots(DBInstanceIdentifier=INSTANCE)["DBSnapshots"]
