@@ -10,9 +10,15 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
 
     .local/state.json         the chosen ports, so status/down/psql/reset reuse them
     .local/credentials.json   mode 0600: generated passwords and their SCRAM verifiers, per login role
-    .local/postgres/          the cluster (dbctl.cluster)
+    .local/postgres/          the cluster (dbctl.cluster: data/, postgres.log, tls/)
     .local/pgbouncer/         rendered pgbouncer.ini, userlist.txt (verifiers only), log and pid
     .env                      DATABASE_URL, DIRECT_URL, DATABASE_READ_URL (mode 0600)
+
+As root, the servers run as the OS user `postgres`; when it can't enter the checkout, postgres/ and
+pgbouncer/ go to /var/lib/postgresql/dbctl-local/<hash of the root>/ instead (see `server_dir`).
+
+Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`,
+`up(stack, echo) -> bool` (False: was already up, nothing changed), `down(stack, echo)`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import textwrap
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +49,7 @@ from dbctl.cluster import (
     Cluster,
     ClusterError,
     find_binary,
+    port_is_free,
 )
 from dbctl.errors import DbctlError
 from dbctl.pgbouncer import (
@@ -269,15 +275,6 @@ def read_env(paths: Paths) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- ports
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def require_free_port(port: int, flag: str, what: str) -> None:
