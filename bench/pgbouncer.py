@@ -1,10 +1,10 @@
 """PgBouncer vs direct: pgbench against a local stack this script starts itself, then a table.
 
-    .venv/bin/python bench/pgbouncer.py [--seconds 10] [--scale 10]
+    .venv/bin/python bench/pgbouncer.py [--seconds 10] [--rounds 3] [--round-seconds 5] [--scale 10]
 
 It brings up the same stack as `dbctl local up` (PostgreSQL + PgBouncer with the shared renderer's config,
 migrations and roles) in a temp dir on free ports, so it never touches a developer's `.local/`, and tears it
-down at the end. Choices (printed with the table too):
+down at the end. Choices (the table's header repeats the numbers):
 
 - Tables: `pgbench -i` as spike_migrator acting as spike_owner (`-c role=spike_owner`), in the stack's own
   throwaway `spike_land` database: the tables then belong to spike_owner and the roles step's default
@@ -20,8 +20,8 @@ down at the end. Choices (printed with the table too):
 - Workloads: select-only (`-S`), and a small read/write mix: two custom scripts on pgbench's own tables,
   80 % one-row SELECT, 20 % a transaction that UPDATEs an account and INSERTs a history row.
 - Failures: pgbench's "number of failed transactions"; when pgbench aborts because connections are refused
-  (direct at 1,000: "sorry, too many clients already"), every client's work counts as failed and the row says
-  why.
+  (direct at 1,000: "remaining connection slots are reserved", i.e. max_connections), every client's work
+  counts as failed and the row says why.
 """
 
 from __future__ import annotations
