@@ -37,11 +37,18 @@ PUBLISHERS: Final = ("cloudwatch.amazonaws.com", "events.amazonaws.com", "events
 
 
 def backup_failure_event_pattern() -> dict[str, object]:
-    """EventBridge pattern: any AWS Backup backup, copy or restore (restore tests too) that did not finish."""
+    """EventBridge pattern: any AWS Backup backup, copy or restore (restore tests too) that did not finish.
+
+    Backup and copy job events carry `detail.state`, restore job events `detail.status` (as in the AWS Backup
+    API), hence the `$or`.
+    """
     return {
         "source": ["aws.backup"],
         "detail-type": list(BACKUP_EVENT_TYPES),
-        "detail": {"state": list(BACKUP_FAILED_STATES)},
+        "$or": [
+            {"detail": {"state": list(BACKUP_FAILED_STATES)}},
+            {"detail": {"status": list(BACKUP_FAILED_STATES)}},
+        ],
     }
 
 

@@ -187,7 +187,12 @@ def test_backup_and_restore_test_failures_go_to_the_topic(stack: str) -> None:
     assert pattern["source"] == ["aws.backup"]
     assert "Backup Job State Change" in pattern["detail-type"]
     assert "Restore Job State Change" in pattern["detail-type"]
-    assert pattern["detail"]["state"] == list(BACKUP_FAILED_STATES)
+    # Backup/copy job events say detail.state, restore job events detail.status: both are matched.
+    assert pattern["$or"] == [
+        {"detail": {"state": list(BACKUP_FAILED_STATES)}},
+        {"detail": {"status": list(BACKUP_FAILED_STATES)}},
+    ]
+    assert set(BACKUP_FAILED_STATES) == {"FAILED", "ABORTED", "EXPIRED"}
     target = one(r.resources, "aws:cloudwatch/eventTarget:EventTarget")
     assert target.inputs["arn"] == topic(r).state["arn"]
 
