@@ -102,8 +102,10 @@ class Thresholds:
     """Every number the alarms use, derived from settings (and the instance class)."""
 
     max_connections: int
+    connections_percent: float
     connections: int
     replica_lag_seconds: float
+    free_storage_percent: float
     free_storage_bytes: int
     slow_queries_per_5min: int
     cpu_percent: float
@@ -118,9 +120,11 @@ def thresholds(settings: StackSettings) -> Thresholds:
     max_conn = settings.effective_max_connections
     return Thresholds(
         max_connections=max_conn,
+        connections_percent=a.connections_percent,
         # "above 80 %": the largest whole number of connections that is still within the limit.
         connections=math.floor(max_conn * a.connections_percent / 100),
         replica_lag_seconds=a.replica_lag_seconds,
+        free_storage_percent=a.free_storage_percent,
         free_storage_bytes=int(settings.allocated_storage_gb * GIB * a.free_storage_percent / 100),
         slow_queries_per_5min=a.slow_queries_per_5min,
         cpu_percent=a.cpu_percent,
@@ -147,9 +151,9 @@ def _instance_specs(target: str, t: Thresholds, *, replica: bool) -> list[AlarmS
             datapoints_to_alarm=5,
             treat_missing_data="missing",
             description=(
-                f"Connections on {where} above {t.connections} (80 % of max_connections {t.max_connections}) "
-                "for 5 minutes. Action: check PgBouncer pool sizes and clients holding connections "
-                "(pg_stat_activity), or scale the instance class."
+                f"Connections on {where} above {t.connections} ({t.connections_percent:g} % of "
+                f"max_connections {t.max_connections}) for 5 minutes. Action: check PgBouncer pool sizes "
+                "and clients holding connections (pg_stat_activity), or scale the instance class."
             ),
         ),
         AlarmSpec(
@@ -256,9 +260,9 @@ def _instance_specs(target: str, t: Thresholds, *, replica: bool) -> list[AlarmS
                 datapoints_to_alarm=2,
                 treat_missing_data="missing",
                 description=(
-                    f"Free storage on the primary below {t.free_storage_bytes / GIB:g} GiB (20 % of the "
-                    "declared size) for 10 minutes. Action: clean up or archive, check storage autoscaling "
-                    "events, raise maxAllocatedStorageGb."
+                    f"Free storage on the primary below {t.free_storage_bytes / GIB:g} GiB "
+                    f"({t.free_storage_percent:g} % of the declared size) for 10 minutes. Action: clean up "
+                    "or archive, check storage autoscaling events, raise maxAllocatedStorageGb."
                 ),
             )
         )
@@ -479,7 +483,7 @@ def dashboard_body(
         graph(
             "Database connections",
             [_rds_metric("DatabaseConnections", i, n, "Maximum") for i, n in instances],
-            ("alarm (80 % of max_connections)", t.connections),
+            (f"alarm ({t.connections_percent:g} % of max_connections)", t.connections),
         ),
         graph(
             "CPU utilization (%)",
