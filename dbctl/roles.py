@@ -138,7 +138,8 @@ def _role_changes(
 ) -> list[Change]:
     rows = conn.execute(
         "SELECT r.rolname, r.rolcanlogin, r.rolinherit, r.rolcreatedb, r.rolcreaterole, r.rolconnlimit,"
-        " coalesce(r.rolconfig, '{}'), coalesce(shobj_description(r.oid, 'pg_authid'), '')"
+        " coalesce(r.rolconfig, '{}'), coalesce(shobj_description(r.oid, 'pg_authid'), ''),"
+        " r.rolsuper OR r.rolreplication OR r.rolbypassrls"
         " FROM pg_roles r WHERE r.rolname = ANY(%s)",
         (list(MANAGED),),
     ).fetchall()
@@ -169,7 +170,9 @@ def _role_changes(
             config: list[str] = []
             comment = ""
         else:
-            _, can_login, inherit, createdb, createrole, connlimit, config_value, comment_value = row
+            _, can_login, inherit, createdb, createrole, connlimit, config_value, comment_value, elevated = (
+                row
+            )
             config = list(config_value)  # type: ignore[call-overload]
             comment = str(comment_value)
             if (can_login, inherit, createdb, createrole, connlimit) != (
@@ -185,6 +188,14 @@ def _role_changes(
                         sql.SQL(
                             "ALTER ROLE {} WITH {} NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT {}"
                         ).format(role, login, sql.Literal(spec.connection_limit)),
+                    )
+                )
+            if elevated:
+                # Only a superuser can take these back; on RDS this statement fails, loudly, as it should.
+                changes.append(
+                    Change(
+                        f"take SUPERUSER/REPLICATION/BYPASSRLS from {spec.name}",
+                        sql.SQL("ALTER ROLE {} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS").format(role),
                     )
                 )
         if spec.login and verifiers is not None:

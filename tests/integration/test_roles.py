@@ -235,3 +235,25 @@ def test_cli_never_prints_the_admin_password(
     result = run_migrate("migrate")
     assert result.returncode == 0
     assert pg_cluster.admin_password not in result.stdout + result.stderr
+
+
+def test_superuser_only_drift_is_reported_and_refused_as_one_line(
+    pg_cluster: Cluster, migrated: FreshDatabase, run_migrate: RunMigrate
+) -> None:
+    """REPLICATION given to a login role by a superuser: the admin cannot take it back, and says so."""
+    with psycopg.connect(pg_cluster.superuser_conninfo(), autocommit=True) as superuser:
+        superuser.execute("ALTER ROLE spike_readonly REPLICATION")
+        try:
+            status = run_migrate("status", "--json")
+            assert status.returncode == 1
+            assert (
+                "take SUPERUSER/REPLICATION/BYPASSRLS from spike_readonly"
+                in json.loads(status.stdout)["role_changes"]
+            )
+            result = run_migrate("migrate")
+            assert result.returncode == 2
+            assert result.stderr.startswith("error: database error (InsufficientPrivilege")
+            assert len(result.stderr.strip().splitlines()) == 1
+        finally:
+            superuser.execute("ALTER ROLE spike_readonly NOREPLICATION")
+    assert run_migrate("migrate").returncode == 0
