@@ -1,5 +1,9 @@
 """dbctl.cluster gives an RDS-shaped PostgreSQL: TLS that verifies, SCRAM only, a non-superuser admin."""
 
+import os
+import pwd
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -34,3 +38,15 @@ def test_wrong_password_is_refused(pg_cluster: Cluster) -> None:
 def test_port_is_taken_while_running(pg_cluster: Cluster) -> None:
     assert pg_cluster.is_running()
     assert not port_is_free(pg_cluster.port)
+
+
+def test_server_runs_as_postgres_when_we_are_root(pg_cluster: Cluster) -> None:
+    pid = int((pg_cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    uid = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    )
+    expected = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert uid == expected
+    assert uid != 0
