@@ -27,6 +27,7 @@ component needs another invoke.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import hashlib
@@ -379,6 +380,10 @@ async def _resolve(value: Any) -> tuple[Any, bool]:
 
 
 def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # asyncio.run() elsewhere in this process left no current loop; Pulumi needs one
+        asyncio.set_event_loop(asyncio.new_event_loop())
     region = str(config.get(REGION_KEY, "eu-west-1"))
     mocks = _Mocks(region)
     runtime_settings.ROOT.set(None)
