@@ -7,6 +7,7 @@ import re
 import pytest
 
 from components import backup_rules
+from components.settings import SettingsError
 from tests.unit.harness import settings_for
 
 
@@ -61,3 +62,17 @@ def test_conflicts_name_the_window() -> None:
 def test_vault_lock_range_covers_every_rule() -> None:
     rules = backup_rules.rules(settings_for("prod"))
     assert backup_rules.vault_lock_retention(rules) == (30, 365)
+
+
+def test_dr_region_must_differ_from_the_stack_region() -> None:
+    with pytest.raises(SettingsError, match=r"drRegion must differ from aws:region \(eu-west-1\)"):
+        settings_for("prod", {"backups.drRegion": "eu-west-1"})
+    with pytest.raises(SettingsError, match="crossRegionCopy needs drRegion"):
+        settings_for("dev", {"backups.crossRegionCopy": True})
+
+
+def test_prod_restore_test_defaults_to_monthly_dev_to_weekly() -> None:
+    assert settings_for("prod", {"backups.restoreTestSchedule": None}).backups.restore_test_schedule == (
+        "cron(0 9 2 * ? *)"
+    )
+    assert settings_for("dev").backups.restore_test_schedule == "cron(0 4 ? * SUN *)"
