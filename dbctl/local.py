@@ -260,6 +260,11 @@ def libpq_url(prisma_url: str) -> str:
 
 def render_env(urls: Mapping[str, str]) -> str:
     lines = ["# Written by `dbctl local up`: the local stack's connection strings. Never commit this file."]
+    if any("pgbouncer=true" in value for value in urls.values()):
+        lines += [
+            "# pgbouncer=true is for Prisma (PgBouncer < 1.21); psql rejects it: use `dbctl local psql`,",
+            '# or strip it: psql "${DATABASE_URL%&pgbouncer=true}"',
+        ]
     lines += [f'{key}="{urls[key]}"' for key in ENV_KEYS]
     return "\n".join(lines) + "\n"
 
