@@ -158,7 +158,7 @@ def test_cross_region_copy_is_a_setting() -> None:
 
 
 def test_prod_vault_lock_allows_every_tier_and_becomes_permanent_after_the_grace_days() -> None:
-    lock = one(result("prod").resources, LOCK)
+    lock = one(result("prod", (("backups.vaultLock", True),)).resources, LOCK)
     assert lock.inputs["minRetentionDays"] == 30
     assert lock.inputs["maxRetentionDays"] == 365
     assert lock.inputs["changeableForDays"] == VAULT_LOCK_GRACE_DAYS
@@ -166,4 +166,6 @@ def test_prod_vault_lock_allows_every_tier_and_becomes_permanent_after_the_grace
 
 def test_vault_lock_is_off_by_default() -> None:
     assert settings_for("dev").backups.vault_lock is False
+    assert settings_for("prod").backups.vault_lock is False
     assert of_type(result("dev").resources, LOCK) == []
+    assert of_type(result("prod").resources, LOCK) == []
