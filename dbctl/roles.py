@@ -56,11 +56,13 @@ ROLES: tuple[RoleSpec, ...] = (
         200,
         {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"},
     ),
+    # The pooled roles' limits must cover every PgBouncer host's pool on one server:
+    # hosts x (default_pool_size + reserve_pool_size), 2 x 25 in prod (tests/unit/test_role_limits.py).
     RoleSpec(
         names.READONLY_ROLE,
         True,
         frozenset({names.READONLY_GROUP_ROLE}),
-        20,
+        60,
         {"default_transaction_read_only": "on", "statement_timeout": "5min"},
     ),
     RoleSpec(names.MONITOR_ROLE, True, frozenset({"pg_monitor"}), 5),
