@@ -27,6 +27,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import alarm_rules
+from components.kms import key_policy
 from components.settings import StackSettings
 
 RDS_EVENT_CATEGORIES: Final = ("backup", "failure", "failover", "low storage", "maintenance", "notification")
@@ -87,28 +88,18 @@ class Alarms(pulumi.ComponentResource):
             description=f"{prefix}: the database alarm topic (SNS server-side encryption)",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            policy=json.dumps(
+            policy=key_policy(
+                partition,
+                account,
                 {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "AccountAdministers",
-                            "Effect": "Allow",
-                            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
-                            "Action": "kms:*",
-                            "Resource": "*",
-                        },
-                        {
-                            # Publishing to an encrypted topic needs a data key; the topic policy decides
-                            # what these services may publish where.
-                            "Sid": "AlarmPublishers",
-                            "Effect": "Allow",
-                            "Principal": {"Service": list(PUBLISHERS)},
-                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                            "Resource": "*",
-                        },
-                    ],
-                }
+                    # Publishing to an encrypted topic needs a data key; the topic policy decides
+                    # what these services may publish where.
+                    "Sid": "AlarmPublishers",
+                    "Effect": "Allow",
+                    "Principal": {"Service": list(PUBLISHERS)},
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                    "Resource": "*",
+                },
             ),
             opts=child,
         )

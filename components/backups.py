@@ -33,6 +33,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components import backup_rules
+from components.kms import key_policy
 from components.settings import StackSettings
 
 BACKUP_POLICY: Final = "policy/service-role/AWSBackupServiceRolePolicyForBackup"
@@ -141,22 +142,8 @@ class Backups(pulumi.ComponentResource):
                 description=f"{prefix}: AWS Backup copies in the DR region {dr_region}",
                 enable_key_rotation=True,
                 deletion_window_in_days=30,
-                policy=json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                # The account administers the key; AWS Backup uses it through the service
-                                # role's managed policy (grants via backup/RDS).
-                                "Sid": "AccountAdministers",
-                                "Effect": "Allow",
-                                "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
-                                "Action": "kms:*",
-                                "Resource": "*",
-                            }
-                        ],
-                    }
-                ),
+                # AWS Backup uses the key through the service role's managed policy (grants via backup/RDS).
+                policy=key_policy(partition, account),
                 opts=child,
             )
             dr_vault = aws.backup.Vault(

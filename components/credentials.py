@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from components.kms import key_policy
 from components.settings import StackSettings
 from dbctl import names
 from dbctl.scram import SALT_BYTES, scram_verifier
@@ -77,48 +78,35 @@ class Credentials(pulumi.ComponentResource):
         account = aws.get_caller_identity(opts=invoke).account_id
         partition = aws.get_partition(opts=invoke).partition
 
-        key_policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    # The account administers the key and IAM policies grant its use (RDS, Secrets Manager
-                    # and Performance Insights use it through grants on behalf of those principals). In a
-                    # key policy "*" means this key.
-                    "Sid": "AccountAdministers",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
-                    "Action": "kms:*",
-                    "Resource": "*",
-                },
-                {
-                    # CloudWatch Logs encrypts the RDS log groups, and only those (encryption context).
-                    "Sid": "CloudWatchLogsForRdsLogGroups",
-                    "Effect": "Allow",
-                    "Principal": {"Service": f"logs.{s.region}.amazonaws.com"},
-                    "Action": [
-                        "kms:Encrypt*",
-                        "kms:Decrypt*",
-                        "kms:ReEncrypt*",
-                        "kms:GenerateDataKey*",
-                        "kms:Describe*",
-                    ],
-                    "Resource": "*",
-                    "Condition": {
-                        "ArnLike": {
-                            "kms:EncryptionContext:aws:logs:arn": (
-                                f"arn:{partition}:logs:{s.region}:{account}:log-group:/aws/rds/instance/{prefix}-*"
-                            )
-                        }
-                    },
-                },
+        # The account administers the key and IAM policies grant its use (RDS, Secrets Manager and
+        # Performance Insights use it through grants on behalf of those principals).
+        logs_statement = {
+            # CloudWatch Logs encrypts the RDS log groups, and only those (encryption context).
+            "Sid": "CloudWatchLogsForRdsLogGroups",
+            "Effect": "Allow",
+            "Principal": {"Service": f"logs.{s.region}.amazonaws.com"},
+            "Action": [
+                "kms:Encrypt*",
+                "kms:Decrypt*",
+                "kms:ReEncrypt*",
+                "kms:GenerateDataKey*",
+                "kms:Describe*",
             ],
+            "Resource": "*",
+            "Condition": {
+                "ArnLike": {
+                    "kms:EncryptionContext:aws:logs:arn": (
+                        f"arn:{partition}:logs:{s.region}:{account}:log-group:/aws/rds/instance/{prefix}-*"
+                    )
+                }
+            },
         }
         self.kms_key = aws.kms.Key(
             f"{name}-key",
             description=f"{prefix}: RDS storage, secrets, Performance Insights and logs",
             enable_key_rotation=True,
             deletion_window_in_days=s.secret_recovery_window_days,
-            policy=json.dumps(key_policy),
+            policy=key_policy(partition, account, logs_statement),
             opts=child,
         )
         aws.kms.Alias(f"{name}-key", name=f"alias/{prefix}-db", target_key_id=self.kms_key.key_id, opts=child)
