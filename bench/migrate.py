@@ -19,11 +19,9 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dbctl import deploy, names  # noqa: E402
-from dbctl.cluster import Cluster, free_port  # noqa: E402
+from dbctl.cluster import throwaway_cluster  # noqa: E402
 from dbctl.credentials import verifiers_from_mapping  # noqa: E402
 
 
@@ -49,20 +47,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="dbctl-bench-"))
-    cluster = Cluster(
-        base,
-        free_port(),
-        admin_password=secrets.token_urlsafe(24),
-        superuser_password=secrets.token_urlsafe(24),
-    )
     passwords = {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
     verifiers = verifiers_from_mapping(passwords, "bench")
-    credentials = base / "credentials.json"
-    credentials.write_text(json.dumps(passwords))
     figures: dict[str, list[float]] = {"baseline": [], "fresh": [], "no-op": [], "cli": []}
-    try:
-        cluster.init()
+    with throwaway_cluster("dbctl-bench-") as cluster:
+        credentials = cluster.base_dir / "credentials.json"
+        credentials.write_text(json.dumps(passwords))
         for i in range(args.repeat):
             db = f"bench_{i}"
             cluster.create_database(db)
@@ -86,9 +76,6 @@ def main() -> None:
             figures["cli"].append(time.perf_counter() - started)
             if result.returncode != 0 or json.loads(result.stdout)["changed"]:
                 raise SystemExit(f"the CLI no-op run did not come back clean: {result.stderr.strip()}")
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
     base_median = statistics.median(figures["baseline"])
     print(f"dbctl migrate, {args.repeat} repetitions, PostgreSQL on 127.0.0.1 (TLS, SCRAM), medians:")

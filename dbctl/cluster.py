@@ -35,10 +35,13 @@ import contextlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -512,3 +515,23 @@ class Cluster:
                         f"server log {self.log_file}:\n{self._log_tail()}"
                     ) from None
                 time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def throwaway_cluster(prefix: str, *, log_statement: str = "none") -> Iterator[Cluster]:
+    """A started cluster in a new temp dir on a free port, with generated passwords; stopped and removed
+    afterwards. For tests and benchmarks. The dir comes from tempfile.mkdtemp, not pytest's tmp_path: as root
+    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = Cluster(
+        base,
+        free_port(),
+        admin_password=secrets.token_urlsafe(24),
+        superuser_password=secrets.token_urlsafe(24),
+    )
+    try:
+        cluster.init(log_statement=log_statement)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,27 +25,15 @@ import pytest
 from psycopg import sql
 
 from dbctl import names
-from dbctl.cluster import Cluster, free_port
+from dbctl.cluster import Cluster, throwaway_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
-    # Not pytest's tmp_path: as root it is under /tmp/pytest-of-root (0700), which postgres can't enter.
-    base = Path(tempfile.mkdtemp(prefix="dbctl-test-pg-"))
-    cluster = Cluster(
-        base_dir=base,
-        port=free_port(),
-        admin_password=secrets.token_urlsafe(24),
-        superuser_password=secrets.token_urlsafe(24),
-    )
-    try:
-        cluster.init()
+    with throwaway_cluster("dbctl-test-pg-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass(frozen=True)

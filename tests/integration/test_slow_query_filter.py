@@ -8,38 +8,24 @@ both logged; the pattern must count exactly the slow ones.
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from components.alarm_rules import SLOW_QUERY_FILTER_PATTERN, filter_pattern_matches
-from dbctl.cluster import Cluster, free_port
+from dbctl.cluster import Cluster, throwaway_cluster
 
 RDS_LOG_LINE_PREFIX = "%t:%r:%u@%d:[%p]:"
 
 
 @pytest.fixture(scope="module")
 def rds_logging_cluster() -> Iterator[Cluster]:
-    base = Path(tempfile.mkdtemp(prefix="dbctl-test-slowlog-"))
-    cluster = Cluster(
-        base_dir=base,
-        port=free_port(),
-        admin_password=secrets.token_urlsafe(24),
-        superuser_password=secrets.token_urlsafe(24),
-    )
-    try:
-        cluster.init()
+    with throwaway_cluster("dbctl-test-slowlog-") as cluster:
         cluster.set_parameter("log_line_prefix", RDS_LOG_LINE_PREFIX)
         cluster.set_parameter("log_min_duration_statement", "100ms")
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _log_lines(cluster: Cluster, marker: str) -> list[str]:
