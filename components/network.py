@@ -185,7 +185,7 @@ class Network(pulumi.ComponentResource):
                 from_port=HTTPS,
                 to_port=HTTPS,
                 cidr_ipv4="0.0.0.0/0",
-                description="AWS APIs (SSM, Secrets Manager, KMS, CloudWatch) and packages via the VPC's NAT",
+                description="AWS APIs (SSM, Secrets Manager, KMS, CloudWatch) and packages via the VPC NAT",
                 opts=child,
             )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from functools import cache
 from typing import Any
 
@@ -379,3 +380,26 @@ def test_monitoring_role_trusts_only_rds_monitoring_with_the_managed_policy() ->
         attachment.inputs["policyArn"]
         == "arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
     )
+
+
+# EC2 accepts only these characters in security group and security group rule descriptions
+# (CreateSecurityGroup GroupDescription; IpRange/UserIdGroupPair/PrefixListId Description).
+SG_DESCRIPTION = r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]{0,255}"
+
+
+@pytest.mark.parametrize("network", ["create", "existing"])
+def test_security_group_descriptions_use_only_characters_ec2_accepts(network: str) -> None:
+    overrides: dict[str, Any] = {}
+    if network == "existing":
+        subnets = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+        overrides = {"network": {"mode": "existing", "vpcId": "vpc-0123456789abcdef0", "subnetIds": subnets}}
+    r = run("prod", {**overrides, "allowedSecurityGroupIds": ["sg-0123456789abcdef0"]})
+    groups = of_type(r.resources, "aws:ec2/securityGroup:SecurityGroup")
+    rules = of_type(r.resources, INGRESS) + of_type(r.resources, EGRESS)
+    assert groups and rules
+    bad = [
+        (x.name, x.inputs.get("description"))
+        for x in groups + rules
+        if not re.fullmatch(SG_DESCRIPTION, str(x.inputs.get("description", "")))
+    ]
+    assert not bad
