@@ -92,8 +92,10 @@ class Backups(pulumi.ComponentResource):
                         {
                             "Effect": "Allow",
                             "Principal": {"Service": "backup.amazonaws.com"},
+                            # The trust AWS documents for its own AWSBackupDefaultServiceRole. No
+                            # aws:SourceAccount condition: AWS Backup documents those keys for resource
+                            # policies, not role trust, and a key it does not send would fail every job.
                             "Action": "sts:AssumeRole",
-                            "Condition": {"StringEquals": {"aws:SourceAccount": account}},
                         }
                     ],
                 }

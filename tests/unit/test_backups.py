@@ -66,6 +66,8 @@ def test_selection_covers_the_primary_with_the_backup_role(stack: str) -> None:
     assert selection.inputs["iamRoleArn"] == role.state["arn"]
     trust = json.loads(role.inputs["assumeRolePolicy"])
     assert [st["Principal"] for st in trust["Statement"]] == [{"Service": "backup.amazonaws.com"}]
+    # AWS's own AWSBackupDefaultServiceRole trust: no condition keys the service might not send.
+    assert all("Condition" not in st for st in trust["Statement"])
     attached = {
         a.inputs["policyArn"]
         for a in of_type(r.resources, "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
