@@ -348,6 +348,8 @@ class PgBouncerTier(pulumi.ComponentResource):
                 protocol="TCP",
                 port="traffic-port",
                 interval=10,
+                # Explicit and below the interval: the TCP default (10 s) equals it, which some checks refuse.
+                timeout=5,
                 healthy_threshold=2,
                 unhealthy_threshold=2,
             ),

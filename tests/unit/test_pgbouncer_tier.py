@@ -63,6 +63,7 @@ def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> N
     assert asg["targetGroupArns"] == [tg.state["arn"]]
     assert (tg.inputs["port"], tg.inputs["protocol"], tg.inputs["targetType"]) == (6543, "TCP", "instance")
     assert tg.inputs["healthCheck"]["protocol"] == "TCP" and tg.inputs["healthCheck"]["enabled"] is True
+    assert tg.inputs["healthCheck"]["timeout"] < tg.inputs["healthCheck"]["interval"]
     nlb = tier(result, NLB)
     assert nlb.inputs["internal"] is True and nlb.inputs["loadBalancerType"] == "network"
     assert nlb.inputs["subnets"] == result.outputs["subnet_ids"]
