@@ -28,6 +28,10 @@ from dbctl import capacity, names
 
 PROJECT = "spike-land-db"
 REGION_KEY = "aws:region"
+# The stack name goes into AWS names: RDS identifiers (letters, digits, single hyphens) and IAM name
+# prefixes (at most 38 characters, the longest being "spike-land-<stack>-backup-").
+STACK_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+STACK_NAME_MAX = 19
 
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 _MAINT_WINDOW = re.compile(
@@ -507,6 +511,12 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, A
 
 def load_settings(stack: str, raw: Mapping[str, Any]) -> StackSettings:
     """Validate `raw` (stack-file keys -> values) for `stack`; raise SettingsError naming the bad key."""
+    if not STACK_NAME.fullmatch(stack) or len(stack) > STACK_NAME_MAX:
+        raise SettingsError(
+            f"stack name {stack!r} is invalid: it goes into RDS identifiers and IAM names, so it must be "
+            f"lowercase letters, digits and single hyphens, start with a letter, and be at most "
+            f"{STACK_NAME_MAX} characters; fix: pulumi stack init with a name like 'staging'"
+        )
     given = dict(raw)
     region = given.pop(REGION_KEY, None)
     if region is None:

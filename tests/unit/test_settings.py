@@ -156,3 +156,15 @@ def test_each_rule_names_the_key_the_value_and_what_is_allowed(
     assert allowed in message
     assert message.count("\n") == 0, "one problem, one line"
     assert "Pulumi.dev.yaml" in message or "aws:region is not set" in message
+
+
+@pytest.mark.parametrize(
+    "stack", ["Prod", "my_stack", "2024", "a--b", "trailing-", "a-very-long-stack-name-x"]
+)
+def test_a_stack_name_aws_names_cannot_hold_is_refused(stack: str) -> None:
+    with pytest.raises(SettingsError, match=rf"stack name '{stack}' is invalid: .* at most 19 characters"):
+        load_settings(stack, {"aws:region": "eu-west-1"})
+
+
+def test_the_longest_allowed_stack_name_is_accepted() -> None:
+    assert load_settings("a" * 19, {"aws:region": "eu-west-1"}).stack == "a" * 19
