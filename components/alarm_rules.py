@@ -35,7 +35,7 @@ some field is exactly `duration:`, the next is a number above 1000 and the one a
 make it independent of how many fields the prefix splits into (and of the two spaces PostgreSQL writes
 after `LOG:`). `filter_pattern_matches` evaluates that subset of the syntax in Python, so tests can run the
 pattern over real PostgreSQL log lines; `aws logs test-metric-filter` checks it against CloudWatch itself
-(README, Operations).
+(docs/operations.md).
 """
 
 from __future__ import annotations

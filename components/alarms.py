@@ -5,7 +5,7 @@
   use it; a dedicated key keeps that grant away from the key that protects the data and secrets. The
   topic policy keeps the account owner's rights and lets exactly those services publish, scoped to this
   account (and to this stack's EventBridge rule).
-- Subscriptions: every address in `alarms.emails` (each must confirm once: README, Operations) and, when
+- Subscriptions: every address in `alarms.emails` (each must confirm once: docs/operations.md) and, when
   set, `alarms.pagerHttpsEndpoint` (kept secret in state: such URLs usually carry a routing key).
 - Metric alarms: `alarm_rules.alarm_specs(settings)`, each with the topic as ALARM and OK action. The
   PgBouncer alarms need the NLB and target group ARN suffixes; without them they are left out (logged).

@@ -17,7 +17,7 @@
   its default tags) with `region=drRegion` instead of a second provider.
 - Vault lock (`backups.vaultLock`): compliance mode after `VAULT_LOCK_GRACE_DAYS`. Within those days the
   lock can still be removed; after them nobody (not even the account root) can shorten retention, delete
-  recovery points early or delete the vault. README: "Operations".
+  recovery points early or delete the vault. docs/operations.md.
 """
 
 from __future__ import annotations

@@ -549,7 +549,7 @@ def _describe(error: ValidationError, stack: str) -> str:
         key = config_key(loc)
         msg = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
         if item["type"] == "extra_forbidden":
-            problems.append(f"{key} is not a known setting; see the README's Settings table")
+            problems.append(f"{key} is not a known setting; see docs/settings.md")
             continue
         if item["type"] == "missing":
             problems.append(f"{key} is required but not set")

@@ -1,5 +1,5 @@
 // Real Prisma against a database dbctl migrated, without Prisma's native engines (their CDN is unreachable
-// here): Prisma 6.19's JavaScript schema engine over @prisma/adapter-pg. See README "Post-deploy step".
+// here): Prisma 6.19's JavaScript schema engine over @prisma/adapter-pg. See docs/migrations.md.
 // Used by tests/prisma/check.sh, which copies it next to prisma/schema.prisma and prisma/migrations/.
 import { defineConfig } from "prisma/config";
 import { PrismaPg } from "@prisma/adapter-pg";
