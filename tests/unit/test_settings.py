@@ -124,7 +124,7 @@ RULES = [
         "between /16 and /24",
     ),
     ({"network.azCount": 1}, "spike-land-db:network.azCount = 1", "greater than or equal to 2"),
-    ({"network.foo": 1}, "spike-land-db:network.foo is not a known setting", "Settings table"),
+    ({"network.foo": 1}, "spike-land-db:network.foo is not a known setting", "docs/settings.md"),
     ({"pgbouncer.hostCount": 0}, "spike-land-db:pgbouncer.hostCount = 0", "greater than or equal to 1"),
     (
         {"pgbouncer.instanceType": "c7i.large"},
@@ -139,7 +139,7 @@ RULES = [
     ({"alarms.emails": ["ops"]}, "spike-land-db:alarms.emails", "not email addresses"),
     ({"alarms.pagerHttpsEndpoint": "http://x"}, "spike-land-db:alarms.pagerHttpsEndpoint", "https:// URL"),
     ({"alarms.cpuPercent": 120}, "spike-land-db:alarms.cpuPercent = 120", "less than or equal to 100"),
-    ({"backupRetentionDay": 7}, "spike-land-db:backupRetentionDay is not a known setting", "Settings table"),
+    ({"backupRetentionDay": 7}, "spike-land-db:backupRetentionDay is not a known setting", "docs/settings.md"),
 ]
 
 
