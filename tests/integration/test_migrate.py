@@ -15,7 +15,7 @@ from dbctl.credentials import verifiers_from_mapping
 from dbctl.errors import DbctlError
 from tests.integration.conftest import FreshDatabase, RunMigrate, migrate_command, migrate_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 INIT = "20261125060000_init"
 
 

@@ -11,12 +11,13 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dbctl import names, scram
+from dbctl import names, roles, scram
 from dbctl.cluster import Cluster
+from dbctl.credentials import verifiers_from_mapping
 from tests.integration.conftest import FreshDatabase, RunMigrate
 from tests.integration.helpers import migrate_in_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
@@ -202,6 +203,38 @@ def test_hand_made_grants_are_taken_back(
     again = run_migrate("migrate", "--json")
     assert json.loads(again.stdout)["changed"] is False
     assert run_migrate("status").returncode == 0
+
+
+def _can_set_role(conn: Conn, role: str) -> bool:
+    try:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    except errors.InsufficientPrivilege:
+        return False
+    conn.execute("RESET ROLE")
+    return True
+
+
+def test_a_revoked_admin_membership_in_the_owner_role_is_granted_again(
+    migrated: FreshDatabase, role_passwords: dict[str, str]
+) -> None:
+    """On 16+ a revoke leaves the ADMIN-only membership that CREATE ROLE gave the admin: "member", but no SET
+    ROLE. Only the 16+ check (pg_has_role ... 'SET') sees it; the pre-16 one ('MEMBER') would leave it so.
+    The roles step alone: `dbctl migrate` reads the history table (spike_owner's) before it, which the
+    admin can't do in that state on 16+."""
+    verifiers = verifiers_from_mapping(role_passwords, "test credentials")
+    with psycopg.connect(migrated.admin_conninfo, autocommit=True) as admin:
+        admin.execute("REVOKE spike_owner FROM CURRENT_USER")
+        try:
+            assert not _can_set_role(admin, names.OWNER_ROLE)
+            changes = roles.plan(admin, verifiers)
+            assert any(names.OWNER_ROLE in c.description and "admin" in c.description for c in changes)
+            roles.apply(admin, changes)
+            assert _can_set_role(admin, names.OWNER_ROLE)
+            assert roles.plan(admin, verifiers) == []
+        finally:
+            # Roles are cluster-wide: never leave the session's cluster without the admin's membership.
+            admin.execute("RESET ROLE")
+            admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(names.OWNER_ROLE)))
 
 
 def test_no_plaintext_password_reaches_the_server_log(
