@@ -4,8 +4,10 @@ Used by the integration tests and the local stack. The AWS hosts run PgBouncer u
 
 API
 ---
-- ``find_pgbouncer() -> Path``: the binary, from PATH or /usr/sbin (Debian installs it there, outside a
-  normal user's PATH). Missing: ``PgBouncerNotFoundError`` naming the Debian package ``pgbouncer``.
+- ``find_pgbouncer() -> Path``: the binary. First production's version as ``./dev`` builds it when the
+  system's is older (``.tools/pgbouncer-<version>/bin/pgbouncer``, the highest version there), then PATH,
+  then /usr/sbin (Debian installs it there, outside a normal user's PATH). Missing:
+  ``PgBouncerNotFoundError`` naming the Debian package ``pgbouncer``.
 - ``detect_version(binary) -> (major, minor)`` from ``pgbouncer --version``.
 - ``PgBouncerServer(directory, binary=None)``: one PgBouncer whose files live in ``directory``
   (``pgbouncer.ini``, ``userlist.txt`` mode 0600, ``pgbouncer.log``, ``pgbouncer.pid``).
@@ -36,11 +38,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from dbctl.cluster import runnable_by_service_user
 from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini, render_userlist
 
 PACKAGE = "pgbouncer"
 SERVICE_OS_USER = "postgres"
+# Where ./dev builds production's PgBouncer when the system's is older (git-ignored).
+TOOLS_DIR = Path(__file__).resolve().parent.parent / ".tools"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
+_BUILD_DIR = re.compile(r"pgbouncer-(\d+(?:\.\d+)+)")
 _VERSION_LINE = re.compile(r"PgBouncer (\d+\.\d+(?:\.\d+)?)")
 _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|WARNING)\b")
 # File descriptors beyond max_client_conn: server connections, listen sockets, log, DNS.
@@ -57,9 +63,16 @@ class PgBouncerNotFoundError(PgBouncerServerError):
     """The pgbouncer binary is not installed."""
 
 
+def _built(tools_dir: Path) -> list[str]:
+    """./dev's builds in tools_dir, highest version first."""
+    found = [(m, p) for p in tools_dir.glob("pgbouncer-*") if (m := _BUILD_DIR.fullmatch(p.name))]
+    found.sort(key=lambda mp: tuple(int(x) for x in mp[0][1].split(".")), reverse=True)
+    return [str(p / "bin" / "pgbouncer") for _, p in found]
+
+
 def find_pgbouncer() -> Path:
-    """The pgbouncer binary: PATH first, then the sbin/bin directories packages install it to."""
-    candidates = [shutil.which("pgbouncer"), *(f"{d}/pgbouncer" for d in _SEARCH_DIRS)]
+    """The pgbouncer binary: ./dev's build of production's version, then PATH, then the sbin/bin dirs."""
+    candidates = [*_built(TOOLS_DIR), shutil.which("pgbouncer"), *(f"{d}/pgbouncer" for d in _SEARCH_DIRS)]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return Path(candidate)
@@ -207,9 +220,12 @@ class PgBouncerServer:
         # The child inherits our limits; pgbouncer needs one descriptor per client connection.
         self._raise_fd_limit(config)
         ids = _service_ids()
+        # As root it runs as the service user, which may not reach a build under a 0700 checkout.
+        bindir = self.binary.parent
+        runnable = runnable_by_service_user(bindir.parent, bindir.name) / bindir.name / self.binary.name
         with self._console_path.open("wb") as console:
             self.process = subprocess.Popen(
-                [str(self.binary), str(self.ini_path)],
+                [str(runnable), str(self.ini_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
