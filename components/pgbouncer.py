@@ -30,7 +30,6 @@ import pulumi_aws as aws
 from components import pgbouncer_userdata as ud
 from components.provider import default_tags
 from components.settings import StackSettings
-from dbctl import capacity
 from dbctl.names import PGBOUNCER_PORT, READ_POOL_DATABASE
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
 
@@ -81,21 +80,6 @@ def ini_config(settings: StackSettings, primary_host: str, read_host: str | None
         server_tls=ServerTls(sslmode="verify-full", ca_file=ud.CA_FILE),
         client_tls=client_tls,
     )
-
-
-def check_budget(settings: StackSettings, has_replica: bool) -> None:
-    """Refuse a layout where every host's pools together could exhaust an instance's max_connections."""
-    p = settings.pgbouncer
-    targets = [("the primary", 1 if has_replica else 2)] + ([("the replica", 1)] if has_replica else [])
-    for target, pools in targets:
-        capacity.check_pool_budget(
-            max_connections=settings.effective_max_connections,
-            default_pool_size=p.default_pool_size,
-            reserve_pool_size=p.reserve_pool_size,
-            pools=pools,
-            pgbouncer_hosts=p.host_count,  # the ASG's maximum: it never runs more than host_count
-            target=target,
-        )
 
 
 def user_data(
@@ -149,7 +133,8 @@ class PgBouncerTier(pulumi.ComponentResource):
         missing = [role for role in POOLED_ROLES if role not in args.role_secret_arns]
         if missing:
             raise ValueError(f"PgBouncerTier needs the secret ARNs of {', '.join(missing)}")
-        check_budget(s, has_replica=args.replica_address is not None)
+        # The connection budget (dbctl.capacity.check_pool_budget) is checked with the settings, before any
+        # resource: components/settings.py, StackSettings.pool_targets.
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
         prefix = f"spike-pgb-{s.stack}"[:24]

@@ -17,7 +17,7 @@ import pytest
 
 from components.pgbouncer import AMI_PARAMETER, ca_bucket_prefix, ini_config
 from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
-from dbctl import capacity, names
+from dbctl import names
 from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
 
 STACKS = ("dev", "prod")
@@ -253,15 +253,6 @@ def test_app_security_groups_are_admitted_at_the_nlb() -> None:
 def test_client_tls_off_renders_no_client_tls() -> None:
     script = script_of(run("dev", {"pgbouncer.clientTls": False}))
     assert "client_tls_sslmode" not in script and "openssl req" not in script
-
-
-def test_a_pool_that_would_exhaust_the_database_is_refused() -> None:
-    settings = settings_for("dev")
-    budget = settings.effective_max_connections - capacity.DEFAULT_HEADROOM
-    # Two pools (no replica in dev) x (default + reserve 5) just over the budget, within settings' own check.
-    size = budget // 2 - 4
-    with pytest.raises(capacity.PoolBudgetError, match="server connections to the primary"):
-        run("dev", {"pgbouncer.defaultPoolSize": size})
 
 
 def test_read_pool_points_at_the_primary_without_a_replica() -> None:
