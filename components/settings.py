@@ -19,6 +19,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -680,6 +681,40 @@ def from_pulumi_config() -> StackSettings:
     if region is not None:
         raw[REGION_KEY] = region
     return load_settings(pulumi.get_stack(), raw)
+
+
+def stack_file_settings(stack: str, root: Path, region: str | None = None) -> StackSettings:
+    """Validate `root/Pulumi.<stack>.yaml` as `pulumi up` would, without the Pulumi CLI (`dbctl preflight`).
+
+    `stack` may be fully qualified (`org/prod`); the file is named after its last part. Values reach the
+    program the way the CLI hands them over: strings as they are, anything structured as JSON. `region`,
+    when given, replaces the file's aws:region (validated like it).
+    """
+    import yaml
+
+    name = stack.rsplit("/", 1)[-1]
+    path = root / f"Pulumi.{name}.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise SettingsError(
+            f"cannot read {path} ({e.strerror}); fix: run from the project directory"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = str(e).splitlines()[0]
+        raise SettingsError(f"{path.name} is not valid YAML ({line}); fix the file") from None
+    config = loaded.get("config") if isinstance(loaded, Mapping) else None
+    if not isinstance(config, Mapping):
+        config = {}
+    prefix = f"{PROJECT}:"
+    raw: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == REGION_KEY or str(key).startswith(prefix):
+            text = value if isinstance(value, str) else json.dumps(value)
+            raw[str(key).removeprefix(prefix)] = _parse(text)
+    if region is not None:
+        raw[REGION_KEY] = region
+    return load_settings(name, raw)
 
 
 def _parse(value: str) -> Any:
