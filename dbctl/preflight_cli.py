@@ -7,6 +7,7 @@ Pulumi CLI), asks AWS the read-only questions and prints one line per check. Exi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 import click
 
 from dbctl import preflight
+from dbctl.migrate_cli import _fail  # one `error: …` line (or JSON) and exit 2, as migrate and status do
 
 EXIT_FAILED = 1
-EXIT_ERROR = 2
 
 
 @click.command("preflight")
@@ -62,7 +63,7 @@ def preflight_command(
                     "ok": not failed,
                     "stack": settings.stack,
                     "region": settings.region,
-                    "checks": [c.__dict__ for c in checks],
+                    "checks": [dataclasses.asdict(c) for c in checks],
                 }
             )
         )
@@ -79,11 +80,3 @@ def preflight_command(
 def make_client_factory(profile: str | None) -> preflight.ClientFactory:
     """boto3 clients for the checks (tests replace this with stubbed clients)."""
     return preflight.boto3_factory(profile)
-
-
-def _fail(message: str, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": message}))
-    else:
-        click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_ERROR)

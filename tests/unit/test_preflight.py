@@ -452,22 +452,17 @@ def healthy_account(iam: Any, settings: StackSettings) -> dict[tuple[str, str | 
     return clients
 
 
-def test_stack_file_settings_are_the_programs_settings() -> None:
+def test_stack_file_settings_are_the_programs_settings(tmp_path: Path) -> None:
     for stack in ("dev", "prod"):
         assert stack_file_settings(stack, ROOT) == settings_for(stack)
     assert stack_file_settings("acme/prod", ROOT, region="us-east-1").region == "us-east-1"
+    text = (ROOT / "Pulumi.dev.yaml").read_text()
+    (tmp_path / "Pulumi.dev.yaml").write_text(text.replace("multiAz: false", "multiAz: 'yes'"))
     with pytest.raises(SettingsError, match=r"spike-land-db:multiAz = 'yes' is invalid"):
-        bad = ROOT / "Pulumi.dev.yaml"
-        text = bad.read_text().replace("spike-land-db:multiAz: false", "spike-land-db:multiAz: 'yes'")
-        stack_file_settings("dev", write(text))
-
-
-def write(text: str) -> Path:
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="preflight-test-"))
-    (root / "Pulumi.dev.yaml").write_text(text)
-    return root
+        stack_file_settings("dev", tmp_path)
+    # what `pulumi config set multiAz true` writes (a string) is what `pulumi up` reads: a boolean
+    (tmp_path / "Pulumi.dev.yaml").write_text(text.replace("multiAz: false", 'multiAz: "true"'))
+    assert stack_file_settings("dev", tmp_path).multi_az is True
 
 
 def test_the_command_prints_one_line_per_check_and_exits_0_when_all_pass(
