@@ -527,3 +527,15 @@ def test_json_output_and_a_bad_stack_file_is_one_line_before_any_call(
         assert result.output.count("\n") == 1 and result.output.startswith("error: ")
     assert "Pulumi.staging.yaml" in CliRunner().invoke(dbctl_cli, ["preflight", "--stack", "staging"]).output
     assert "aws:region = 'Ireland' is invalid" in result.output
+
+
+def test_the_real_factory_makes_one_client_per_service_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    make = preflight.boto3_factory()
+    rds = make("rds", "eu-central-1")
+    assert make("rds", "eu-central-1") is rds and rds.meta.region_name == "eu-central-1"
+    assert (
+        make("rds", "eu-west-1") is not rds
+        and make("logs", "eu-west-1").meta.service_model.service_name == "logs"
+    )
