@@ -331,6 +331,9 @@ def start_pgbouncer(stack: Stack) -> None:
     """Render the config (shared renderer, this binary's version) and start PgBouncer; it outlives us."""
     server = PgBouncerServer(stack.pgbouncer_dir)
     ensure_pgbouncer_tls(stack)
+    # Not our pgbouncer (pgbouncer_running said so): a stale file, over which pgbouncer refuses to start
+    # when its pid now belongs to another live process.
+    server.pid_path.unlink(missing_ok=True)
     server.start(pgbouncer_config(stack, server), pooled_verifiers(stack.creds))
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,13 @@ from dbctl.scram import is_scram_verifier
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def dbctl_local(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.pop(local.ROOT_ENV_VAR, None)
+def dbctl_local(
+    root: Path, *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m dbctl local --root ROOT ARGS` with our environment less PG* (plus `env`, when given)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    base.pop(local.ROOT_ENV_VAR, None)
+    env = {**base, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "dbctl", "local", "--root", str(root), *args],
         capture_output=True,
