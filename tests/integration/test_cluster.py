@@ -2,9 +2,11 @@
 
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -12,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from dbctl import names
-from dbctl.cluster import Cluster, free_port, port_is_free
+from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free
 from dbctl.tls import CertificateAuthority
 
 pytestmark = pytest.mark.integration
@@ -111,13 +113,16 @@ def _time_wait_on(port: int) -> bool:
     return False
 
 
-def test_a_stale_postmaster_pid_is_not_taken_for_the_server(tmp_path: Path) -> None:
+def test_a_stale_postmaster_pid_is_not_taken_for_the_server() -> None:
     """A postmaster.pid left by a crash whose pid now belongs to another process: not running, and stop()
     must not signal that process (pg_ctl status/stop would: any live pid will do for them)."""
-    cluster = Cluster(tmp_path, free_port())
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-stale-"))
+    base.chmod(0o755)  # pg_ctl runs as the servers' user and must read the pid file
+    cluster = Cluster(base, free_port())
     cluster.data_dir.mkdir()
     (cluster.data_dir / "PG_VERSION").write_text("15\n")
-    other = subprocess.Popen(["sleep", "60"])
+    # As the servers' OS user when we are root: kill(pid, 0) then succeeds for pg_ctl, as for a reused pid.
+    other = subprocess.Popen(["sleep", "60"], user=SERVICE_OS_USER if os.geteuid() == 0 else None)
     try:
         (cluster.data_dir / "postmaster.pid").write_text(f"{other.pid}\n{cluster.data_dir}\n")
         assert not cluster.is_running()
@@ -126,6 +131,7 @@ def test_a_stale_postmaster_pid_is_not_taken_for_the_server(tmp_path: Path) -> N
     finally:
         other.kill()
         other.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_real_postmaster_is_recognised(pg_cluster: Cluster) -> None:
