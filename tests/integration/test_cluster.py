@@ -100,11 +100,11 @@ def test_a_port_in_time_wait_is_free() -> None:
         accepted.close()  # the server side closes first: its end, on `port`, goes to TIME_WAIT
         client.recv(1)
         client.close()
-    assert _time_wait_on(port)
+    assert time_wait_on(port)
     assert port_is_free(port)
 
 
-def _time_wait_on(port: int) -> bool:
+def time_wait_on(port: int) -> bool:
     """A TIME_WAIT socket whose local port is `port`, per /proc/net/tcp (state 06)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()

@@ -26,6 +26,7 @@ from psycopg import sql
 from dbctl import local, migrate, names
 from dbctl.cluster import find_binary, free_port, port_is_free
 from dbctl.tls import CertificateAuthority
+from tests.integration.test_cluster import time_wait_on
 from tests.integration.test_local import REPO_ROOT, LocalStack, dbctl_local, new_root, server_pids
 
 pytestmark = pytest.mark.integration
@@ -307,12 +308,17 @@ def test_servers_inherit_no_secret_from_the_shell(stack: LocalStack) -> None:
 
 
 def test_up_right_after_down_with_connections_in_time_wait(stack: LocalStack) -> None:
-    """Connections open at `down` are closed by the servers, whose ports then sit in TIME_WAIT."""
-    held = [stack.connect("DIRECT_URL"), stack.connect("DATABASE_URL")]
+    """TCP connections open at `down` are closed by the servers first, so their ports then sit in TIME_WAIT.
+    (Plain sockets that never speak: a client that sends anything after the server left gets a reset
+    instead, and no TIME_WAIT.)"""
+    held = [socket.create_connection(("127.0.0.1", port)) for port in (stack.pg_port, stack.pgbouncer_port)]
     result = dbctl_local(stack.root, "down")
     assert result.returncode == 0, result.stderr
-    for conn in held:
-        conn.close()
+    for sock in held:
+        sock.settimeout(10)
+        assert sock.recv(1024) is not None  # until the server's FIN
+        sock.close()
+    assert all(time_wait_on(port) for port in (stack.pg_port, stack.pgbouncer_port))
     result = dbctl_local(stack.root, "up")
     assert result.returncode == 0, result.stderr
     with stack.connect("DATABASE_URL") as conn:
