@@ -270,6 +270,9 @@ class StackSettings(_Model):
     protect: bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
     skip_final_snapshot: bool = False
     apply_immediately: bool
+    # Database Insights (what replaced the Performance Insights console): standard keeps the retention
+    # below (7 days free, longer billed); advanced needs >= 465 days (15 months) of it.
+    database_insights_mode: Literal["standard", "advanced"] = "standard"
     performance_insights_retention_days: int = 7
     monitoring_interval_seconds: Literal[1, 5, 10, 15, 30, 60] = 60
     log_retention_days: int
@@ -413,6 +416,13 @@ class StackSettings(_Model):
                 None,
                 f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
                 "(set maxConnections, or pick a class listed there)",
+            )
+        if self.database_insights_mode == "advanced" and self.performance_insights_retention_days < 465:
+            raise _FieldProblem(
+                "performance_insights_retention_days",
+                self.performance_insights_retention_days,
+                "must be at least 465 (15 months) with databaseInsightsMode advanced (RDS rule); "
+                "set it to 465, or use databaseInsightsMode standard",
             )
         if self.backups.cross_region_copy and self.backups.dr_region == self.region:
             raise _FieldProblem(
