@@ -88,6 +88,17 @@ class Network(pulumi.ComponentResource):
                     f"spike-land-db:network.azCount = {s.network.az_count} but {s.region} has only "
                     f"{len(zones)} available AZs; lower network.azCount"
                 )
+            # Take over the VPC's default security group and leave it with no rules: anything launched
+            # without a group of its own then gets no traffic at all (AWS's default group admits all
+            # traffic from itself and all egress). The provider removes every rule when it adopts the group.
+            aws.ec2.DefaultSecurityGroup(
+                f"{name}-default-sg",
+                vpc_id=vpc.id,
+                ingress=[],
+                egress=[],
+                tags={"Name": f"{prefix}-default-unused"},
+                opts=child,
+            )
             route_table = aws.ec2.RouteTable(
                 f"{name}-private", vpc_id=vpc.id, tags={"Name": f"{prefix}-private"}, opts=child
             )
