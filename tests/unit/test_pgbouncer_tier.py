@@ -57,6 +57,9 @@ def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> N
     asg = tier(result, ASG).inputs
     assert asg["desiredCapacity"] == asg["minSize"] == asg["maxSize"] == HOSTS[name]
     assert asg["healthCheckType"] == "ELB"  # a host the NLB finds dead is replaced
+    # `pulumi up` fails unless every host passes the NLB's health check within the timeout.
+    assert asg["waitForElbCapacity"] == HOSTS[name]
+    assert asg["waitForCapacityTimeout"] == "15m"
     assert asg["vpcZoneIdentifiers"] == result.outputs["subnet_ids"]
     assert asg["instanceRefresh"]["strategy"] == "Rolling"
     tg = tier(result, TG)

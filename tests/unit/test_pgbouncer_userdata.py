@@ -295,3 +295,46 @@ def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
 def test_helper_rejects_a_malformed_secret_argument() -> None:
     with pytest.raises(SystemExit):
         helper.main(["--region", REGION, "--auth-file", "/tmp/x", "--owner", "root", "--secret", "spike_app"])
+
+
+# ---- a bootstrap that fails says why, on the console and in its own log ------------------------------------
+
+
+def _run_bootstrap(
+    tmp_path: Path, stubs: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    """Run the rendered script with stand-in commands; returns the run, the console and the boot log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "user-data.sh"
+    script.write_text(ud.render_user_data(config()))
+    console, boot_log = tmp_path / "console", tmp_path / "bootstrap.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SPIKE_CONSOLE": str(console),
+        "SPIKE_BOOT_LOG": str(boot_log),
+    }
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+    read = lambda p: p.read_text() if p.exists() else ""  # noqa: E731
+    return done, read(console), read(boot_log)
+
+
+def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log(tmp_path: Path) -> None:
+    done, console, boot_log = _run_bootstrap(tmp_path, {"dnf": "echo 'No match for argument' >&2; exit 1"})
+    assert done.returncode == 1
+    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install", console), console
+    assert ud.BOOT_LOG in console or "bootstrap.log" in console  # where the details are
+    assert "BOOTSTRAP FAILED: exit status 1" in boot_log and "dnf install" in boot_log
+    assert "bootstrap complete" not in console
+
+
+def test_a_too_old_pgbouncer_is_reported_with_both_versions(tmp_path: Path) -> None:
+    done, console, boot_log = _run_bootstrap(
+        tmp_path, {"dnf": "exit 0", "pgbouncer": "echo 'PgBouncer 1.18.0'", "sha256sum": "exit 0"}
+    )
+    assert done.returncode == 1
+    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in console
+    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in boot_log
