@@ -114,7 +114,8 @@ class Alarms(pulumi.ComponentResource):
 
         backup_rule = aws.cloudwatch.EventRule(
             f"{name}-backup-failures",
-            name_prefix=f"{prefix}-backup-fail-",
+            # EventBridge rule names end at 64 characters; the provider appends 26 to a prefix.
+            name_prefix=f"{prefix}-backup-",
             description=f"{prefix}: AWS Backup backup, copy and restore (test) jobs that failed",
             event_pattern=json.dumps(backup_failure_event_pattern()),
             opts=child,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.pgbouncer import ca_bucket_prefix
+from components.pgbouncer import assets_bucket_prefix
 from components.settings import StackSettings
 from components.subnets import private_subnet_cidrs
 from dbctl.names import POSTGRES_PORT
@@ -300,7 +300,7 @@ class Network(pulumi.ComponentResource):
                             "Effect": "Allow",
                             "Principal": "*",
                             "Action": ["s3:GetObject"],
-                            "Resource": [f"arn:aws:s3:::{ca_bucket_prefix(s.stack)}*/*"],
+                            "Resource": [f"arn:aws:s3:::{assets_bucket_prefix(s.stack)}*/*"],
                         },
                     ],
                 }

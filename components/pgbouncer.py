@@ -44,11 +44,19 @@ NLB_TCP_IDLE_TIMEOUT = 3600
 DEREGISTRATION_DELAY = 30
 # First boot installs packages and fetches secrets before PgBouncer listens.
 HEALTH_CHECK_GRACE = 300
+# `pulumi up` waits this long for host_count healthy targets behind the NLB, then fails (instead of
+# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop). A first boot (image, dnf,
+# secrets, two 10 s health checks) takes a few minutes; this leaves room for one replacement after a
+# failed host's health-check grace period (HEALTH_CHECK_GRACE) as well.
+WAIT_FOR_CAPACITY_TIMEOUT = "15m"
 
 
-def ca_bucket_prefix(stack: str) -> str:
-    """Name prefix of the CA bundle bucket: the network's S3 endpoint policy admits objects under it."""
-    return f"spike-land-{stack}-rds-ca-"
+def assets_bucket_prefix(stack: str) -> str:
+    """Name prefix of the tier's private bucket: the S3 endpoint policy admits objects under it.
+
+    At most 37 characters with a 19-character stack name (S3's 63 minus the provider's 26-char suffix).
+    """
+    return f"spike-land-{stack}-pgb-"
 
 
 def ca_bundle_url(region: str) -> str:
@@ -156,7 +164,7 @@ class PgBouncerTier(pulumi.ComponentResource):
 
         # The RDS CA bundle, fetched by the deployer and served to the hosts through the S3 endpoint.
         bucket = aws.s3.Bucket(
-            f"{name}-ca", bucket_prefix=ca_bucket_prefix(s.stack), force_destroy=True, opts=child
+            f"{name}-ca", bucket_prefix=assets_bucket_prefix(s.stack), force_destroy=True, opts=child
         )
         aws.s3.BucketPublicAccessBlock(
             f"{name}-ca",
@@ -390,6 +398,10 @@ class PgBouncerTier(pulumi.ComponentResource):
             health_check_type="ELB",
             health_check_grace_period=HEALTH_CHECK_GRACE,
             target_group_arns=[target_group.arn],
+            # Create and update wait until every host passes the NLB's health check: a tier that never
+            # comes up fails the deploy. The reason is on the host's console (docs/pgbouncer.md).
+            wait_for_elb_capacity=s.pgbouncer.host_count,
+            wait_for_capacity_timeout=WAIT_FOR_CAPACITY_TIMEOUT,
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),

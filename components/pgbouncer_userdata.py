@@ -46,6 +46,8 @@ AUTH_FILE = f"{AUTH_DIR}/userlist.txt"
 HELPER_PATH = "/usr/local/sbin/spike-pgbouncer-authfile"
 AUTHFILE_UNIT = "spike-pgbouncer-authfile"
 AUTH_REFRESH_INTERVAL = "5min"
+# The bootstrap's own log (progress and the failure reason; also on the serial console).
+BOOT_LOG = "/var/log/spike-pgbouncer-bootstrap.log"
 # EC2 refuses user data above 16 KiB (raw, before base64).
 USER_DATA_LIMIT = 16 * 1024
 # Beyond 2 x max_client_conn (each client can pull a server socket): log, TLS, admin and spare.
@@ -139,7 +141,22 @@ readonly REGION={q(cfg.region)}
 readonly MIN_VERSION={q(cfg.pgbouncer_version)}
 readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
 
-log() {{ printf 'spike-pgbouncer: %s\\n' "$*"; }}
+# Progress and, above all, the reason a bootstrap failed land where an operator finds them without logging
+# in: the serial console (`aws ec2 get-console-output --latest --instance-id ...`) and {BOOT_LOG}
+# (besides cloud-init's own log). Nothing secret passes through this script, so no secret can land there.
+BOOT_LOG=${{SPIKE_BOOT_LOG:-{BOOT_LOG}}}
+CONSOLE=${{SPIKE_CONSOLE:-/dev/console}}
+log() {{
+  printf 'spike-pgbouncer: %s\\n' "$*"
+  printf '%s spike-pgbouncer: %s\\n' "$(date -u +%FT%TZ)" "$*" >> "$BOOT_LOG" 2>/dev/null || true
+}}
+fail() {{
+  log "BOOTSTRAP FAILED: $*"
+  printf 'spike-pgbouncer: BOOTSTRAP FAILED: %s (details: %s)\\n' "$*" "$BOOT_LOG" \\
+    > "$CONSOLE" 2>/dev/null || true
+  exit 1
+}}
+trap 'fail "exit status $? at line $LINENO: $BASH_COMMAND"' ERR
 
 # 1. PgBouncer from SPAL (AWS's supplementary AL2023 repository); refuse one older than the config expects.
 log "installing pgbouncer (>= $MIN_VERSION) from SPAL"
@@ -148,8 +165,7 @@ dnf install -y -q pgbouncer openssl
 installed=$(pgbouncer --version | awk 'NR == 1 {{ print $2 }}')
 lowest=$(printf '%s\\n%s\\n' "$MIN_VERSION" "$installed" | sort -V | head -n 1)
 if [ "$lowest" != "$MIN_VERSION" ]; then
-  log "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for; stopping"
-  exit 1
+  fail "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for"
 fi
 log "pgbouncer $installed installed"
 svc_user=$(systemctl show --property=User --value pgbouncer.service)
@@ -222,7 +238,9 @@ systemctl start {AUTHFILE_UNIT}.service
 systemctl enable --now {AUTHFILE_UNIT}.timer
 systemctl enable pgbouncer.service
 systemctl restart pgbouncer.service
-log "pgbouncer is $(systemctl is-active pgbouncer.service)"
+systemctl is-active --quiet pgbouncer.service || fail "pgbouncer is not running (journalctl -u pgbouncer)"
+log "pgbouncer is active"
+printf 'spike-pgbouncer: bootstrap complete\\n' > "$CONSOLE" 2>/dev/null || true
 """
 
 

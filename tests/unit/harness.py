@@ -409,19 +409,25 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
     return RunResult(resources=list(mocks.resources), outputs=outputs, secret_outputs=frozenset(secrets))
 
 
-def run(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
+def run(
+    stack: str, overrides: Mapping[str, object] | None = None, stack_name: str | None = None
+) -> RunResult:
     """Run `__main__.py` for `stack` under mocks: resources, resolved outputs, names of secret outputs.
 
-    Successful runs are memoised per (stack file contents, overrides) within the test session, so the many
-    tests that read the same stack share one run: treat the result as read-only. A test that patches
-    anything the program uses must call `run_fresh` instead.
+    `stack_name` runs the program as a stack of that name over `Pulumi.<stack>.yaml` (default: `stack`),
+    e.g. the longest name settings allow, to check generated AWS names against their limits.
+
+    Successful runs are memoised per (stack file contents, overrides, stack name) within the test session,
+    so the many tests that read the same stack share one run: treat the result as read-only. A test that
+    patches anything the program uses must call `run_fresh` instead.
     """
     config = stack_config(stack, overrides)
-    key = (stack, json.dumps(config, sort_keys=True, default=str))
+    name = stack_name or stack
+    key = (name, json.dumps(config, sort_keys=True, default=str))
     cached = _RUNS.get(key)
     if cached is None:
         # A fresh contextvars context per run: Pulumi keeps settings, config and the root Stack in them.
-        cached = contextvars.copy_context().run(_run_isolated, stack, config)
+        cached = contextvars.copy_context().run(_run_isolated, name, config)
         _RUNS[key] = cached
     return cached
 
