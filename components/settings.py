@@ -100,6 +100,10 @@ class NetworkSettings(_Model):
     vpc_endpoints: bool = True
     # Interface endpoints in every private subnet (AZ-failure tolerant), or only the first (half the cost).
     endpoints_in_every_az: bool = True
+    # VPC flow logs to a KMS-encrypted log group with the stack's logRetentionDays (prod: on by default),
+    # of rejected traffic only (what a security group or ACL dropped) or of all of it.
+    flow_logs: bool = False
+    flow_log_traffic: Literal["REJECT", "ALL"] = "REJECT"
     # existing: the VPC and its private subnets (>= 2 AZs).
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
@@ -486,6 +490,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 90,
         "secretRecoveryWindowDays": 30,
         "performanceInsightsRetentionDays": 7,
+        "network": {"flowLogs": True},
         "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
         # Restore test monthly (the seed's "monthly backup test"), on the 2nd, after the 1st's monthly backup.
         "backups": {"preMigrationSnapshot": True, "restoreTestSchedule": "cron(0 9 2 * ? *)"},

@@ -318,8 +318,11 @@ def _run_bootstrap(
         "SPIKE_BOOT_LOG": str(boot_log),
     }
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
-    read = lambda p: p.read_text() if p.exists() else ""  # noqa: E731
-    return done, read(console), read(boot_log)
+    return done, _text(console), _text(boot_log)
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log(tmp_path: Path) -> None:
