@@ -88,6 +88,8 @@ pulumi.export("pgbouncer_security_group_id", network.pgbouncer_security_group_id
 pulumi.export("pgbouncer_endpoint", pgbouncer.endpoint)
 pulumi.export("pgbouncer_port", pgbouncer.port)
 pulumi.export("read_pool_database", pgbouncer.read_pool_database)
+# The CA that signed PgBouncer's certificate (public): the pooled URL's sslrootcert (docs/pgbouncer.md).
+pulumi.export("pgbouncer_ca_certificate", pgbouncer.ca_certificate_pem)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
 pulumi.export("backup_vault_name", backups.vault_name)
 pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)

@@ -28,6 +28,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import pgbouncer_userdata as ud
+from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
 from components.settings import StackSettings
 from dbctl import capacity
@@ -112,6 +113,7 @@ def user_data(
     read_host: str | None,
     role_secret_arns: Mapping[str, str],
     ca_bundle_s3_uri: str,
+    client_tls_secret_arn: str | None = None,
 ) -> str:
     """The launch template's user data (base64 of gzip), from resolved values: pure."""
     cfg = ini_config(settings, primary_host, read_host)
@@ -123,7 +125,7 @@ def user_data(
             role_secret_arns=role_secret_arns,
             ca_bundle_s3_uri=ca_bundle_s3_uri,
             max_client_conn=settings.pgbouncer.max_client_conn,
-            client_tls=settings.pgbouncer.client_tls,
+            client_tls_secret_arn=client_tls_secret_arn if settings.pgbouncer.client_tls else None,
         )
     )
     return ud.encode_user_data(script)
@@ -150,6 +152,8 @@ class PgBouncerTier(pulumi.ComponentResource):
     # CloudWatch dimensions (AWS/NetworkELB LoadBalancer, TargetGroup) for the alarms component.
     nlb_arn_suffix: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
+    # The stack CA's certificate (PEM) that apps trust for the pooled URL; None without client TLS.
+    ca_certificate_pem: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: PgBouncerTierArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("spike-land-db:index:PgBouncerTier", name, None, opts)
@@ -186,6 +190,19 @@ class PgBouncerTier(pulumi.ComponentResource):
         )
         ca_uri = pulumi.Output.concat("s3://", ca_object.bucket, "/", ca_key)
         ca_object_arn = pulumi.Output.concat(bucket.arn, "/", ca_key)
+
+        # PgBouncer's client TLS key and certificate reach the hosts as the verifiers do: a secret the
+        # instance role reads (its value is written once the NLB, whose DNS name it certifies, exists).
+        tls_secret: aws.secretsmanager.Secret | None = None
+        if s.pgbouncer.client_tls:
+            tls_secret = aws.secretsmanager.Secret(
+                f"{name}-client-tls",
+                name_prefix=f"spike-land-{s.stack}/pgbouncer-tls-",
+                description=f"spike-land-{s.stack} PgBouncer client TLS key and certificate (stack CA)",
+                kms_key_id=args.secrets_kms_key_arn,
+                recovery_window_in_days=s.secret_recovery_window_days,
+                opts=child,
+            )
 
         # Instance role: Session Manager, the pooled roles' secrets, their key (via Secrets Manager only).
         role = aws.iam.Role(
@@ -226,6 +243,15 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Resource": [ca_object_arn],
             },
         ]
+        if tls_secret is not None:
+            statements.append(
+                {
+                    "Sid": "ReadClientTlsKey",
+                    "Effect": "Allow",
+                    "Action": ["secretsmanager:GetSecretValue"],
+                    "Resource": [tls_secret.arn],
+                }
+            )
         if args.secrets_kms_key_arn is not None:
             statements.append(
                 {
@@ -306,8 +332,9 @@ class PgBouncerTier(pulumi.ComponentResource):
         ami = aws.ssm.get_parameter_output(name=AMI_PARAMETER, opts=invoke).value
         arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
         read_host: pulumi.Input[str | None] = args.replica_address
-        encoded = pulumi.Output.all(args.primary_address, read_host, arns, ca_uri).apply(
-            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3])
+        tls_arn: pulumi.Input[str | None] = tls_secret.arn if tls_secret is not None else None
+        encoded = pulumi.Output.all(args.primary_address, read_host, arns, ca_uri, tls_arn).apply(
+            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], v[4])
         )
         tags = {**default_tags(s), "Name": f"{prefix}-host"}
         template = aws.ec2.LaunchTemplate(
@@ -375,6 +402,22 @@ class PgBouncerTier(pulumi.ComponentResource):
             enable_deletion_protection=s.deletion_protection,
             opts=child,
         )
+        self.ca_certificate_pem = None
+        if tls_secret is not None:
+            material = client_tls_material(name, s.stack, nlb.dns_name, self)
+            tls_json: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.json_dumps(
+                    {
+                        SECRET_KEY_FIELD: material.server_private_key_pem,
+                        SECRET_CERT_FIELD: material.server_certificate_pem,
+                    }
+                )
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-client-tls", secret_id=tls_secret.id, secret_string=tls_json, opts=child
+            )
+            self.ca_certificate_pem = material.ca_certificate_pem
+
         aws.lb.Listener(
             f"{name}-6543",
             load_balancer_arn=nlb.arn,
@@ -424,5 +467,10 @@ class PgBouncerTier(pulumi.ComponentResource):
         self.port = PGBOUNCER_PORT
         self.read_pool_database = READ_POOL_DATABASE
         self.register_outputs(
-            {"endpoint": self.endpoint, "port": self.port, "read_pool_database": self.read_pool_database}
+            {
+                "endpoint": self.endpoint,
+                "port": self.port,
+                "read_pool_database": self.read_pool_database,
+                "ca_certificate_pem": self.ca_certificate_pem,
+            }
         )

@@ -164,7 +164,15 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
     name, result = stack
     arns = result.outputs["role_secret_arns"]
     by_sid = {s["Sid"]: s for s in statements(result)}
-    assert set(by_sid) == {"ReadPooledRoleSecrets", "ReadRdsCaBundle", "DecryptSecretsViaSecretsManager"}
+    assert set(by_sid) == {
+        "ReadPooledRoleSecrets",
+        "ReadClientTlsKey",
+        "ReadRdsCaBundle",
+        "DecryptSecretsViaSecretsManager",
+    }
+    tls_secret = tier(result, "aws:secretsmanager/secret:Secret")
+    assert by_sid["ReadClientTlsKey"]["Resource"] == [tls_secret.state["arn"]]
+    assert by_sid["ReadClientTlsKey"]["Action"] == ["secretsmanager:GetSecretValue"]
     secrets = by_sid["ReadPooledRoleSecrets"]
     assert secrets["Action"] == ["secretsmanager:GetSecretValue"]
     assert sorted(secrets["Resource"]) == sorted(arns[r] for r in POOLED)
