@@ -52,6 +52,7 @@ class FlowLogs(pulumi.ComponentResource):
             kms_key_id=args.kms_key_arn,
             opts=child,
         )
+        flow_log_arns = f"arn:{partition}:ec2:{s.region}:{account}:vpc-flow-log/*"
         # The VPC user guide's trust policy for flow-log delivery, with its confused-deputy conditions.
         role = aws.iam.Role(
             f"{name}-delivery",
@@ -66,9 +67,7 @@ class FlowLogs(pulumi.ComponentResource):
                             "Action": "sts:AssumeRole",
                             "Condition": {
                                 "StringEquals": {"aws:SourceAccount": account},
-                                "ArnLike": {
-                                    "aws:SourceArn": f"arn:{partition}:ec2:{s.region}:{account}:vpc-flow-log/*"
-                                },
+                                "ArnLike": {"aws:SourceArn": flow_log_arns},
                             },
                         }
                     ],
