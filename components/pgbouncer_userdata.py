@@ -145,6 +145,7 @@ readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
 # (besides cloud-init's own log). Nothing secret passes through this script, so no secret can land there.
 BOOT_LOG=${{SPIKE_BOOT_LOG:-{BOOT_LOG}}}
 CONSOLE=${{SPIKE_CONSOLE:-/dev/console}}
+SPAL_REPO_FILE=${{SPIKE_SPAL_REPO_FILE:-/etc/yum.repos.d/amazonlinux-spal.repo}}
 log() {{
   printf 'spike-pgbouncer: %s\\n' "$*"
   printf '%s spike-pgbouncer: %s\\n' "$(date -u +%FT%TZ)" "$*" >> "$BOOT_LOG" 2>/dev/null || true
@@ -152,7 +153,7 @@ log() {{
 fail() {{
   log "BOOTSTRAP FAILED: $*"
   printf 'spike-pgbouncer: BOOTSTRAP FAILED: %s (details: %s)\\n' "$*" "$BOOT_LOG" \\
-    > "$CONSOLE" 2>/dev/null || true
+    >> "$CONSOLE" 2>/dev/null || true
   exit 1
 }}
 trap 'fail "exit status $? at line $LINENO: $BASH_COMMAND"' ERR
@@ -160,6 +161,11 @@ trap 'fail "exit status $? at line $LINENO: $BASH_COMMAND"' ERR
 # 1. PgBouncer from SPAL (AWS's supplementary AL2023 repository); refuse one older than the config expects.
 log "installing pgbouncer (>= $MIN_VERSION) from SPAL"
 dnf install -y -q spal-release
+# Where SPAL is served from is not documented (docs/pgbouncer.md): say it on the console, so the first boot
+# shows which bucket the S3 endpoint policy must admit, whether or not the install below succeeds.
+spal_source=$(grep -h -m 1 -E '^(mirrorlist|baseurl)=' "$SPAL_REPO_FILE" 2>/dev/null || echo none)
+log "SPAL repository: $spal_source"
+printf 'spike-pgbouncer: SPAL repository: %s\\n' "$spal_source" >> "$CONSOLE" 2>/dev/null || true
 dnf install -y -q pgbouncer
 installed=$(pgbouncer --version | awk 'NR == 1 {{ print $2 }}')
 lowest=$(printf '%s\\n%s\\n' "$MIN_VERSION" "$installed" | sort -V | head -n 1)
@@ -241,7 +247,7 @@ systemctl enable pgbouncer.service
 systemctl restart pgbouncer.service
 systemctl is-active --quiet pgbouncer.service || fail "pgbouncer is not running (journalctl -u pgbouncer)"
 log "pgbouncer is active"
-printf 'spike-pgbouncer: bootstrap complete\\n' > "$CONSOLE" 2>/dev/null || true
+printf 'spike-pgbouncer: bootstrap complete\\n' >> "$CONSOLE" 2>/dev/null || true
 """
 
 

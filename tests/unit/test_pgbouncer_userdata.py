@@ -406,7 +406,7 @@ def test_helper_rejects_a_malformed_secret_argument() -> None:
 
 
 def _run_bootstrap(
-    tmp_path: Path, stubs: dict[str, str]
+    tmp_path: Path, stubs: dict[str, str], extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], str, str]:
     """Run the rendered script with stand-in commands; returns the run, the console and the boot log."""
     bin_dir = tmp_path / "bin"
@@ -421,6 +421,7 @@ def _run_bootstrap(
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "SPIKE_CONSOLE": str(console),
         "SPIKE_BOOT_LOG": str(boot_log),
+        **(extra_env or {}),
     }
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
     return done, _text(console), _text(boot_log)
@@ -437,6 +438,17 @@ def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log
     assert ud.BOOT_LOG in console or "bootstrap.log" in console  # where the details are
     assert "BOOTSTRAP FAILED: exit status 1" in boot_log and "dnf install" in boot_log
     assert "bootstrap complete" not in console
+
+
+def test_the_spal_source_is_on_the_console_before_pgbouncer_is_installed(tmp_path: Path) -> None:
+    repo = tmp_path / "amazonlinux-spal.repo"
+    mirrorlist = "mirrorlist=https://example-bucket.s3.eu-west-1.amazonaws.com/spal/$releasever/mirror.list"
+    repo.write_text(f"[amazonlinux-spal]\nname=SPAL\n{mirrorlist}\nenabled=1\n")
+    dnf = 'case "$*" in *spal-release*) exit 0 ;; *) echo "Curl error (28)" >&2; exit 1 ;; esac'
+    done, console, _ = _run_bootstrap(tmp_path, {"dnf": dnf}, {"SPIKE_SPAL_REPO_FILE": str(repo)})
+    assert done.returncode == 1
+    assert f"SPAL repository: {mirrorlist}" in console
+    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install -y -q pgbouncer", console)
 
 
 def test_a_too_old_pgbouncer_is_reported_with_both_versions(tmp_path: Path) -> None:
