@@ -162,6 +162,10 @@ class NetworkSettings(_Model):
     vpc_endpoints: Bool = True
     # Interface endpoints in every private subnet (AZ-failure tolerant), or only the first (half the cost).
     endpoints_in_every_az: Bool = True
+    # VPC flow logs to a KMS-encrypted log group with the stack's logRetentionDays (prod: on by default),
+    # of rejected traffic only (what a security group or ACL dropped) or of all of it.
+    flow_logs: Bool = False
+    flow_log_traffic: Literal["REJECT", "ALL"] = "REJECT"
     # existing: the VPC and its private subnets (>= 2 AZs).
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
@@ -332,6 +336,9 @@ class StackSettings(_Model):
     protect: Bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
     skip_final_snapshot: Bool = False
     apply_immediately: Bool
+    # Database Insights (what replaced the Performance Insights console): standard keeps the retention
+    # below (7 days free, longer billed); advanced needs >= 465 days (15 months) of it.
+    database_insights_mode: Literal["standard", "advanced"] = "standard"
     performance_insights_retention_days: Int = 7
     monitoring_interval_seconds: Annotated[Literal[1, 5, 10, 15, 30, 60], BeforeValidator(_config_int)] = 60
     log_retention_days: Int
@@ -489,6 +496,13 @@ class StackSettings(_Model):
                 f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
                 "(set maxConnections, or pick a class listed there)",
             )
+        if self.database_insights_mode == "advanced" and self.performance_insights_retention_days < 465:
+            raise _FieldProblem(
+                "performance_insights_retention_days",
+                self.performance_insights_retention_days,
+                "must be at least 465 (15 months) with databaseInsightsMode advanced (RDS rule); "
+                "set it to 465, or use databaseInsightsMode standard",
+            )
         for target, pools in self.pool_targets:
             try:
                 capacity.check_pool_budget(
@@ -569,6 +583,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 90,
         "secretRecoveryWindowDays": 30,
         "performanceInsightsRetentionDays": 7,
+        "network": {"flowLogs": True},
         "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
         # Restore test monthly (the seed's "monthly backup test"), on the 2nd, after the 1st's monthly backup.
         "backups": {"preMigrationSnapshot": True, "restoreTestSchedule": "cron(0 9 2 * ? *)"},
