@@ -13,7 +13,13 @@ import pytest
 from dbctl import deploy, migrate
 from dbctl.credentials import verifiers_from_mapping
 from dbctl.errors import DbctlError
-from tests.integration.conftest import FreshDatabase, RunMigrate, migrate_command, migrate_env
+from tests.integration.conftest import (
+    FreshDatabase,
+    RunMigrate,
+    migrate_command,
+    migrate_env,
+    secret_shaped,
+)
 
 pytestmark = pytest.mark.integration
 INIT = "20261125060000_init"
@@ -235,7 +241,7 @@ def test_before_apply_hook_runs_first_and_only_with_pending_migrations(
         calls.append([m.name for m in pending])
         raise DbctlError("snapshot failed")
 
-    verifiers = verifiers_from_mapping(role_passwords, "test")
+    verifiers = verifiers_from_mapping(secret_shaped(role_passwords), "test")
     with pytest.raises(DbctlError, match="snapshot failed"):
         deploy.run_migrate(fresh_db.admin_conninfo, verifiers, before_apply=refuse)
     assert calls == [[INIT]]
@@ -262,3 +268,30 @@ def test_a_held_lock_makes_the_runner_wait_then_say_who_holds_it(
     assert "prisma-migrate" in result.stderr
     assert not table_exists(fresh_db, "_prisma_migrations")
     assert run_migrate("migrate").returncode == 0  # released with the session
+
+
+def test_credentials_problems_are_lines_and_json_errors_are_json(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, credentials_file: Path
+) -> None:
+    """Non-UTF-8 and control characters were tracebacks; now one line each, or one JSON object."""
+    good = json.loads(credentials_file.read_text())
+    bad_utf8 = tmp_path / "latin1.json"
+    bad_utf8.write_bytes(json.dumps(good).encode()[:-1] + b', "note": "caf\xe9"}')
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({**good, "spike_app": {**good["spike_app"], "password": "a\x07b"}}))
+    for path, expected in ((bad_utf8, "is not UTF-8"), (control, "spike_app.password holds control")):
+        text = run_migrate("migrate", credentials=path)
+        assert text.returncode == 2
+        assert text.stderr.startswith("error: ") and expected in text.stderr
+        assert len(text.stderr.strip().splitlines()) == 1 and "Traceback" not in text.stderr
+        machine = run_migrate("migrate", "--json", credentials=path)
+        assert machine.returncode == 2 and machine.stderr == ""
+        report = json.loads(machine.stdout)
+        assert report["ok"] is False and expected in report["error"] and len(report["errors"]) == 1
+    several = tmp_path / "several.json"
+    several.write_text(json.dumps({**good, "spike_app": "md5" + "0" * 32, "spike_monitor": "plain"}))
+    result = run_migrate("migrate", credentials=several)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "spike_app is an md5 hash" in lines[0] and "spike_monitor is a plaintext password" in lines[1]
+    assert not table_exists(fresh_db, "_prisma_migrations")
