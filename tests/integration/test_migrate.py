@@ -295,3 +295,46 @@ def test_credentials_problems_are_lines_and_json_errors_are_json(
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "spike_app is an md5 hash" in lines[0] and "spike_monitor is a plaintext password" in lines[1]
     assert not table_exists(fresh_db, "_prisma_migrations")
+
+
+def test_the_history_table_is_never_writable_by_the_app_even_after_a_failed_first_run(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, role_passwords: dict[str, str]
+) -> None:
+    """Today a first run failing before its grants step left _prisma_migrations writable by spike_app."""
+    migrations = copy_migrations(tmp_path)
+    add_migration(migrations, "20261125090000_broken", "SELECT * FROM no_such_table;\n")
+    result = run_migrate("migrate", migrations_dir=migrations)
+    assert result.returncode == 2 and "20261125090000_broken failed" in result.stderr
+    with psycopg.connect(fresh_db.admin_conninfo, autocommit=True) as admin:
+        privileges = admin.execute(
+            "SELECT r, p, has_table_privilege(r, '_prisma_migrations', p) FROM"
+            " unnest(ARRAY['spike_app', 'spike_readonly', 'spike_monitor']) r,"
+            " unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p"
+        ).fetchall()
+    assert [row for row in privileges if row[2]] == []
+    app_login = fresh_db.conninfo("spike_app", role_passwords["spike_app"])
+    with psycopg.connect(app_login) as app, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("UPDATE _prisma_migrations SET finished_at = now(), logs = NULL")
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "RESET ROLE;\nCREATE TABLE escaped (id int);\n",
+        "RESET ROLE;\nCREATE TABLE escaped (id int);\nSET ROLE spike_owner;\n",
+    ],
+)
+def test_a_migration_that_escapes_spike_owner_is_refused_and_not_recorded(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, escape: str
+) -> None:
+    migrations = copy_migrations(tmp_path)
+    assert run_migrate("migrate", migrations_dir=migrations).returncode == 0
+    add_migration(migrations, "20261125090000_escape", escape)
+    result = run_migrate("migrate", migrations_dir=migrations)
+    assert result.returncode == 2
+    assert "migration 20261125090000_escape" in result.stderr and "spike_owner" in result.stderr
+    assert "RESET ROLE or SET ROLE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not table_exists(fresh_db, "escaped")
+    assert [row[0] for row in history(fresh_db)] == [INIT]
+    status = run_migrate("status", migrations_dir=migrations)
+    assert status.returncode == 1 and "pending   20261125090000_escape" in status.stdout

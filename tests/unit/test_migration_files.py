@@ -103,3 +103,31 @@ def test_acl_changes_grant_missing_and_revoke_extra() -> None:
     ]
     with pytest.raises(ValueError, match="unknown privilege"):
         roles._privs(["SELECT; DROP TABLE x"])
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "-- nothing yet\n", "/* later */\n-- todo\n;\n"])
+def test_a_migration_without_sql_is_refused_before_anything_runs(tmp_path: Path, text: str) -> None:
+    """Today an empty file was applied and recorded, and filling it in later was refused for good."""
+    write(tmp_path, "20260101000000_empty", text)
+    with pytest.raises(DbctlError, match=r"20260101000000_empty/migration\.sql has no SQL") as err:
+        migrate.load_migrations(tmp_path)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_non_utf8_migration_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path, "20260101000000_latin1", "")
+    (tmp_path / "20260101000000_latin1" / "migration.sql").write_bytes(b"SELECT 'caf\xe9';\n")
+    with pytest.raises(DbctlError, match=r"is not UTF-8 \(byte 11\)") as err:
+        migrate.load_migrations(tmp_path)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_comments_and_strings_still_count_as_sql(tmp_path: Path) -> None:
+    write(tmp_path, "20260101000000_ok", "-- a comment\nSELECT '--not a comment';\n")
+    assert [m.name for m in migrate.load_migrations(tmp_path)] == ["20260101000000_ok"]
+
+
+def test_the_stray_lock_roles_are_the_pooled_roles() -> None:
+    from dbctl.pgbouncer import POOLED_ROLES
+
+    assert set(migrate.NOT_MIGRATORS) == set(POOLED_ROLES)
