@@ -3,7 +3,8 @@
 ``run_migrate(url, verifiers, ...)`` is what ``dbctl migrate`` (and ``dbctl local up``) call:
 
 1. connect directly (never through PgBouncer) as the admin (master) user;
-2. take Prisma's advisory lock 72707369 (waiting up to ``lock_wait`` seconds);
+2. take Prisma's advisory lock 72707369 (waiting up to ``lock_wait`` seconds; an idle pooled-role session
+   holding it is ended, as it cannot be a migration run);
 3. read the migration plan; an unresolved failure or a changed applied file stops here, changing nothing;
 4. ``before_apply(pending)`` when there are pending migrations (the --stack flow takes a snapshot there);
 5. converge roles and privileges (dbctl.roles), create ``_prisma_migrations`` as spike_owner if missing;
@@ -97,8 +98,10 @@ def run_migrate(
         conn, target = connect(url, application_name="dbctl migrate")
         report.target = step.detail = str(target)
     with conn, ExitStack() as held:
-        with timer.step("lock", f"advisory lock {migrate.LOCK_KEY}"):
-            held.enter_context(migrate.advisory_lock(conn, timeout=lock_wait))
+        with timer.step("lock", f"advisory lock {migrate.LOCK_KEY}") as step:
+            ended = held.enter_context(migrate.advisory_lock(conn, timeout=lock_wait))
+            if ended:
+                step.detail += "; " + "; ".join(ended)
         with timer.step("plan") as step:
             plan = migrate.plan(conn, migrations)
             report.pending = [m.name for m in plan.pending]
