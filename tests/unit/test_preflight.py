@@ -42,10 +42,12 @@ def stubbed(service: str, region: str | None = "eu-west-1") -> tuple[Any, Stubbe
 # --- the parameter group's apply types --------------------------------------------------------------------
 
 # Parameters no core PostgreSQL describes: pg_stat_statements' (its docs: max "can only be set at server
-# start", track by superusers at any time) and RDS's own rds.force_ssl (dynamic in the RDS user guide).
+# start", track and track_utility by superusers at any time) and RDS's own rds.force_ssl (dynamic in the
+# RDS user guide).
 EXTRA_CONTEXTS = {
     "pg_stat_statements.max": "postmaster",
     "pg_stat_statements.track": "superuser",
+    "pg_stat_statements.track_utility": "superuser",
     "rds.force_ssl": "sighup",
 }
 
