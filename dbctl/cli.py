@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "migrate": "dbctl.migrate_cli:migrate_command",
     "status": "dbctl.migrate_cli:status_command",
     "local": "dbctl.local:local",
+    "report": "dbctl.report_cli:report_command",
 }
 
 

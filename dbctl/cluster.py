@@ -18,7 +18,9 @@ API
     ``rds_superuser`` NOLOGIN role holding pg_monitor (WITH ADMIN OPTION) and pg_signal_backend, the admin
     (master) role ``NOSUPERUSER CREATEROLE CREATEDB LOGIN`` in it, the ``spike_land`` database owned by the
     admin, and pg_stat_statements pre-created in template1 and spike_land (so databases created later have it
-    too). Leaves the server running.
+    too). Leaves the server running. pg_cron and auto_explain are preloaded too when the server has them
+    (``preload_libraries()``); pg_cron and pgstattuple are then created in spike_land, as RDS's
+    rds_superuser may (``_create_superuser_extensions``).
   - ``start()``, ``stop()``, ``is_running()``, ``wait_ready(timeout)``.
   - ``set_parameter(name, value)``: ALTER SYSTEM + reload, as the superuser (e.g. ``log_statement``).
   - ``conninfo(user, password, dbname)``/``url(...)``: libpq conninfo / URL with sslmode=verify-full.
@@ -115,6 +117,48 @@ def free_port(host: str = HOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# Preloaded when the server has them, as on RDS (components/db_parameters.py): pg_cron schedules the weekly
+# VACUUM (Debian: postgresql-<major>-cron), auto_explain logs the plans of slow statements (contrib).
+OPTIONAL_PRELOAD = ("pg_cron", "auto_explain")
+# auto_explain's threshold: the slow-query alarm's (components/alarm_rules.py SLOW_QUERY_THRESHOLD_MS).
+AUTO_EXPLAIN_MIN_DURATION_MS = 1000
+
+
+def _pkglibdir() -> Path | None:
+    """The server's library dir (`pg_config --pkglibdir` of the binaries cluster uses), or None."""
+    try:
+        pg_config = find_binary("initdb").parent / "pg_config"
+        if not pg_config.is_file():
+            pg_config = find_binary("pg_config")
+        out = subprocess.run(
+            [str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (ClusterError, OSError, subprocess.SubprocessError):
+        return None
+    return Path(out) if out else None
+
+
+def preload_libraries() -> list[str]:
+    """pg_stat_statements, plus each of OPTIONAL_PRELOAD whose shared library the server has."""
+    libdir = _pkglibdir()
+    found = [lib for lib in OPTIONAL_PRELOAD if libdir is not None and (libdir / f"{lib}.so").is_file()]
+    return ["pg_stat_statements", *found]
+
+
+def _optional_library_settings() -> dict[str, str]:
+    libraries = preload_libraries()
+    settings: dict[str, str] = {}
+    if "pg_cron" in libraries:
+        # The jobs live in the app's database; background workers run them, so no libpq login is needed
+        # (the local pg_hba admits only SCRAM over TCP).
+        settings.update(
+            {"cron.database_name": f"'{names.DATABASE_NAME}'", "cron.use_background_workers": "on"}
+        )
+    if "auto_explain" in libraries:
+        settings["auto_explain.log_min_duration"] = f"'{AUTO_EXPLAIN_MIN_DURATION_MS}ms'"
+    return settings
 
 
 def _runs_as_root() -> bool:
@@ -371,13 +415,14 @@ class Cluster:
             "ssl": "on",
             "ssl_cert_file": f"'{self.ca_file}'",
             "ssl_key_file": f"'{self._key_file}'",
-            "shared_preload_libraries": "'pg_stat_statements'",
+            "shared_preload_libraries": f"'{','.join(preload_libraries())}'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "max_connections": "200",
             "fsync": "off",  # throwaway/local data: speed over durability
             "synchronous_commit": "off",
             "full_page_writes": "off",
+            **_optional_library_settings(),
         }
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
@@ -416,6 +461,39 @@ class Cluster:
         with psycopg.connect(self.superuser_conninfo("template1"), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.create_database(names.DATABASE_NAME)
+        self._create_superuser_extensions()
+
+    def _create_superuser_extensions(self) -> None:
+        """pg_cron and pgstattuple in spike_land, when the server has them, as RDS's rds_superuser may.
+
+        Locally the admin is no superuser and neither extension is trusted, so the bootstrap superuser
+        creates them (pgstattuple in dbctl.maintenance's schema, owned by the admin) and gives
+        rds_superuser pg_cron's schema, as RDS does; the post-deploy step then finds them and goes on."""
+        from dbctl import maintenance
+
+        with psycopg.connect(self.superuser_conninfo(names.DATABASE_NAME), autocommit=True) as conn:
+            available = {
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM pg_available_extensions WHERE name IN ('pg_cron', 'pgstattuple')"
+                ).fetchall()
+            }
+            if "pgstattuple" in available:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                        sql.Identifier(maintenance.SCHEMA), sql.Identifier(self.admin_user)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS pgstattuple SCHEMA {}").format(
+                        sql.Identifier(maintenance.SCHEMA)
+                    )
+                )
+            if "pg_cron" in available and "pg_cron" in preload_libraries():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+                conn.execute(
+                    sql.SQL("GRANT USAGE ON SCHEMA cron TO {}").format(sql.Identifier(RDS_SUPERUSER))
+                )
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE name as the admin, who owns it (as the master user does on RDS)."""
