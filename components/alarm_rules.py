@@ -68,8 +68,12 @@ def custom_namespace(stack: str) -> str:
 
 
 def slow_query_filter_pattern(threshold_ms: int = SLOW_QUERY_THRESHOLD_MS) -> str:
-    """The space-delimited filter pattern counting PostgreSQL statements slower than `threshold_ms`."""
-    return f'[..., label="duration:", ms>{threshold_ms}, unit="ms", ...]'
+    """The space-delimited filter pattern counting PostgreSQL statements slower than `threshold_ms`.
+
+    `kind!="plan:"` skips auto_explain's line for the same statement (`duration: … ms  plan:`), which would
+    otherwise count every slow statement twice; the cost: a statement already logged by log_statement (DDL)
+    gets a bare `duration: … ms` line, which is not counted."""
+    return f'[..., label="duration:", ms>{threshold_ms}, unit="ms", kind!="plan:", ...]'
 
 
 SLOW_QUERY_FILTER_PATTERN: Final = slow_query_filter_pattern()

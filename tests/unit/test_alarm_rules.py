@@ -65,7 +65,7 @@ def test_slow_query_pattern_ignores_everything_else(line: str) -> None:
 
 
 def test_pattern_is_the_space_delimited_form_cloudwatch_takes() -> None:
-    assert SLOW_QUERY_FILTER_PATTERN == '[..., label="duration:", ms>1000, unit="ms", ...]'
+    assert SLOW_QUERY_FILTER_PATTERN == '[..., label="duration:", ms>1000, unit="ms", kind!="plan:", ...]'
 
 
 def test_tokenizer_groups_quotes_and_brackets_and_collapses_spaces() -> None:
