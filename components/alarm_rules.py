@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from components.settings import StackSettings
+from dbctl import names
 
 MIB: Final = 1024**2
 GIB: Final = 1024**3
@@ -55,6 +56,9 @@ RDS_NAMESPACE: Final = "AWS/RDS"
 NLB_NAMESPACE: Final = "AWS/NetworkELB"
 SLOW_QUERY_METRIC: Final = "SlowQueries"
 SLOW_QUERY_THRESHOLD_MS: Final = 1000
+# PgBouncer's pools, as dbctl/pool_metrics.py names them in the Pool dimension (its databases).
+POOLS: Final = (names.DATABASE_NAME, names.READ_POOL_DATABASE)
+POOL_TARGET_PREFIX: Final = "pool:"
 
 Comparison = Literal[
     "GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold", "LessThanOrEqualToThreshold"
@@ -273,6 +277,56 @@ def _instance_specs(target: str, t: Thresholds, *, replica: bool) -> list[AlarmS
     return specs
 
 
+def pool_specs(settings: StackSettings) -> list[AlarmSpec]:
+    """Per PgBouncer pool, on the (Stack, Pool) metrics dbctl/pool_metrics.py publishes (Maximum over hosts).
+
+    Missing data is not breaching: PgBouncer lists a pool only once a client used it, and a host that
+    cannot publish says so in its journal (the NLB health alarms cover a host that is down)."""
+    m = settings.monitoring
+    size = settings.pgbouncer.default_pool_size
+    specs: list[AlarmSpec] = []
+    for pool in POOLS:
+        specs += [
+            AlarmSpec(
+                key=f"pgbouncer-{pool.replace('_', '-')}-wait",
+                target=POOL_TARGET_PREFIX + pool,
+                namespace=custom_namespace(settings.stack),
+                metric="MaxWaitSeconds",
+                statistic="Maximum",
+                comparison="GreaterThanThreshold",
+                threshold=m.pool_max_wait_seconds,
+                period=60,
+                evaluation_periods=3,
+                datapoints_to_alarm=3,
+                treat_missing_data="notBreaching",
+                description=(
+                    f"A client of PgBouncer pool {pool} waited more than {m.pool_max_wait_seconds:g} s for a "
+                    "server connection, 3 minutes running. Action: dbctl report (slow queries, connections); "
+                    "raise pgbouncer.defaultPoolSize if the database has connections to spare."
+                ),
+            ),
+            AlarmSpec(
+                key=f"pgbouncer-{pool.replace('_', '-')}-saturated",
+                target=POOL_TARGET_PREFIX + pool,
+                namespace=custom_namespace(settings.stack),
+                metric="ServersActive",
+                statistic="Maximum",
+                comparison="GreaterThanOrEqualToThreshold",
+                threshold=size,
+                period=60,
+                evaluation_periods=m.pool_saturated_minutes,
+                datapoints_to_alarm=m.pool_saturated_minutes,
+                treat_missing_data="notBreaching",
+                description=(
+                    f"PgBouncer pool {pool} had all {size} server connections (default_pool_size) active on "
+                    f"a host for {m.pool_saturated_minutes} minutes. Action: look for long transactions "
+                    "(dbctl report), then consider a bigger pool or more hosts."
+                ),
+            ),
+        ]
+    return specs
+
+
 def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
     """Every metric alarm the stack gets, primary first, then each replica, slow queries, PgBouncer."""
     t = thresholds(settings)
@@ -298,6 +352,7 @@ def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
             ),
         )
     )
+    specs += pool_specs(settings)
     specs += [
         AlarmSpec(
             key="pgbouncer-unhealthy-hosts",
@@ -541,4 +596,37 @@ def dashboard_body(
                 ("desired", t.pgbouncer_desired_hosts),
             )
         )
+    widgets += pool_widgets(settings)
     return {"widgets": widgets}
+
+
+def pool_widgets(settings: StackSettings) -> list[dict[str, object]]:
+    """The dashboard's PgBouncer pool graphs (dbctl/pool_metrics.py's metrics, Maximum over the hosts)."""
+    ns, stack, m = custom_namespace(settings.stack), settings.stack, settings.monitoring
+
+    def graph(title: str, metric: str, line: tuple[str, float] | None) -> dict[str, object]:
+        props: dict[str, object] = {
+            "title": title,
+            "region": settings.region,
+            "view": "timeSeries",
+            "stacked": False,
+            "period": 60,
+            "metrics": [
+                [ns, metric, "Stack", stack, "Pool", pool, {"stat": "Maximum", "label": pool}]
+                for pool in POOLS
+            ],
+        }
+        if line is not None:
+            props["annotations"] = {"horizontal": [{"label": line[0], "value": line[1]}]}
+        return {"type": "metric", "width": 12, "height": 6, "properties": props}
+
+    return [
+        graph("PgBouncer clients waiting", "ClientsWaiting", None),
+        graph("PgBouncer longest client wait (s)", "MaxWaitSeconds", ("alarm", m.pool_max_wait_seconds)),
+        graph(
+            "PgBouncer server connections active",
+            "ServersActive",
+            ("default_pool_size", settings.pgbouncer.default_pool_size),
+        ),
+        graph("PgBouncer transactions per second", "TransactionsPerSecond", None),
+    ]

@@ -253,6 +253,12 @@ class MonitoringSettings(_Model):
     # EXPLAIN ANALYZE figures (actual rows and per-node timings) in the logged plans. Off: the executor then
     # instruments every sampled statement, fast ones included, since their duration is known only at the end.
     auto_explain_log_analyze: bool = False
+    # PgBouncer pool alarms (dbctl/pool_metrics.py publishes every 60 s per host): a client waited longer
+    # than this for a server connection, in 3 consecutive minutes (the seed's "connection wait time").
+    pool_max_wait_seconds: float = Field(default=10, gt=0, le=3600)
+    # A pool is saturated when its busiest host has every default_pool_size connection active for this
+    # many consecutive minutes (the reserve pool is then all that is left).
+    pool_saturated_minutes: int = Field(default=5, ge=1, le=60)
 
 
 class StackSettings(_Model):

@@ -161,7 +161,15 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
     name, result = stack
     arns = result.outputs["role_secret_arns"]
     by_sid = {s["Sid"]: s for s in statements(result)}
-    assert set(by_sid) == {"ReadPooledRoleSecrets", "ReadRdsCaBundle", "DecryptSecretsViaSecretsManager"}
+    assert set(by_sid) == {
+        "ReadPooledRoleSecrets",
+        "ReadRdsCaBundle",
+        "DecryptSecretsViaSecretsManager",
+        "PutPoolMetrics",
+    }
+    metrics = by_sid["PutPoolMetrics"]
+    assert metrics["Action"] == ["cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": f"SpikeLandDb/{name}"}}
     secrets = by_sid["ReadPooledRoleSecrets"]
     assert secrets["Action"] == ["secretsmanager:GetSecretValue"]
     assert sorted(secrets["Resource"]) == sorted(arns[r] for r in POOLED)
@@ -181,6 +189,13 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
 def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult]) -> None:
     _, result = stack
     for statement in statements(result):
+        if statement["Action"] == ["cloudwatch:PutMetricData"]:
+            # PutMetricData has no resource type: "*" narrowed by the namespace condition (AWS's own form).
+            assert (
+                statement["Resource"] == ["*"]
+                and "cloudwatch:namespace" in statement["Condition"]["StringEquals"]
+            )
+            continue
         resources = statement["Resource"]
         for resource in resources if isinstance(resources, list) else [resources]:
             assert "*" not in resource, statement
