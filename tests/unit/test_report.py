@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import boto3
+import pytest
+from click.testing import CliRunner
+from moto import mock_aws
+from psycopg.conninfo import conninfo_to_dict
+
+from dbctl import names, report_cli, stack
+from dbctl.cli import cli
 from dbctl.report import SECTIONS, redact_literals, render, table
+from tests.unit.test_stack import outputs
 
 
 @pytest.mark.parametrize(
@@ -40,3 +49,27 @@ def test_render_titles_every_section_in_order() -> None:
     out = render(report)
     assert [line for line in out.splitlines() if line.startswith("==")] == [f"== {k} ==" for k in SECTIONS]
     assert "method: m" in out
+
+
+def test_stack_connects_as_spike_monitor_from_its_own_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--stack: as far as it can be tried here (moto for Secrets Manager, fake outputs, no Pulumi CLI)."""
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arns = {
+            role: client.create_secret(
+                Name=role, SecretString=json.dumps({"username": role, "password": f"pw {role}"})
+            )["ARN"]
+            for role in names.LOGIN_ROLES
+        }
+        monkeypatch.setattr(stack, "read_outputs", lambda name: outputs(role_secret_arns=arns))
+        url = conninfo_to_dict(report_cli._stack_url("prod", "localhost:15432", None))
+    assert (url["user"], url["password"]) == (names.MONITOR_ROLE, f"pw {names.MONITOR_ROLE}")
+    assert (url["hostaddr"], url["port"], url["sslmode"]) == ("127.0.0.1", "15432", "verify-full")
+    assert str(url["host"]).endswith(".rds.amazonaws.com")
+
+
+def test_stack_without_pulumi_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["report", "--stack", "nope"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot read the outputs of stack 'nope'")
+    assert len(result.output.strip().splitlines()) == 1
