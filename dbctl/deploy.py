@@ -177,6 +177,12 @@ def status(
             drift = roles.plan(conn, verifiers)
             report.role_changes = [c.description for c in drift]
             step.detail = "no drift" if not drift else "drift: " + _describe(drift)
-    report.changed = bool(report.pending or report.failed or report.problems or report.role_changes)
+        with timer.step("maintain") as step:
+            upkeep = maintenance.plan(conn)
+            report.maintenance = [c.description for c in upkeep.changes]
+            step.detail = f"skipped: {upkeep.skipped}" if upkeep.skipped else _describe(upkeep.changes)
+    report.changed = bool(
+        report.pending or report.failed or report.problems or report.role_changes or report.maintenance
+    )
     report.total_ms = (time.perf_counter() - started) * 1000
     return report

@@ -127,3 +127,18 @@ def test_preload_follows_the_libraries_the_server_has(
     settings = cluster_module._optional_library_settings()
     assert settings["cron.database_name"] == "'spike_land'"
     assert settings["auto_explain.log_min_duration"] == "'1000ms'"
+
+
+def test_status_reports_a_missing_job_as_drift(cron_cluster: Cluster, role_passwords: dict[str, str]) -> None:
+    migrate(cron_cluster.admin_conninfo(), role_passwords)
+    verifiers = verifiers_from_mapping(role_passwords, "test credentials")
+    assert not deploy.status(cron_cluster.admin_conninfo(), verifiers).changed
+    with psycopg.connect(cron_cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(%s)", (maintenance.JOB_NAME,))
+    drift = deploy.status(cron_cluster.admin_conninfo(), verifiers)
+    assert drift.changed and drift.maintenance == [
+        f"schedule {maintenance.JOB_NAME}: VACUUM (ANALYZE) at '0 3 * * 0' (pg_cron, GMT)"
+    ]
+    assert jobs(cron_cluster) == []  # status changes nothing
+    migrate(cron_cluster.admin_conninfo(), role_passwords)
+    assert jobs(cron_cluster) == [WEEKLY]
