@@ -127,11 +127,14 @@ AUTO_EXPLAIN_MIN_DURATION_MS = 1000
 
 
 def _pkglibdir() -> Path | None:
-    """The server's library dir (`pg_config --pkglibdir` of the binaries cluster uses), or None."""
+    """The server's library dir: `pg_config --pkglibdir` beside the initdb (symlinks resolved), or None.
+
+    Only that pg_config: another one on PATH may belong to another major, whose libraries the server
+    would refuse to load (and then not start)."""
     try:
-        pg_config = find_binary("initdb").parent / "pg_config"
+        pg_config = find_binary("initdb").resolve().parent / "pg_config"
         if not pg_config.is_file():
-            pg_config = find_binary("pg_config")
+            return None
         out = subprocess.run(
             [str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()

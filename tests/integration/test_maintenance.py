@@ -142,3 +142,12 @@ def test_status_reports_a_missing_job_as_drift(cron_cluster: Cluster, role_passw
     assert jobs(cron_cluster) == []  # status changes nothing
     migrate(cron_cluster.admin_conninfo(), role_passwords)
     assert jobs(cron_cluster) == [WEEKLY]
+
+
+def test_only_the_servers_own_pg_config_is_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A PostgreSQL without pg_config beside its initdb (a wheel, say): another major's pg_config on PATH
+    # must not decide what this server preloads, or it would refuse to start.
+    (tmp_path / "initdb").touch()
+    monkeypatch.setattr(cluster_module, "find_binary", lambda name: tmp_path / name)
+    assert cluster_module._pkglibdir() is None
+    assert cluster_module.preload_libraries() == ["pg_stat_statements"]
