@@ -148,6 +148,12 @@ def test_only_the_servers_own_pg_config_is_asked(monkeypatch: pytest.MonkeyPatch
     # A PostgreSQL without pg_config beside its initdb (a wheel, say): another major's pg_config on PATH
     # must not decide what this server preloads, or it would refuse to start.
     (tmp_path / "initdb").touch()
-    monkeypatch.setattr(cluster_module, "find_binary", lambda name: tmp_path / name)
+    other = tmp_path / "other"  # another major: a pg_config on PATH whose libdir has pg_cron
+    (other / "lib").mkdir(parents=True)
+    (other / "lib" / "pg_cron.so").touch()
+    (other / "pg_config").write_text(f"#!/bin/sh\necho {other / 'lib'}\n")
+    (other / "pg_config").chmod(0o755)
+    found = {"initdb": tmp_path / "initdb", "pg_config": other / "pg_config"}
+    monkeypatch.setattr(cluster_module, "find_binary", lambda name: found[name])
     assert cluster_module._pkglibdir() is None
     assert cluster_module.preload_libraries() == ["pg_stat_statements"]
