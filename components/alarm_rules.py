@@ -284,47 +284,46 @@ def pool_specs(settings: StackSettings) -> list[AlarmSpec]:
     cannot publish says so in its journal (the NLB health alarms cover a host that is down)."""
     m = settings.monitoring
     size = settings.pgbouncer.default_pool_size
-    specs: list[AlarmSpec] = []
-    for pool in POOLS:
-        specs += [
-            AlarmSpec(
-                key=f"pgbouncer-{pool.replace('_', '-')}-wait",
-                target=POOL_TARGET_PREFIX + pool,
-                namespace=custom_namespace(settings.stack),
-                metric="MaxWaitSeconds",
-                statistic="Maximum",
-                comparison="GreaterThanThreshold",
-                threshold=m.pool_max_wait_seconds,
-                period=60,
-                evaluation_periods=3,
-                datapoints_to_alarm=3,
-                treat_missing_data="notBreaching",
-                description=(
-                    f"A client of PgBouncer pool {pool} waited more than {m.pool_max_wait_seconds:g} s for a "
-                    "server connection, 3 minutes running. Action: dbctl report (slow queries, connections); "
-                    "raise pgbouncer.defaultPoolSize if the database has connections to spare."
-                ),
-            ),
-            AlarmSpec(
-                key=f"pgbouncer-{pool.replace('_', '-')}-saturated",
-                target=POOL_TARGET_PREFIX + pool,
-                namespace=custom_namespace(settings.stack),
-                metric="ServersActive",
-                statistic="Maximum",
-                comparison="GreaterThanOrEqualToThreshold",
-                threshold=size,
-                period=60,
-                evaluation_periods=m.pool_saturated_minutes,
-                datapoints_to_alarm=m.pool_saturated_minutes,
-                treat_missing_data="notBreaching",
-                description=(
-                    f"PgBouncer pool {pool} had all {size} server connections (default_pool_size) active on "
-                    f"a host for {m.pool_saturated_minutes} minutes. Action: look for long transactions "
-                    "(dbctl report), then consider a bigger pool or more hosts."
-                ),
-            ),
-        ]
-    return specs
+    minutes = m.pool_saturated_minutes
+    kinds: list[tuple[str, str, Comparison, float, int, str]] = [
+        (
+            "wait",
+            "MaxWaitSeconds",
+            "GreaterThanThreshold",
+            m.pool_max_wait_seconds,
+            3,
+            f"waited more than {m.pool_max_wait_seconds:g} s for a server connection, 3 minutes running. "
+            "Action: dbctl report (slow queries, connections); raise pgbouncer.defaultPoolSize if the "
+            "database has connections to spare.",
+        ),
+        (
+            "saturated",
+            "ServersActive",
+            "GreaterThanOrEqualToThreshold",
+            size,
+            minutes,
+            f"had all {size} server connections (default_pool_size) active on a host for {minutes} minutes. "
+            "Action: look for long transactions (dbctl report), then a bigger pool or more hosts.",
+        ),
+    ]
+    return [
+        AlarmSpec(
+            key=f"pgbouncer-{pool.replace('_', '-')}-{kind}",
+            target=POOL_TARGET_PREFIX + pool,
+            namespace=custom_namespace(settings.stack),
+            metric=metric,
+            statistic="Maximum",
+            comparison=comparison,
+            threshold=threshold,
+            period=60,
+            evaluation_periods=periods,
+            datapoints_to_alarm=periods,
+            treat_missing_data="notBreaching",
+            description=f"PgBouncer pool {pool} {what}",
+        )
+        for pool in POOLS
+        for kind, metric, comparison, threshold, periods, what in kinds
+    ]
 
 
 def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
@@ -596,37 +595,24 @@ def dashboard_body(
                 ("desired", t.pgbouncer_desired_hosts),
             )
         )
-    widgets += pool_widgets(settings)
-    return {"widgets": widgets}
+    # PgBouncer's pools (dbctl/pool_metrics.py), the Maximum over the hosts, with the alarms' lines.
+    ns, m = custom_namespace(settings.stack), settings.monitoring
 
+    def pools(metric: str) -> list[list[object]]:
+        return [
+            [ns, metric, "Stack", settings.stack, "Pool", p, {"stat": "Maximum", "label": p}] for p in POOLS
+        ]
 
-def pool_widgets(settings: StackSettings) -> list[dict[str, object]]:
-    """The dashboard's PgBouncer pool graphs (dbctl/pool_metrics.py's metrics, Maximum over the hosts)."""
-    ns, stack, m = custom_namespace(settings.stack), settings.stack, settings.monitoring
-
-    def graph(title: str, metric: str, line: tuple[str, float] | None) -> dict[str, object]:
-        props: dict[str, object] = {
-            "title": title,
-            "region": settings.region,
-            "view": "timeSeries",
-            "stacked": False,
-            "period": 60,
-            "metrics": [
-                [ns, metric, "Stack", stack, "Pool", pool, {"stat": "Maximum", "label": pool}]
-                for pool in POOLS
-            ],
-        }
-        if line is not None:
-            props["annotations"] = {"horizontal": [{"label": line[0], "value": line[1]}]}
-        return {"type": "metric", "width": 12, "height": 6, "properties": props}
-
-    return [
-        graph("PgBouncer clients waiting", "ClientsWaiting", None),
-        graph("PgBouncer longest client wait (s)", "MaxWaitSeconds", ("alarm", m.pool_max_wait_seconds)),
+    widgets += [
+        graph("PgBouncer clients waiting", pools("ClientsWaiting")),
+        graph(
+            "PgBouncer longest client wait (s)", pools("MaxWaitSeconds"), ("alarm", m.pool_max_wait_seconds)
+        ),
         graph(
             "PgBouncer server connections active",
-            "ServersActive",
+            pools("ServersActive"),
             ("default_pool_size", settings.pgbouncer.default_pool_size),
         ),
-        graph("PgBouncer transactions per second", "TransactionsPerSecond", None),
+        graph("PgBouncer transactions per second", pools("TransactionsPerSecond")),
     ]
+    return {"widgets": widgets}

@@ -45,6 +45,7 @@ SECTIONS = (
 )
 DEFAULT_TOP_N = 10
 QUERY_TEXT_CHARS = 200
+CELL_CHARS = 80
 BLOAT_METHOD = (
     "pgstattuple_approx (tables: exact for pages not all-visible, estimated from the free space map for the"
     " rest) and pgstatindex (btree indexes: reads the whole index; bloat = 90 % fill factor minus average"
@@ -327,7 +328,9 @@ def _cell(value: object) -> str:
         if not math.isfinite(value):
             return str(value)
         return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
-    return str(value)
+    text = str(value)
+    # A table stays readable in a terminal: long texts (queries, messages) are cut; --json has them whole.
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
 
 
 def table(rows: Sequence[Mapping[str, object]]) -> str:

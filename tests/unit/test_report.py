@@ -41,6 +41,8 @@ def test_table_aligns_columns_under_a_rule() -> None:
     out = table([{"name": "a", "n": 1}, {"name": "longer", "n": 22.5}])
     assert out.splitlines() == ["name    n", "------  ----", "a       1", "longer  22.5"]
     assert table([]) == "(none)"
+    long = table([{"query": "SELECT " + "x, " * 100}])
+    assert max(len(line) for line in long.splitlines()) == 80 and long.endswith("…")
 
 
 def test_render_titles_every_section_in_order() -> None:
