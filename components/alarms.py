@@ -182,6 +182,8 @@ class Alarms(pulumi.ComponentResource):
             }
 
         def dimensions(target: str) -> dict[str, pulumi.Input[str]] | None:
+            if target.startswith(alarm_rules.POOL_TARGET_PREFIX):  # dbctl/pool_metrics.py's (Stack, Pool)
+                return {"Stack": s.stack, "Pool": target.removeprefix(alarm_rules.POOL_TARGET_PREFIX)}
             if target == "primary":
                 return {"DBInstanceIdentifier": args.primary_identifier}
             if target.startswith("replica-"):

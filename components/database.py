@@ -100,7 +100,11 @@ class Database(pulumi.ComponentResource):
             name_prefix=f"{prefix}-primary-",
             family=s.parameter_group_family,
             description=f"{prefix} primary: TLS only, SCRAM, pg_stat_statements, slow-query and DDL logging",
-            parameters=_parameter_args(primary_parameters(self.max_connections)),
+            parameters=_parameter_args(
+                primary_parameters(
+                    self.max_connections, database_name=s.database_name, monitoring=s.monitoring
+                )
+            ),
             opts=child,
         )
 
@@ -181,7 +185,12 @@ class Database(pulumi.ComponentResource):
                 family=s.parameter_group_family,
                 description=f"{prefix} read replicas: the primary's settings plus standby conflict handling",
                 parameters=_parameter_args(
-                    replica_parameters(self.max_connections, int(s.alarms.replica_lag_seconds * 1000))
+                    replica_parameters(
+                        self.max_connections,
+                        int(s.alarms.replica_lag_seconds * 1000),
+                        database_name=s.database_name,
+                        monitoring=s.monitoring,
+                    )
                 ),
                 opts=child,
             )

@@ -28,10 +28,11 @@ import pulumi
 import pulumi_aws as aws
 
 from components import pgbouncer_userdata as ud
+from components.alarm_rules import custom_namespace
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
 from components.settings import StackSettings
-from dbctl.names import PGBOUNCER_PORT, READ_POOL_DATABASE
+from dbctl.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
 
 # Amazon Linux 2023, arm64 (Graviton), kept current by AWS.
@@ -110,6 +111,12 @@ def user_data(
             ca_bundle_s3_uri=ca_bundle_s3_uri,
             max_client_conn=settings.pgbouncer.max_client_conn,
             client_tls_secret_arn=client_tls_secret_arn if settings.pgbouncer.client_tls else None,
+            metrics=ud.PoolMetrics(
+                stack=settings.stack,
+                namespace=custom_namespace(settings.stack),
+                monitor_secret_arn=role_secret_arns[MONITOR_ROLE],
+                port=PGBOUNCER_PORT,
+            ),
         )
     )
     return ud.encode_user_data(script)
@@ -220,6 +227,14 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Effect": "Allow",
                 "Action": ["secretsmanager:GetSecretValue"],
                 "Resource": [args.role_secret_arns[r] for r in POOLED_ROLES],
+            },
+            {
+                # dbctl/pool_metrics.py, every 60 s: only into this stack's own namespace.
+                "Sid": "PutPoolMetrics",
+                "Effect": "Allow",
+                "Action": ["cloudwatch:PutMetricData"],
+                "Resource": ["*"],
+                "Condition": {"StringEquals": {"cloudwatch:namespace": custom_namespace(s.stack)}},
             },
             {
                 "Sid": "ReadRdsCaBundle",

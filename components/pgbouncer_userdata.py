@@ -16,7 +16,10 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    (`components/pgbouncer_tls.py`, from their own secret) beside it, key 0600; it runs before PgBouncer at
    every boot and every few minutes on a timer (rotation, renewal), and reloads PgBouncer only on a change;
 6. adds a drop-in to pgbouncer.service: PgBouncer in the foreground on this config (whatever the package's
-   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file.
+   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file;
+7. with `metrics` given, installs psql and `dbctl/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
+   POOLS / SHOW STATS as spike_monitor over 127.0.0.1, published to the stack's CloudWatch namespace; a
+   failure is a journal line, never a stop of PgBouncer.
 
 No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
 a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
@@ -55,10 +58,26 @@ USER_DATA_LIMIT = 16 * 1024
 NOFILE_MARGIN = 1024
 
 _HELPER_SOURCE = Path(__file__).with_name("pgbouncer_authfile.py")
+_METRICS_SOURCE = Path(__file__).resolve().parent.parent / "dbctl" / "pool_metrics.py"
+METRICS_PATH = "/usr/local/sbin/spike-pool-metrics"
+METRICS_UNIT = "spike-pool-metrics"
+METRICS_INTERVAL = "60s"
+# PostgreSQL's client (psql) from Amazon Linux 2023's own repository, for PgBouncer's admin console.
+PSQL_PACKAGE = "postgresql15"
 _ARN = re.compile(r"arn:[a-z0-9-]+:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9/_.=+-]+")
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class PoolMetrics:
+    """Where the pool metrics go: the stack's namespace, as spike_monitor (its secret), from this port."""
+
+    stack: str
+    namespace: str
+    monitor_secret_arn: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class HostConfig:
     max_client_conn: int
     # The secret holding PgBouncer's client TLS key and certificate; None: no client TLS.
     client_tls_secret_arn: str | None = None
+    metrics: PoolMetrics | None = None
 
 
 def nofile_limit(max_client_conn: int) -> int:
@@ -103,6 +123,12 @@ def _check(cfg: HostConfig) -> None:
         raise ValueError(f"ca_bundle_s3_uri {cfg.ca_bundle_s3_uri!r} is not an s3://bucket/key URI")
     if cfg.max_client_conn < 1:
         raise ValueError(f"max_client_conn must be >= 1, got {cfg.max_client_conn}")
+    if cfg.metrics is not None:
+        m = cfg.metrics
+        if not _ARN.fullmatch(m.monitor_secret_arn):
+            raise ValueError(f"monitor secret ARN is not a Secrets Manager ARN: {m.monitor_secret_arn!r}")
+        if not re.fullmatch(r"[A-Za-z0-9/_.#:-]{1,255}", m.namespace):
+            raise ValueError(f"metrics namespace {m.namespace!r} is not a CloudWatch namespace")
 
 
 def _heredoc(path: str, body: str, tag: str) -> str:
@@ -112,6 +138,47 @@ def _heredoc(path: str, body: str, tag: str) -> str:
     if not body.endswith("\n"):
         body += "\n"
     return f"cat > {shlex.quote(path)} <<'{tag}'\n{body}{tag}\n"
+
+
+def _metrics_section(m: PoolMetrics | None) -> str:
+    if m is None:
+        return ""
+    q = shlex.quote
+    args = f"--stack {q(m.stack)} --region $REGION --namespace {q(m.namespace)}"
+    args += f" --monitor-secret {q(m.monitor_secret_arn)} --port {m.port}"
+    script = _heredoc(METRICS_PATH, _METRICS_SOURCE.read_text(encoding="utf-8"), "SPIKE_POOL_METRICS")
+    return f"""
+# 7. Pool metrics to CloudWatch every {METRICS_INTERVAL} (dbctl/pool_metrics.py): psql as spike_monitor on
+#    127.0.0.1; a failure is a journal line (journalctl -u {METRICS_UNIT}); PgBouncer is never touched.
+dnf install -y -q {PSQL_PACKAGE}
+{script}chmod 0755 {METRICS_PATH}
+cat > /etc/systemd/system/{METRICS_UNIT}.service <<EOF
+[Unit]
+Description=PgBouncer pool metrics to CloudWatch ({m.namespace})
+After=pgbouncer.service
+
+[Service]
+Type=oneshot
+DynamicUser=yes
+PrivateTmp=yes
+Environment=HOME=/tmp
+ExecStart=/usr/bin/python3 {METRICS_PATH} {args}
+EOF
+cat > /etc/systemd/system/{METRICS_UNIT}.timer <<'EOF'
+[Unit]
+Description=Publish PgBouncer pool metrics every {METRICS_INTERVAL}
+
+[Timer]
+OnBootSec={METRICS_INTERVAL}
+OnUnitActiveSec={METRICS_INTERVAL}
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+EOF
+systemctl daemon-reload
+systemctl enable --now {METRICS_UNIT}.timer
+"""
 
 
 def render_user_data(cfg: HostConfig) -> str:
@@ -247,6 +314,7 @@ systemctl enable pgbouncer.service
 systemctl restart pgbouncer.service
 systemctl is-active --quiet pgbouncer.service || fail "pgbouncer is not running (journalctl -u pgbouncer)"
 log "pgbouncer is active"
+{_metrics_section(cfg.metrics)}
 printf 'spike-pgbouncer: bootstrap complete\\n' >> "$CONSOLE" 2>/dev/null || true
 """
 

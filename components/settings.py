@@ -310,6 +310,23 @@ class AlarmSettings(_Model):
         return v
 
 
+class MonitoringSettings(_Model):
+    """`monitoring`: query plans of slow statements (auto_explain) and PgBouncer's pool metrics."""
+
+    # Fraction of the statements over the slow-query threshold whose plan auto_explain logs: 1 logs every one
+    # (no sampling); lower it only if the plans themselves flood the log.
+    auto_explain_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    # EXPLAIN ANALYZE figures (actual rows and per-node timings) in the logged plans. Off: the executor then
+    # instruments every sampled statement, fast ones included, since their duration is known only at the end.
+    auto_explain_log_analyze: bool = False
+    # PgBouncer pool alarms (dbctl/pool_metrics.py publishes every 60 s per host): a client waited longer
+    # than this for a server connection, in 3 consecutive minutes (the seed's "connection wait time").
+    pool_max_wait_seconds: float = Field(default=10, gt=0, le=3600)
+    # A pool is saturated when its busiest host has every default_pool_size connection active for this
+    # many consecutive minutes (the reserve pool is then all that is left).
+    pool_saturated_minutes: int = Field(default=5, ge=1, le=60)
+
+
 class StackSettings(_Model):
     """Every knob of a stack. Field names are snake_case; the stack file spells them camelCase."""
 
@@ -351,6 +368,7 @@ class StackSettings(_Model):
     pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @property
     def effective_replica_instance_class(self) -> str:
@@ -590,7 +608,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-_SECTIONS = ("network", "pgbouncer", "backups", "alarms")
+_SECTIONS = ("network", "pgbouncer", "backups", "alarms", "monitoring")
 
 
 def config_key(loc: tuple[int | str, ...]) -> str:

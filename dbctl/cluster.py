@@ -25,7 +25,9 @@ API
     pg_stat_statements pre-created in template1 and spike_land (so databases created later have it too).
     All of it happens in ``base_dir/.init-*`` and moves into place only when done, so an interrupted init
     leaves nothing that looks like a cluster (``discard_unfinished_init()`` clears what it left). Leaves the
-    server running.
+    server running. pg_cron and auto_explain are preloaded too when the server has them
+    (``preload_libraries()``); pg_cron and pgstattuple are then created in spike_land, as RDS's
+    rds_superuser may (``_create_superuser_extensions``).
   - ``durable``: fsync, synchronous_commit and full_page_writes on (``data/durability.conf``);
     ``set_durability(durable)`` rewrites it and reloads, ``is_durable()`` reads it.
   - ``ensure_tls() -> bool``: a new server certificate when the current one is not the CA's (a stack from
@@ -137,6 +139,51 @@ def free_port(host: str = HOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# Preloaded when the server has them, as on RDS (components/db_parameters.py): pg_cron schedules the weekly
+# VACUUM (Debian: postgresql-<major>-cron), auto_explain logs the plans of slow statements (contrib).
+OPTIONAL_PRELOAD = ("pg_cron", "auto_explain")
+# auto_explain's threshold: the slow-query alarm's (components/alarm_rules.py SLOW_QUERY_THRESHOLD_MS).
+AUTO_EXPLAIN_MIN_DURATION_MS = 1000
+
+
+def _pkglibdir() -> Path | None:
+    """The server's library dir: `pg_config --pkglibdir` beside the initdb (symlinks resolved), or None.
+
+    Only that pg_config: another one on PATH may belong to another major, whose libraries the server
+    would refuse to load (and then not start)."""
+    try:
+        pg_config = find_binary("initdb").resolve().parent / "pg_config"
+        if not pg_config.is_file():
+            return None
+        out = subprocess.run(
+            [str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (ClusterError, OSError, subprocess.SubprocessError):
+        return None
+    return Path(out) if out else None
+
+
+def preload_libraries() -> list[str]:
+    """pg_stat_statements, plus each of OPTIONAL_PRELOAD whose shared library the server has."""
+    libdir = _pkglibdir()
+    found = [lib for lib in OPTIONAL_PRELOAD if libdir is not None and (libdir / f"{lib}.so").is_file()]
+    return ["pg_stat_statements", *found]
+
+
+def _optional_library_settings() -> dict[str, str]:
+    libraries = preload_libraries()
+    settings: dict[str, str] = {}
+    if "pg_cron" in libraries:
+        # The jobs live in the app's database; background workers run them, so no libpq login is needed
+        # (the local pg_hba admits only SCRAM over TCP).
+        settings.update(
+            {"cron.database_name": f"'{names.DATABASE_NAME}'", "cron.use_background_workers": "on"}
+        )
+    if "auto_explain" in libraries:
+        settings["auto_explain.log_min_duration"] = f"'{AUTO_EXPLAIN_MIN_DURATION_MS}ms'"
+    return settings
 
 
 def _runs_as_root() -> bool:
@@ -443,10 +490,11 @@ class Cluster:
             "ssl_cert_file": "'../tls/server.crt'",
             "ssl_key_file": "'../tls/server.key'",
             "ssl_min_protocol_version": "'TLSv1.2'",
-            "shared_preload_libraries": "'pg_stat_statements'",
+            "shared_preload_libraries": f"'{','.join(preload_libraries())}'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "max_connections": "200",
+            **_optional_library_settings(),
         }
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
@@ -515,6 +563,39 @@ class Cluster:
         with psycopg.connect(self.superuser_conninfo("template1"), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.create_database(names.DATABASE_NAME)
+        self._create_superuser_extensions()
+
+    def _create_superuser_extensions(self) -> None:
+        """pg_cron and pgstattuple in spike_land, when the server has them, as RDS's rds_superuser may.
+
+        Locally the admin is no superuser and neither extension is trusted, so the bootstrap superuser
+        creates them (pgstattuple in dbctl.maintenance's schema, owned by the admin) and gives
+        rds_superuser pg_cron's schema, as RDS does; the post-deploy step then finds them and goes on."""
+        from dbctl import maintenance
+
+        with psycopg.connect(self.superuser_conninfo(names.DATABASE_NAME), autocommit=True) as conn:
+            available = {
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM pg_available_extensions WHERE name IN ('pg_cron', 'pgstattuple')"
+                ).fetchall()
+            }
+            if "pgstattuple" in available:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                        sql.Identifier(maintenance.SCHEMA), sql.Identifier(self.admin_user)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS pgstattuple SCHEMA {}").format(
+                        sql.Identifier(maintenance.SCHEMA)
+                    )
+                )
+            if "pg_cron" in available and "pg_cron" in preload_libraries():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+                conn.execute(
+                    sql.SQL("GRANT USAGE ON SCHEMA cron TO {}").format(sql.Identifier(RDS_SUPERUSER))
+                )
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE name as the admin, who owns it (as the master user does on RDS)."""

@@ -532,6 +532,8 @@ PSQL_ROLES = {
     "app": (names.APP_ROLE, True, names.DATABASE_NAME),
     "readonly": (names.READONLY_ROLE, True, names.READ_POOL_DATABASE),
     "migrator": (names.MIGRATOR_ROLE, False, names.DATABASE_NAME),
+    # The master role (RDS's master user): owns the pg_cron jobs, so only it sees them in cron.job.
+    "admin": (DEFAULT_ADMIN_USER, False, names.DATABASE_NAME),
 }
 
 

@@ -169,10 +169,14 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
         "ReadClientTlsKey",
         "ReadRdsCaBundle",
         "DecryptSecretsViaSecretsManager",
+        "PutPoolMetrics",
     }
     tls_secret = tier(result, "aws:secretsmanager/secret:Secret")
     assert by_sid["ReadClientTlsKey"]["Resource"] == [tls_secret.state["arn"]]
     assert by_sid["ReadClientTlsKey"]["Action"] == ["secretsmanager:GetSecretValue"]
+    metrics = by_sid["PutPoolMetrics"]
+    assert metrics["Action"] == ["cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": f"SpikeLandDb/{name}"}}
     secrets = by_sid["ReadPooledRoleSecrets"]
     assert secrets["Action"] == ["secretsmanager:GetSecretValue"]
     assert sorted(secrets["Resource"]) == sorted(arns[r] for r in POOLED)
@@ -192,6 +196,13 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
 def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult]) -> None:
     _, result = stack
     for statement in statements(result):
+        if statement["Action"] == ["cloudwatch:PutMetricData"]:
+            # PutMetricData has no resource type: "*" narrowed by the namespace condition (AWS's own form).
+            assert (
+                statement["Resource"] == ["*"]
+                and "cloudwatch:namespace" in statement["Condition"]["StringEquals"]
+            )
+            continue
         resources = statement["Resource"]
         for resource in resources if isinstance(resources, list) else [resources]:
             assert "*" not in resource, statement
