@@ -19,9 +19,18 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from dbctl import capacity, names
@@ -46,7 +55,60 @@ _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+# Where a client of 5432/6543 may be: RFC 1918, RFC 6598 (shared address space, carrier-grade NAT) and IPv6
+# unique local addresses (RFC 4193). Anything else is, or could be, public. policy/validators.py has the same
+# list (the pack cannot import this module).
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+_PRIVATE_TEXT = ", ".join(str(n) for n in PRIVATE_NETWORKS)
+
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def is_private_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether every address of `net` lies in one of PRIVATE_NETWORKS."""
+    return any(
+        net.subnet_of(p)  # type: ignore[arg-type]  # same version: checked first
+        for p in PRIVATE_NETWORKS
+        if p.version == net.version
+    )
+
+
+def _config_bool(value: object) -> object:
+    """A boolean, or the strings Pulumi's own Config.get_bool reads (a top-level `pulumi config set` stores
+    strings); never "yes", "off", "n", 1 or 0, which pydantic's lax mode would take."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("true", "True", "false", "False"):
+        return value.lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def _config_int(value: object) -> object:
+    """A whole number, or a string of digits (as `pulumi config set` stores it); never a boolean or 2.5."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    raise ValueError("must be a whole number")
+
+
+def _config_float(value: object) -> object:
+    """A number, or a string holding one; never a boolean."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)
+    raise ValueError("must be a number")
+
+
+# Strict scalar types for stack settings: what the stack file means, not what pydantic can coerce.
+Bool = Annotated[bool, BeforeValidator(_config_bool)]
+Int = Annotated[int, BeforeValidator(_config_int)]
+Float = Annotated[float, BeforeValidator(_config_float)]
 
 
 class SettingsError(ValueError):
@@ -94,12 +156,16 @@ class NetworkSettings(_Model):
     mode: Literal["create", "existing"] = "create"
     # create: the VPC's CIDR and how many AZs get a private subnet (RDS needs subnets in >= 2 AZs).
     vpc_cidr: str = "10.40.0.0/16"
-    az_count: int = Field(default=2, ge=2, le=6)
+    az_count: Int = Field(default=2, ge=2, le=6)
     # create: interface endpoints (SSM, Secrets Manager, KMS, CloudWatch) and an S3 gateway endpoint, so the
     # PgBouncer hosts work with no route to the internet. existing: the VPC is assumed to provide egress.
-    vpc_endpoints: bool = True
+    vpc_endpoints: Bool = True
     # Interface endpoints in every private subnet (AZ-failure tolerant), or only the first (half the cost).
-    endpoints_in_every_az: bool = True
+    endpoints_in_every_az: Bool = True
+    # VPC flow logs to a KMS-encrypted log group with the stack's logRetentionDays (prod: on by default),
+    # of rejected traffic only (what a security group or ACL dropped) or of all of it.
+    flow_logs: Bool = False
+    flow_log_traffic: Literal["REJECT", "ALL"] = "REJECT"
     # existing: the VPC and its private subnets (>= 2 AZs).
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
@@ -145,18 +211,18 @@ class NetworkSettings(_Model):
 class PgBouncerSettings(_Model):
     """`pgbouncer`: the pooler tier in front of the database (the seed's settings as defaults)."""
 
-    host_count: int = Field(default=1, ge=1, le=10)
+    host_count: Int = Field(default=1, ge=1, le=10)
     instance_type: str = "t4g.small"
     # The PgBouncer version the AWS hosts install (AL2023 package); the renderer uses it to pick settings.
     version: str = "1.24"
-    max_client_conn: int = Field(default=1000, ge=1, le=100_000)
-    default_pool_size: int = Field(default=20, ge=1, le=10_000)
-    min_pool_size: int = Field(default=5, ge=0, le=10_000)
-    reserve_pool_size: int = Field(default=5, ge=0, le=10_000)
-    reserve_pool_timeout: int = Field(default=5, ge=0, le=3600)
-    server_lifetime: int = Field(default=3600, ge=0)
-    server_idle_timeout: int = Field(default=600, ge=0)
-    client_tls: bool = True
+    max_client_conn: Int = Field(default=1000, ge=1, le=100_000)
+    default_pool_size: Int = Field(default=20, ge=1, le=10_000)
+    min_pool_size: Int = Field(default=5, ge=0, le=10_000)
+    reserve_pool_size: Int = Field(default=5, ge=0, le=10_000)
+    reserve_pool_timeout: Int = Field(default=5, ge=0, le=3600)
+    server_lifetime: Int = Field(default=3600, ge=0)
+    server_idle_timeout: Int = Field(default=600, ge=0)
+    client_tls: Bool = True
 
     @field_validator("instance_type")
     @classmethod
@@ -185,10 +251,10 @@ class PgBouncerSettings(_Model):
 class BackupSettings(_Model):
     """`backups`: what the backups component adds on top of RDS automated backups."""
 
-    pre_migration_snapshot: bool = False
-    cross_region_copy: bool = False
+    pre_migration_snapshot: Bool = False
+    cross_region_copy: Bool = False
     dr_region: str | None = None
-    vault_lock: bool = False
+    vault_lock: Bool = False
     # EventBridge schedule expression for the automated restore test.
     restore_test_schedule: str = "cron(0 4 ? * SUN *)"
 
@@ -218,15 +284,15 @@ class AlarmSettings(_Model):
 
     emails: tuple[str, ...] = ()
     pager_https_endpoint: str | None = None
-    connections_percent: float = Field(default=80, gt=0, le=100)
-    replica_lag_seconds: float = Field(default=30, gt=0)
-    free_storage_percent: float = Field(default=20, gt=0, lt=100)
-    slow_queries_per_5min: int = Field(default=10, ge=1)
-    cpu_percent: float = Field(default=80, gt=0, le=100)
-    freeable_memory_mb: int = Field(default=128, ge=1)
+    connections_percent: Float = Field(default=80, gt=0, le=100)
+    replica_lag_seconds: Float = Field(default=30, gt=0)
+    free_storage_percent: Float = Field(default=20, gt=0, lt=100)
+    slow_queries_per_5min: Int = Field(default=10, ge=1)
+    cpu_percent: Float = Field(default=80, gt=0, le=100)
+    freeable_memory_mb: Int = Field(default=128, ge=1)
     # Average disk latency (ReadLatency/WriteLatency) that, sustained for 15 minutes, means trouble on gp3.
-    read_latency_ms: float = Field(default=20, gt=0)
-    write_latency_ms: float = Field(default=20, gt=0)
+    read_latency_ms: Float = Field(default=20, gt=0)
+    write_latency_ms: Float = Field(default=20, gt=0)
 
     @field_validator("emails")
     @classmethod
@@ -244,6 +310,23 @@ class AlarmSettings(_Model):
         return v
 
 
+class MonitoringSettings(_Model):
+    """`monitoring`: query plans of slow statements (auto_explain) and PgBouncer's pool metrics."""
+
+    # Fraction of the statements over the slow-query threshold whose plan auto_explain logs: 1 logs every one
+    # (no sampling); lower it only if the plans themselves flood the log.
+    auto_explain_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    # EXPLAIN ANALYZE figures (actual rows and per-node timings) in the logged plans. Off: the executor then
+    # instruments every sampled statement, fast ones included, since their duration is known only at the end.
+    auto_explain_log_analyze: bool = False
+    # PgBouncer pool alarms (dbctl/pool_metrics.py publishes every 60 s per host): a client waited longer
+    # than this for a server connection, in 3 consecutive minutes (the seed's "connection wait time").
+    pool_max_wait_seconds: float = Field(default=10, gt=0, le=3600)
+    # A pool is saturated when its busiest host has every default_pool_size connection active for this
+    # many consecutive minutes (the reserve pool is then all that is left).
+    pool_saturated_minutes: int = Field(default=5, ge=1, le=60)
+
+
 class StackSettings(_Model):
     """Every knob of a stack. Field names are snake_case; the stack file spells them camelCase."""
 
@@ -256,24 +339,27 @@ class StackSettings(_Model):
     engine_version: str = "17"
     instance_class: str
     replica_instance_class: str | None = None  # None: same as instance_class
-    allocated_storage_gb: int = Field(ge=20, le=65536)
-    max_allocated_storage_gb: int = Field(le=65536)
-    multi_az: bool
-    replica_count: int = Field(ge=0, le=5)
+    allocated_storage_gb: Int = Field(ge=20, le=65536)
+    max_allocated_storage_gb: Int = Field(le=65536)
+    multi_az: Bool
+    replica_count: Int = Field(ge=0, le=5)
     # Explicit max_connections for primary and replicas (a hot standby needs >= the primary's);
     # None: the RDS formula for the primary's instance class memory.
-    max_connections: int | None = Field(default=None, ge=20, le=5000)
-    backup_retention_days: int = Field(ge=1, le=35)
+    max_connections: Int | None = Field(default=None, ge=20, le=5000)
+    backup_retention_days: Int = Field(ge=1, le=35)
     backup_window: str = "02:00-03:00"
     maintenance_window: str = "sun:04:00-sun:05:00"
-    deletion_protection: bool
-    protect: bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
-    skip_final_snapshot: bool = False
-    apply_immediately: bool
-    performance_insights_retention_days: int = 7
-    monitoring_interval_seconds: Literal[1, 5, 10, 15, 30, 60] = 60
-    log_retention_days: int
-    secret_recovery_window_days: int = Field(ge=7, le=30)
+    deletion_protection: Bool
+    protect: Bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
+    skip_final_snapshot: Bool = False
+    apply_immediately: Bool
+    # Database Insights (what replaced the Performance Insights console): standard keeps the retention
+    # below (7 days free, longer billed); advanced needs >= 465 days (15 months) of it.
+    database_insights_mode: Literal["standard", "advanced"] = "standard"
+    performance_insights_retention_days: Int = 7
+    monitoring_interval_seconds: Annotated[Literal[1, 5, 10, 15, 30, 60], BeforeValidator(_config_int)] = 60
+    log_retention_days: Int
+    secret_recovery_window_days: Int = Field(ge=7, le=30)
     database_name: str = names.DATABASE_NAME
     allowed_cidrs: tuple[str, ...] = ()
     allowed_security_group_ids: tuple[str, ...] = ()
@@ -282,6 +368,7 @@ class StackSettings(_Model):
     pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @property
     def effective_replica_instance_class(self) -> str:
@@ -292,6 +379,14 @@ class StackSettings(_Model):
         if self.max_connections is not None:
             return self.max_connections
         return capacity.max_connections(self.instance_class)
+
+    @property
+    def pool_targets(self) -> list[tuple[str, int]]:
+        """(instance, PgBouncer pools pointing at it from one host): without a replica both the write and the
+        read pool point at the primary."""
+        if self.replica_count > 0:
+            return [("the primary", 1), ("the replica", 1)]
+        return [("the primary", 2)]
 
     @property
     def parameter_group_family(self) -> str:
@@ -369,15 +464,20 @@ class StackSettings(_Model):
     @field_validator("allowed_cidrs")
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        public = []
         for cidr in v:
             try:
                 net = ipaddress.ip_network(cidr, strict=True)
             except ValueError as e:
                 raise ValueError(f"{cidr!r} is not a network in CIDR notation ({e})") from None
-            if net in _WORLD:
-                raise ValueError(
-                    f"{cidr} opens the database to the whole internet; list your app's private CIDRs instead"
-                )
+            if not is_private_network(net):
+                public.append(cidr)
+        if public:
+            raise ValueError(
+                f"{', '.join(public)} reach{'es' if len(public) == 1 else ''} outside private address space "
+                f"({_PRIVATE_TEXT}) and would open 5432 and 6543 to the internet; list your app's private "
+                "CIDRs, or use allowedSecurityGroupIds"
+            )
         return v
 
     @field_validator("allowed_security_group_ids")
@@ -414,6 +514,31 @@ class StackSettings(_Model):
                 f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
                 "(set maxConnections, or pick a class listed there)",
             )
+        if self.database_insights_mode == "advanced" and self.performance_insights_retention_days < 465:
+            raise _FieldProblem(
+                "performance_insights_retention_days",
+                self.performance_insights_retention_days,
+                "must be at least 465 (15 months) with databaseInsightsMode advanced (RDS rule); "
+                "set it to 465, or use databaseInsightsMode standard",
+            )
+        for target, pools in self.pool_targets:
+            try:
+                capacity.check_pool_budget(
+                    max_connections=self.effective_max_connections,
+                    default_pool_size=self.pgbouncer.default_pool_size,
+                    reserve_pool_size=self.pgbouncer.reserve_pool_size,
+                    pools=pools,
+                    pgbouncer_hosts=self.pgbouncer.host_count,  # the ASG's maximum: never more than this
+                    target=target,
+                )
+            except capacity.PoolBudgetError as e:
+                p = self.pgbouncer
+                value = {
+                    "hostCount": p.host_count,
+                    "defaultPoolSize": p.default_pool_size,
+                    "reservePoolSize": p.reserve_pool_size,
+                }
+                raise _FieldProblem("pgbouncer", value, str(e)) from None
         if self.backups.cross_region_copy and self.backups.dr_region == self.region:
             raise _FieldProblem(
                 "backups",
@@ -476,13 +601,14 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 90,
         "secretRecoveryWindowDays": 30,
         "performanceInsightsRetentionDays": 7,
+        "network": {"flowLogs": True},
         "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
         # Restore test monthly (the seed's "monthly backup test"), on the 2nd, after the 1st's monthly backup.
         "backups": {"preMigrationSnapshot": True, "restoreTestSchedule": "cron(0 9 2 * ? *)"},
     },
 }
 
-_SECTIONS = ("network", "pgbouncer", "backups", "alarms")
+_SECTIONS = ("network", "pgbouncer", "backups", "alarms", "monitoring")
 
 
 def config_key(loc: tuple[int | str, ...]) -> str:
@@ -588,6 +714,40 @@ def from_pulumi_config() -> StackSettings:
     if region is not None:
         raw[REGION_KEY] = region
     return load_settings(pulumi.get_stack(), raw)
+
+
+def stack_file_settings(stack: str, root: Path, region: str | None = None) -> StackSettings:
+    """Validate `root/Pulumi.<stack>.yaml` as `pulumi up` would, without the Pulumi CLI (`dbctl preflight`).
+
+    `stack` may be fully qualified (`org/prod`); the file is named after its last part. Values reach the
+    program the way the CLI hands them over: strings as they are, anything structured as JSON. `region`,
+    when given, replaces the file's aws:region (validated like it).
+    """
+    import yaml
+
+    name = stack.rsplit("/", 1)[-1]
+    path = root / f"Pulumi.{name}.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise SettingsError(
+            f"cannot read {path} ({e.strerror}); fix: run from the project directory"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = str(e).splitlines()[0]
+        raise SettingsError(f"{path.name} is not valid YAML ({line}); fix the file") from None
+    config = loaded.get("config") if isinstance(loaded, Mapping) else None
+    if not isinstance(config, Mapping):
+        config = {}
+    prefix = f"{PROJECT}:"
+    raw: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == REGION_KEY or str(key).startswith(prefix):
+            text = value if isinstance(value, str) else json.dumps(value)
+            raw[str(key).removeprefix(prefix)] = _parse(text)
+    if region is not None:
+        raw[REGION_KEY] = region
+    return load_settings(name, raw)
 
 
 def _parse(value: str) -> Any:

@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "migrate": "dbctl.migrate_cli:migrate_command",
     "status": "dbctl.migrate_cli:status_command",
     "local": "dbctl.local:local",
+    "preflight": "dbctl.preflight_cli:preflight_command",
+    "report": "dbctl.report_cli:report_command",
 }
 
 

@@ -5,14 +5,22 @@ statement) that bring the roles, memberships, settings, passwords and privileges
 ``apply`` runs them in one transaction. An empty plan means no drift. Every statement works for RDS's master
 user (NOSUPERUSER CREATEROLE CREATEDB, member of rds_superuser): nothing here needs a superuser.
 
-Passwords: only SCRAM verifiers are sent (``ALTER ROLE … PASSWORD 'SCRAM-SHA-256$…'``). The admin cannot read
-pg_authid on RDS, so the step records ``sha256(role:verifier)`` in the role's COMMENT and sets the password
-again only when that fingerprint differs. A password changed by hand outside dbctl is not detected.
+Passwords: only SCRAM verifiers are sent, and never as a literal in a statement's text. ``apply`` COPYs them
+into a temp table (ON COMMIT DROP) and a DO block runs ``EXECUTE format('ALTER ROLE %I PASSWORD %L', …)``:
+``log_statement`` logs top-level statements only (a DO is not even "ddl"), and ``pg_stat_activity`` shows the
+DO's text. pg_stat_statements with ``track = all`` does record the nested ALTER ROLE with its literal unless
+``pg_stat_statements.track_utility`` is off, so the parameter group turns it off (components/db_parameters.py;
+a superuser-only GUC, which RDS's admin cannot SET per session). An error inside the DO is re-raised without
+the nested statement's text, so it cannot reach the log's CONTEXT line either. The admin cannot read pg_authid
+on RDS, so the step records ``sha256(role:verifier)`` in the role's COMMENT and sets the password again only
+when that fingerprint differs (with a random salt in the verifier, the fingerprint is no guessing oracle). A
+password changed by hand outside dbctl is not detected.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -85,10 +93,36 @@ HISTORY_ACL: frozenset[tuple[str, str]] = frozenset()
 DEFAULT_ACL = {"r": TABLE_ACL, "S": SEQUENCE_ACL}
 
 
+VERIFIER_TABLE = "dbctl_verifiers"
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Change:
     description: str
     statement: sql.SQL | sql.Composed
+    # (role, verifier) that the statement reads from pg_temp.dbctl_verifiers; never part of any SQL text.
+    verifier: tuple[str, str] | None = field(default=None, repr=False)
+
+
+def _set_password(role: str, verifier: str) -> Change:
+    """ALTER ROLE … PASSWORD <verifier>, nested in a DO block that reads the verifier from the temp table."""
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(f"role name {role!r} is not a plain identifier")
+    # The role is a plain identifier (checked above) and the verifier is not in the text: no injection.
+    body = (
+        "DECLARE v text; BEGIN"  # noqa: S608
+        f" SELECT verifier INTO STRICT v FROM pg_temp.{VERIFIER_TABLE} WHERE role = '{role}';"
+        f" EXECUTE format('ALTER ROLE %I PASSWORD %L', '{role}', v);"
+        " EXCEPTION WHEN OTHERS THEN"
+        f" RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = 'setting the password of {role} failed: '"
+        " || SQLERRM; END"
+    )
+    return Change(
+        f"set password of {role} (SCRAM verifier)",
+        sql.SQL("DO {}").format(sql.Literal(body)),
+        (role, verifier),
+    )
 
 
 def fingerprint(role: str, verifier: str) -> str:
@@ -204,12 +238,7 @@ def _role_changes(
             verifier = verifiers[spec.name]
             wanted_comment = COMMENT_PREFIX + fingerprint(spec.name, verifier)
             if comment != wanted_comment:
-                changes.append(
-                    Change(
-                        f"set password of {spec.name} (SCRAM verifier)",
-                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(verifier)),
-                    )
-                )
+                changes.append(_set_password(spec.name, verifier))
                 changes.append(
                     Change(
                         f"record password fingerprint of {spec.name}",
@@ -381,7 +410,21 @@ def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, s
 
 
 def apply(conn: psycopg.Connection[tuple[object, ...]], changes: Iterable[Change]) -> None:
-    """Run the changes in one transaction."""
+    """Run the changes in one transaction; verifiers travel by COPY into a temp table, never in SQL text."""
+    changes = list(changes)
+    verifiers = [change.verifier for change in changes if change.verifier is not None]
     with conn.transaction():
+        if verifiers:
+            table = sql.Identifier(VERIFIER_TABLE)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} (role text PRIMARY KEY, verifier text NOT NULL) ON COMMIT DROP"
+                ).format(table)
+            )
+            with conn.cursor().copy(
+                sql.SQL("COPY pg_temp.{} (role, verifier) FROM STDIN").format(table)
+            ) as copy:
+                for row in verifiers:
+                    copy.write_row(row)
         for change in changes:
             conn.execute(change.statement)

@@ -13,6 +13,7 @@ Inputs may be pulumi-policy proxies (read-only ``Mapping``/``Sequence``, which r
 preview), so this module tests for the ABCs, never for ``dict``/``list``.
 """
 
+import ipaddress
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,12 @@ BACKUP_REPLICATION = "aws:rds/instanceAutomatedBackupsReplication:InstanceAutoma
 
 # PostgreSQL and PgBouncer (dbctl.names.POSTGRES_PORT / PGBOUNCER_PORT; the pack cannot import dbctl).
 GUARDED_PORTS = (5432, 6543)
-OPEN_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
+# Where a client of those ports may be: RFC 1918, RFC 6598 (shared address space) and IPv6 unique local
+# addresses. Anything else is, or could be, public (components.settings.PRIVATE_NETWORKS, the same list).
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 RETENTION_MIN, RETENTION_MAX = 1, 35  # what RDS accepts when automated backups are on
 PROD_RETENTION_DAYS = 30
 
@@ -138,14 +144,28 @@ def _covers_guarded_port(protocol: Any, from_port: Any, to_port: Any) -> list[in
     return [port for port in GUARDED_PORTS if int(from_port) <= port <= int(to_port)]
 
 
+def _is_private(cidr: str) -> bool:
+    """Whether every address of `cidr` is private (an unparseable CIDR is not: AWS would refuse it anyway)."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    return any(
+        net.subnet_of(p)  # type: ignore[arg-type]  # same version: checked first
+        for p in PRIVATE_NETWORKS
+        if p.version == net.version
+    )
+
+
 def _open_ingress(cidrs: Sequence[Any], protocol: Any, from_port: Any, to_port: Any, where: str) -> list[str]:
-    open_cidrs = sorted({str(c) for c in cidrs if c in OPEN_CIDRS})
+    public = sorted({str(c) for c in cidrs if _is_set(c) and not _is_private(str(c))})
     ports = _covers_guarded_port(protocol, from_port, to_port)
-    if not open_cidrs or not ports:
+    if not public or not ports:
         return []
     return [
-        f"{where} admits {', '.join(open_cidrs)} on port {', '.join(map(str, ports))}: "
-        "allow the application's security groups or CIDRs instead"
+        f"{where} admits {', '.join(public)} on port {', '.join(map(str, ports))}, outside private address "
+        f"space ({', '.join(map(str, PRIVATE_NETWORKS))}): allow the application's security groups or "
+        "private CIDRs instead"
     ]
 
 
@@ -274,7 +294,7 @@ POLICIES: tuple[Policy, ...] = (
     Policy("no-public-instance", "No database or instance is publicly accessible.", no_public_instance),
     Policy(
         "no-open-database-ingress",
-        "No ingress from 0.0.0.0/0 or ::/0 on 5432 or 6543.",
+        "No ingress on 5432 or 6543 from a CIDR outside private address space (RFC 1918, RFC 6598, ULA).",
         no_open_database_ingress,
     ),
     Policy("no-iam-action-star", "No IAM statement allows Action '*'.", no_iam_action_star),

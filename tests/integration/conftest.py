@@ -8,13 +8,15 @@
   Tests connect as its admin (``pg_cluster.admin_conninfo(db)``), a NOSUPERUSER CREATEROLE CREATEDB role in
   ``rds_superuser``, like RDS's master user.
 - ``fresh_db`` (function): a new empty database owned by the admin, with its admin conninfo and URL.
-- ``role_passwords`` (session): generated plaintext passwords for the four login roles.
+- ``role_passwords`` (session): generated plaintext passwords for the four login roles; ``verifier_of`` gives
+  each one random-salt verifier for the session (``secret_shaped`` pairs them, as the role secrets do).
 - ``run_migrate`` (function): runs ``python -m dbctl <args>`` as a separate process against ``fresh_db``, with
   the admin URL in DATABASE_URL (never on the command line) and a credentials file for ``role_passwords``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -29,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl import names
+from dbctl import names, scram
 from dbctl.cluster import (
     Cluster,
     ClusterError,
@@ -114,11 +116,25 @@ def role_passwords() -> dict[str, str]:
     return {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
 
 
+@functools.cache
+def verifier_of(role: str, password: str) -> str:
+    """One random-salt verifier per (role, password) for the whole session, as a role's secret holds it."""
+    return scram.scram_verifier(password, secrets.token_bytes(scram.SALT_BYTES))
+
+
+def secret_shaped(passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{role: {password, scram_verifier}}: the shape of the role secrets and of .local/credentials.json."""
+    return {
+        role: {names.SECRET_PASSWORD_KEY: pw, names.SECRET_VERIFIER_KEY: verifier_of(role, pw)}
+        for role, pw in passwords.items()
+    }
+
+
 @pytest.fixture
 def credentials_file(role_passwords: dict[str, str], tmp_path: Path) -> Path:
     path = tmp_path / "credentials.json"
     path.touch(mode=0o600)
-    path.write_text(json.dumps(role_passwords))
+    path.write_text(json.dumps(secret_shaped(role_passwords)))
     return path
 
 

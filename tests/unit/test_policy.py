@@ -196,6 +196,48 @@ def test_inline_ingress_that_is_scoped_passes(rule: dict[str, Any]) -> None:
     assert names(v.SECURITY_GROUP, {"ingress": [rule]}) == set()
 
 
+@pytest.mark.parametrize(
+    "cidrs",
+    [
+        ["0.0.0.0/1", "128.0.0.0/1"],  # together: every IPv4 address, with no /0 in sight
+        ["::/1", "8000::/1"],
+        ["10.0.0.0/8", "8.8.8.0/24"],
+        ["172.15.0.0/16"],
+        ["fe80::/10"],
+    ],
+)
+@pytest.mark.parametrize("port", [5432, 6543])
+def test_ingress_from_any_non_private_cidr_on_a_database_port_fails(cidrs: list[str], port: int) -> None:
+    v4 = [c for c in cidrs if ":" not in c]
+    v6 = [c for c in cidrs if ":" in c]
+    rule = {"protocol": "tcp", "fromPort": port, "toPort": port, "cidrBlocks": v4, "ipv6CidrBlocks": v6}
+    [found] = v.violations(v.SECURITY_GROUP, {"ingress": [rule]}, prod=False)
+    public = sorted(c for c in cidrs if c != "10.0.0.0/8")
+    assert found.startswith(
+        f"[no-open-database-ingress] ingress[0] admits {', '.join(public)} on port {port}"
+    )
+    assert "outside private address space" in found
+
+    # the same CIDRs one per rule, as the program declares them (aws.vpc.SecurityGroupIngressRule)
+    for cidr in public:
+        key = "cidrIpv6" if ":" in cidr else "cidrIpv4"
+        rule = {"ipProtocol": "tcp", "fromPort": port, "toPort": port, key: cidr}
+        assert names(v.VPC_INGRESS_RULE, rule) == {"no-open-database-ingress"}
+        legacy = {"type": "ingress", "protocol": "tcp", "fromPort": port, "toPort": port}
+        legacy["ipv6CidrBlocks" if ":" in cidr else "cidrBlocks"] = [cidr]
+        assert names(v.SECURITY_GROUP_RULE, legacy) == {"no-open-database-ingress"}
+
+
+@pytest.mark.parametrize(
+    "cidr", ["10.0.0.0/8", "172.16.0.0/12", "192.168.10.0/24", "100.64.0.0/10", "fd00:1::/64"]
+)
+def test_ingress_from_private_address_space_passes(cidr: str) -> None:
+    key = "cidrIpv6" if ":" in cidr else "cidrIpv4"
+    assert (
+        names(v.VPC_INGRESS_RULE, {"ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432, key: cidr}) == set()
+    )
+
+
 def test_security_group_rule_and_vpc_ingress_rule_are_checked() -> None:
     open_rule = {
         "type": "ingress",

@@ -3,6 +3,7 @@
 import pytest
 
 from components.settings import SettingsError, load_settings
+from dbctl import capacity
 from tests.unit.harness import failing_run, run, settings_for
 
 
@@ -76,7 +77,7 @@ RULES = [
     ({"maxConnections": 5}, "spike-land-db:maxConnections = 5", "greater than or equal to 20"),
     ({"allocatedStorageGb": 10}, "spike-land-db:allocatedStorageGb = 10", "greater than or equal to 20"),
     ({"maxAllocatedStorageGb": 15}, "spike-land-db:maxAllocatedStorageGb = 15", "autoscaling ceiling"),
-    ({"multiAz": "sometimes"}, "spike-land-db:multiAz = 'sometimes'", "valid boolean"),
+    ({"multiAz": "sometimes"}, "spike-land-db:multiAz = 'sometimes'", "must be true or false"),
     ({"replicaCount": -1}, "spike-land-db:replicaCount = -1", "greater than or equal to 0"),
     ({"replicaCount": 6}, "spike-land-db:replicaCount = 6", "less than or equal to 5"),
     ({"backupRetentionDays": 40}, "spike-land-db:backupRetentionDays = 40", "less than or equal to 35"),
@@ -98,8 +99,8 @@ RULES = [
         "greater than or equal to 7",
     ),
     ({"databaseName": "Spike-Land"}, "spike-land-db:databaseName = 'Spike-Land'", "lowercase identifier"),
-    ({"allowedCidrs": ["0.0.0.0/0"]}, "spike-land-db:allowedCidrs", "0.0.0.0/0 opens the database"),
-    ({"allowedCidrs": ["::/0"]}, "spike-land-db:allowedCidrs", "::/0 opens the database"),
+    ({"allowedCidrs": ["0.0.0.0/0"]}, "spike-land-db:allowedCidrs", "0.0.0.0/0 reaches outside private"),
+    ({"allowedCidrs": ["::/0"]}, "spike-land-db:allowedCidrs", "::/0 reaches outside private"),
     ({"allowedCidrs": ["10.0.0.1/8"]}, "spike-land-db:allowedCidrs", "not a network in CIDR notation"),
     ({"allowedSecurityGroupIds": ["web-sg"]}, "spike-land-db:allowedSecurityGroupIds", "security group ids"),
     ({"tags": {"owner": "me"}}, "spike-land-db:tags", "set by the program"),
@@ -139,11 +140,7 @@ RULES = [
     ({"alarms.emails": ["ops"]}, "spike-land-db:alarms.emails", "not email addresses"),
     ({"alarms.pagerHttpsEndpoint": "http://x"}, "spike-land-db:alarms.pagerHttpsEndpoint", "https:// URL"),
     ({"alarms.cpuPercent": 120}, "spike-land-db:alarms.cpuPercent = 120", "less than or equal to 100"),
-    (
-        {"backupRetentionDay": 7},
-        "spike-land-db:backupRetentionDay is not a known setting",
-        "docs/settings.md",
-    ),
+    ({"backupRetentionDay": 7}, "spike-land-db:backupRetentionDay is not a known setting", "settings.md"),
 ]
 
 
@@ -172,3 +169,127 @@ def test_a_stack_name_aws_names_cannot_hold_is_refused(stack: str) -> None:
 
 def test_the_longest_allowed_stack_name_is_accepted() -> None:
     assert load_settings("a" * 19, {"aws:region": "eu-west-1"}).stack == "a" * 19
+
+
+# --- no path to the whole internet (issue 11 item 15) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cidrs",
+    [
+        ["0.0.0.0/1", "128.0.0.0/1"],  # together: every IPv4 address
+        ["::/1", "8000::/1"],  # together: every IPv6 address
+        ["10.0.0.0/8", "8.8.8.0/24"],  # one public network among private ones
+        ["172.15.0.0/16"],  # just below RFC 1918's 172.16.0.0/12
+        ["100.0.0.0/8"],  # wider than RFC 6598's 100.64.0.0/10
+        ["fe80::/10"],  # link-local, not a unique local address
+        ["::ffff:10.0.0.0/104"],  # IPv4-mapped: not how AWS security groups name IPv4
+    ],
+)
+def test_allowed_cidrs_outside_private_address_space_are_refused(cidrs: list[str]) -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_for("dev", {"allowedCidrs": cidrs})
+    message = str(err.value)
+    assert "spike-land-db:allowedCidrs" in message and "outside private address space" in message
+    assert "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7" in message
+    public = [c for c in cidrs if c != "10.0.0.0/8"]
+    assert f"{', '.join(public)} reach" in message
+    assert message.count("\n") == 0
+
+
+def test_the_union_of_two_halves_of_the_internet_stops_the_program_before_any_resource() -> None:
+    error, declared = failing_run("prod", {"allowedCidrs": ["0.0.0.0/1", "128.0.0.0/1"]})
+    assert isinstance(error, SettingsError) and "0.0.0.0/1, 128.0.0.0/1" in str(error)
+    assert declared == []
+
+
+def test_private_cidrs_of_every_kind_are_accepted() -> None:
+    cidrs = ["10.1.0.0/16", "172.31.255.0/24", "192.168.0.0/16", "100.64.0.0/10", "fd12:3456::/32"]
+    assert settings_for("dev", {"allowedCidrs": cidrs}).allowed_cidrs == tuple(cidrs)
+
+
+# --- strict types (issue 11 item 16) ------------------------------------------------------------------------
+
+STRICT = [
+    ({"multiAz": "yes"}, "spike-land-db:multiAz = 'yes'", "must be true or false"),
+    ({"deletionProtection": "off"}, "spike-land-db:deletionProtection = 'off'", "must be true or false"),
+    ({"protect": "n"}, "spike-land-db:protect = 'n'", "must be true or false"),
+    ({"applyImmediately": 1}, "spike-land-db:applyImmediately = 1", "must be true or false"),
+    ({"replicaCount": True}, "spike-land-db:replicaCount = True", "must be a whole number"),
+    ({"replicaCount": 1.5}, "spike-land-db:replicaCount = 1.5", "must be a whole number"),
+    (
+        {"monitoringIntervalSeconds": True},
+        "spike-land-db:monitoringIntervalSeconds = True",
+        "must be a whole number",
+    ),
+    ({"maxConnections": False}, "spike-land-db:maxConnections = False", "must be a whole number"),
+    ({"pgbouncer.hostCount": True}, "spike-land-db:pgbouncer.hostCount = True", "must be a whole number"),
+    ({"pgbouncer.clientTls": "no"}, "spike-land-db:pgbouncer.clientTls = 'no'", "must be true or false"),
+    ({"backups.vaultLock": "on"}, "spike-land-db:backups.vaultLock = 'on'", "must be true or false"),
+    ({"network.vpcEndpoints": 0}, "spike-land-db:network.vpcEndpoints = 0", "must be true or false"),
+    ({"alarms.cpuPercent": True}, "spike-land-db:alarms.cpuPercent = True", "must be a number"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "allowed"), STRICT, ids=[r[1].split(" ")[0] for r in STRICT])
+def test_booleans_must_be_booleans_and_counts_integers(
+    overrides: dict[str, object], key: str, allowed: str
+) -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_for("dev", overrides)
+    message = str(err.value)
+    assert f"{key} is invalid: {allowed}" in message
+    assert message.count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"multiAz": "yes"}, {"replicaCount": True}, {"pgbouncer.hostCount": True}]
+)
+def test_a_loose_type_stops_the_real_program_before_any_resource(overrides: dict[str, object]) -> None:
+    # Through Pulumi's config: values reach the program as strings, structured ones as JSON.
+    error, declared = failing_run("prod", overrides)
+    assert isinstance(error, SettingsError), error
+    assert declared == []
+
+
+def test_values_as_pulumi_config_set_stores_them_are_read() -> None:
+    # `pulumi config set multiAz true` stores the string "true" (top-level entries are always strings,
+    # unless --type bool), and `--path pgbouncer.hostCount 2` stores the number 2.
+    as_strings = {"multiAz": "true", "replicaCount": "1", "protect": "False", "alarms.cpuPercent": "75.5"}
+    s = settings_for("dev", as_strings)
+    assert (s.multi_az, s.replica_count, s.protect, s.alarms.cpu_percent) == (True, 1, False, 75.5)
+    result = run("dev", {**as_strings, "pgbouncer.hostCount": 2})
+    [primary] = [
+        r for r in result.resources if r.typ == "aws:rds/instance:Instance" and r.name == "database-primary"
+    ]
+    assert primary.inputs["multiAz"] is True
+    assert len([r for r in result.resources if r.typ == "aws:rds/instance:Instance"]) == 2
+
+
+# --- every check before any resource (issue 11 item 17) -----------------------------------------------------
+
+
+def test_a_pool_that_would_exhaust_the_primary_stops_the_program_before_any_resource() -> None:
+    settings = settings_for("dev")
+    budget = settings.effective_max_connections - capacity.DEFAULT_HEADROOM
+    # Two pools (no replica in dev) x (default + reserve 5) just over the budget.
+    size = budget // 2 - 4
+    error, declared = failing_run("dev", {"pgbouncer.defaultPoolSize": size})
+    assert isinstance(error, SettingsError), error
+    message = str(error)
+    assert message.startswith("invalid stack config in Pulumi.dev.yaml: spike-land-db:pgbouncer = ")
+    assert f"'defaultPoolSize': {size}" in message and "server connections to the primary" in message
+    assert "Lower pgbouncer defaultPoolSize" in message and message.count("\n") == 0
+    assert declared == []
+
+
+def test_with_a_replica_each_instance_carries_one_pool_per_host() -> None:
+    settings = settings_for("prod")
+    hosts, reserve = settings.pgbouncer.host_count, settings.pgbouncer.reserve_pool_size
+    budget = settings.effective_max_connections - capacity.DEFAULT_HEADROOM
+    largest = budget // hosts - reserve  # hosts x 1 pool x (largest + reserve) <= budget
+    assert settings_for("prod", {"pgbouncer.defaultPoolSize": largest}).pgbouncer.default_pool_size == largest
+    with pytest.raises(SettingsError, match=r"2 host\(s\) x 1 pool\(s\) .* to the primary"):
+        settings_for("prod", {"pgbouncer.defaultPoolSize": largest + 1})
+    with pytest.raises(SettingsError, match=r"2 host\(s\) x 2 pool\(s\) .* to the primary"):
+        settings_for("prod", {"pgbouncer.defaultPoolSize": largest, "replicaCount": 0})

@@ -156,6 +156,13 @@ echo '{"primary_address": "db.abc.eu-west-1.rds.amazonaws.com", "primary_port": 
 echo "aws $*" >>"$CALLS"
 case "$1 $2" in
   "ec2 describe-instances") echo "${STUB_INSTANCE:-i-0123456789abcdef0}" ;;
+  "ssm describe-instance-information")
+    # STUB_PING: the PingStatus of each successive call (the last one repeats); "FAIL" fails the call.
+    n=$(($(cat "$CALLS.ping" 2>/dev/null || echo 0) + 1)); echo "$n" >"$CALLS.ping"
+    read -ra seq <<<"${STUB_PING:-Online}"
+    status=${seq[$(( n <= ${#seq[@]} ? n - 1 : ${#seq[@]} - 1 ))]}
+    [ "$status" = FAIL ] && { echo "ThrottlingException: Rate exceeded" >&2; exit 254; }
+    echo "$status" ;;
   "ssm start-session")
     [ -n "${STUB_TUNNEL_FAILS:-}" ] && { echo "TargetNotConnected: i-0123456789abcdef0"; exit 254; }
     while [ "$1" != --parameters ]; do shift; done
@@ -196,6 +203,7 @@ def run_migrate_script(tmp_path: Path, **env: str) -> tuple[subprocess.Completed
     result = subprocess.run(
         ["bash", "-c", migrate_script()],
         env={
+            **load("deploy-stack.yml")["env"],  # the workflow's own settings (timeouts, ports)
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "STACK": "dev",
             "TUNNEL_PORT": str(port),
@@ -221,16 +229,60 @@ def test_the_migrate_script_tunnels_to_the_primary_then_migrates_through_it(tmp_
         "Name=instance-state-name,Values=running --query Reservations[].Instances[].InstanceId | [0] "
         "--output text"
     )
-    assert "truststore.pki.rds.amazonaws.com/eu-west-1/eu-west-1-bundle.pem" in lines[1]
-    tunnel = lines[2]
+    assert lines[1] == PING_CALL
+    assert "truststore.pki.rds.amazonaws.com/eu-west-1/eu-west-1-bundle.pem" in lines[2]
+    tunnel = lines[3]
     assert tunnel.startswith("aws ssm start-session --target i-0123456789abcdef0 ")
     assert '"host":["db.abc.eu-west-1.rds.amazonaws.com"],"portNumber":["5432"]' in tunnel
     port = json.loads(tunnel.split("--parameters ", 1)[1])["localPortNumber"][0]
-    assert lines[3] == (
+    assert lines[4] == (
         f"uv run --frozen python -m dbctl migrate --stack dev --via 127.0.0.1:{port} "
         f"--ssl-root-cert {tmp_path}/rds-ca.pem"
     )
     assert tunnel_closes(int(port)), "the script left its SSM session running"
+
+
+PING_CALL = (
+    "aws ssm describe-instance-information --filters Key=InstanceIds,Values=i-0123456789abcdef0 "
+    "--query InstanceInformationList[0].PingStatus --output text"
+)
+
+
+def test_the_migrate_script_waits_for_the_hosts_ssm_agent_before_the_tunnel(tmp_path: Path) -> None:
+    # A first deploy: the agent is not registered yet (no entry: None), then lost, then a failed call.
+    result, calls = run_migrate_script(
+        tmp_path, STUB_PING="None ConnectionLost FAIL Online", SSM_POLL_SECONDS="0"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = calls.splitlines()
+    assert lines[1:5] == [PING_CALL] * 4
+    assert lines[6].startswith("aws ssm start-session --target i-0123456789abcdef0 ")
+    assert "waiting for the SSM agent on i-0123456789abcdef0 (PingStatus: ConnectionLost)" in result.stdout
+    assert "(PingStatus: unknown (ThrottlingException: Rate exceeded))" in result.stdout
+
+
+def test_the_migrate_script_gives_up_on_an_agent_that_never_comes_online(tmp_path: Path) -> None:
+    result, calls = run_migrate_script(tmp_path, STUB_PING="None", SSM_ONLINE_TIMEOUT="0")
+    assert result.returncode == 1
+    assert (
+        "::error::the SSM agent on i-0123456789abcdef0 is not Online after 0s (PingStatus: None)"
+        in result.stdout
+    )
+    assert "start-session" not in calls and "dbctl" not in calls
+
+
+def test_the_wait_for_the_agent_fits_the_job_and_the_deploy_role_covers_the_job() -> None:
+    workflow = load("deploy-stack.yml")
+    [job] = workflow["jobs"].values()
+    assert 0 < int(workflow["env"]["SSM_POLL_SECONDS"]) < int(workflow["env"]["SSM_ONLINE_TIMEOUT"])
+    assert int(workflow["env"]["SSM_ONLINE_TIMEOUT"]) < job["timeout-minutes"] * 60
+    [creds] = [s for s in job["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws")]
+    duration = creds["with"]["role-duration-seconds"]
+    # The job must not outlive its credentials, and docs/ci-cd.md must ask for a role that grants them.
+    assert job["timeout-minutes"] * 60 <= duration
+    ci_cd = (ROOT / "docs" / "ci-cd.md").read_text()
+    assert f"--max-session-duration {duration}" in ci_cd
+    assert "ssm:DescribeInstanceInformation" in ci_cd
 
 
 def tunnel_closes(port: int) -> bool:
