@@ -139,7 +139,7 @@ RULES = [
     ({"alarms.emails": ["ops"]}, "spike-land-db:alarms.emails", "not email addresses"),
     ({"alarms.pagerHttpsEndpoint": "http://x"}, "spike-land-db:alarms.pagerHttpsEndpoint", "https:// URL"),
     ({"alarms.cpuPercent": 120}, "spike-land-db:alarms.cpuPercent = 120", "less than or equal to 100"),
-    ({"backupRetentionDay": 7}, "spike-land-db:backupRetentionDay is not a known setting", "docs/settings.md"),
+    ({"backupRetentionDay": 7}, "spike-land-db:backupRetentionDay is not a known setting", "settings.md"),
 ]
 
 
