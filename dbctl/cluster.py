@@ -7,19 +7,32 @@ API
 - ``find_binary(name) -> Path``: a PostgreSQL binary (initdb, pg_ctl, postgres, psql, ...). Looks on PATH,
   then in ``pg_config --bindir``, then in the highest ``/usr/lib/postgresql/<major>/bin``. A missing one
   raises ``BinaryNotFoundError`` naming the Debian package to install.
-- ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1).
-- ``Cluster(base_dir, port, admin_password=..., superuser_password=...)``: one cluster in ``base_dir``:
-  ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log), ``base_dir/tls/server.crt``
-  (self-signed, SAN 127.0.0.1 + localhost; ``cluster.ca_file`` is the CA file for ``sslmode=verify-full``) and
+- ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1; a port whose old connections sit
+  in TIME_WAIT is free, as it is to PostgreSQL and PgBouncer, which bind with SO_REUSEADDR).
+- ``server_environment()``: the whole environment a server gets (PATH, a UTF-8 C locale, TZ): never our
+  DATABASE_URL, PGPASSWORD or other PG* settings, which would sit in /proc/<pid>/environ for its lifetime.
+- ``Cluster(base_dir, port, admin_password=..., superuser_password=..., ca_dir=None)``: one cluster in
+  ``base_dir``: ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log),
+  ``base_dir/tls/server.crt`` (signed by the CA in ``ca_dir``, default ``base_dir/ca``; SAN 127.0.0.1 and
+  localhost; ``cluster.ca_file`` is the CA certificate for ``sslmode=verify-full``) and
   ``base_dir/cluster.json`` (port and role names, never passwords; read back by ``Cluster.load``).
 
-  - ``init(log_statement="none")``: initdb (bootstrap superuser, scram-sha-256, ssl=on, pg_stat_statements
-    preloaded, 127.0.0.1 only, hostssl/host scram lines in pg_hba), start, then make it look like RDS: an
-    ``rds_superuser`` NOLOGIN role holding pg_monitor (WITH ADMIN OPTION) and pg_signal_backend, the admin
-    (master) role ``NOSUPERUSER CREATEROLE CREATEDB LOGIN`` in it, the ``spike_land`` database owned by the
-    admin, and pg_stat_statements pre-created in template1 and spike_land (so databases created later have it
-    too). Leaves the server running.
-  - ``start()``, ``stop()``, ``is_running()``, ``wait_ready(timeout)``.
+  - ``init(log_statement="none", durable=True)``: initdb (bootstrap superuser, scram-sha-256, ssl=on,
+    pg_stat_statements preloaded, 127.0.0.1 only, pg_hba `hostssl` only: non-TLS is refused, as on RDS with
+    ``rds.force_ssl=1``), start, then make it look like RDS: an ``rds_superuser`` NOLOGIN role holding
+    pg_monitor (WITH ADMIN OPTION) and pg_signal_backend, the admin (master) role
+    ``NOSUPERUSER CREATEROLE CREATEDB LOGIN`` in it, the ``spike_land`` database owned by the admin, and
+    pg_stat_statements pre-created in template1 and spike_land (so databases created later have it too).
+    All of it happens in ``base_dir/.init-*`` and moves into place only when done, so an interrupted init
+    leaves nothing that looks like a cluster (``discard_unfinished_init()`` clears what it left). Leaves the
+    server running.
+  - ``durable``: fsync, synchronous_commit and full_page_writes on (``data/durability.conf``);
+    ``set_durability(durable)`` rewrites it and reloads, ``is_durable()`` reads it.
+  - ``ensure_tls() -> bool``: a new server certificate when the current one is not the CA's (a stack from
+    before the CA) or expires within 30 days; PostgreSQL re-reads it on ``reload()``.
+  - ``start()``, ``stop()``, ``reload()``, ``is_running()``, ``wait_ready(timeout)``. ``is_running`` trusts
+    ``postmaster.pid`` only when that pid is a ``postgres`` whose working directory is this data dir, so a
+    stale pid file never makes ``stop`` signal another process (``start`` removes such a file).
   - ``set_parameter(name, value)``: ALTER SYSTEM + reload, as the superuser (e.g. ``log_statement``).
   - ``conninfo(user, password, dbname)``/``url(...)``: libpq conninfo / URL with sslmode=verify-full.
     ``admin_conninfo(dbname)``, ``admin_url(dbname)``; ``superuser_conninfo(dbname)``: cluster setup only.
@@ -32,6 +45,7 @@ When the process runs as root (CI, these machines), initdb/pg_ctl/postgres run a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pwd
@@ -51,6 +65,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl import names, scram
+from dbctl.tls import CertificateAuthority, Owner
 
 HOST = "127.0.0.1"
 BOOTSTRAP_SUPERUSER = "dbctl_bootstrap"
@@ -59,6 +74,9 @@ RDS_SUPERUSER = "rds_superuser"
 SERVICE_OS_USER = "postgres"
 _LOG_STATEMENT_VALUES = ("none", "ddl", "mod", "all")
 _PACKAGES = {"psql": "postgresql-client", "pg_isready": "postgresql-client"}
+_STAGING_PREFIX = ".init-"
+# All three on unless a user asks for an unsafe stack: with them off a crash lost acknowledged commits.
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 
 
 class ClusterError(RuntimeError):
@@ -100,8 +118,12 @@ def find_binary(name: str) -> Path:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
-    """True when nothing listens on host:port and we could bind it."""
+    """True when nothing listens on host:port and a server could bind it.
+
+    SO_REUSEADDR, as PostgreSQL and PgBouncer set it: connections in TIME_WAIT (a minute after a server
+    closed them, e.g. at `down`) do not keep the port from them, so they must not make it look busy."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -121,6 +143,14 @@ def _runs_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def server_environment() -> dict[str, str]:
+    """The whole environment of a server process (and initdb/pg_ctl): nothing inherited but PATH.
+
+    A long-running server keeps its environment in /proc/<pid>/environ; a DATABASE_URL or PGPASSWORD
+    exported in the shell that ran `dbctl local up` must not end up there."""
+    return {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TZ": "UTC"}
+
+
 def _service_ids() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(SERVICE_OS_USER)
@@ -130,6 +160,18 @@ def _service_ids() -> tuple[int, int]:
             f"{SERVICE_OS_USER!r} to run it as; install the Debian package: apt-get install -y postgresql"
         ) from None
     return entry.pw_uid, entry.pw_gid
+
+
+def service_owner() -> Owner:
+    """(uid, gid) of the OS user the servers run as when we are root; None when they run as us."""
+    return _service_ids() if _runs_as_root() else None
+
+
+def _proc_link(pid: int, name: str) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/{name}").removesuffix(" (deleted)"))
+    except OSError:
+        return None
 
 
 def _chown_tree(path: Path) -> None:
@@ -165,6 +207,7 @@ class Cluster:
     superuser_password: str = field(default="", repr=False)
     admin_user: str = DEFAULT_ADMIN_USER
     host: str = HOST
+    ca_dir: Path | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -175,18 +218,26 @@ class Cluster:
         return self.base_dir / "postgres.log"
 
     @property
+    def authority(self) -> CertificateAuthority:
+        return CertificateAuthority(self.ca_dir or self.base_dir / "ca")
+
+    @property
     def ca_file(self) -> Path:
-        """The self-signed server certificate; use it as sslrootcert for sslmode=verify-full."""
+        """The CA certificate that signed the server's; use it as sslrootcert for sslmode=verify-full."""
+        return self.authority.cert_file
+
+    @property
+    def cert_file(self) -> Path:
         return self.base_dir / "tls" / "server.crt"
 
     @property
-    def _key_file(self) -> Path:
+    def key_file(self) -> Path:
+        """The server's TLS key (owned by the service user, 0600)."""
         return self.base_dir / "tls" / "server.key"
 
     @property
-    def key_file(self) -> Path:
-        """The server's TLS key (owned by the service user, 0600); the local PgBouncer serves TLS with it."""
-        return self._key_file
+    def _durability_file(self) -> Path:
+        return self.data_dir / "durability.conf"
 
     @property
     def _meta_file(self) -> Path:
@@ -257,8 +308,7 @@ class Cluster:
         if _runs_as_root():
             uid, gid = _service_ids()
             extra_groups = []
-        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "PGTZ": "UTC"}
-        env.pop("PGPASSWORD", None)
+        env = server_environment()
         with out_file.open("w") as out:
             result = subprocess.run(
                 args,
@@ -277,8 +327,12 @@ class Cluster:
         result.stdout = out_file.read_text()
         return result
 
-    def init(self, *, log_statement: str = "none") -> None:
-        """Create the cluster (initdb, TLS, config), start it and make it look like RDS. Leaves it running."""
+    def init(self, *, log_statement: str = "none", durable: bool = True) -> None:
+        """Create the cluster (initdb, TLS, config), start it and make it look like RDS. Leaves it running.
+
+        Everything is built in base_dir/.init-<random>/ (its own data/ and tls/) and moved into place only
+        when the cluster is complete and stopped, then started from its final place: a kill at any moment
+        leaves no data/ that a later start would take for a cluster (see discard_unfinished_init)."""
         if log_statement not in _LOG_STATEMENT_VALUES:
             raise ClusterError(
                 f"log_statement={log_statement!r} is not one of {', '.join(_LOG_STATEMENT_VALUES)}"
@@ -293,16 +347,24 @@ class Cluster:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         _check_reachable(self.base_dir)
         self.base_dir.chmod(0o755)
-        pwfile = self.base_dir / "bootstrap.pw"
+        self.discard_unfinished_init()
+        self.authority.ensure()
+        staging = dataclasses.replace(
+            self,
+            base_dir=Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.base_dir)),
+            ca_dir=self.authority.directory,
+        )
+        staging.base_dir.chmod(0o700)
+        pwfile = staging.base_dir / "bootstrap.pw"
         pwfile.touch(mode=0o600)
         pwfile.write_text(self.superuser_password + "\n")
-        _chown_tree(self.base_dir)
+        _chown_tree(staging.base_dir)
         try:
-            result = self._run(
+            result = staging._run(
                 [
                     str(initdb),
                     "--pgdata",
-                    str(self.data_dir),
+                    str(staging.data_dir),
                     "--username",
                     BOOTSTRAP_SUPERUSER,
                     f"--pwfile={pwfile}",
@@ -315,51 +377,59 @@ class Cluster:
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise ClusterError(f"initdb failed in {self.data_dir}:\n{result.stdout.strip()}")
-        self._make_tls()
-        self._write_config(log_statement)
+            raise ClusterError(f"initdb failed in {staging.data_dir}:\n{result.stdout.strip()}")
+        staging._make_tls()
+        staging._write_config(log_statement)
+        staging._write_durability(durable)
+        _chown_tree(staging.base_dir)
+        staging.start()
+        staging._make_rds_like()
+        staging.stop()
+        # Into place: tls/ first, data/ last (its presence is what says "a cluster is here").
+        shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
+        (staging.base_dir / "tls").rename(self.base_dir / "tls")
         self._meta_file.write_text(
             json.dumps({"port": self.port, "admin_user": self.admin_user}, indent=2) + "\n"
         )
+        staging.data_dir.rename(self.data_dir)
+        shutil.rmtree(staging.base_dir, ignore_errors=True)
         _chown_tree(self.base_dir)
         self.start()
-        self._make_rds_like()
+
+    def discard_unfinished_init(self) -> bool:
+        """Remove what an interrupted init() left in base_dir/.init-*, stopping a server it had started
+        there (it listens on this cluster's port). True when there was something to remove."""
+        leftovers = sorted(self.base_dir.glob(f"{_STAGING_PREFIX}*")) if self.base_dir.is_dir() else []
+        for leftover in leftovers:
+            partial = dataclasses.replace(self, base_dir=leftover)
+            if partial.is_running():
+                partial._run(
+                    [
+                        str(find_binary("pg_ctl")),
+                        "stop",
+                        "--pgdata",
+                        str(partial.data_dir),
+                        "--mode",
+                        "immediate",
+                    ]
+                )
+            shutil.rmtree(leftover, ignore_errors=True)
+        return bool(leftovers)
 
     def _make_tls(self) -> None:
-        tls = self.base_dir / "tls"
-        tls.mkdir(exist_ok=True)
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise ClusterError("openssl not found; install it: sudo apt-get install -y openssl")
-        result = subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "3650",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                "-keyout",
-                str(self._key_file),
-                "-out",
-                str(self.ca_file),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"openssl could not make the server certificate:\n{result.stderr.strip()}")
-        self._key_file.chmod(0o600)
-        self.ca_file.chmod(0o644)
+        """A server key and certificate signed by the cluster's CA (made first if missing)."""
+        self.authority.ensure()
+        self.authority.issue(self.cert_file, self.key_file, service_owner())
+
+    def ensure_tls(self) -> bool:
+        """Reissue the server certificate when it is not the current CA's, or expires soon; True if it did.
+
+        A running server keeps the old certificate until reload()."""
+        self.authority.ensure()
+        if self.authority.signed(self.cert_file):
+            return False
+        self._make_tls()
+        return True
 
     def _write_config(self, log_statement: str) -> None:
         settings = {
@@ -369,15 +439,14 @@ class Cluster:
             "unix_socket_directories": "''",
             "password_encryption": "'scram-sha-256'",
             "ssl": "on",
-            "ssl_cert_file": f"'{self.ca_file}'",
-            "ssl_key_file": f"'{self._key_file}'",
+            # Relative to the data dir, so the cluster can be built elsewhere and moved into place.
+            "ssl_cert_file": "'../tls/server.crt'",
+            "ssl_key_file": "'../tls/server.key'",
+            "ssl_min_protocol_version": "'TLSv1.2'",
             "shared_preload_libraries": "'pg_stat_statements'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "max_connections": "200",
-            "fsync": "off",  # throwaway/local data: speed over durability
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
         }
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
@@ -385,10 +454,40 @@ class Cluster:
             for key, value in settings.items():
                 f.write(f"{key} = {value}\n")
         (self.data_dir / "pg_hba.conf").write_text(
-            "# dbctl.cluster: TCP on 127.0.0.1 only, SCRAM only, as on RDS\n"
+            "# dbctl.cluster: TCP on 127.0.0.1 only, TLS and SCRAM only, as on RDS with rds.force_ssl=1\n"
             "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-            "host    all all 127.0.0.1/32 scram-sha-256\n"
         )
+
+    def _write_durability(self, durable: bool) -> None:
+        value = "on" if durable else "off"
+        why = "durable: a crash loses no acknowledged commit" if durable else "UNSAFE: a crash can lose data"
+        self._durability_file.write_text(
+            f"# dbctl.cluster: {why}\n" + "".join(f"{name} = {value}\n" for name in DURABILITY_SETTINGS)
+        )
+        conf = self.data_dir / "postgresql.conf"
+        include = f"include_if_exists = '{self._durability_file.name}'\n"
+        if include not in conf.read_text():
+            # Last in the file, so it overrides the `fsync = off` lines older versions of this module wrote.
+            with conf.open("a") as f:
+                f.write(include)
+
+    def is_durable(self) -> bool:
+        try:
+            text = self._durability_file.read_text()
+        except OSError:
+            return False  # clusters from before durability.conf ran with fsync off
+        return all(f"{name} = on" in text for name in DURABILITY_SETTINGS)
+
+    def set_durability(self, durable: bool) -> bool:
+        """fsync, synchronous_commit and full_page_writes all on (durable) or off; reloads a running server.
+        True when it changed anything."""
+        if self.is_durable() == durable and self._durability_file.exists():
+            return False
+        self._write_durability(durable)
+        _chown_tree(self.data_dir)
+        if self.is_running():
+            self.reload()
+        return True
 
     def _make_rds_like(self) -> None:
         admin_verifier = scram.scram_verifier(self.admin_password, os.urandom(scram.SALT_BYTES))
@@ -440,6 +539,9 @@ class Cluster:
             return
         if not self.data_dir.is_dir():
             raise ClusterError(f"no cluster in {self.data_dir}; create it first")
+        # Not our postmaster (is_running said so): a stale file, which PostgreSQL would refuse to start over
+        # when its pid now belongs to another live process.
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
         if not port_is_free(self.port, self.host):
             raise ClusterError(
                 f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
@@ -493,13 +595,30 @@ class Cluster:
         if result.returncode != 0:
             raise ClusterError(f"PostgreSQL did not stop: {result.stdout.strip()}")
 
+    def postmaster_pid(self) -> int | None:
+        """The pid in postmaster.pid when that process is a postgres running in this data dir, else None.
+
+        Exact, unlike `pg_ctl status` (any live pid will do there): the postmaster's working directory is
+        its data dir, so a stale file whose pid was reused by another process is never taken for it."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        exe, cwd = _proc_link(pid, "exe"), _proc_link(pid, "cwd")
+        if exe is None or cwd is None or exe.name != "postgres":
+            return None
+        return pid if cwd == self.data_dir.resolve() else None
+
     def is_running(self) -> bool:
-        """pg_ctl status: exit 0 means a server runs on this data dir."""
-        if not (self.data_dir / "PG_VERSION").exists():
-            return False
-        return (
-            self._run([str(find_binary("pg_ctl")), "status", "--pgdata", str(self.data_dir)]).returncode == 0
-        )
+        return self.postmaster_pid() is not None
+
+    def reload(self) -> None:
+        """pg_ctl reload: the server re-reads its config files and TLS certificate."""
+        if not self.is_running():
+            return
+        result = self._run([str(find_binary("pg_ctl")), "reload", "--pgdata", str(self.data_dir)])
+        if result.returncode != 0:
+            raise ClusterError(f"PostgreSQL did not reload: {result.stdout.strip()}")
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Wait until the server accepts TCP connections on host:port (authentication not attempted)."""
@@ -521,7 +640,9 @@ class Cluster:
 def throwaway_cluster(prefix: str, *, log_statement: str = "none") -> Iterator[Cluster]:
     """A started cluster in a new temp dir on a free port, with generated passwords; stopped and removed
     afterwards. For tests and benchmarks. The dir comes from tempfile.mkdtemp, not pytest's tmp_path: as root
-    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter."""
+    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter.
+
+    Not durable (fsync off): its data is thrown away, and the machine's disk is shared by every test."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     cluster = Cluster(
         base,
@@ -530,7 +651,7 @@ def throwaway_cluster(prefix: str, *, log_statement: str = "none") -> Iterator[C
         superuser_password=secrets.token_urlsafe(24),
     )
     try:
-        cluster.init(log_statement=log_statement)
+        cluster.init(log_statement=log_statement, durable=False)
         yield cluster
     finally:
         cluster.stop()

@@ -10,9 +10,11 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
 
     .local/state.json         the chosen ports, so status/down/psql/reset reuse them
     .local/credentials.json   mode 0600: generated passwords and their SCRAM verifiers, per login role
-    .local/postgres/          the cluster (dbctl.cluster: data/, postgres.log, tls/)
-    .local/pgbouncer/         rendered pgbouncer.ini, userlist.txt (verifiers only), log and pid
-    .env                      DATABASE_URL, DIRECT_URL, DATABASE_READ_URL (mode 0600)
+    .local/lock               held (flock) by up/down/reset: two at once take turns
+    .local/tls/               the stack's CA: ca.crt (sslrootcert of every URL), ca.key (0600, stays here)
+    .local/postgres/          the cluster (dbctl.cluster: data/, postgres.log, tls/ with its CA-signed cert)
+    .local/pgbouncer/         rendered pgbouncer.ini, userlist.txt (verifiers only), tls/, log and pid
+    .env                      DATABASE_URL, DIRECT_URL, DATABASE_READ_URL, SHADOW_DATABASE_URL (mode 0600)
 
 As root, the servers run as the OS user `postgres`; when it can't enter the checkout, postgres/ and
 pgbouncer/ go to /var/lib/postgresql/dbctl-local/<hash of the root>/ instead (see `server_dir`).
@@ -24,10 +26,8 @@ Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import textwrap
@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import click
 import psycopg
+from psycopg import sql
 
 from dbctl import deploy, names
 from dbctl.cluster import (
@@ -50,8 +50,17 @@ from dbctl.cluster import (
     ClusterError,
     find_binary,
     port_is_free,
+    service_owner,
 )
 from dbctl.errors import DbctlError
+from dbctl.local_state import RESET_HINT as RESET_HINT
+from dbctl.local_state import Credential as Credential
+from dbctl.local_state import LocalError as LocalError
+from dbctl.local_state import Paths as Paths
+from dbctl.local_state import State as State
+from dbctl.local_state import load_credentials, load_or_create_credentials, stack_lock
+from dbctl.local_state import new_credential as new_credential
+from dbctl.local_state import write_private as write_private
 from dbctl.pgbouncer import (
     POOLED_ROLES,
     PREPARED_STATEMENTS_SINCE,
@@ -61,179 +70,60 @@ from dbctl.pgbouncer import (
     ServerTls,
 )
 from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.tls import CertificateAuthority, TlsError, write_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROOT_ENV_VAR = "DBCTL_LOCAL_ROOT"
 HOST = "127.0.0.1"
 
 # The seed's variable names, in the order .env lists them.
-ENV_KEYS = ("DATABASE_URL", "DIRECT_URL", "DATABASE_READ_URL")
+ENV_KEYS = ("DATABASE_URL", "DIRECT_URL", "DATABASE_READ_URL", "SHADOW_DATABASE_URL")
+# `prisma migrate dev`'s shadow database: the migrator may drop and recreate everything in it.
+SHADOW_DATABASE = f"{names.DATABASE_NAME}_shadow"
 
 RESET_WARNING = "WARNING: This deletes all data!"
-
-
-class LocalError(click.ClickException):
-    """One clear line: what is wrong and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Paths:
-    root: Path
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / ".local"
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
-    @property
-    def credentials_file(self) -> Path:
-        return self.state_dir / "credentials.json"
-
-    @property
-    def postgres_dir(self) -> Path:
-        return self.state_dir / "postgres"
-
-    @property
-    def pgbouncer_dir(self) -> Path:
-        return self.state_dir / "pgbouncer"
-
-    @property
-    def env_file(self) -> Path:
-        return self.root / ".env"
-
-
-# ---------------------------------------------------------------- files that must never be world-readable
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write text to path with mode 0600 from the first byte (no window where it is world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------- state: the ports a stack was created with
-
-
-@dataclass(frozen=True)
-class State:
-    pg_port: int
-    pgbouncer_port: int
-
-    @classmethod
-    def load(cls, paths: Paths) -> State | None:
-        try:
-            data = json.loads(paths.state_file.read_text(encoding="utf-8"))
-            return cls(pg_port=int(data["pg_port"]), pgbouncer_port=int(data["pgbouncer_port"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as e:
-            raise LocalError(
-                f"{paths.state_file} is unreadable ({e}); fix it or run `dbctl local reset --yes`"
-            ) from e
-
-    def save(self, paths: Paths) -> None:
-        paths.state_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"pg_port": self.pg_port, "pgbouncer_port": self.pgbouncer_port}, indent=2) + "\n"
-        if not paths.state_file.exists() or paths.state_file.read_text(encoding="utf-8") != text:
-            paths.state_file.write_text(text, encoding="utf-8")
-
-
-# ---------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class Credential:
-    username: str
-    password: str
-    scram_verifier: str
-
-    def as_secret(self) -> dict[str, str]:
-        return {
-            names.SECRET_USERNAME_KEY: self.username,
-            names.SECRET_PASSWORD_KEY: self.password,
-            names.SECRET_VERIFIER_KEY: self.scram_verifier,
-        }
-
-
-def new_credential(username: str) -> Credential:
-    password = secrets.token_urlsafe(24)
-    return Credential(username, password, scram_verifier(password, secrets.token_bytes(SALT_BYTES)))
-
-
-def load_or_create_credentials(paths: Paths) -> dict[str, Credential]:
-    """The bootstrap superuser, the master role and every login role: passwords generated once, kept 0600."""
-    wanted = (BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER, *names.LOGIN_ROLES)
-    creds: dict[str, Credential] = {}
-    if paths.credentials_file.exists():
-        try:
-            data: Any = json.loads(paths.credentials_file.read_text(encoding="utf-8"))
-            for role, secret in data.items():
-                creds[role] = Credential(
-                    secret[names.SECRET_USERNAME_KEY],
-                    secret[names.SECRET_PASSWORD_KEY],
-                    secret[names.SECRET_VERIFIER_KEY],
-                )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise LocalError(
-                f"{paths.credentials_file} is malformed ({type(e).__name__}); "
-                "run `dbctl local reset --yes` to start over"
-            ) from e
-    missing = [role for role in wanted if role not in creds]
-    if missing:
-        creds.update({role: new_credential(role) for role in missing})
-        text = json.dumps({role: c.as_secret() for role, c in creds.items()}, indent=2)
-        write_private(paths.credentials_file, text + "\n")
-    os.chmod(paths.credentials_file, 0o600)
-    return creds
 
 
 # ---------------------------------------------------------------- .env
 
 
 def url(
-    credential: Credential, port: int, database: str, *, sslmode: str, extra: Mapping[str, str] | None = None
+    credential: Credential, port: int, database: str, *, ca_file: Path, extra: Mapping[str, str] | None = None
 ) -> str:
-    """A postgresql:// URL with the password percent-encoded; `pgbouncer=true` (when given) comes last."""
-    query = "&".join(f"{k}={v}" for k, v in {"sslmode": sslmode, **(extra or {})}.items())
+    """A postgresql:// URL, password percent-encoded, that verifies the server against the stack's CA:
+    `sslmode=verify-full&sslrootcert=<absolute path>`; `pgbouncer=true` (when given) comes last."""
+    query = urlencode(
+        {"sslmode": "verify-full", "sslrootcert": str(ca_file), **(extra or {})}, quote_via=quote, safe="/"
+    )
     user = quote(credential.username, safe="")
     password = quote(credential.password, safe="")
     return f"postgresql://{user}:{password}@{HOST}:{port}/{database}?{query}"
 
 
 def env_urls(
-    creds: Mapping[str, Credential], state: State, pgbouncer_version: tuple[int, ...]
+    creds: Mapping[str, Credential], state: State, pgbouncer_version: tuple[int, ...], ca_file: Path
 ) -> dict[str, str]:
-    """The seed's three variables.
+    """The seed's variables, plus Prisma Migrate's shadow database.
 
-    sslmode=require: both psql (libpq) and Prisma accept it (Prisma knows only disable/prefer/require).
-    The PgBouncer -> PostgreSQL leg verifies the server certificate (verify-full); `local psql` does too.
-    """
+    verify-full with the stack's CA: libpq (psql, psycopg, pgbench) and node-postgres (pg-connection-string
+    reads the sslrootcert file itself) verify the chain and the name 127.0.0.1. Prisma 6's native engine
+    reads TLS its own way: docs/local-stack.md says what to set there."""
     # Before PgBouncer 1.21 (no prepared statements in transaction mode) Prisma must use unnamed ones.
     prisma = {"pgbouncer": "true"} if pgbouncer_version < PREPARED_STATEMENTS_SINCE else {}
+    migrator = creds[names.MIGRATOR_ROLE]
     return {
         "DATABASE_URL": url(
-            creds[names.APP_ROLE], state.pgbouncer_port, names.DATABASE_NAME, sslmode="require", extra=prisma
+            creds[names.APP_ROLE], state.pgbouncer_port, names.DATABASE_NAME, ca_file=ca_file, extra=prisma
         ),
-        "DIRECT_URL": url(creds[names.MIGRATOR_ROLE], state.pg_port, names.DATABASE_NAME, sslmode="require"),
+        "DIRECT_URL": url(migrator, state.pg_port, names.DATABASE_NAME, ca_file=ca_file),
         "DATABASE_READ_URL": url(
             creds[names.READONLY_ROLE],
             state.pgbouncer_port,
             names.READ_POOL_DATABASE,
-            sslmode="require",
+            ca_file=ca_file,
             extra=prisma,
         ),
+        "SHADOW_DATABASE_URL": url(migrator, state.pg_port, SHADOW_DATABASE, ca_file=ca_file),
     }
 
 
@@ -255,11 +145,15 @@ def libpq_url(prisma_url: str) -> str:
     """The same URL without Prisma-only parameters, for psql and psycopg: `psql "$(...)"`."""
     parts = urlsplit(prisma_url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in PRISMA_ONLY_PARAMS]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe="/")))
 
 
 def render_env(urls: Mapping[str, str]) -> str:
-    lines = ["# Written by `dbctl local up`: the local stack's connection strings. Never commit this file."]
+    lines = [
+        "# Written by `dbctl local up`: the local stack's connection strings. Never commit this file.",
+        "# TLS: verify-full against this stack's CA (sslrootcert). Prisma 6's native engine reads TLS its",
+        "# own way (sslcert=<CA>&sslaccept=strict): see docs/local-stack.md.",
+    ]
     if any("pgbouncer=true" in value for value in urls.values()):
         lines += [
             "# pgbouncer=true is for Prisma (PgBouncer < 1.21); psql rejects it: use `dbctl local psql`,",
@@ -333,11 +227,22 @@ class Stack:
             port=self.state.pg_port,
             admin_password=self.creds[DEFAULT_ADMIN_USER].password,
             superuser_password=self.creds[BOOTSTRAP_SUPERUSER].password,
+            ca_dir=self.paths.ca_dir,
         )
+
+    @property
+    def authority(self) -> CertificateAuthority:
+        return CertificateAuthority(self.paths.ca_dir)
 
     @property
     def pgbouncer_dir(self) -> Path:
         return server_dir(self.paths) / "pgbouncer"
+
+    @property
+    def pgbouncer_tls_dir(self) -> Path:
+        """PgBouncer's key and certificate, and a copy of the CA certificate it verifies PostgreSQL with
+        (the service user may not be able to read .local/)."""
+        return self.pgbouncer_dir / "tls"
 
 
 def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) -> State:
@@ -357,35 +262,61 @@ def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None)
     )
 
 
+def _cluster_exists(paths: Paths) -> bool:
+    return (server_dir(paths) / "postgres" / "data" / "PG_VERSION").exists()
+
+
 def open_stack(paths: Paths, pg_port: int | None = None, pgbouncer_port: int | None = None) -> Stack:
-    return Stack(paths, resolve_state(paths, pg_port, pgbouncer_port), load_or_create_credentials(paths))
+    """The stack to bring up: credentials generated only when there is neither a file nor a cluster."""
+    state = resolve_state(paths, pg_port, pgbouncer_port)
+    return Stack(paths, state, load_or_create_credentials(paths, _cluster_exists(paths)))
 
 
 def existing_stack(paths: Paths) -> Stack:
-    """The stack `up` created; a clear error when there is none."""
+    """The stack `up` created; a clear error when there is none. Reads only: never writes a file."""
     state = State.load(paths)
-    if state is None or not paths.credentials_file.exists():
+    creds = load_credentials(paths)
+    if state is None or creds is None:
         raise LocalError(f"no local stack in {paths.state_dir}; create it with `dbctl local up`")
-    return Stack(paths, state, load_or_create_credentials(paths))
+    return Stack(paths, state, creds)
 
 
 def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
     """The AWS tier's settings (same renderer, same defaults), pointed at the local cluster.
 
     The local cluster has no replica, so the read pool points at the primary, as in a stack without one.
-    Server TLS: verify-full against the local cluster's self-signed certificate. Client TLS: the same key
-    and certificate (SAN 127.0.0.1), so `sslmode=require` in .env works as it does against AWS."""
-    cluster = stack.cluster
+    Server TLS: verify-full against the stack's CA. Client TLS: PgBouncer's own certificate from the same
+    CA (SAN 127.0.0.1 + localhost), so .env's verify-full URLs work through it as they do direct."""
+    tls = stack.pgbouncer_tls_dir
     return server.config(
         primary_host=HOST,
         primary_port=stack.state.pg_port,
         listen_addr=HOST,
         listen_port=stack.state.pgbouncer_port,
-        server_tls=ServerTls(sslmode="verify-full", ca_file=str(cluster.ca_file)),
+        server_tls=ServerTls(sslmode="verify-full", ca_file=str(tls / "ca.crt")),
         client_tls=ClientTls(
-            sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.ca_file)
+            sslmode="require", key_file=str(tls / "server.key"), cert_file=str(tls / "server.crt")
         ),
     )
+
+
+def ensure_pgbouncer_tls(stack: Stack) -> bool:
+    """PgBouncer's certificate from the stack's CA, and the CA certificate beside it; True when (re)made."""
+    tls, owner = stack.pgbouncer_tls_dir, service_owner()
+    ca_copy = tls / "ca.crt"
+    ca_pem = stack.authority.cert_file.read_bytes()
+    current = (
+        ca_copy.exists() and ca_copy.read_bytes() == ca_pem and stack.authority.signed(tls / "server.crt")
+    )
+    if current:
+        return False
+    tls.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(stack.pgbouncer_dir, *owner)
+        os.chown(tls, *owner)
+    stack.authority.issue(tls / "server.crt", tls / "server.key", owner)
+    write_file(ca_copy, ca_pem, 0o644, owner)
+    return True
 
 
 def pooled_verifiers(creds: Mapping[str, Credential]) -> dict[str, str]:
@@ -399,19 +330,30 @@ def pgbouncer_version() -> tuple[int, int]:
 def start_pgbouncer(stack: Stack) -> None:
     """Render the config (shared renderer, this binary's version) and start PgBouncer; it outlives us."""
     server = PgBouncerServer(stack.pgbouncer_dir)
+    ensure_pgbouncer_tls(stack)
+    # Not our pgbouncer (pgbouncer_running said so): a stale file, over which pgbouncer refuses to start
+    # when its pid now belongs to another live process.
+    server.pid_path.unlink(missing_ok=True)
     server.start(pgbouncer_config(stack, server), pooled_verifiers(stack.creds))
 
 
 def _pgbouncer_pid(stack: Stack) -> int | None:
-    """The pid in PgBouncer's pid file when that process is a live pgbouncer, else None.
+    """The pid in PgBouncer's pid file when that process is exactly our pgbouncer, else None.
 
-    `up` leaves PgBouncer running after it exits, so later commands find it through its pid file."""
+    `up` leaves PgBouncer running after it exits, so later commands find it through its pid file. A stale
+    file can name a pid the system has since given to another process, so the pid counts only when the
+    process runs a `pgbouncer` executable with exactly this stack's pgbouncer.ini as its argument."""
+    directory = stack.pgbouncer_dir
     try:
-        pid = int((stack.pgbouncer_dir / "pgbouncer.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid = int((directory / "pgbouncer.pid").read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        exe = Path(os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)"))
     except (OSError, ValueError):
         return None
-    return pid if b"pgbouncer" in cmdline else None
+    if len(argv) != 2 or exe.name != "pgbouncer":
+        return None
+    binary, ini = (Path(os.fsdecode(arg)).resolve() for arg in argv)
+    return pid if ini == (directory / "pgbouncer.ini").resolve() and binary == exe.resolve() else None
 
 
 def pgbouncer_running(stack: Stack) -> bool:
@@ -470,9 +412,28 @@ def migration_status(stack: Stack) -> tuple[bool, str]:
 # ---------------------------------------------------------------- up / down
 
 
+def ensure_shadow_database(stack: Stack) -> bool:
+    """`prisma migrate dev`'s shadow database, created once; True when it was created now.
+
+    Prisma resets it with `DROP SCHEMA "public" CASCADE; CREATE SCHEMA "public"` and then replays every
+    migration there as the DIRECT_URL role. Owned, with its schema public, by spike_owner: the migrator is a
+    member (INHERIT) of spike_owner, so that works whether its sessions start as spike_migrator or (with
+    `ALTER ROLE spike_migrator SET role spike_owner`) as spike_owner. Only spike_owner's members connect."""
+    cluster = stack.cluster
+    with psycopg.connect(cluster.admin_conninfo("postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SHADOW_DATABASE,)).fetchone():
+            return False
+        db, owner = sql.Identifier(SHADOW_DATABASE), sql.Identifier(names.OWNER_ROLE)
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, owner))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+    with psycopg.connect(cluster.admin_conninfo(SHADOW_DATABASE), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(owner))
+    return True
+
+
 def write_env(stack: Stack, version: tuple[int, int]) -> bool:
     """Write .env (mode 0600) when its content would change; True when it did."""
-    text = render_env(env_urls(stack.creds, stack.state, version))
+    text = render_env(env_urls(stack.creds, stack.state, version, stack.authority.cert_file))
     env_file = stack.paths.env_file
     if env_file.exists() and env_file.read_text(encoding="utf-8") == text:
         return False
@@ -480,9 +441,21 @@ def write_env(stack: Stack, version: tuple[int, int]) -> bool:
     return True
 
 
-def up(stack: Stack, echo: Echo) -> bool:
-    """Bring the stack up; True when something changed, False when it was already up."""
+UNSAFE_NOTE = (
+    "UNSAFE: fsync, synchronous_commit and full_page_writes are off (--unsafe-fast): a crash can lose "
+    "committed data; `dbctl local up` without the flag makes the stack durable again"
+)
+
+
+def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
+    """Bring the stack up; True when something changed, False when it was already up as asked.
+
+    The caller holds stack_lock (the CLI does). TLS comes first: a stack from before the per-stack CA (or
+    whose CA was removed) gets a new CA and certificates, and running servers pick them up."""
     cluster = stack.cluster
+    changed = cluster.discard_unfinished_init()
+    if changed:
+        echo(f"removed what an interrupted `up` left half-made in {cluster.base_dir}")
     pg_running = cluster.is_running()
     bouncer_running = pgbouncer_running(stack)
     version = pgbouncer_version()
@@ -493,27 +466,51 @@ def up(stack: Stack, echo: Echo) -> bool:
                 f"the local stack is running with PgBouncer on port {saved.pgbouncer_port}; to move it to "
                 f"{stack.state.pgbouncer_port}, run `dbctl local down` first"
             )
-        return write_env(stack, version)
     if not pg_running:
         require_free_port(stack.state.pg_port, "--pg-port", "PostgreSQL")
     if not bouncer_running:
         require_free_port(stack.state.pgbouncer_port, "--pgbouncer-port", "PgBouncer")
     stack.state.save(stack.paths)
-    if not (cluster.data_dir / "PG_VERSION").exists():
+    if stack.authority.ensure():
+        echo(f"TLS: a new CA for this stack ({stack.authority.cert_file}; its key stays in that directory)")
+        changed = True
+    exists = (cluster.data_dir / "PG_VERSION").exists()
+    if exists and cluster.ensure_tls():
+        echo("TLS: PostgreSQL's certificate (re)issued by the stack's CA")
+        changed = True
+        cluster.reload()
+    if ensure_pgbouncer_tls(stack):
+        changed = True
+        if bouncer_running:
+            echo("TLS: PgBouncer's certificate (re)issued by the stack's CA; restarting PgBouncer")
+            stop_pgbouncer(stack)
+            bouncer_running = False
+    if not exists:
         echo(f"initdb: a new cluster in {cluster.base_dir} (takes a few seconds) ...")
         started = time.monotonic()
-        cluster.init()
+        cluster.init(durable=durable)
         echo(f"initdb: done in {time.monotonic() - started:.1f} s; PostgreSQL on {HOST}:{cluster.port}")
+        changed = True
     elif not pg_running:
         echo(f"starting PostgreSQL on {HOST}:{cluster.port} ...")
         cluster.start()
-    echo("migrations and roles (dbctl migrate's code) ...")
-    apply_migrations(stack, echo)
+        changed = True
+    if cluster.set_durability(durable):
+        echo("durability: fsync, synchronous_commit and full_page_writes " + ("on" if durable else "off"))
+        changed = True
+    if not durable:
+        echo(UNSAFE_NOTE)
+    if changed or not bouncer_running:
+        echo("migrations and roles (dbctl migrate's code) ...")
+        apply_migrations(stack, echo)
+    if ensure_shadow_database(stack):
+        echo(f"shadow database {SHADOW_DATABASE} for `prisma migrate dev` (SHADOW_DATABASE_URL)")
+        changed = True
     if not bouncer_running:
         echo(f"starting PgBouncer {version[0]}.{version[1]} on {HOST}:{stack.state.pgbouncer_port} ...")
         start_pgbouncer(stack)
-    write_env(stack, version)
-    return True
+        changed = True
+    return write_env(stack, version) or changed
 
 
 def down(stack: Stack, echo: Echo) -> None:
@@ -565,7 +562,7 @@ def _echo(message: str) -> None:
 
 
 def _fail(e: Exception) -> LocalError:
-    return LocalError(str(e))
+    return LocalError(_one_line(e) if isinstance(e, psycopg.Error) else str(e))
 
 
 @click.group("local")
@@ -593,6 +590,21 @@ def _print_summary(stack: Stack) -> None:
     click.echo(f".env        {stack.paths.env_file}")
 
 
+SERVER_ERRORS = (
+    ClusterError,
+    DbctlError,
+    PgBouncerConfigError,
+    PgBouncerServerError,
+    TlsError,
+    psycopg.Error,
+)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line (libpq's messages span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 @local.command("up")
 @click.option(
     "--pg-port", type=click.IntRange(1, 65535), help=f"PostgreSQL's port [default: {names.POSTGRES_PORT}]"
@@ -602,16 +614,23 @@ def _print_summary(stack: Stack) -> None:
     type=click.IntRange(1, 65535),
     help=f"PgBouncer's port [default: {names.PGBOUNCER_PORT}]",
 )
+@click.option(
+    "--unsafe-fast",
+    is_flag=True,
+    help="UNSAFE: fsync, synchronous_commit and full_page_writes off (a crash can lose committed data). "
+    "`up` without it makes the stack durable again.",
+)
 @click.pass_obj
-def up_command(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) -> None:
+def up_command(paths: Paths, pg_port: int | None, pgbouncer_port: int | None, unsafe_fast: bool) -> None:
     """Start the local stack (creating it the first time) and write .env. Safe to re-run."""
     if pg_port is not None and pg_port == pgbouncer_port:
         raise LocalError("--pg-port and --pgbouncer-port must differ")
-    stack = open_stack(paths, pg_port, pgbouncer_port)
-    try:
-        changed = up(stack, _echo)
-    except (ClusterError, DbctlError, PgBouncerConfigError, PgBouncerServerError) as e:
-        raise _fail(e) from e
+    with stack_lock(paths, _echo):
+        stack = open_stack(paths, pg_port, pgbouncer_port)
+        try:
+            changed = up(stack, _echo, durable=not unsafe_fast)
+        except SERVER_ERRORS as e:
+            raise _fail(e) from e
     if not changed:
         click.echo("local stack already running; nothing changed")
     _print_summary(stack)
@@ -621,12 +640,27 @@ def up_command(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) ->
 @click.pass_obj
 def down_command(paths: Paths) -> None:
     """Stop PostgreSQL and PgBouncer; the data stays for the next `up`."""
-    stack = existing_stack(paths)
-    try:
-        down(stack, _echo)
-    except ClusterError as e:
-        raise _fail(e) from e
+    with stack_lock(paths, _echo):
+        stack = existing_stack(paths)
+        try:
+            down(stack, _echo)
+        except ClusterError as e:
+            raise _fail(e) from e
     click.echo("local stack stopped; data kept (start it again with `dbctl local up`)")
+
+
+def _wipe(paths: Paths) -> None:
+    """Everything of the stack but the lock we hold (a new lock file would let another run in)."""
+    for child in paths.state_dir.iterdir() if paths.state_dir.is_dir() else ():
+        if child == paths.lock_file:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if server_dir(paths) != paths.state_dir:
+        shutil.rmtree(server_dir(paths), ignore_errors=True)
+    paths.env_file.unlink(missing_ok=True)
 
 
 @local.command("reset")
@@ -635,32 +669,37 @@ def down_command(paths: Paths) -> None:
 @click.option("--pgbouncer-port", type=click.IntRange(1, 65535), help="PgBouncer's port for the new stack")
 @click.pass_obj
 def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: int | None) -> None:
-    """Wipe the local stack (cluster, credentials, .env) and bring it up again: `prisma migrate reset`."""
+    """Wipe the local stack (cluster, credentials, CA, .env) and bring it up again: `prisma migrate reset`."""
     if not yes:
         raise LocalError(
             f"{RESET_WARNING} `dbctl local reset` drops the local cluster in {paths.state_dir}, its "
-            "credentials and .env, then recreates them and applies all migrations. "
+            "credentials, CA and .env, then recreates them and applies all migrations. "
             "Re-run with --yes to do it."
         )
-    saved = State.load(paths)
-    if saved is not None and paths.credentials_file.exists():
+    with stack_lock(paths, _echo):
         try:
-            down(existing_stack(paths), _echo)
+            saved = State.load(paths)
+        except LocalError:
+            saved = None  # unreadable: it is about to go anyway
+        # Stop what runs, with or without readable credentials (stopping needs none).
+        old = Stack(paths, saved or State(0, 0), {})
+        if pgbouncer_running(old):
+            stop_pgbouncer(old)
+        try:
+            Cluster(server_dir(paths) / "postgres", old.state.pg_port).stop()
         except ClusterError as e:
             raise _fail(e) from e
-    _echo(f"{RESET_WARNING} removing {paths.state_dir} ...")
-    for directory in {paths.state_dir, server_dir(paths)}:
-        shutil.rmtree(directory, ignore_errors=True)
-    paths.env_file.unlink(missing_ok=True)
-    State(
-        pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
-        pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
-    ).save(paths)
-    stack = open_stack(paths)
-    try:
-        up(stack, _echo)
-    except (ClusterError, DbctlError, PgBouncerConfigError, PgBouncerServerError) as e:
-        raise _fail(e) from e
+        _echo(f"{RESET_WARNING} removing {paths.state_dir} ...")
+        _wipe(paths)
+        State(
+            pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
+            pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+        ).save(paths)
+        stack = open_stack(paths)
+        try:
+            up(stack, _echo)
+        except SERVER_ERRORS as e:
+            raise _fail(e) from e
     _print_summary(stack)
 
 
@@ -729,12 +768,28 @@ def status_command(paths: Paths) -> None:
         state = f"running on {HOST}:{port}" if running else f"stopped (port {port})"
         click.echo(f"{name}  {state}  [{where}]")
         healthy &= running
+    click.echo(f"TLS         CA {stack.authority.cert_file} (every URL's sslrootcert)")
     if pg_running:
-        up_to_date, summary = migration_status(stack)
+        click.echo(
+            "durability  fsync, synchronous_commit, full_page_writes on"
+            if cluster.is_durable()
+            else f"durability  {UNSAFE_NOTE}"
+        )
+        # Each failure is one line (the cause, no traceback), and the others still report.
+        try:
+            up_to_date, summary = migration_status(stack)
+        except SERVER_ERRORS as e:
+            up_to_date, summary = False, f"unknown: {_one_line(e)}"
         click.echo(f"migrations  {summary}")
         healthy &= up_to_date
     if bouncer_running:
-        click.echo("pools (SHOW POOLS):")
-        click.echo(textwrap.indent(_table(show_pools(stack)), "  "))
+        try:
+            pools = textwrap.indent(_table(show_pools(stack)), "  ")
+        except SERVER_ERRORS as e:
+            click.echo(f"pools       unknown: {_one_line(e)}")
+            healthy = False
+        else:
+            click.echo("pools (SHOW POOLS):")
+            click.echo(pools)
     if not healthy:
         raise SystemExit(1)

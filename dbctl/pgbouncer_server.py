@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from dbctl.cluster import port_is_free, server_environment
 from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini, render_userlist
 
 PACKAGE = "pgbouncer"
@@ -194,14 +195,11 @@ class PgBouncerServer:
         if self.is_running():
             raise PgBouncerServerError(f"pgbouncer already runs from {self.directory}; stop() it first")
         host = self._listen_host(config)
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, config.listen_port))
-            except OSError:
-                raise PgBouncerServerError(
-                    f"port {host}:{config.listen_port} is taken by another process; stop it or pick another "
-                    "listen_port"
-                ) from None
+        if not port_is_free(config.listen_port, host):
+            raise PgBouncerServerError(
+                f"port {host}:{config.listen_port} is taken by another process; stop it or pick another "
+                "listen_port"
+            )
         self._write(config, verifiers)
         self._log_offset = len(self._read(self.log_path))
         # The child inherits our limits; pgbouncer needs one descriptor per client connection.
@@ -214,6 +212,7 @@ class PgBouncerServer:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
+                env=server_environment(),
                 start_new_session=True,
                 user=ids[0] if ids else None,
                 group=ids[1] if ids else None,

@@ -2,13 +2,20 @@
 
 import os
 import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
 
 from dbctl import names
-from dbctl.cluster import Cluster, port_is_free
+from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free
+from dbctl.tls import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +57,83 @@ def test_server_runs_as_postgres_when_we_are_root(pg_cluster: Cluster) -> None:
     expected = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
     assert uid == expected
     assert uid != 0
+
+
+def test_non_tls_connections_are_refused(pg_cluster: Cluster) -> None:
+    """pg_hba says hostssl only, as RDS does with rds.force_ssl=1."""
+    plain = pg_cluster.admin_conninfo().replace("sslmode=verify-full", "sslmode=disable")
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(plain).close()
+
+
+def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cluster: Cluster) -> None:
+    ca = x509.load_pem_x509_certificate(pg_cluster.ca_file.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert pg_cluster.authority.signed(pg_cluster.cert_file)
+    assert stat.S_IMODE(pg_cluster.authority.key_file.stat().st_mode) == 0o600
+    for host in ("127.0.0.1", "localhost"):
+        info = pg_cluster.admin_conninfo().replace("host=127.0.0.1", f"host={host}")
+        with psycopg.connect(info) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (
+                True,
+            )
+
+
+def test_another_ca_is_refused_by_verify_full(pg_cluster: Cluster, tmp_path: Path) -> None:
+    other = CertificateAuthority(tmp_path / "other-ca")
+    other.ensure()
+    info = pg_cluster.admin_conninfo().replace(str(pg_cluster.ca_file), str(other.cert_file))
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(info).close()
+
+
+def test_a_port_in_time_wait_is_free() -> None:
+    """After a server closes its connections (`down`), the port sits in TIME_WAIT for a minute; PostgreSQL and
+    PgBouncer can bind it (SO_REUSEADDR), so the probe must say it is free."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end, on `port`, goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    assert _time_wait_on(port)
+    assert port_is_free(port)
+
+
+def _time_wait_on(port: int) -> bool:
+    """A TIME_WAIT socket whose local port is `port`, per /proc/net/tcp (state 06)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "06":
+            return True
+    return False
+
+
+def test_a_stale_postmaster_pid_is_not_taken_for_the_server() -> None:
+    """A postmaster.pid left by a crash whose pid now belongs to another process: not running, and stop()
+    must not signal that process (pg_ctl status/stop would: any live pid will do for them)."""
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-stale-"))
+    base.chmod(0o755)  # pg_ctl runs as the servers' user and must read the pid file
+    cluster = Cluster(base, free_port())
+    cluster.data_dir.mkdir()
+    (cluster.data_dir / "PG_VERSION").write_text("15\n")
+    # As the servers' OS user when we are root: kill(pid, 0) then succeeds for pg_ctl, as for a reused pid.
+    other = subprocess.Popen(["sleep", "60"], user=SERVICE_OS_USER if os.geteuid() == 0 else None)
+    try:
+        (cluster.data_dir / "postmaster.pid").write_text(f"{other.pid}\n{cluster.data_dir}\n")
+        assert not cluster.is_running()
+        cluster.stop()
+        assert other.poll() is None  # still alive: never signalled
+    finally:
+        other.kill()
+        other.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_real_postmaster_is_recognised(pg_cluster: Cluster) -> None:
+    pid = int((pg_cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    assert pg_cluster.postmaster_pid() == pid

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 
 from dbctl import local, migrate, names
 from dbctl.cluster import free_port
@@ -30,9 +31,13 @@ from dbctl.scram import is_scram_verifier
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def dbctl_local(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.pop(local.ROOT_ENV_VAR, None)
+def dbctl_local(
+    root: Path, *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m dbctl local --root ROOT ARGS` with our environment less PG* (plus `env`, when given)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    base.pop(local.ROOT_ENV_VAR, None)
+    env = {**base, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "dbctl", "local", "--root", str(root), *args],
         capture_output=True,
@@ -111,7 +116,7 @@ def server_pids(s: LocalStack) -> tuple[str, str]:
 @pytest.mark.integration
 def test_env_has_exactly_the_seed_variables_and_private_files(stack: LocalStack) -> None:
     env = stack.env()
-    assert list(env) == ["DATABASE_URL", "DIRECT_URL", "DATABASE_READ_URL"]
+    assert list(env) == ["DATABASE_URL", "DIRECT_URL", "DATABASE_READ_URL", "SHADOW_DATABASE_URL"]
     assert f"@127.0.0.1:{stack.pgbouncer_port}/{names.DATABASE_NAME}?" in env["DATABASE_URL"]
     assert f"@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}?" in env["DIRECT_URL"]
     assert f"@127.0.0.1:{stack.pgbouncer_port}/{names.READ_POOL_DATABASE}?" in env["DATABASE_READ_URL"]
@@ -279,19 +284,25 @@ def test_reset_with_yes_wipes_data_and_comes_back_up(stack: LocalStack) -> None:
 
 def test_url_percent_encodes_the_password_and_puts_pgbouncer_last() -> None:
     cred = local.Credential("spike_app", "p@ss/w:rd?&=", "SCRAM-SHA-256$4096:x$y:z")
-    url = local.url(cred, 6543, "spike_land", sslmode="require", extra={"pgbouncer": "true"})
-    assert (
-        url
-        == "postgresql://spike_app:p%40ss%2Fw%3Ard%3F%26%3D@127.0.0.1:6543/spike_land?sslmode=require&pgbouncer=true"
+    ca = Path("/home/me/my repo/.local/tls/ca.crt")
+    url = local.url(cred, 6543, "spike_land", ca_file=ca, extra={"pgbouncer": "true"})
+    assert url == (
+        "postgresql://spike_app:p%40ss%2Fw%3Ard%3F%26%3D@127.0.0.1:6543/spike_land"
+        "?sslmode=verify-full&sslrootcert=/home/me/my%20repo/.local/tls/ca.crt&pgbouncer=true"
     )
-    assert local.libpq_url(url).endswith("/spike_land?sslmode=require")
+    assert local.libpq_url(url).endswith(
+        "/spike_land?sslmode=verify-full&sslrootcert=/home/me/my%20repo/.local/tls/ca.crt"
+    )
+    # libpq reads the same parameters back, the path decoded.
+    params = conninfo_to_dict(local.libpq_url(url))
+    assert params["sslrootcert"] == str(ca) and params["password"] == "p@ss/w:rd?&="
 
 
 def test_pgbouncer_flag_only_before_1_21() -> None:
     creds = {role: local.new_credential(role) for role in names.LOGIN_ROLES}
     state = local.State(5432, 6543)
-    old = local.env_urls(creds, state, (1, 18))
-    new = local.env_urls(creds, state, (1, 21))
+    old = local.env_urls(creds, state, (1, 18), Path("/ca.crt"))
+    new = local.env_urls(creds, state, (1, 21), Path("/ca.crt"))
     assert old["DATABASE_URL"].endswith("pgbouncer=true")
     assert "pgbouncer" not in new["DATABASE_URL"] + new["DATABASE_READ_URL"]
 

@@ -66,7 +66,7 @@ def base_settings(cluster: Cluster, database: str, port: int) -> dict[str, objec
         "listen_port": port,
         "server_tls": ServerTls(sslmode="verify-full", ca_file=str(cluster.ca_file)),
         "client_tls": ClientTls(
-            sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.ca_file)
+            sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.cert_file)
         ),
     }
 
