@@ -84,6 +84,7 @@ def node_summary(output: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"^# (\w+) (\d+)$", output, re.MULTILINE)}
 
 
+@pytest.mark.timeout(900)  # npm ci on a cold cache, then the Node suite (about a minute on a quiet machine)
 def test_the_apps_toolchain_against_a_local_stack(stack: local.Stack, tmp_path: Path) -> None:
     install_e2e_packages()
     dotenv = local.read_env(stack.paths)
@@ -95,7 +96,7 @@ def test_the_apps_toolchain_against_a_local_stack(stack: local.Stack, tmp_path: 
     }
     files = sorted(str(p.relative_to(E2E)) for p in (E2E / "test").glob("*.test.ts"))
     output = _run(
-        [_tool("node"), "--import", "tsx", "--test", "--test-concurrency=1", *files], env=env, timeout=900
+        [_tool("node"), "--import", "tsx", "--test", "--test-concurrency=1", *files], env=env, timeout=600
     )
     print(output)  # pytest -s shows the Node suite's own report and its figures
     summary = node_summary(output)
