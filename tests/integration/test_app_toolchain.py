@@ -72,7 +72,7 @@ def stack() -> Iterator[local.Stack]:
     root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
     stack = local.open_stack(local.Paths(root), free_port(), free_port())
     try:
-        local.up(stack, lambda message: None)
+        local.up(stack, lambda message: None, durable=False)  # throwaway: fsync off, as the benchmark does
         yield stack
     finally:
         local.down(stack, lambda message: None)
