@@ -29,7 +29,9 @@ def cron_cluster() -> Iterator[Cluster]:
 
 
 def migrate(url: str, passwords: dict[str, str], *, dry_run: bool = False) -> deploy.Report:
-    return deploy.run_migrate(url, verifiers_from_mapping(secret_shaped(passwords), "test credentials"), dry_run=dry_run)
+    return deploy.run_migrate(
+        url, verifiers_from_mapping(secret_shaped(passwords), "test credentials"), dry_run=dry_run
+    )
 
 
 def step(report: deploy.Report, name: str) -> deploy.Step:
