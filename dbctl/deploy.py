@@ -12,7 +12,8 @@
 7. converge privileges again when migrations created objects (e.g. keep the app off ``_prisma_migrations``);
 8. converge scheduled maintenance (dbctl.maintenance: pg_cron's weekly VACUUM ANALYZE), or say why not.
 
-``status(url, verifiers)`` reports applied/pending/failed migrations and role drift without changing anything.
+``status(url, verifiers)`` reports applied/pending/failed migrations, role drift, history rows with no
+migration file and objects in schema public not owned by spike_owner, without changing anything.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Report:
     failed: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     maintenance: list[str] = field(default_factory=list)
+    # status only: history rows without a migration file, objects not owned by spike_owner.
+    drift: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     total_ms: float = 0.0
 
@@ -184,8 +187,20 @@ def status(
             upkeep = maintenance.plan(conn)
             report.maintenance = [c.description for c in upkeep.changes]
             step.detail = f"skipped: {upkeep.skipped}" if upkeep.skipped else _describe(upkeep.changes)
+        with timer.step("objects") as step:
+            report.drift = [
+                f"migration {name} is in _prisma_migrations but has no directory in {migrations_dir}: "
+                "restore it from version control (or from the tool that applied it)"
+                for name in plan.unknown
+            ] + roles.foreign_owned(conn)
+            step.detail = f"{len(report.drift)} drift item(s)" if report.drift else "no drift"
     report.changed = bool(
-        report.pending or report.failed or report.problems or report.role_changes or report.maintenance
+        report.pending
+        or report.failed
+        or report.problems
+        or report.role_changes
+        or report.maintenance
+        or report.drift
     )
     report.total_ms = (time.perf_counter() - started) * 1000
     return report

@@ -11,6 +11,11 @@
   together with its history row unless the file's first line is ``-- dbctl:no-transaction``. On failure the
   transaction rolls back, a history row records the error in ``logs`` (finished_at NULL, as Prisma does) and
   ``MigrationFailed`` is raised.
+- ``transaction_sql(migration)``: the SQL that runs in that transaction. PostgreSQL's own parser (pglast)
+  finds top-level transaction control: the ``BEGIN;`` / ``COMMIT;`` that Prisma writes around some steps
+  (e.g. recreating an enum) are blanked out, so the whole file stays one transaction (a ``COMMIT`` would
+  otherwise keep the statements before it when a later one fails); ROLLBACK, PREPARE TRANSACTION and the
+  like, and SQL the parser rejects, are refused by ``plan`` before anything is applied.
 - ``resolve_rolled_back(conn, name)``: ``prisma migrate resolve --rolled-back`` (sets rolled_back_at).
 """
 
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from pglast import ast, parser
+from pglast.enums.parsenodes import TransactionStmtKind
 from psycopg import sql
 
 from dbctl import names
@@ -75,6 +82,9 @@ class Plan:
     # (name, first line of logs) of failed migrations not yet resolved; plan() raises when there are any,
     # status() reports them.
     failed: list[tuple[str, str]]
+    # Applied migrations that have no directory here (another tool's, or a deleted file): status reports
+    # them as drift; migrate goes on, as `prisma migrate deploy` does.
+    unknown: list[str] = field(default_factory=list)
 
 
 class MigrationFailed(DbctlError):
@@ -245,7 +255,8 @@ def read_plan(conn: Conn, migrations: list[Migration]) -> tuple[Plan, list[str]]
             )
     failed = [(name, log) for name, log in failed if name not in applied]
     pending = [m for m in migrations if m.name not in applied]
-    return Plan(applied, pending, failed), problems
+    unknown = [name for name in applied if name not in by_name]
+    return Plan(applied, pending, failed, unknown), problems
 
 
 def plan(conn: Conn, migrations: list[Migration]) -> Plan:
@@ -259,7 +270,50 @@ def plan(conn: Conn, migrations: list[Migration]) -> Plan:
         )
     if problems:
         raise DbctlError(problems[0])
+    for migration in result.pending:
+        if not migration.no_transaction:
+            transaction_sql(migration)  # refuses, before anything is applied, what cannot run atomically
     return result
+
+
+# BEGIN / START TRANSACTION / COMMIT (END) around a migration's steps are redundant inside dbctl's own
+# transaction; anything else that ends or splits a transaction cannot be made atomic.
+_REDUNDANT = frozenset({TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START})
+_REDUNDANT |= {TransactionStmtKind.TRANS_STMT_COMMIT}
+
+
+def transaction_sql(migration: Migration) -> str:
+    """The migration's SQL to run in one transaction with its history row: top-level BEGIN/COMMIT blanked
+    out (same lines, so server errors keep their line numbers). Raises DbctlError for transaction control
+    that cannot be made atomic, or SQL that PostgreSQL's parser rejects."""
+    text = migration.sql_text
+    try:
+        slices = list(parser.split(text, with_parser=True, only_slices=True))
+        statements = parser.parse_sql(text)
+    except parser.ParseError as exc:
+        message, at = (*exc.args, 0)[:2]  # (message, byte offset)
+        line = text.encode()[: int(at)].count(b"\n") + 1
+        raise DbctlError(
+            f"migration {migration.name}: PostgreSQL's parser rejects line {line} ({message}); nothing "
+            f"was applied. Fix {migration.path}"
+        ) from None
+    out = list(text)
+    for part, raw in zip(slices, statements, strict=True):
+        stmt = raw.stmt
+        if not isinstance(stmt, ast.TransactionStmt):
+            continue
+        kind = stmt.kind
+        line = text.count("\n", 0, part.start) + 1
+        if kind not in _REDUNDANT:
+            raise DbctlError(
+                f"migration {migration.name}, line {line}: {text[part].strip()!r} cannot run inside the one "
+                "transaction dbctl applies a migration in; nothing was applied. Remove it, or split the "
+                f"migration (or mark it `{NO_TRANSACTION_MARKER}`)"
+            )
+        for i in range(part.start, part.stop):
+            if out[i] != "\n":
+                out[i] = " "
+    return "".join(out)
 
 
 def _statements(text: str) -> list[str]:
@@ -319,7 +373,7 @@ def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK
                 conn.execute(set_role)
                 conn.execute(set_lock_timeout)
                 conn.execute(insert.format(*values))
-                conn.execute(migration.sql_text.encode())
+                conn.execute(transaction_sql(migration).encode())
                 escape = _escape(conn, in_transaction=True)
                 if escape:
                     raise DbctlError(f"migration {migration.name} {escape}; nothing was kept or recorded")

@@ -260,5 +260,7 @@ def status_command(
             click.echo(f"drift     {change}")
         for change in report.maintenance:
             click.echo(f"drift     {change}")
+        for item in report.drift:
+            click.echo(f"drift     {item}")
         click.echo("up to date" if not report.changed else "not up to date")
     sys.exit(1 if report.changed else 0)

@@ -55,8 +55,16 @@ ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(names.OWNER_ROLE, login=False),
     RoleSpec(names.READWRITE_ROLE, login=False),
     RoleSpec(names.READONLY_GROUP_ROLE, login=False),
-    # Migrations wait at most 10 s for a lock instead of queueing the app behind them.
-    RoleSpec(names.MIGRATOR_ROLE, True, frozenset({names.OWNER_ROLE}), 5, {"lock_timeout": "10s"}),
+    # Migrations wait at most 10 s for a lock instead of queueing the app behind them. Its sessions start
+    # as spike_owner (role=), so whatever tool creates objects through DIRECT_URL (prisma migrate deploy,
+    # psql) creates them owned by spike_owner, and the default privileges below cover them at once.
+    RoleSpec(
+        names.MIGRATOR_ROLE,
+        True,
+        frozenset({names.OWNER_ROLE}),
+        5,
+        {"lock_timeout": "10s", "role": names.OWNER_ROLE},
+    ),
     RoleSpec(
         names.APP_ROLE,
         True,
@@ -398,6 +406,48 @@ def _privilege_changes(conn: psycopg.Connection[tuple[object, ...]]) -> list[Cha
             desired,
         )
     return changes
+
+
+# pg_class relkinds and pg_type typtypes that dbctl expects spike_owner to own in schema public.
+_OWNED_RELKINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
+_OWNED_RELKINDS |= {"S": "sequence", "c": "type"}
+_OWNED_TYPTYPES = {"e": "type", "d": "domain", "r": "type", "m": "type"}
+
+
+def foreign_owned(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """Tables, views, sequences and types in schema public not owned by spike_owner (extension members and
+    a table's own row type aside): the app's roles may lack privileges on them. One line each."""
+    rows = conn.execute(
+        "SELECT 'r', c.relkind::text, c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %(schema)s AND c.relkind = ANY(%(relkinds)s)"
+        " AND pg_get_userbyid(c.relowner) <> %(owner)s"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass"
+        "   AND e.objid = c.oid AND e.deptype = 'e')"
+        " UNION ALL"
+        " SELECT 't', t.typtype::text, t.typname, pg_get_userbyid(t.typowner) FROM pg_type t"
+        " JOIN pg_namespace n ON n.oid = t.typnamespace"
+        " WHERE n.nspname = %(schema)s AND t.typtype = ANY(%(typtypes)s)"
+        " AND pg_get_userbyid(t.typowner) <> %(owner)s"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_type'::regclass"
+        "   AND e.objid = t.oid AND e.deptype = 'e')"
+        " ORDER BY 3",
+        {
+            "schema": SCHEMA,
+            "relkinds": list(_OWNED_RELKINDS),
+            "typtypes": list(_OWNED_TYPTYPES),
+            "owner": names.OWNER_ROLE,
+        },
+    ).fetchall()
+    out = []
+    for catalog, kind, name, owner in rows:
+        word = (_OWNED_RELKINDS if catalog == "r" else _OWNED_TYPTYPES)[str(kind)]
+        out.append(
+            f'{word} {SCHEMA}."{name}" is owned by {owner}, not {names.OWNER_ROLE}: '
+            f'ALTER {word.upper()} {SCHEMA}."{name}" OWNER TO {names.OWNER_ROLE}, and create objects '
+            f"through DIRECT_URL ({names.MIGRATOR_ROLE}) or dbctl migrate"
+        )
+    return out
 
 
 def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str] | None) -> list[Change]:

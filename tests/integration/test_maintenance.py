@@ -17,7 +17,7 @@ from dbctl import cluster as cluster_module
 from dbctl import deploy, maintenance, names
 from dbctl.cluster import Cluster, throwaway_cluster
 from dbctl.credentials import verifiers_from_mapping
-from tests.integration.conftest import FreshDatabase
+from tests.integration.conftest import FreshDatabase, secret_shaped
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,9 @@ def cron_cluster() -> Iterator[Cluster]:
 
 
 def migrate(url: str, passwords: dict[str, str], *, dry_run: bool = False) -> deploy.Report:
-    return deploy.run_migrate(url, verifiers_from_mapping(passwords, "test credentials"), dry_run=dry_run)
+    return deploy.run_migrate(
+        url, verifiers_from_mapping(secret_shaped(passwords), "test credentials"), dry_run=dry_run
+    )
 
 
 def step(report: deploy.Report, name: str) -> deploy.Step:
@@ -131,7 +133,7 @@ def test_preload_follows_the_libraries_the_server_has(
 
 def test_status_reports_a_missing_job_as_drift(cron_cluster: Cluster, role_passwords: dict[str, str]) -> None:
     migrate(cron_cluster.admin_conninfo(), role_passwords)
-    verifiers = verifiers_from_mapping(role_passwords, "test credentials")
+    verifiers = verifiers_from_mapping(secret_shaped(role_passwords), "test credentials")
     assert not deploy.status(cron_cluster.admin_conninfo(), verifiers).changed
     with psycopg.connect(cron_cluster.admin_conninfo(), autocommit=True) as conn:
         conn.execute("SELECT cron.unschedule(%s)", (maintenance.JOB_NAME,))

@@ -135,7 +135,7 @@ def test_a_verifier_from_dbctl_scram_logs_in_with_its_password(
     deploy.run_migrate(fresh_db.admin_conninfo, verifiers_from_mapping(given, "test"))
     for role in (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE, names.MIGRATOR_ROLE):
         with connect_as(fresh_db, role, role_passwords) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (role,)
+            assert conn.execute("SELECT session_user").fetchone() == (role,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(fresh_db.conninfo(names.APP_ROLE, "not-the-password")).close()
 
