@@ -75,7 +75,13 @@ from dbctl.pgbouncer import (
     PgBouncerConfigError,
     ServerTls,
 )
-from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
+from dbctl.pgbouncer_server import (
+    PgBouncerServer,
+    PgBouncerServerError,
+    detect_version,
+    find_pgbouncer,
+    immediate_shutdown_signal,
+)
 from dbctl.tls import CertificateAuthority, TlsError, write_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -411,11 +417,18 @@ def pgbouncer_running(stack: Stack) -> bool:
 
 
 def stop_pgbouncer(stack: Stack, timeout: float = 10) -> None:
-    """SIGTERM (PgBouncer's immediate shutdown) and wait for the process to go."""
+    """PgBouncer's immediate shutdown (SIGQUIT from 1.23 on, SIGTERM before) and wait for the process to go.
+
+    Not SIGTERM on 1.23+: that waits for every client to disconnect, so with an app connected `down` waited
+    out the timeout and then had to SIGKILL it."""
     pid = _pgbouncer_pid(stack)
     if pid is None:
         return
-    os.kill(pid, signal.SIGTERM)
+    try:
+        version = detect_version(Path(f"/proc/{pid}/exe").resolve(strict=True))
+    except (OSError, PgBouncerServerError):
+        version = pgbouncer_version()  # the one `up` would start
+    os.kill(pid, immediate_shutdown_signal(version))
     deadline = time.monotonic() + timeout
     while _pgbouncer_pid(stack) == pid:
         if time.monotonic() > deadline:
