@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -310,9 +311,18 @@ def test_servers_inherit_no_secret_from_the_shell(stack: LocalStack) -> None:
 
 def test_up_right_after_down_with_connections_in_time_wait(stack: LocalStack) -> None:
     """TCP connections open at `down` are closed by the servers first, so their ports then sit in TIME_WAIT.
-    (Plain sockets that never speak: a client that sends anything after the server left gets a reset
-    instead, and no TIME_WAIT.)"""
+    (Sockets that say nothing after their SSLRequest: a client that sends anything after the server left
+    gets a reset instead, and no TIME_WAIT.)
+
+    Each one sends an SSLRequest and reads the answer first, so the server really holds it: PgBouncer
+    listens with TCP_DEFER_ACCEPT (tcp_defer_accept = 1 s by default), and a socket that has sent nothing
+    is still SYN-RECV on its side for that second; one `down` reaches sooner is dropped silently (no FIN,
+    no TIME_WAIT), which made this test pass or fail by how long `down` took to start."""
     held = [socket.create_connection(("127.0.0.1", port)) for port in (stack.pg_port, stack.pgbouncer_port)]
+    for sock in held:
+        sock.settimeout(10)
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert sock.recv(1) in (b"S", b"N")  # answered: the server has accepted the connection
     result = dbctl_local(stack.root, "down")
     assert result.returncode == 0, result.stderr
     for sock in held:
