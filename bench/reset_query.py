@@ -109,7 +109,7 @@ def main() -> None:
                     server_reset_query=query,
                     server_tls=ServerTls(sslmode="verify-full", ca_file=str(cluster.ca_file)),
                     client_tls=ClientTls(
-                        sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.ca_file)
+                        sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.cert_file)
                     ),
                 )
                 server.start(config, {role: verifiers[role] for role in POOLED_ROLES})

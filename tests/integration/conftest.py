@@ -43,6 +43,10 @@ from dbctl.cluster import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_MAJORS = "all_majors"
+# A test about TLS runs only on the installs that have it (the wheel's 18 is built without OpenSSL), and one
+# about a server without TLS only on those that lack it: chosen when tests are collected, never skipped.
+WITH_TLS = "with_tls"
+WITHOUT_TLS = "without_tls"
 _INSTALLS = {"system": system_install, "wheel": wheel_install}
 
 
@@ -50,6 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{ALL_MAJORS}: run on every PostgreSQL major here (the system's and the wheel's 18)"
     )
+    config.addinivalue_line("markers", f"{WITH_TLS}: run only on the installs whose server has TLS")
+    config.addinivalue_line("markers", f"{WITHOUT_TLS}: run only on the installs whose server lacks TLS")
+
+
+def _has_tls(kind: str) -> bool | None:
+    try:
+        return _INSTALLS[kind]().tls
+    except ClusterError:
+        return None  # not installed: keep it, so the test errors with ClusterError's fix
 
 
 def _install_id(kind: str) -> str:
@@ -68,7 +81,12 @@ def _install_kinds() -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_install" not in metafunc.fixturenames:
         return
-    kinds = _install_kinds() if metafunc.definition.get_closest_marker(ALL_MAJORS) else ["system"]
+    marked = metafunc.definition.get_closest_marker
+    kinds = _install_kinds() if marked(ALL_MAJORS) else ["system"]
+    if marked(WITH_TLS):
+        kinds = [kind for kind in kinds if _has_tls(kind) is not False]
+    if marked(WITHOUT_TLS):
+        kinds = [kind for kind in kinds if _has_tls(kind) is not True]
     ids = [_install_id(kind) for kind in kinds]
     metafunc.parametrize("pg_install", kinds, ids=ids, indirect=True, scope="session")
 

@@ -99,21 +99,16 @@ def test_wheel_binaries_the_service_user_cannot_reach_run_from_a_copy() -> None:
             shutil.rmtree(staged.parents[2], ignore_errors=True)
 
 
-def _needs_tls(cluster: Cluster) -> None:
-    if not cluster.install.tls:
-        pytest.skip(f"{cluster.install.describe()}: no TLS to test (test_a_server_without_tls_... covers it)")
-
-
+@pytest.mark.with_tls
 def test_non_tls_connections_are_refused(pg_cluster: Cluster) -> None:
     """pg_hba says hostssl only, as RDS does with rds.force_ssl=1."""
-    _needs_tls(pg_cluster)
     plain = pg_cluster.admin_conninfo().replace("sslmode=verify-full", "sslmode=disable")
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
         psycopg.connect(plain).close()
 
 
+@pytest.mark.with_tls
 def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cluster: Cluster) -> None:
-    _needs_tls(pg_cluster)
     ca = x509.load_pem_x509_certificate(pg_cluster.ca_file.read_bytes())
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert pg_cluster.authority.signed(pg_cluster.cert_file)
@@ -126,8 +121,8 @@ def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cl
             )
 
 
+@pytest.mark.with_tls
 def test_another_ca_is_refused_by_verify_full(pg_cluster: Cluster, tmp_path: Path) -> None:
-    _needs_tls(pg_cluster)
     other = CertificateAuthority(tmp_path / "other-ca")
     other.ensure()
     info = pg_cluster.admin_conninfo().replace(str(pg_cluster.ca_file), str(other.cert_file))
@@ -187,10 +182,9 @@ def test_the_real_postmaster_is_recognised(pg_cluster: Cluster) -> None:
     assert pg_cluster.postmaster_pid() == pid
 
 
+@pytest.mark.without_tls
 def test_a_server_without_tls_serves_scram_over_plain_tcp_only(pg_cluster: Cluster) -> None:
     """The wheel's 18 (no OpenSSL): ssl=off, no certificate, one `host` line; TLS asked for is refused."""
-    if pg_cluster.install.tls:
-        pytest.skip(f"{pg_cluster.install.describe()} has TLS (the tests above cover it)")
     hba = [
         line
         for line in (pg_cluster.data_dir / "pg_hba.conf").read_text().splitlines()

@@ -205,12 +205,14 @@ def test_pooled_queries_work_again_soon_after_a_restart_under_load(
         for thread in threads:
             thread.start()
         time.sleep(1)
+        before = own_cluster.postmaster_pid()
         restart = own_cluster._run(  # one pg_ctl restart, as a minor-version patch or a crash recovery does
             [str(find_binary("pg_ctl")), "restart", "--pgdata", str(own_cluster.data_dir), "-m", "fast", "-w"]
         )
         assert restart.returncode == 0
         own_cluster.wait_ready()
         ready = time.monotonic()
+        restarted = own_cluster.postmaster_pid() not in (None, before)
         deadline = ready + 20
         while time.monotonic() < deadline and not any(t > ready and e == "ok" for t, e in list(events)):
             time.sleep(0.05)
@@ -222,7 +224,9 @@ def test_pooled_queries_work_again_soon_after_a_restart_under_load(
         _cleanup(bouncer)
     errors = [e for _, e in events if e != "ok"]
     first_ok = min((t for t, e in events if t > ready and e == "ok"), default=None)
-    assert errors, "the restart went unnoticed: no client saw an error, so nothing was measured"
+    # PgBouncer may hide a short restart from every client (it queues them while it logs in again), so
+    # errors are counted, not required; a new postmaster proves the restart happened.
+    assert restarted, "pg_ctl restart left the same postmaster: nothing was measured"
     assert first_ok is not None, "no pooled query worked within 20 s of the server accepting connections"
     recovered = first_ok - ready
     # Clients already waiting for a login may still get the cached error just after the first success.
