@@ -171,8 +171,8 @@ def client_env(cluster: Cluster, dbname: str, application: str) -> dict[str, str
     return env
 
 
-def server_major(cluster: Cluster) -> int:
-    with psycopg.connect(cluster.admin_conninfo(names.DATABASE_NAME)) as conn:
+def server_major(cluster: Cluster, dbname: str = names.DATABASE_NAME) -> int:
+    with psycopg.connect(cluster.admin_conninfo(dbname)) as conn:
         return conn.info.server_version // 10000
 
 
@@ -290,7 +290,7 @@ def compare(backup: str, scratch: str, restored: Facts, live: Facts) -> RestoreR
 _SKIP_ENTRY: Final = re.compile(r"^\d+; \d+ \d+ COMMENT - EXTENSION ")
 
 
-def _restore(pg_restore: Path, archive: Path, env: dict[str, str]) -> None:
+def restore_archive(pg_restore: Path, archive: Path, env: dict[str, str]) -> None:
     """pg_restore archive into env's PGDATABASE, all or nothing, without the entries in _SKIP_ENTRY."""
     listing = subprocess.run(
         [str(pg_restore), "--list", str(archive)], capture_output=True, text=True, timeout=600, check=False
@@ -335,7 +335,7 @@ def restore_test(cluster: Cluster, backup_dir: Path) -> RestoreReport:
                         sql.Identifier(names.OWNER_ROLE)
                     )
                 )
-            _restore(
+            restore_archive(
                 pg_restore, backup_dir / latest.name, client_env(cluster, scratch, "dbctl local restore-test")
             )
             with psycopg.connect(cluster.admin_conninfo(scratch), autocommit=True) as restored_conn:
