@@ -190,7 +190,12 @@ def _run_client(args: list[str], env: dict[str, str], what: str) -> None:
 
 def take_backup(cluster: Cluster, backup_dir: Path, now: dt.datetime, migration: str | None = None) -> Path:
     """pg_dump -Fc of spike_land into backup_dir; returns the new file. Never overwrites a backup."""
-    backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise BackupError(
+            f"cannot create {backup_dir} ({e.strerror}); make it a writable directory"
+        ) from None
     target = backup_dir / backup_name(now, migration)
     if target.exists():
         raise BackupError(f"{target} already exists (two backups in one second); run the command again")

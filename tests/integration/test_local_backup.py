@@ -192,6 +192,31 @@ def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them
 
 
 @pytest.mark.integration
+def test_a_failed_pre_migration_dump_applies_nothing(stack: LocalStack, tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, migrations)
+    new = migrations / "20991231000001_never_applied"
+    new.mkdir()
+    (new / "migration.sql").write_text('CREATE TABLE "NeverApplied" ("id" TEXT PRIMARY KEY);\n')
+    moved = stack.paths.backup_dir.rename(stack.paths.state_dir / "backups-aside")
+    stack.paths.backup_dir.write_text("a file where the backup directory should be\n")
+    try:
+        with pytest.raises(local_backup.BackupError, match="make it a writable directory"):
+            local.apply_migrations(
+                local.existing_stack(stack.paths), lambda _: None, migrations_dir=migrations
+            )
+    finally:
+        stack.paths.backup_dir.unlink()
+        moved.rename(stack.paths.backup_dir)
+    with stack.connect("DIRECT_URL") as conn:
+        assert conn.execute("SELECT to_regclass('public.\"NeverApplied\"')").fetchone() == (None,)
+        applied = conn.execute(
+            "SELECT count(*) FROM _prisma_migrations WHERE migration_name = %s", (new.name,)
+        )
+        assert applied.fetchone() == (0,)
+
+
+@pytest.mark.integration
 def test_backup_of_a_stopped_stack_says_to_start_it(stack: LocalStack) -> None:
     assert dbctl_local(stack.root, "down").returncode == 0
     try:
