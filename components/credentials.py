@@ -1,12 +1,11 @@
-"""Credentials: the customer-managed KMS key and one secret per login role.
+"""Credentials: the customer-managed KMS key, the master password and one secret per login role.
 
 Each login role's secret holds `{username, password, scram_verifier}` (keys from dbctl.names). The verifier
 is computed here from the password and a 16-byte salt from pulumi-random, so it is stable across runs and
 the post-deploy step can `ALTER ROLE ... PASSWORD '<verifier>'` without the plaintext reaching the server.
 
-The master user's password is not made here: RDS generates, stores (in its own Secrets Manager secret, with
-the stack key) and rotates it (`manage_master_user_password` in the database component), so it is never in
-Pulumi state. Every role password, salt and verifier stays a Pulumi secret.
+The master secret is created here, empty; its value (the standard RDS JSON with the host) is written by the
+database component once the instance exists. Every password, salt and verifier stays a Pulumi secret.
 """
 
 from __future__ import annotations
@@ -66,6 +65,8 @@ class Credentials(pulumi.ComponentResource):
     kms_key: aws.kms.Key
     kms_key_arn: pulumi.Output[str]
     master_username: str
+    master_password: pulumi.Output[str]
+    master_secret: aws.secretsmanager.Secret
     role_secret_arns: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -122,9 +123,10 @@ class Credentials(pulumi.ComponentResource):
                 opts=child,
             )
 
-        # The master password is RDS's (manage_master_user_password, components/database.py): RDS keeps it
-        # in a secret of its own, encrypted with this key, and rotates it; it never enters Pulumi state.
+        master_password = _password(f"{name}-master-password", self)
         self.master_username = MASTER_USERNAME
+        self.master_password = pulumi.Output.secret(master_password.result)
+        self.master_secret = secret("master", f"{prefix} RDS master user (standard RDS secret JSON)")
 
         self.role_secret_arns = {}
         for role in names.LOGIN_ROLES:
@@ -149,6 +151,7 @@ class Credentials(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "kms_key_arn": self.kms_key.arn,
+                "master_secret_arn": self.master_secret.arn,
                 "role_secret_arns": self.role_secret_arns,
             }
         )

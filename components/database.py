@@ -1,6 +1,6 @@
 """Database: parameter groups, the primary, its read replicas, enhanced monitoring and encrypted log groups.
 
-The master password is RDS-managed (`manage_master_user_password`): `master_secret_arn` is RDS's secret.
+Also writes the master secret's value (standard RDS JSON) once the primary's address is known.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def _parameter_args(params: list[Parameter]) -> list[aws.rds.ParameterGroupParam
 
 class Database(pulumi.ComponentResource):
     primary: aws.rds.Instance
-    master_secret_arn: pulumi.Output[str]
     replicas: list[aws.rds.Instance]
     identifier: pulumi.Output[str]
     max_connections: int
@@ -130,10 +129,7 @@ class Database(pulumi.ComponentResource):
             allocated_storage=s.allocated_storage_gb,
             db_name=s.database_name,
             username=creds.master_username,
-            # RDS makes, stores and rotates the master password (a secret of its own, with the stack key):
-            # no master password in Pulumi state. The master_secret_arn output points at that secret.
-            manage_master_user_password=True,
-            master_user_secret_kms_key_id=creds.kms_key_arn,
+            password=creds.master_password,
             db_subnet_group_name=net.db_subnet_group_name,
             parameter_group_name=primary_params.name,
             multi_az=s.multi_az,
@@ -149,6 +145,7 @@ class Database(pulumi.ComponentResource):
                 pulumi.ResourceOptions(
                     protect=s.protect,
                     depends_on=[*log_groups("primary", self.identifier), attachment],
+                    additional_secret_outputs=["password"],
                 ),
             ),
             storage_type="gp3",
@@ -227,10 +224,22 @@ class Database(pulumi.ComponentResource):
                 )
                 self.replicas.append(replica)
 
-        # RDS's own secret for the master user: {"username", "password"}, rotated by RDS (every 7 days by
-        # default); dbctl.stack reads it as it did our secret (the host comes from primary_address).
-        self.master_secret_arn = self.primary.master_user_secrets.apply(
-            lambda secrets: str(secrets[0].secret_arn) if secrets else ""
+        # The master secret's value, in the JSON RDS itself uses (and rotation Lambdas expect).
+        master_json: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.json_dumps(
+                {
+                    "engine": ENGINE,
+                    "host": self.primary.address,
+                    "port": self.primary.port,
+                    "username": creds.master_username,
+                    "password": creds.master_password,
+                    "dbname": s.database_name,
+                    "dbInstanceIdentifier": self.primary.identifier,
+                }
+            )
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-master", secret_id=creds.master_secret.id, secret_string=master_json, opts=child
         )
 
         self.register_outputs(

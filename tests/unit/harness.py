@@ -261,24 +261,7 @@ class _Mocks(pulumi.runtime.Mocks):
             ident = str(inputs.get("identifier") or f"{inputs.get('identifierPrefix', name)}{h[:8]}")
             address = f"{ident}.c{h[:10]}.{self.region}.rds.amazonaws.com"
             port = int(inputs.get("port", 5432))
-            managed = (
-                # RDS's own master secret (manage_master_user_password): rds!db-<uuid>, with the given key.
-                {
-                    "masterUserSecrets": [
-                        {
-                            "secretArn": self._arn(
-                                "secretsmanager", f"secret:rds!db-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[:6]}"
-                            ),
-                            "kmsKeyId": inputs.get("masterUserSecretKmsKeyId", ""),
-                            "secretStatus": "active",
-                        }
-                    ]
-                }
-                if inputs.get("manageMasterUserPassword")
-                else {}
-            )
             return f"db-{h.upper()[:26]}", {
-                **managed,
                 "identifier": ident,
                 "address": address,
                 "endpoint": f"{address}:{port}",

@@ -64,7 +64,7 @@ def test_primary_is_encrypted_private_and_hardened(stack: str) -> None:
     assert db["vpcSecurityGroupIds"] == [r.outputs["db_security_group_id"]]
     assert db["skipFinalSnapshot"] is False
     assert db["finalSnapshotIdentifier"].startswith(r.outputs["primary_instance_id"] + "-final-")
-    assert "password" not in primary(r).inputs  # RDS manages it: test_rds_manages_the_master_password...
+    assert "password" in primary(r).secret_inputs
 
 
 def _role_name(r: RunResult) -> str:
@@ -229,8 +229,7 @@ def test_kms_key_rotates_and_encrypts_every_secret_and_log_group(stack: str) -> 
     key_arn = r.outputs["kms_key_arn"]
     window = settings_for(stack).secret_recovery_window_days
     secrets = [x for x in of_type(r.resources, SECRET) if x.name.startswith("credentials-")]
-    assert len(secrets) == len(names.LOGIN_ROLES)  # the master's secret is RDS's, with the same key:
-    assert primary(r).inputs["masterUserSecretKmsKeyId"] == key_arn
+    assert len(secrets) == len(names.LOGIN_ROLES) + 1
     assert all(
         x.inputs["kmsKeyId"] == key_arn and x.inputs["recoveryWindowInDays"] == window for x in secrets
     )
@@ -283,18 +282,17 @@ def _scram_login_ok(verifier: str, password: str) -> bool:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_rds_manages_the_master_password_and_no_password_is_in_state(stack: str) -> None:
+def test_master_secret_is_standard_rds_json_with_the_host(stack: str) -> None:
     r = result(stack)
-    p = primary(r)
-    assert p.inputs["manageMasterUserPassword"] is True and "password" not in p.inputs
-    assert p.inputs["masterUserSecretKmsKeyId"] == r.outputs["kms_key_arn"]
-    # master_secret_arn keeps its meaning: the secret with the master user's username and password (RDS's).
-    assert r.outputs["master_secret_arn"] == p.state["masterUserSecrets"][0]["secretArn"]
-    passwords = [x.name for x in of_type(r.resources, "random:index/randomPassword:RandomPassword")]
-    assert not [n for n in passwords if "master" in n]
-    assert not [v for v in of_type(r.resources, SECRET_VERSION) if "master" in v.name]
-    # Replicas take the primary's credentials: none sets a password either.
-    assert all("password" not in x.inputs for x in of_type(r.resources, "aws:rds/instance:Instance"))
+    version = named(of_type(r.resources, SECRET_VERSION), "database-master")
+    assert "secretString" in version.secret_inputs
+    assert version.inputs["secretId"] == r.outputs["master_secret_arn"]
+    body = json.loads(version.inputs["secretString"])
+    assert {"engine", "host", "port", "username", "password", "dbname"} <= set(body)
+    assert body["host"] == r.outputs["primary_address"] and body["port"] == 5432
+    assert body["dbname"] == names.DATABASE_NAME and body["engine"] == "postgres"
+    assert body["password"] == primary(r).inputs["password"]
+    assert not set('/@" ') & set(body["password"])
 
 
 @pytest.mark.parametrize("stack", STACKS)
