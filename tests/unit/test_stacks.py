@@ -295,6 +295,12 @@ def test_master_secret_is_standard_rds_json_with_the_host(stack: str) -> None:
     assert not set('/@" ') & set(body["password"])
 
 
+def test_the_master_password_is_not_rds_managed_while_replicas_need_it() -> None:
+    """RDS refuses read replicas of a source whose master password it manages (docs/operations.md)."""
+    assert settings_for("prod").replica_count > 0
+    assert not primary(result("prod")).inputs.get("manageMasterUserPassword")
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_outputs_have_the_agreed_names_and_no_password(stack: str) -> None:
     r = result(stack)
