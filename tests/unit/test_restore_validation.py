@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from components.restore_validation import completed_restore_pattern
+from components.settings import SettingsError
 from dbctl import names
 from lambdas import build
-from tests.unit.harness import Resource, RunResult, named, of_type, one, run, run_fresh
+from tests.unit.harness import Resource, RunResult, named, of_type, one, run, run_fresh, settings_for
 
 STACKS = ["dev", "prod"]
 FUNCTION = "aws:lambda/function:Function"
@@ -208,3 +209,15 @@ def test_the_build_installs_locked_arm64_wheels_with_hashes() -> None:
     ):
         assert command[command.index(flag) + 1] == value
     assert "--require-hashes" in command and "--no-deps" in command
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.1])
+def test_a_min_fraction_outside_0_to_1_is_refused_before_any_resource(value: float) -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_for("dev", {"backups.restoreValidationMinFraction": value})
+    assert "restoreValidationMinFraction" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_min_fraction_setting_reaches_the_function() -> None:
+    r = run("dev", {"backups.restoreValidationMinFraction": 0.8})
+    assert function(r).inputs["environment"]["variables"]["MIN_ROW_FRACTION"] == "0.8"
