@@ -1,7 +1,7 @@
 """spike-land-db: Spike Land's PostgreSQL on RDS. Reads top to bottom like DESIGN.md's diagram.
 
-settings -> provider -> network -> credentials -> (flow logs) -> database -> (pgbouncer -> backups -> alarms)
--> outputs
+settings -> provider -> network -> credentials -> (flow logs) -> database -> (pgbouncer -> backups -> alarms
+-> restore validation) -> outputs
 """
 
 import pulumi
@@ -14,7 +14,9 @@ from components.flow_logs import FlowLogs, FlowLogsArgs
 from components.network import Network, NetworkArgs
 from components.pgbouncer import PgBouncerTier, PgBouncerTierArgs
 from components.provider import make_provider
+from components.restore_validation import RestoreValidation, RestoreValidationArgs, code_archive
 from components.settings import from_pulumi_config
+from dbctl.names import MIGRATOR_ROLE
 
 settings = from_pulumi_config()  # validated before anything is declared
 provider = make_provider(settings)
@@ -67,6 +69,24 @@ alarms = Alarms(
         target_group_arn_suffix=pgbouncer.target_group_arn_suffix,
     ),
 )
+restore_validation = RestoreValidation(
+    "restore-validation",
+    RestoreValidationArgs(
+        settings=settings,
+        provider=provider,
+        code=code_archive(settings.region),
+        vpc_id=network.vpc_id,
+        subnet_ids=network.subnet_ids,
+        db_security_group_id=network.db_security_group_id,
+        endpoints_security_group_id=network.endpoints_security_group_id,
+        restore_testing_plan_arn=backups.restore_testing_plan_arn,
+        migrator_secret_arn=credentials.role_secret_arns[MIGRATOR_ROLE],
+        kms_key_arn=credentials.kms_key_arn,
+        source_address=database.primary.address,
+        source_port=database.primary.port,
+        alarm_topic_arn=alarms.topic_arn,
+    ),
+)
 
 # Stack outputs: later components and the post-deploy step read these names. No output holds a password.
 pulumi.export("region", settings.region)
@@ -94,4 +114,5 @@ pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
 pulumi.export("backup_vault_name", backups.vault_name)
 pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)
 pulumi.export("alarm_topic_arn", alarms.topic_arn)
+pulumi.export("restore_validation_function_arn", restore_validation.function_arn)
 pulumi.export("dashboard_name", alarms.dashboard_name)

@@ -65,6 +65,7 @@ class Backups(pulumi.ComponentResource):
     plan_id: pulumi.Output[str]
     role_arn: pulumi.Output[str]
     restore_testing_plan_name: pulumi.Output[str]
+    restore_testing_plan_arn: pulumi.Output[str]
     dr_vault_arn: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: BackupsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -223,6 +224,7 @@ class Backups(pulumi.ComponentResource):
             opts=child,
         )
         self.restore_testing_plan_name = testing_plan.name
+        self.restore_testing_plan_arn = testing_plan.arn
         aws.backup.RestoreTestingSelection(
             f"{name}-restore-test-primary",
             name="primary",

@@ -257,6 +257,8 @@ class BackupSettings(_Model):
     vault_lock: Bool = False
     # EventBridge schedule expression for the automated restore test.
     restore_test_schedule: str = "cron(0 4 ? * SUN *)"
+    # Restore validation: each critical table must have at least this fraction of the source's rows.
+    restore_validation_min_fraction: Float = Field(default=0.5, gt=0, le=1)
 
     @field_validator("dr_region")
     @classmethod

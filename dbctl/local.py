@@ -29,7 +29,9 @@ Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -45,7 +47,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from dbctl import deploy, names
+from dbctl import deploy, local_backup, migrate, names
 from dbctl.cluster import (
     BOOTSTRAP_SUPERUSER,
     DEFAULT_ADMIN_USER,
@@ -444,11 +446,30 @@ def login_verifiers(creds: Mapping[str, Credential]) -> dict[str, str]:
     return {role: creds[role].scram_verifier for role in names.LOGIN_ROLES}
 
 
-def apply_migrations(stack: Stack, echo: Echo) -> None:
-    """`dbctl migrate`'s own function (dbctl.deploy.run_migrate), as the master role, direct."""
+def pre_migration_dump(stack: Stack, echo: Echo) -> deploy.BeforeApply:
+    """The local counterpart of prod's pre-migration snapshot: before pending migrations are applied to a
+    database that has a migration history (a new, empty one has nothing to lose), a pg_dump kept for ever."""
+
+    def dump(pending: list[migrate.Migration]) -> None:
+        with psycopg.connect(stack.cluster.admin_conninfo(), autocommit=True) as conn:
+            history = conn.execute("SELECT to_regclass('public._prisma_migrations')").fetchone()
+        if history == (None,):
+            return
+        now = dt.datetime.now(dt.UTC)
+        path = local_backup.take_backup(stack.cluster, stack.paths.backup_dir, now, pending[0].name)
+        echo(f"  pre-migration dump: {path}")
+
+    return dump
+
+
+def apply_migrations(stack: Stack, echo: Echo, migrations_dir: Path = migrate.MIGRATIONS_DIR) -> None:
+    """`dbctl migrate`'s own function (dbctl.deploy.run_migrate), as the master role, direct; a
+    pre-migration dump first when migrations are pending."""
     report = deploy.run_migrate(
         stack.cluster.admin_url(),
         login_verifiers(stack.creds),
+        migrations_dir=migrations_dir,
+        before_apply=pre_migration_dump(stack, echo),
         echo=lambda step: echo(f"  {step.line().strip()}"),
     )
     echo(
@@ -667,6 +688,7 @@ SERVER_ERRORS = (
     PgBouncerServerError,
     TlsError,
     psycopg.Error,
+    local_backup.BackupError,
 )
 
 
@@ -747,7 +769,7 @@ def down_command(paths: Paths) -> None:
 def _wipe(paths: Paths) -> None:
     """Everything of the stack but the lock we hold (a new lock file would let another run in)."""
     for child in paths.state_dir.iterdir() if paths.state_dir.is_dir() else ():
-        if child == paths.lock_file:
+        if child in (paths.lock_file, paths.backup_dir):
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
@@ -945,4 +967,66 @@ def status_command(paths: Paths) -> None:
             click.echo("pools (SHOW POOLS):")
             click.echo(pools)
     if not healthy:
+        raise SystemExit(1)
+
+
+# ---------------------------------------------------------------- backup, restore test (dbctl.local_backup)
+
+
+def _running_stack(paths: Paths) -> Stack:
+    stack = existing_stack(paths)
+    if not stack.cluster.is_running():
+        raise LocalError("the local stack's PostgreSQL is not running; start it with `dbctl local up`")
+    return stack
+
+
+@local.command("backup")
+@click.pass_obj
+def backup_command(paths: Paths) -> None:
+    """pg_dump -Fc of spike_land into .local/backups/, then prune by the seed's retention tiers."""
+    with stack_lock(paths, _echo):
+        stack = _running_stack(paths)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            path = local_backup.take_backup(stack.cluster, paths.backup_dir, now)
+        except SERVER_ERRORS as e:
+            raise _fail(e) from e
+        click.echo(f"backup  {path} ({path.stat().st_size / 1024:.0f} KiB)")
+        retention = local_backup.plan_retention(local_backup.list_backups(paths.backup_dir), now)
+        local_backup.prune(paths.backup_dir, retention)
+    for name, tiers in retention.kept.items():
+        click.echo(f"kept    {name}  ({', '.join(tiers)})")
+    for name in retention.pruned:
+        click.echo(f"pruned  {name}")
+
+
+@local.command("restore-test")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, with `counts` per table.")
+@click.pass_obj
+def restore_test_command(paths: Paths, as_json: bool) -> None:
+    """The seed's monthly test: restore the latest backup into a scratch database, compare the migration
+    history and the row counts of "User", "App", "Requirement" with spike_land, drop it.
+
+    Exit 1 on a mismatch."""
+    with stack_lock(paths, _echo):
+        stack = _running_stack(paths)
+        try:
+            report = local_backup.restore_test(stack.cluster, paths.backup_dir)
+        except SERVER_ERRORS as e:
+            raise _fail(e) from e
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"restored {report.backup} into {report.scratch_database} (dropped afterwards)")
+        m = report.migrations
+        click.echo(
+            f"migrations  backup {m['backup']}, live {m['live']}: {'match' if m['match'] else 'MISMATCH'}"
+        )
+        for table, c in report.counts.items():
+            verdict = "match" if c["match"] else "MISMATCH"
+            click.echo(f"{table:<12}backup {c['backup']}, live {c['live']}: {verdict}")
+        click.echo(
+            "restore test passed" if report.ok else "restore test FAILED: " + "; ".join(report.mismatches)
+        )
+    if not report.ok:
         raise SystemExit(1)

@@ -69,6 +69,11 @@ class Paths:
         return self.state_dir / "pgbouncer"
 
     @property
+    def backup_dir(self) -> Path:
+        """`dbctl local backup`'s dumps (0700); `reset` keeps them."""
+        return self.state_dir / "backups"
+
+    @property
     def env_file(self) -> Path:
         return self.root / ".env"
 

@@ -24,7 +24,10 @@ def result(stack: str, overrides: tuple[tuple[str, object], ...] = ()) -> RunRes
 
 
 def alarms(r: RunResult) -> dict[str, Resource]:
-    return {a.name.removeprefix("alarms-"): a for a in of_type(r.resources, ALARM)}
+    """The Alarms component's alarms (restore validation has its own two: test_restore_validation.py)."""
+    return {
+        a.name.removeprefix("alarms-"): a for a in of_type(r.resources, ALARM) if a.name.startswith("alarms-")
+    }
 
 
 def instance(r: RunResult, name: str) -> Resource:
@@ -69,7 +72,7 @@ def test_topic_policy_lets_exactly_the_publishers_in(stack: str) -> None:
     assert all(":db:" in db.state["arn"] for db in instances) and len(instances) == (
         2 if stack == "prod" else 1
     )
-    rule = one(r.resources, "aws:cloudwatch/eventRule:EventRule")
+    rule = named(of_type(r.resources, "aws:cloudwatch/eventRule:EventRule"), "alarms-backup-failures")
     assert by_sid["BackupFailureRule"]["Condition"] == {"ArnEquals": {"aws:SourceArn": rule.state["arn"]}}
     assert all(st["Resource"] == topic(r).state["arn"] for st in policy["Statement"])
 
@@ -148,7 +151,9 @@ def test_dev_has_the_same_alarms_minus_replicas() -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_slow_query_filter_counts_the_primary_postgresql_log(stack: str) -> None:
     r = result(stack)
-    f = one(r.resources, "aws:cloudwatch/logMetricFilter:LogMetricFilter").inputs
+    f = named(
+        of_type(r.resources, "aws:cloudwatch/logMetricFilter:LogMetricFilter"), "alarms-slow-queries"
+    ).inputs
     log_group = f"/aws/rds/instance/{r.outputs['primary_instance_id']}/postgresql"
     assert f["logGroupName"] == log_group
     assert f["pattern"] == alarm_rules.SLOW_QUERY_FILTER_PATTERN
@@ -191,7 +196,7 @@ def test_rds_events_for_every_instance_go_to_the_topic(stack: str) -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_backup_and_restore_test_failures_go_to_the_topic(stack: str) -> None:
     r = result(stack)
-    rule = one(r.resources, "aws:cloudwatch/eventRule:EventRule")
+    rule = named(of_type(r.resources, "aws:cloudwatch/eventRule:EventRule"), "alarms-backup-failures")
     pattern = json.loads(rule.inputs["eventPattern"])
     assert pattern["source"] == ["aws.backup"]
     assert "Backup Job State Change" in pattern["detail-type"]
@@ -202,7 +207,7 @@ def test_backup_and_restore_test_failures_go_to_the_topic(stack: str) -> None:
         {"detail": {"status": list(BACKUP_FAILED_STATES)}},
     ]
     assert set(BACKUP_FAILED_STATES) == {"FAILED", "ABORTED", "EXPIRED"}
-    target = one(r.resources, "aws:cloudwatch/eventTarget:EventTarget")
+    target = named(of_type(r.resources, "aws:cloudwatch/eventTarget:EventTarget"), "alarms-backup-failures")
     assert target.inputs["arn"] == topic(r).state["arn"]
 
 

@@ -41,6 +41,7 @@ NAME_LIMITS: dict[str, int] = {
     "aws:cloudwatch/logMetricFilter:LogMetricFilter": 512,
     "aws:cloudwatch/dashboard:Dashboard": 255,
     "aws:cloudwatch/logGroup:LogGroup": 512,
+    "aws:lambda/function:Function": 64,  # Lambda API reference, CreateFunction FunctionName
     "aws:backup/vault:Vault": 50,
     "aws:backup/plan:Plan": 50,
     "aws:backup/selection:Selection": 50,

@@ -18,7 +18,12 @@ import pulumi
 import pytest
 from google.protobuf import empty_pb2, struct_pb2  # type: ignore[import-untyped]
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
-from pulumi_policy.deserialize import SPECIAL_ASSET_SIG, SPECIAL_SIG_KEY, deserialize_properties
+from pulumi_policy.deserialize import (
+    SPECIAL_ARCHIVE_SIG,
+    SPECIAL_ASSET_SIG,
+    SPECIAL_SIG_KEY,
+    deserialize_properties,
+)
 from pulumi_policy.proxy import UNKNOWN_BOOLEAN_VALUE, UnknownValueError, unknown_checking_proxy
 
 from policy import validators as v
@@ -372,6 +377,10 @@ def wire(value: Any) -> Any:
         return {SPECIAL_SIG_KEY: SPECIAL_ASSET_SIG, "path": value.path}
     if isinstance(value, pulumi.StringAsset):
         return {SPECIAL_SIG_KEY: SPECIAL_ASSET_SIG, "text": value.text}
+    if isinstance(value, pulumi.AssetArchive):
+        return {SPECIAL_SIG_KEY: SPECIAL_ARCHIVE_SIG, "assets": wire(dict(value.assets))}
+    if isinstance(value, pulumi.FileArchive):
+        return {SPECIAL_SIG_KEY: SPECIAL_ARCHIVE_SIG, "path": value.path}
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise TypeError(f"no wire form for {type(value).__name__} in the mock inputs; add one here")

@@ -192,7 +192,13 @@ def test_database_admits_5432_only_from_pgbouncer_and_configured_sources(stack: 
     rules = [x.inputs for x in of_type(r.resources, INGRESS) if x.inputs["securityGroupId"] == db_sg]
     assert all(x["fromPort"] == x["toPort"] == 5432 and x["ipProtocol"] == "tcp" for x in rules)
     sources = {x.get("referencedSecurityGroupId") or x.get("cidrIpv4") or x.get("cidrIpv6") for x in rules}
-    expected = {r.outputs["pgbouncer_security_group_id"], *s.allowed_security_group_ids, *s.allowed_cidrs}
+    validator = named(of_type(r.resources, EGRESS), "restore-validation-fn-to-db").inputs["securityGroupId"]
+    expected = {
+        r.outputs["pgbouncer_security_group_id"],
+        validator,  # the restore validation function (components/restore_validation.py)
+        *s.allowed_security_group_ids,
+        *s.allowed_cidrs,
+    }
     assert sources == expected
     every_rule = [x.inputs for x in of_type(r.resources, INGRESS)]
     assert not [x for x in every_rule if {x.get("cidrIpv4"), x.get("cidrIpv6")} & WORLD]
@@ -312,6 +318,12 @@ def test_master_secret_is_standard_rds_json_with_the_host(stack: str) -> None:
     assert body["dbname"] == names.DATABASE_NAME and body["engine"] == "postgres"
     assert body["password"] == primary(r).inputs["password"]
     assert not set('/@" ') & set(body["password"])
+
+
+def test_the_master_password_is_not_rds_managed_while_replicas_need_it() -> None:
+    """RDS refuses read replicas of a source whose master password it manages (docs/operations.md)."""
+    assert settings_for("prod").replica_count > 0
+    assert not primary(result("prod")).inputs.get("manageMasterUserPassword")
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -1,0 +1,337 @@
+"""Restore validation: the function that checks what each restore test restored, and its wiring.
+
+- EventBridge rule: `aws.backup` / `Restore Job State Change` with `detail.status` COMPLETED and
+  `detail.restoreTestingPlanArn` this stack's plan -> the function (lambdas/restore_validation/handler.py),
+  which re-reads the job and ignores any other plan's.
+- Function: python3.13 on arm64, in the private subnets with its own security group; the database SG admits
+  it on 5432 (a rule added here), and it reaches AWS APIs through the interface endpoints (HTTPS to the
+  endpoints SG, admitted here too). AWS Backup and RDS API endpoints are added here when the network creates
+  endpoints (the network's list serves the PgBouncer hosts and has neither).
+- IAM: DescribeRestoreJob / PutRestoreValidationResult on this account's and region's restore jobs (a job
+  has no ARN before it exists; the function checks the job's plan), DescribeDBInstances, GetSecretValue on
+  the migrator's secret only, kms:Decrypt on the stack key only through Secrets Manager, VPC/logs basics.
+- A FAILED validation reaches the alarm topic: a metric filter on the function's JSON result line
+  (`validationStatus` FAILED) and an alarm on it; a second alarm on the function's Errors (crashed or timed
+  out before it could report).
+- Code: handler.py, the RDS CA bundle (fetched at deploy, as the PgBouncer tier does) and psycopg from
+  lambdas/build.py's locked arm64 build (`code_archive`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import pulumi
+import pulumi_aws as aws
+
+from components.pgbouncer import ca_bundle_url
+from components.settings import StackSettings
+from dbctl.names import POSTGRES_PORT
+from lambdas import build
+
+HTTPS: Final = 443
+API_ENDPOINT_SERVICES: Final = ("backup", "rds")
+TIMEOUT_S: Final = 300
+MEMORY_MB: Final = 256
+LOG_RETENTION_DAYS: Final = 90
+FAILED_METRIC: Final = "RestoreValidationFailed"
+METRIC_NAMESPACE: Final = "SpikeLandDb"
+
+
+def completed_restore_pattern(plan_arn: str) -> dict[str, object]:
+    return {
+        "source": ["aws.backup"],
+        "detail-type": ["Restore Job State Change"],
+        "detail": {"status": ["COMPLETED"], "restoreTestingPlanArn": [plan_arn]},
+    }
+
+
+def code_archive(region: str) -> pulumi.Archive:
+    """handler.py, the region's RDS CA bundle and the locked dependencies (BuildError when not built)."""
+    deps = build.current_build() / "deps"
+    entries: dict[str, pulumi.Asset | pulumi.Archive] = {
+        "handler.py": pulumi.FileAsset(str(build.HANDLER)),
+        "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),
+    }
+    for path in sorted(deps.iterdir()):
+        if path.name in ("bin", "__pycache__"):
+            continue
+        entries[path.name] = pulumi.FileArchive(str(path)) if path.is_dir() else pulumi.FileAsset(str(path))
+    return pulumi.AssetArchive(entries)
+
+
+@dataclass(frozen=True)
+class RestoreValidationArgs:
+    settings: StackSettings
+    provider: aws.Provider
+    code: pulumi.Archive
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[str]]
+    db_security_group_id: pulumi.Input[str]
+    endpoints_security_group_id: pulumi.Input[str] | None  # None: the VPC gives egress another way
+    restore_testing_plan_arn: pulumi.Input[str]
+    migrator_secret_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    source_address: pulumi.Input[str]
+    source_port: pulumi.Input[int]
+    alarm_topic_arn: pulumi.Input[str]
+
+
+class RestoreValidation(pulumi.ComponentResource):
+    function_arn: pulumi.Output[str]
+    rule_arn: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RestoreValidationArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("spike-land-db:index:RestoreValidation", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
+        partition = aws.get_partition(opts=invoke).partition
+        account = aws.get_caller_identity(opts=invoke).account_id
+        prefix = f"spike-land-{s.stack}"
+
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-fn",
+            vpc_id=args.vpc_id,
+            description=f"{prefix} restore validation function",
+            tags={"Name": f"{prefix}-restore-validation"},
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-fn-to-db",
+            security_group_id=sg.id,
+            ip_protocol="tcp",
+            from_port=POSTGRES_PORT,
+            to_port=POSTGRES_PORT,
+            referenced_security_group_id=args.db_security_group_id,
+            description="the source primary and the restored instance (both in the database SG)",
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-db-from-fn",
+            security_group_id=args.db_security_group_id,
+            ip_protocol="tcp",
+            from_port=POSTGRES_PORT,
+            to_port=POSTGRES_PORT,
+            referenced_security_group_id=sg.id,
+            description="restore validation function",
+            opts=child,
+        )
+        if args.endpoints_security_group_id is not None:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-fn-to-endpoints",
+                security_group_id=sg.id,
+                ip_protocol="tcp",
+                from_port=HTTPS,
+                to_port=HTTPS,
+                referenced_security_group_id=args.endpoints_security_group_id,
+                description="AWS APIs through the interface endpoints",
+                opts=child,
+            )
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-endpoints-from-fn",
+                security_group_id=args.endpoints_security_group_id,
+                ip_protocol="tcp",
+                from_port=HTTPS,
+                to_port=HTTPS,
+                referenced_security_group_id=sg.id,
+                description="restore validation function",
+                opts=child,
+            )
+            subnets = pulumi.Output.from_input(args.subnet_ids)
+            endpoint_subnets = (
+                subnets if s.network.endpoints_in_every_az else subnets.apply(lambda ids: ids[:1])
+            )
+            for service in API_ENDPOINT_SERVICES:
+                aws.ec2.VpcEndpoint(
+                    f"{name}-{service}",
+                    vpc_id=args.vpc_id,
+                    service_name=f"com.amazonaws.{s.region}.{service}",
+                    vpc_endpoint_type="Interface",
+                    subnet_ids=endpoint_subnets,
+                    security_group_ids=[args.endpoints_security_group_id],
+                    private_dns_enabled=True,
+                    tags={"Name": f"{prefix}-{service}"},
+                    opts=child,
+                )
+        else:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-fn-https",
+                security_group_id=sg.id,
+                ip_protocol="tcp",
+                from_port=HTTPS,
+                to_port=HTTPS,
+                cidr_ipv4="0.0.0.0/0",
+                description="AWS APIs through the VPC egress (NAT or endpoints)",
+                opts=child,
+            )
+
+        role = aws.iam.Role(
+            f"{name}-fn",
+            name_prefix=f"{prefix}-restore-val-"[:38],
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-fn-vpc",
+            role=role.name,
+            policy_arn=f"arn:{partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-fn",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "RestoreJobs",
+                            "Effect": "Allow",
+                            "Action": ["backup:DescribeRestoreJob", "backup:PutRestoreValidationResult"],
+                            "Resource": f"arn:{partition}:backup:{s.region}:{account}:restore-job:*",
+                        },
+                        {
+                            "Sid": "RestoredInstance",
+                            "Effect": "Allow",
+                            "Action": ["rds:DescribeDBInstances"],
+                            "Resource": f"arn:{partition}:rds:{s.region}:{account}:db:*",
+                        },
+                        {
+                            "Sid": "MigratorSecret",
+                            "Effect": "Allow",
+                            "Action": ["secretsmanager:GetSecretValue"],
+                            "Resource": args.migrator_secret_arn,
+                        },
+                        {
+                            "Sid": "SecretKeyViaSecretsManager",
+                            "Effect": "Allow",
+                            "Action": ["kms:Decrypt"],
+                            "Resource": args.kms_key_arn,
+                            "Condition": {
+                                "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
+                            },
+                        },
+                    ],
+                }
+            ),
+            opts=child,
+        )
+
+        function_name = f"{prefix}-restore-validation"
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-fn",
+            name=f"/aws/lambda/{function_name}",
+            retention_in_days=LOG_RETENTION_DAYS,
+            opts=child,
+        )
+        function = aws.lambda_.Function(
+            f"{name}-fn",
+            name=function_name,
+            description=f"{prefix}: checks each restore test's instance against the source",
+            role=role.arn,
+            runtime=build.RUNTIME,
+            architectures=["arm64"],
+            handler="handler.handler",
+            code=args.code,
+            timeout=TIMEOUT_S,
+            memory_size=MEMORY_MB,
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
+                subnet_ids=args.subnet_ids, security_group_ids=[sg.id]
+            ),
+            environment=aws.lambda_.FunctionEnvironmentArgs(
+                variables={
+                    "RESTORE_TESTING_PLAN_ARN": args.restore_testing_plan_arn,
+                    "CREDENTIALS_SECRET_ARN": args.migrator_secret_arn,
+                    "SOURCE_HOST": args.source_address,
+                    "SOURCE_PORT": pulumi.Output.from_input(args.source_port).apply(str),
+                    "DATABASE_NAME": s.database_name,
+                    "MIN_ROW_FRACTION": str(s.backups.restore_validation_min_fraction),
+                }
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_group])),
+        )
+
+        rule = aws.cloudwatch.EventRule(
+            f"{name}-completed",
+            name_prefix=f"{prefix}-rvalid-",  # EventBridge: 64 - 26 for the suffix
+            description=f"{prefix}: restore tests that completed -> the validation function",
+            event_pattern=pulumi.Output.from_input(args.restore_testing_plan_arn).apply(
+                lambda arn: json.dumps(completed_restore_pattern(arn))
+            ),
+            opts=child,
+        )
+        aws.cloudwatch.EventTarget(f"{name}-completed", rule=rule.name, arn=function.arn, opts=child)
+        aws.lambda_.Permission(
+            f"{name}-from-events",
+            action="lambda:InvokeFunction",
+            function=function.name,
+            principal="events.amazonaws.com",
+            source_arn=rule.arn,
+            opts=child,
+        )
+
+        aws.cloudwatch.LogMetricFilter(
+            f"{name}-failed",
+            log_group_name=log_group.name,
+            pattern='{ $.validationStatus = "FAILED" }',
+            metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
+                name=FAILED_METRIC, namespace=METRIC_NAMESPACE, value="1", unit="Count"
+            ),
+            opts=child,
+        )
+
+        def alarm(
+            key: str, what: str, namespace: str, metric: str, dimensions: dict[str, pulumi.Input[str]]
+        ) -> None:
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-{key}",
+                name=f"{prefix}-restore-validation-{key}",
+                alarm_description=f"{prefix}: {what}",
+                namespace=namespace,
+                metric_name=metric,
+                dimensions=dimensions or None,
+                statistic="Sum",
+                period=300,
+                evaluation_periods=1,
+                threshold=1,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=[args.alarm_topic_arn],
+                opts=child,
+            )
+
+        alarm(
+            "failed",
+            "a restore test's validation FAILED (the restore job says why)",
+            METRIC_NAMESPACE,
+            FAILED_METRIC,
+            {},
+        )
+        alarm(
+            "errors",
+            "the restore validation function crashed or timed out before reporting",
+            "AWS/Lambda",
+            "Errors",
+            {"FunctionName": function.name},
+        )
+
+        self.function_arn = function.arn
+        self.rule_arn = rule.arn
+        self.register_outputs({"function_arn": self.function_arn, "rule_arn": self.rule_arn})

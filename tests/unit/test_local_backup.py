@@ -1,0 +1,119 @@
+"""dbctl.local_backup's pure parts: backup names and the seed's retention tiers on synthetic file lists."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from dbctl import local, local_backup
+from dbctl.local_backup import Backup, backup_name, parse_backup, plan_retention
+
+NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)  # a Tuesday
+
+
+def daily(days: int, *, at: dt.datetime = NOW, hour: int = 3) -> list[Backup]:
+    """One scheduled backup a day at `hour`, for `days` days up to `at`."""
+    start = at.replace(hour=hour, minute=0)
+    found = (parse_backup(backup_name(start - dt.timedelta(days=n))) for n in range(days))
+    return [b for b in found if b is not None]
+
+
+def test_names_round_trip_and_foreign_files_are_not_backups() -> None:
+    name = backup_name(NOW)
+    assert name == "spike_land-20261201T090000Z.dump"
+    assert parse_backup(name) == Backup(NOW, name)
+    pre = backup_name(NOW, "20261125060000_init")
+    assert pre == "spike_land-20261201T090000Z-pre-migration-20261125060000_init.dump"
+    assert parse_backup(pre) == Backup(NOW, pre, "20261125060000_init")
+    # A name with a path separator or a shell character is made safe.
+    assert "/" not in backup_name(NOW, "../x y")
+    for foreign in ("notes.txt", ".spike_land-20261201T090000Z.dump.partial", "spike_land-2026.dump"):
+        assert parse_backup(foreign) is None
+
+
+def test_a_year_of_daily_backups_keeps_30_days_12_weeks_12_months() -> None:
+    backups = daily(400)
+    retention = plan_retention(backups, NOW)
+    kept = {parse_backup(n).taken_at.date(): tiers for n, tiers in retention.kept.items()}  # type: ignore[union-attr]
+    daily_kept = sorted(d for d, t in kept.items() if "daily" in t)
+    assert len(daily_kept) == 30 and daily_kept[0] == dt.date(2026, 11, 2) and daily_kept[-1] == NOW.date()
+    # Weekly: the newest (Sunday's, or today's in the current week) of the current and 11 previous weeks.
+    weekly = sorted(d for d, t in kept.items() if "weekly" in t)
+    assert len(weekly) == 12 and weekly[-1] == NOW.date()
+    assert all(d.weekday() == 6 for d in weekly[:-1])
+    # Monthly: the last day of each of the 11 previous months, and today for this month.
+    monthly = sorted(d for d, t in kept.items() if "monthly" in t)
+    assert len(monthly) == 12 and monthly[0] == dt.date(2026, 1, 31) and monthly[-1] == NOW.date()
+    assert all((d + dt.timedelta(days=1)).day == 1 for d in monthly[:-1])
+    assert len(retention.kept) == len(set(daily_kept) | set(weekly) | set(monthly))
+    assert len(retention.kept) + len(retention.pruned) == 400
+    assert set(retention.kept).isdisjoint(retention.pruned)
+
+
+def test_only_the_newest_backup_of_a_day_is_kept() -> None:
+    morning, evening = daily(1, hour=1)[0], daily(1, hour=8)[0]
+    retention = plan_retention([evening, morning], NOW)
+    assert list(retention.kept) == [evening.name]
+    assert retention.pruned == [morning.name]
+
+
+def test_pre_migration_dumps_are_kept_for_ever_and_do_not_count_for_a_tier() -> None:
+    old = NOW - dt.timedelta(days=3000)
+    pre = Backup(old, backup_name(old, "20200101000000_ancient"), "20200101000000_ancient")
+    today_pre = Backup(NOW, backup_name(NOW, "20261201000000_new"), "20261201000000_new")
+    scheduled = daily(1, hour=2)[0]
+    retention = plan_retention([pre, today_pre, scheduled], NOW)
+    assert retention.kept == {
+        pre.name: ["pre-migration"],
+        scheduled.name: ["daily", "weekly", "monthly"],
+        today_pre.name: ["pre-migration"],
+    }
+    assert retention.pruned == []
+
+
+def test_a_pruned_backup_is_never_one_a_later_run_would_keep() -> None:
+    """Run the policy every day for 500 days over what the previous day kept: what it keeps at each step
+    is what it would keep given every backup ever taken (pruning never removes a future keeper)."""
+    everything: list[Backup] = []
+    kept: list[Backup] = []
+    for day in range(500):
+        now = NOW - dt.timedelta(days=500 - day)
+        new = daily(1, at=now)[0]
+        everything.append(new)
+        kept.append(new)
+        retention = plan_retention(kept, now)
+        kept = [b for b in kept if b.name in retention.kept]
+        assert set(retention.kept) == set(plan_retention(everything, now).kept)
+
+
+def test_a_sparse_history_keeps_one_per_month_for_a_year() -> None:
+    months = [NOW - dt.timedelta(days=45 * n) for n in range(12)]
+    backups = sorted(Backup(t, backup_name(t)) for t in months)
+    retention = plan_retention(backups, NOW)
+    cutoff = NOW.year * 12 + NOW.month - 12
+    assert retention.pruned == [b.name for b in backups if b.taken_at.year * 12 + b.taken_at.month <= cutoff]
+
+
+def test_list_backups_ignores_other_files(tmp_path: Path) -> None:
+    names = [backup_name(NOW - dt.timedelta(days=n)) for n in range(3)]
+    for name in [*names, "README", ".partial"]:
+        (tmp_path / name).write_text("x")
+    assert [b.name for b in local_backup.list_backups(tmp_path)] == sorted(names)
+    assert local_backup.list_backups(tmp_path / "missing") == []
+
+
+def test_reset_keeps_the_backups(tmp_path: Path) -> None:
+    paths = local.Paths(tmp_path)
+    paths.backup_dir.mkdir(parents=True)
+    (paths.backup_dir / backup_name(NOW)).write_text("dump")
+    (paths.state_dir / "state.json").write_text("{}")
+    local._wipe(paths)
+    assert (paths.backup_dir / backup_name(NOW)).read_text() == "dump"
+    assert not (paths.state_dir / "state.json").exists()
+
+
+def test_a_client_of_another_major_than_the_server_is_refused() -> None:
+    with pytest.raises(local_backup.BackupError, match="postgresql-client-99"):
+        local_backup.client_binary("pg_dump", 99)
