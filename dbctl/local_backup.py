@@ -203,7 +203,10 @@ def take_backup(cluster: Cluster, backup_dir: Path, now: dt.datetime, migration:
     pg_dump = client_binary("pg_dump", server_major(cluster))
     env = client_env(cluster, names.DATABASE_NAME, "dbctl local backup")
     try:
-        _run_client([str(pg_dump), "--format=custom", f"--file={partial}"], env, "pg_dump")
+        # pg_cron's tables (its jobs, their run history) are behind row-level security and belong to the
+        # scheduler, not to the app: the post-deploy step schedules the jobs again on any restored database.
+        dump = [str(pg_dump), "--format=custom", "--exclude-table-data=cron.*", f"--file={partial}"]
+        _run_client(dump, env, "pg_dump")
         partial.chmod(0o600)
         partial.rename(target)
     finally:
@@ -291,8 +294,14 @@ def compare(backup: str, scratch: str, restored: Facts, live: Facts) -> RestoreR
 
 
 # What a non-superuser (RDS's master user, the local admin) may not restore: the comment on an extension,
-# which only its owner may set. The scratch database has the extension already (from template1).
-_SKIP_ENTRY: Final = re.compile(r"^\d+; \d+ \d+ COMMENT - EXTENSION ")
+# which only its owner may set (the scratch database has pg_stat_statements already, from template1), and
+# pg_cron with what lives in its schema (it may be created only in cron.database_name, never in a scratch
+# one), and pgstattuple, which only a superuser (rds_superuser on RDS) may create; the report's bloat section
+# needs it, a restored copy's data does not.
+_SKIP_ENTRY: Final = re.compile(
+    r"^\d+; \d+ \d+ "
+    r"(COMMENT - EXTENSION |EXTENSION - (pg_cron|pgstattuple)\b|.* cron \S+$|ACL - SCHEMA cron\b)"
+)
 
 
 def restore_archive(pg_restore: Path, archive: Path, env: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from dbctl import deploy, local_backup, names
 from dbctl.cluster import Cluster, free_port, throwaway_cluster
 from dbctl.credentials import verifiers_from_mapping
 from lambdas.restore_validation import handler
+from tests.integration.conftest import secret_shaped
 
 PLAN_ARN = "arn:aws:backup:eu-west-1:123456789012:restore-testing-plan:spike_land_dev_restore_test_abc-1"
 OTHER_PLAN_ARN = "arn:aws:backup:eu-west-1:123456789012:restore-testing-plan:someone_else-2"
@@ -49,7 +50,9 @@ def source(
 ) -> Iterator[Source]:
     database = f"src_{uuid.uuid4().hex[:10]}"
     pg_cluster.create_database(database)
-    deploy.run_migrate(pg_cluster.admin_conninfo(database), verifiers_from_mapping(role_passwords, "test"))
+    deploy.run_migrate(
+        pg_cluster.admin_conninfo(database), verifiers_from_mapping(secret_shaped(role_passwords), "test")
+    )
     with psycopg.connect(pg_cluster.admin_conninfo(database), autocommit=True) as conn:
         for n in range(4):
             user = f"u_{n}_{uuid.uuid4().hex}"
@@ -84,7 +87,8 @@ def restore_cluster(role_passwords: dict[str, str]) -> Iterator[Cluster]:
     """The "restored instance": the same roles and passwords as the source's cluster."""
     with throwaway_cluster("dbctl-test-restored-") as cluster:
         deploy.run_migrate(
-            cluster.admin_conninfo(names.DATABASE_NAME), verifiers_from_mapping(role_passwords, "t")
+            cluster.admin_conninfo(names.DATABASE_NAME),
+            verifiers_from_mapping(secret_shaped(role_passwords), "t"),
         )
         yield cluster
 
