@@ -4,8 +4,10 @@ Used by the integration tests and the local stack. The AWS hosts run PgBouncer u
 
 API
 ---
-- ``find_pgbouncer() -> Path``: the binary, from PATH or /usr/sbin (Debian installs it there, outside a
-  normal user's PATH). Missing: ``PgBouncerNotFoundError`` naming the Debian package ``pgbouncer``.
+- ``find_pgbouncer() -> Path``: the binary. First production's version as ``./dev`` builds it when the
+  system's is older (``.tools/pgbouncer-<version>/bin/pgbouncer``, the highest version there), then PATH,
+  then /usr/sbin (Debian installs it there, outside a normal user's PATH). Missing:
+  ``PgBouncerNotFoundError`` naming the Debian package ``pgbouncer``.
 - ``detect_version(binary) -> (major, minor)`` from ``pgbouncer --version``.
 - ``PgBouncerServer(directory, binary=None)``: one PgBouncer whose files live in ``directory``
   (``pgbouncer.ini``, ``userlist.txt`` mode 0600, ``pgbouncer.log``, ``pgbouncer.pid``).
@@ -41,7 +43,10 @@ from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini,
 
 PACKAGE = "pgbouncer"
 SERVICE_OS_USER = "postgres"
+# Where ./dev builds production's PgBouncer when the system's is older (git-ignored).
+TOOLS_DIR = Path(__file__).resolve().parent.parent / ".tools"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
+_BUILD_DIR = re.compile(r"pgbouncer-(\d+(?:\.\d+)+)")
 _VERSION_LINE = re.compile(r"PgBouncer (\d+\.\d+(?:\.\d+)?)")
 _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|WARNING)\b")
 # File descriptors beyond max_client_conn: server connections, listen sockets, log, DNS.
@@ -58,9 +63,16 @@ class PgBouncerNotFoundError(PgBouncerServerError):
     """The pgbouncer binary is not installed."""
 
 
+def _built(tools_dir: Path) -> list[str]:
+    """./dev's builds in tools_dir, highest version first."""
+    found = [(m, p) for p in tools_dir.glob("pgbouncer-*") if (m := _BUILD_DIR.fullmatch(p.name))]
+    found.sort(key=lambda mp: tuple(int(x) for x in mp[0][1].split(".")), reverse=True)
+    return [str(p / "bin" / "pgbouncer") for _, p in found]
+
+
 def find_pgbouncer() -> Path:
-    """The pgbouncer binary: PATH first, then the sbin/bin directories packages install it to."""
-    candidates = [shutil.which("pgbouncer"), *(f"{d}/pgbouncer" for d in _SEARCH_DIRS)]
+    """The pgbouncer binary: ./dev's build of production's version, then PATH, then the sbin/bin dirs."""
+    candidates = [*_built(TOOLS_DIR), shutil.which("pgbouncer"), *(f"{d}/pgbouncer" for d in _SEARCH_DIRS)]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return Path(candidate)

@@ -26,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dbctl import local, migrate, names
 from dbctl.cluster import free_port
+from dbctl.pgbouncer import PREPARED_STATEMENTS_SINCE
+from dbctl.pgbouncer_server import detect_version, find_pgbouncer
 from dbctl.scram import is_scram_verifier
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,8 +122,11 @@ def test_env_has_exactly_the_seed_variables_and_private_files(stack: LocalStack)
     assert f"@127.0.0.1:{stack.pgbouncer_port}/{names.DATABASE_NAME}?" in env["DATABASE_URL"]
     assert f"@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}?" in env["DIRECT_URL"]
     assert f"@127.0.0.1:{stack.pgbouncer_port}/{names.READ_POOL_DATABASE}?" in env["DATABASE_READ_URL"]
-    # The local PgBouncer is 1.18: Prisma must use unnamed statements; never on the direct URL.
-    assert env["DATABASE_URL"].endswith("&pgbouncer=true")
+    # Before PgBouncer 1.21 Prisma must use unnamed statements (pgbouncer=true); never on the direct URL.
+    # ./dev builds production's 1.24 when the system's is older, so the flag is gone.
+    old_pgbouncer = detect_version(find_pgbouncer()) < PREPARED_STATEMENTS_SINCE
+    assert env["DATABASE_URL"].endswith("&pgbouncer=true") is old_pgbouncer
+    assert env["DATABASE_READ_URL"].endswith("&pgbouncer=true") is old_pgbouncer
     assert "pgbouncer=true" not in env["DIRECT_URL"]
     for path in (stack.paths.env_file, stack.paths.credentials_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -22,11 +22,19 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from components.settings import PgBouncerSettings
 from dbctl import names
 from dbctl.cluster import Cluster, free_port
 from dbctl.deploy import run_migrate
-from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls
-from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError
+from dbctl.pgbouncer import (
+    POOLED_ROLES,
+    PREPARED_STATEMENTS_SINCE,
+    ClientTls,
+    PgBouncerConfig,
+    ServerTls,
+    parse_version,
+)
+from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
 from dbctl.scram import SALT_BYTES, scram_verifier
 
 pytestmark = pytest.mark.integration
@@ -400,3 +408,39 @@ def test_a_rejected_reload_is_reported_and_the_previous_config_restored(
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         _cleanup(started)
+
+
+def test_the_binary_is_production_s_version() -> None:
+    """./dev builds production's PgBouncer when the system's is older, and dbctl prefers that build."""
+    binary = find_pgbouncer()
+    assert detect_version(binary) >= parse_version(PgBouncerSettings().version), binary
+
+
+def test_prepared_statements_survive_the_transaction_pool_across_server_connections(
+    bouncer: Bouncer, role_passwords: dict[str, str]
+) -> None:
+    """PgBouncer >= 1.21 with max_prepared_statements (Prisma without pgbouncer=true): a statement the client
+    prepared on one server connection runs on another one in a later transaction."""
+    if bouncer.server.version < PREPARED_STATEMENTS_SINCE:
+        pytest.fail(f"PgBouncer {bouncer.server.version} predates prepared statements in transaction mode")
+    app = bouncer.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])
+    text = sql.SQL("SELECT pg_backend_pid(), count(*) FROM {} WHERE email = %s")
+    query = text.format(sql.Identifier(TABLE))
+    with psycopg.connect(app, prepare_threshold=0) as client, psycopg.connect(app) as other:
+        with client.transaction():
+            first = client.execute(query, ("nobody@x",)).fetchone()
+        assert first is not None
+        with other.transaction():
+            # Take the server connection the client just released, so its next transaction gets another.
+            taken = other.execute("SELECT pg_backend_pid()").fetchone()
+            assert taken is not None
+            with client.transaction():
+                second = client.execute(query, ("nobody@x",)).fetchone()
+                prepared = client.execute(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                    ("%WHERE email = $1",),
+                ).fetchone()
+    assert second is not None
+    assert second[0] != first[0]  # a different server connection ...
+    assert second[1] == first[1] == 0  # ... ran the same prepared statement
+    assert prepared == (1,)  # PgBouncer prepared it there for us

@@ -21,6 +21,7 @@ def fake_binary(directory: Path, output: str, code: int = 0) -> Path:
 
 
 def test_missing_binary_names_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgbouncer_server, "TOOLS_DIR", tmp_path / "no-tools")
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(pgbouncer_server, "_SEARCH_DIRS", (str(tmp_path / "nowhere"),))
     with pytest.raises(PgBouncerNotFoundError, match="apt-get install -y pgbouncer"):
@@ -31,9 +32,29 @@ def test_binary_is_found_outside_path_in_sbin(tmp_path: Path, monkeypatch: pytes
     sbin = tmp_path / "sbin"
     sbin.mkdir()
     binary = fake_binary(sbin, "PgBouncer 1.18.0")
+    monkeypatch.setattr(pgbouncer_server, "TOOLS_DIR", tmp_path / "no-tools")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(pgbouncer_server, "_SEARCH_DIRS", (str(sbin),))
     assert find_pgbouncer() == binary
+
+
+def test_dev_s_build_comes_first_and_the_highest_version_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    fake_binary(on_path, "PgBouncer 1.18.0")
+    builds = {}
+    for version in ("1.9.0", "1.24.1", "1.23.0"):
+        bindir = tmp_path / "tools" / f"pgbouncer-{version}" / "bin"
+        bindir.mkdir(parents=True)
+        builds[version] = fake_binary(bindir, f"PgBouncer {version}")
+    (tmp_path / "tools" / ".pgbouncer-1.25.0.tmp123").mkdir()  # an interrupted build is never used
+    monkeypatch.setattr(pgbouncer_server, "TOOLS_DIR", tmp_path / "tools")
+    monkeypatch.setenv("PATH", str(on_path))
+    assert find_pgbouncer() == builds["1.24.1"]
+    monkeypatch.setattr(pgbouncer_server, "TOOLS_DIR", tmp_path / "no-tools")
+    assert find_pgbouncer() == on_path / "pgbouncer"
 
 
 @pytest.mark.parametrize(
