@@ -36,6 +36,9 @@ MIN_VERSION: Final[Version] = (1, 18)
 PREPARED_STATEMENTS_SINCE: Final[Version] = (1, 21)
 # Settings that exist only from a given version on; everything else we emit is in 1.18.
 SETTING_SINCE: Final[Mapping[str, Version]] = {"max_prepared_statements": PREPARED_STATEMENTS_SINCE}
+# A [databases] entry's `load_balance_hosts` (how a comma-separated host list is used) arrived in 1.24.0;
+# the host list itself in 1.17, always round-robin before 1.24 (PgBouncer's NEWS.md and doc/config.md).
+LOAD_BALANCE_HOSTS_SINCE: Final[Version] = (1, 24)
 
 # The login roles that connect through PgBouncer; the migrator goes direct to the primary.
 POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
@@ -122,8 +125,9 @@ class PgBouncerConfig(BaseModel):
     version: Version
     primary_host: Host
     primary_port: Port = POSTGRES_PORT
-    # The read replica; None means there is none and the read pool points at the primary.
-    read_host: Host | None = None
+    # The read replicas (one port for all: PgBouncer's `port` is per entry, not per host); none means the
+    # read pool points at the primary.
+    read_hosts: tuple[Host, ...] = ()
     read_port: Port | None = None
     # The database both pools open on the server; tests and the local stack may point it elsewhere.
     server_dbname: RoleName = DATABASE_NAME
@@ -172,10 +176,12 @@ class PgBouncerConfig(BaseModel):
                 f"PgBouncer {self.version[0]}.{self.version[1]} is older than the oldest supported "
                 f"{MIN_VERSION[0]}.{MIN_VERSION[1]}; install a newer pgbouncer"
             )
-        if self.read_port is not None and self.read_host is None:
+        if self.read_port is not None and not self.read_hosts:
             raise ValueError(
-                "read_port is set without read_host; set both, or neither to read from the primary"
+                "read_port is set without read_hosts; set both, or neither to read from the primary"
             )
+        if len(set(self.read_hosts)) != len(self.read_hosts):
+            raise ValueError(f"read_hosts lists a host twice ({', '.join(self.read_hosts)}); list each once")
         if self.min_pool_size > self.default_pool_size:
             raise ValueError(
                 f"min_pool_size {self.min_pool_size} exceeds default_pool_size {self.default_pool_size}; "
@@ -185,14 +191,15 @@ class PgBouncerConfig(BaseModel):
 
     @property
     def has_replica(self) -> bool:
-        return self.read_host is not None
+        return bool(self.read_hosts)
 
     @property
     def read_target(self) -> tuple[str, int]:
-        """(host, port) the read pool connects to: the replica, or the primary when there is none."""
-        if self.read_host is None:
+        """(host, port) the read pool connects to: every replica as a comma-separated host list, or the
+        primary when there is none."""
+        if not self.read_hosts:
             return self.primary_host, self.primary_port
-        return self.read_host, self.read_port or POSTGRES_PORT
+        return ",".join(self.read_hosts), self.read_port or POSTGRES_PORT
 
     @property
     def connections_per_pool(self) -> int:
@@ -225,20 +232,33 @@ def _database_line(config: PgBouncerConfig, host: str, port: int) -> str:
     return f"host={host} port={port} dbname={config.server_dbname} max_db_connections={cap}"
 
 
-def _databases(config: PgBouncerConfig) -> list[_Entry]:
+def _read_line(config: PgBouncerConfig) -> tuple[str, str]:
+    """The read pool's entry and its reason. Several replicas: one host list, each new server connection to
+    the next host (round-robin). `load_balance_hosts = disable` would keep every connection on the first
+    replica until a connect fails (failover, no spreading), so 1.24+ gets round-robin written out."""
     read_host, read_port = config.read_target
-    read_reason = (
-        "reads: the read replica; max_db_connections caps the pool across users"
-        if config.has_replica
-        else "reads: no replica in this stack, so the read pool also points at the primary"
-    )
+    line = _database_line(config, read_host, read_port)
+    if len(config.read_hosts) > 1:
+        if config.version >= LOAD_BALANCE_HOSTS_SINCE:
+            line += " load_balance_hosts=round-robin"
+        return line, (
+            f"reads: all {len(config.read_hosts)} replicas, new server connections round-robin over them; "
+            "max_db_connections caps the pool across users and hosts"
+        )
+    if config.has_replica:
+        return line, "reads: the read replica; max_db_connections caps the pool across users"
+    return line, "reads: no replica in this stack, so the read pool also points at the primary"
+
+
+def _databases(config: PgBouncerConfig) -> list[_Entry]:
+    read_line, read_reason = _read_line(config)
     return [
         (
             DATABASE_NAME,
             _database_line(config, config.primary_host, config.primary_port),
             "the application's read-write pool: the primary; max_db_connections caps it across users",
         ),
-        (READ_POOL_DATABASE, _database_line(config, read_host, read_port), read_reason),
+        (READ_POOL_DATABASE, read_line, read_reason),
     ]
 
 

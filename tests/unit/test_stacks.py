@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 from functools import cache
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import scramp
 
+from components.settings import SettingsError
 from dbctl import names
 from dbctl.scram import is_scram_verifier
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
@@ -403,3 +405,35 @@ def test_security_group_descriptions_use_only_characters_ec2_accepts(network: st
         if not re.fullmatch(SG_DESCRIPTION, str(x.inputs.get("description", "")))
     ]
     assert not bad
+
+
+# --- read scaling (issue 17): the read pool over every replica, each replica's budget, replica AZs ----------
+
+
+def _user_data(r: RunResult) -> str:
+    template = one(r.resources, "aws:ec2/launchTemplate:LaunchTemplate")
+    return gzip.decompress(base64.b64decode(template.inputs["userData"])).decode()
+
+
+def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
+    r = run("prod", {"replicaCount": 2})
+    addresses = r.outputs["replica_addresses"]
+    assert len(addresses) == 2
+    (line,) = [x for x in _user_data(r).splitlines() if x.startswith(f"{names.READ_POOL_DATABASE} = ")]
+    # prod's PgBouncer is 1.24: the host list with load_balance_hosts written out, the primary not in it.
+    assert f"host={addresses[0]},{addresses[1]} port=5432 " in line
+    assert line.endswith(" load_balance_hosts=round-robin")
+    assert r.outputs["primary_address"] not in line
+
+
+def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
+    # db.t4g.small holds 192 by RDS's formula; 2 hosts x (85 + 5) = 180 fits the m7g.large primary (855)
+    # but not 192 - 15 headroom on either replica.
+    overrides: dict[str, object] = {
+        "replicaCount": 2,
+        "replicaInstanceClass": "db.t4g.small",
+        "pgbouncer.defaultPoolSize": 85,
+    }
+    with pytest.raises(SettingsError, match=r"180 server connections to replica 1, .*192 - 15 headroom"):
+        settings_for("prod", overrides)
+    assert settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 80}).replica_count == 2
