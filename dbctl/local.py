@@ -13,6 +13,8 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
     .local/lock               held (flock) by up/down/reset: two at once take turns
     .local/tls/               the stack's CA: ca.crt (sslrootcert of every URL), ca.key (0600, stays here)
     .local/postgres/          the cluster (dbctl.cluster: data/, postgres.log, tls/ with its CA-signed cert)
+    .local/replica/           its hot standby, the read pool's server (dbctl.local_replica; off: --no-replica)
+    .local/replication.json   mode 0600: the replication role's password and verifier
     .local/pgbouncer/         rendered pgbouncer.ini, userlist.txt (verifiers only), tls/, log and pid
     .env                      DATABASE_URL, DIRECT_URL, DATABASE_READ_URL, SHADOW_DATABASE_URL (mode 0600)
 
@@ -25,6 +27,7 @@ Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pwd
@@ -41,10 +44,11 @@ import click
 import psycopg
 from psycopg import sql
 
-from dbctl import deploy, names
+from dbctl import deploy, local_replica, names
 from dbctl.cluster import (
     BOOTSTRAP_SUPERUSER,
     DEFAULT_ADMIN_USER,
+    MAX_CONNECTIONS,
     SERVICE_OS_USER,
     Cluster,
     ClusterError,
@@ -68,6 +72,7 @@ from dbctl.pgbouncer import (
     PgBouncerConfig,
     PgBouncerConfigError,
     ServerTls,
+    render_ini,
 )
 from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
 from dbctl.tls import CertificateAuthority, TlsError, write_file
@@ -231,6 +236,13 @@ class Stack:
         )
 
     @property
+    def replica(self) -> Cluster:
+        """The hot standby (dbctl.local_replica): the primary's roles and passwords, its own port and cert."""
+        return dataclasses.replace(
+            self.cluster, base_dir=server_dir(self.paths) / "replica", port=self.state.effective_replica_port
+        )
+
+    @property
     def authority(self) -> CertificateAuthority:
         return CertificateAuthority(self.paths.ca_dir)
 
@@ -245,11 +257,31 @@ class Stack:
         return self.pgbouncer_dir / "tls"
 
 
-def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None) -> State:
-    """Ports: the flags, else the ones this stack was created with, else the defaults.
+def resolve_state(
+    paths: Paths,
+    pg_port: int | None,
+    pgbouncer_port: int | None,
+    replica: bool | None = None,
+    replica_port: int | None = None,
+) -> State:
+    """Ports and the replica: the flags, else what this stack was created with, else the defaults.
 
-    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf)."""
+    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf); so does an
+    existing replica."""
     saved = State.load(paths)
+    replica_exists = (server_dir(paths) / "replica" / "data" / "PG_VERSION").exists()
+    if (
+        saved is not None
+        and replica_exists
+        and replica is not False
+        and replica_port is not None
+        and replica_port != saved.effective_replica_port
+    ):
+        raise LocalError(
+            f"this stack's replica was created on port {saved.effective_replica_port}; run `dbctl local up` "
+            f"without --replica-port, or rebuild the replica there: `dbctl local up --no-replica`, then "
+            f"`dbctl local up --replica-port {replica_port}`"
+        )
     if saved is not None and pg_port is not None and pg_port != saved.pg_port:
         raise LocalError(
             f"this stack's PostgreSQL was created on port {saved.pg_port}; run `dbctl local up` without "
@@ -259,6 +291,8 @@ def resolve_state(paths: Paths, pg_port: int | None, pgbouncer_port: int | None)
     return State(
         pg_port=pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port=pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+        replica=replica if replica is not None else (saved.replica if saved else True),
+        replica_port=replica_port or (saved.replica_port if saved and not pg_port else 0),
     )
 
 
@@ -266,9 +300,16 @@ def _cluster_exists(paths: Paths) -> bool:
     return (server_dir(paths) / "postgres" / "data" / "PG_VERSION").exists()
 
 
-def open_stack(paths: Paths, pg_port: int | None = None, pgbouncer_port: int | None = None) -> Stack:
+def open_stack(
+    paths: Paths,
+    pg_port: int | None = None,
+    pgbouncer_port: int | None = None,
+    *,
+    replica: bool | None = None,
+    replica_port: int | None = None,
+) -> Stack:
     """The stack to bring up: credentials generated only when there is neither a file nor a cluster."""
-    state = resolve_state(paths, pg_port, pgbouncer_port)
+    state = resolve_state(paths, pg_port, pgbouncer_port, replica, replica_port)
     return Stack(paths, state, load_or_create_credentials(paths, _cluster_exists(paths)))
 
 
@@ -284,13 +325,15 @@ def existing_stack(paths: Paths) -> Stack:
 def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
     """The AWS tier's settings (same renderer, same defaults), pointed at the local cluster.
 
-    The local cluster has no replica, so the read pool points at the primary, as in a stack without one.
+    The read pool points at the local replica, or (--no-replica) at the primary, as in a stack without one.
     Server TLS: verify-full against the stack's CA. Client TLS: PgBouncer's own certificate from the same
     CA (SAN 127.0.0.1 + localhost), so .env's verify-full URLs work through it as they do direct."""
     tls = stack.pgbouncer_tls_dir
     return server.config(
         primary_host=HOST,
         primary_port=stack.state.pg_port,
+        read_hosts=(HOST,) if stack.state.replica else (),
+        read_port=stack.state.effective_replica_port if stack.state.replica else None,
         listen_addr=HOST,
         listen_port=stack.state.pgbouncer_port,
         server_tls=ServerTls(sslmode="verify-full", ca_file=str(tls / "ca.crt")),
@@ -459,9 +502,11 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     pg_running = cluster.is_running()
     bouncer_running = pgbouncer_running(stack)
     version = pgbouncer_version()
+    replica = stack.replica
+    replica_running = replica.is_running()
     if pg_running and bouncer_running:
         saved = State.load(stack.paths)
-        if saved is not None and saved != stack.state:
+        if saved is not None and saved.pgbouncer_port != stack.state.pgbouncer_port:
             raise LocalError(
                 f"the local stack is running with PgBouncer on port {saved.pgbouncer_port}; to move it to "
                 f"{stack.state.pgbouncer_port}, run `dbctl local down` first"
@@ -470,6 +515,8 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         require_free_port(stack.state.pg_port, "--pg-port", "PostgreSQL")
     if not bouncer_running:
         require_free_port(stack.state.pgbouncer_port, "--pgbouncer-port", "PgBouncer")
+    if stack.state.replica and not replica_running:
+        require_free_port(stack.state.effective_replica_port, "--replica-port", "the replica")
     stack.state.save(stack.paths)
     if stack.authority.ensure():
         echo(f"TLS: a new CA for this stack ({stack.authority.cert_file}; its key stays in that directory)")
@@ -506,6 +553,11 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     if ensure_shadow_database(stack):
         echo(f"shadow database {SHADOW_DATABASE} for `prisma migrate dev` (SHADOW_DATABASE_URL)")
         changed = True
+    changed |= up_replica(stack, echo, durable=durable)
+    if bouncer_running and _pgbouncer_ini_stale(stack):
+        echo("PgBouncer's config changed (the read pool's server); restarting PgBouncer")
+        stop_pgbouncer(stack)
+        bouncer_running = False
     if not bouncer_running:
         echo(f"starting PgBouncer {version[0]}.{version[1]} on {HOST}:{stack.state.pgbouncer_port} ...")
         start_pgbouncer(stack)
@@ -513,8 +565,49 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     return write_env(stack, version) or changed
 
 
+def up_replica(stack: Stack, echo: Echo, *, durable: bool) -> bool:
+    """The hot standby as state.json asks: made (pg_basebackup) or started, with the primary's durability
+    and certificate authority; or, with --no-replica, stopped and removed. True when anything changed."""
+    primary, replica = stack.cluster, stack.replica
+    if not stack.state.replica:
+        if not replica.base_dir.exists():
+            return False
+        echo("--no-replica: removing the replica; the read pool now points at the primary")
+        return local_replica.remove(primary, replica)
+    changed = False
+    if not (replica.data_dir / "PG_VERSION").exists():
+        echo(f"replica: pg_basebackup of the primary into {replica.base_dir} ...")
+        started = time.monotonic()
+        local_replica.create(primary, replica, stack.paths, MAX_CONNECTIONS)
+        echo(f"replica: streaming on {HOST}:{replica.port} ({time.monotonic() - started:.1f} s)")
+        changed = True
+    else:
+        changed |= local_replica.ensure_role_and_slot(primary, local_replica.credential(stack.paths))
+        if replica.ensure_tls():
+            echo("TLS: the replica's certificate (re)issued by the stack's CA")
+            changed = True
+            replica.reload()
+        if not replica.is_running():
+            echo(f"starting the replica on {HOST}:{replica.port} ...")
+            replica.start()
+            changed = True
+    if replica.set_durability(durable):
+        changed = True
+    return changed
+
+
+def _pgbouncer_ini_stale(stack: Stack) -> bool:
+    """True when the running PgBouncer's pgbouncer.ini is not what this stack's settings render now."""
+    server = PgBouncerServer(stack.pgbouncer_dir)
+    try:
+        current = server.ini_path.read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return current != render_ini(pgbouncer_config(stack, server))
+
+
 def down(stack: Stack, echo: Echo) -> None:
-    """Stop both servers; the data stays."""
+    """Stop the servers (PgBouncer, the primary, then its replica); the data stays."""
     if pgbouncer_running(stack):
         echo("stopping PgBouncer ...")
         stop_pgbouncer(stack)
@@ -522,6 +615,9 @@ def down(stack: Stack, echo: Echo) -> None:
     if cluster.is_running():
         echo("stopping PostgreSQL ...")
         cluster.stop()
+    if stack.replica.is_running():
+        echo("stopping the replica ...")
+        stack.replica.stop()
 
 
 # ---------------------------------------------------------------- psql
@@ -583,6 +679,8 @@ def local(ctx: click.Context, root: Path) -> None:
 def _print_summary(stack: Stack) -> None:
     s = stack.state
     click.echo(f"PostgreSQL  {HOST}:{s.pg_port}   (DIRECT_URL: {names.MIGRATOR_ROLE}, direct)")
+    if s.replica:
+        click.echo(f"Replica     {HOST}:{s.effective_replica_port}   (hot standby: the read pool's server)")
     click.echo(
         f"PgBouncer   {HOST}:{s.pgbouncer_port}   (DATABASE_URL: {names.APP_ROLE} -> {names.DATABASE_NAME}, "
         f"DATABASE_READ_URL: {names.READONLY_ROLE} -> {names.READ_POOL_DATABASE})"
@@ -620,13 +718,36 @@ def _one_line(e: BaseException) -> str:
     help="UNSAFE: fsync, synchronous_commit and full_page_writes off (a crash can lose committed data). "
     "`up` without it makes the stack durable again.",
 )
+@click.option(
+    "--replica/--no-replica",
+    default=None,
+    help="A streaming hot standby behind DATABASE_READ_URL (default: on); --no-replica removes it and the "
+    "read pool uses the primary. Remembered in .local/state.json.",
+)
+@click.option(
+    "--replica-port", type=click.IntRange(1, 65535), help="The replica's port [default: --pg-port + 1]"
+)
 @click.pass_obj
-def up_command(paths: Paths, pg_port: int | None, pgbouncer_port: int | None, unsafe_fast: bool) -> None:
+def up_command(
+    paths: Paths,
+    pg_port: int | None,
+    pgbouncer_port: int | None,
+    unsafe_fast: bool,
+    replica: bool | None,
+    replica_port: int | None,
+) -> None:
     """Start the local stack (creating it the first time) and write .env. Safe to re-run."""
-    if pg_port is not None and pg_port == pgbouncer_port:
-        raise LocalError("--pg-port and --pgbouncer-port must differ")
+    ports = [p for p in (pg_port, pgbouncer_port, replica_port) if p is not None]
+    if len(set(ports)) != len(ports):
+        raise LocalError("--pg-port, --pgbouncer-port and --replica-port must differ")
     with stack_lock(paths, _echo):
-        stack = open_stack(paths, pg_port, pgbouncer_port)
+        stack = open_stack(paths, pg_port, pgbouncer_port, replica=replica, replica_port=replica_port)
+        taken = {stack.state.pg_port, stack.state.pgbouncer_port}
+        if stack.state.replica and stack.state.effective_replica_port in taken:
+            raise LocalError(
+                f"the replica's port {stack.state.effective_replica_port} is PostgreSQL's or PgBouncer's; "
+                "pick another with --replica-port <port>"
+            )
         try:
             changed = up(stack, _echo, durable=not unsafe_fast)
         except SERVER_ERRORS as e:
@@ -687,6 +808,7 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
             stop_pgbouncer(old)
         try:
             Cluster(server_dir(paths) / "postgres", old.state.pg_port).stop()
+            Cluster(server_dir(paths) / "replica", old.state.effective_replica_port).stop()
         except ClusterError as e:
             raise _fail(e) from e
         _echo(f"{RESET_WARNING} removing {paths.state_dir} ...")
@@ -694,6 +816,8 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
         State(
             pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
             pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+            replica=saved.replica if saved else True,
+            replica_port=saved.replica_port if saved and not pg_port else 0,
         ).save(paths)
         stack = open_stack(paths)
         try:
@@ -768,6 +892,21 @@ def status_command(paths: Paths) -> None:
         state = f"running on {HOST}:{port}" if running else f"stopped (port {port})"
         click.echo(f"{name}  {state}  [{where}]")
         healthy &= running
+    if stack.state.replica:
+        replica = stack.replica
+        replica_running = replica.is_running()
+        shown = f"running on {HOST}:{replica.port}" if replica_running else f"stopped (port {replica.port})"
+        click.echo(f"Replica     {shown}  [{replica.base_dir}]")
+        healthy &= replica_running
+        if replica_running and pg_running:
+            try:
+                streaming, line = local_replica.status(cluster, replica)
+            except SERVER_ERRORS as e:
+                streaming, line = False, f"unknown: {_one_line(e)}"
+            click.echo(f"replication {line}")
+            healthy &= streaming
+    else:
+        click.echo("Replica     none (--no-replica): the read pool uses the primary")
     click.echo(f"TLS         CA {stack.authority.cert_file} (every URL's sslrootcert)")
     if pg_running:
         click.echo(

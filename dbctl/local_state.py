@@ -69,6 +69,11 @@ class Paths:
         return self.state_dir / "pgbouncer"
 
     @property
+    def replication_file(self) -> Path:
+        """mode 0600: the replication role's password and verifier (the local replica streams as it)."""
+        return self.state_dir / "replication.json"
+
+    @property
     def env_file(self) -> Path:
         return self.root / ".env"
 
@@ -119,12 +124,27 @@ def stack_lock(paths: Paths, echo: Callable[[str], None], timeout: float = LOCK_
 class State:
     pg_port: int
     pgbouncer_port: int
+    # The streaming replica the read pool uses (on by default; `up --no-replica` turns it off) and its port.
+    replica: bool = True
+    replica_port: int = 0  # 0: PostgreSQL's port + 1
+
+    @property
+    def effective_replica_port(self) -> int:
+        return self.replica_port or self.pg_port + 1
 
     @classmethod
     def load(cls, paths: Paths) -> State | None:
         try:
             data = json.loads(paths.state_file.read_text(encoding="utf-8"))
-            return cls(pg_port=int(data["pg_port"]), pgbouncer_port=int(data["pgbouncer_port"]))
+            replica = data.get("replica", True)
+            if not isinstance(replica, bool):
+                raise ValueError(f"replica is {replica!r}, not true or false")
+            return cls(
+                pg_port=int(data["pg_port"]),
+                pgbouncer_port=int(data["pgbouncer_port"]),
+                replica=replica,
+                replica_port=int(data.get("replica_port", 0)),
+            )
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
@@ -132,7 +152,13 @@ class State:
 
     def save(self, paths: Paths) -> None:
         paths.state_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"pg_port": self.pg_port, "pgbouncer_port": self.pgbouncer_port}, indent=2) + "\n"
+        data = {
+            "pg_port": self.pg_port,
+            "pgbouncer_port": self.pgbouncer_port,
+            "replica": self.replica,
+            "replica_port": self.effective_replica_port,
+        }
+        text = json.dumps(data, indent=2) + "\n"
         if not paths.state_file.exists() or paths.state_file.read_text(encoding="utf-8") != text:
             paths.state_file.write_text(text, encoding="utf-8")
 
@@ -222,3 +248,21 @@ def load_or_create_credentials(paths: Paths, cluster_exists: bool) -> dict[str, 
     text = json.dumps({role: c.as_secret() for role, c in creds.items()}, indent=2)
     write_private(paths.credentials_file, text + "\n")
     return creds
+
+
+def load_or_create_replication_credential(paths: Paths, role: str) -> Credential:
+    """The replication role's credential: replication.json, made (0600) when missing. Unlike credentials.json
+    it may be made anew: `up` sets the role's password from it each time, and no data depends on it."""
+    file = paths.replication_file
+    try:
+        data: Any = json.loads(file.read_bytes().decode("utf-8"))
+        return _parse_credential(role, data)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise LocalError(
+            f"{file} is unreadable or corrupt ({e}); remove it and run `dbctl local up`"
+        ) from None
+    credential = new_credential(role)
+    write_private(file, json.dumps(credential.as_secret(), indent=2) + "\n")
+    return credential
