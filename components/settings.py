@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from dbctl import capacity, names
+from dbctl import pgbouncer as pgbouncer_config
 
 PROJECT = "spike-land-db"
 REGION_KEY = "aws:region"
@@ -513,6 +514,11 @@ class StackSettings(_Model):
                 "reservePoolSize": p.reserve_pool_size,
             }
             raise _FieldProblem("pgbouncer", value, str(e)) from None
+        version = pgbouncer_config.parse_version(self.pgbouncer.version)
+        if self.replica_count > 1 and version < pgbouncer_config.HOST_LIST_VERIFY_FULL_SINCE:
+            raise _FieldProblem(
+                "replica_count", self.replica_count, pgbouncer_config.host_list_tls_problem(version)
+            )
         if self.backups.cross_region_copy and self.backups.dr_region == self.region:
             raise _FieldProblem(
                 "backups",

@@ -497,7 +497,9 @@ class Cluster:
     def _make_tls(self) -> None:
         """A server key and certificate signed by the cluster's CA (made first if missing)."""
         self.authority.ensure()
-        self.authority.issue(self.cert_file, self.key_file, service_owner())
+        # A cluster on another loopback address (a second local replica) is verified by that name too.
+        extra = () if self.host == HOST else (self.host,)
+        self.authority.issue(self.cert_file, self.key_file, service_owner(), extra_ips=extra)
 
     def ensure_tls(self) -> bool:
         """Reissue the server certificate when it is not the current CA's, or expires soon; True if it did.

@@ -582,7 +582,10 @@ def up_replica(stack: Stack, echo: Echo, *, durable: bool) -> bool:
         echo(f"replica: streaming on {HOST}:{replica.port} ({time.monotonic() - started:.1f} s)")
         changed = True
     else:
-        changed |= local_replica.ensure_role_and_slot(primary, local_replica.credential(stack.paths))
+        cred = local_replica.credential(stack.paths)
+        changed |= local_replica.ensure_role_and_slot(primary, cred)
+        # The passfile and the CA copy it verifies the primary with, current (a new CA, a new credential).
+        local_replica.primary_conninfo(primary, replica, cred)
         if replica.ensure_tls():
             echo("TLS: the replica's certificate (re)issued by the stack's CA")
             changed = True

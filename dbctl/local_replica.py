@@ -29,9 +29,9 @@ from dbctl.local_state import Credential, Paths, load_or_create_replication_cred
 from dbctl.tls import write_file
 
 REPLICATION_ROLE = "spike_replicator"
+# The replica's physical slot on the primary; also its application_name in pg_stat_replication (what
+# `local status` and `dbctl report` look for).
 SLOT = "spike_local_replica"
-# What `local status` and dbctl report see as pg_stat_replication.application_name.
-APPLICATION_NAME = "spike_local_replica"
 
 Echo = Callable[[str], None]
 
@@ -50,7 +50,7 @@ def credential(paths: Paths) -> Credential:
     return load_or_create_replication_credential(paths, REPLICATION_ROLE)
 
 
-def ensure_role_and_slot(primary: Cluster, cred: Credential) -> bool:
+def ensure_role_and_slot(primary: Cluster, cred: Credential, slot: str = SLOT) -> bool:
     """The replication role (its password the credential's verifier), the pg_hba line and the slot on the
     primary; True when any was new. As the bootstrap superuser: REPLICATION needs one (RDS's master gets it
     through rds_replication, which this local cluster does not model)."""
@@ -67,20 +67,20 @@ def ensure_role_and_slot(primary: Cluster, cred: Credential) -> bool:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN REPLICATION PASSWORD {}").format(role, verifier))
             changed = True
         if (
-            conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)).fetchone()
+            conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
             is None
         ):
             # Reserve WAL now, so nothing the base backup needs can be recycled before the replica connects.
-            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (SLOT,))
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
             changed = True
     return changed
 
 
-def drop_slot(primary: Cluster) -> None:
+def drop_slot(primary: Cluster, slot: str = SLOT) -> None:
     with psycopg.connect(primary.superuser_conninfo("postgres"), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-            (SLOT,),
+            (slot,),
         )
 
 
@@ -88,7 +88,7 @@ def _replication_dir(replica: Cluster) -> Path:
     return replica.base_dir / "replication"
 
 
-def primary_conninfo(primary: Cluster, replica: Cluster, cred: Credential) -> str:
+def primary_conninfo(primary: Cluster, replica: Cluster, cred: Credential, slot: str = SLOT) -> str:
     """How the replica reaches the primary: TLS verify-full, SCRAM, the password in a passfile (0600, the
     service user's), written here."""
     directory = _replication_dir(replica)
@@ -106,29 +106,29 @@ def primary_conninfo(primary: Cluster, replica: Cluster, cred: Credential) -> st
         passfile=str(passfile),
         sslmode="verify-full",
         sslrootcert=str(ca_copy),
-        application_name=APPLICATION_NAME,
+        application_name=slot,
     )
 
 
-def create(primary: Cluster, replica: Cluster, paths: Paths, max_connections: int) -> None:
-    """A new hot standby of primary in replica.base_dir, started."""
+def create(primary: Cluster, replica: Cluster, paths: Paths, max_connections: int, slot: str = SLOT) -> None:
+    """A new hot standby of primary in replica.base_dir, started; `slot` names its slot (one per replica)."""
     cred = credential(paths)
-    ensure_role_and_slot(primary, cred)
-    conninfo = primary_conninfo(primary, replica, cred)
-    replica.init_standby(conninfo, SLOT, standby_settings(max_connections))
+    ensure_role_and_slot(primary, cred, slot)
+    conninfo = primary_conninfo(primary, replica, cred, slot)
+    replica.init_standby(conninfo, slot, standby_settings(max_connections))
 
 
-def remove(primary: Cluster, replica: Cluster) -> bool:
+def remove(primary: Cluster, replica: Cluster, slot: str = SLOT) -> bool:
     """Stop the replica, delete it and drop its slot (or the primary would keep WAL for it forever)."""
     existed = replica.base_dir.exists()
     replica.stop()
     shutil.rmtree(replica.base_dir, ignore_errors=True)
     if primary.is_running():
-        drop_slot(primary)
+        drop_slot(primary, slot)
     return existed
 
 
-def status(primary: Cluster, replica: Cluster) -> tuple[bool, str]:
+def status(primary: Cluster, replica: Cluster, slot: str = SLOT) -> tuple[bool, str]:
     """(streaming?, one line): in recovery?, the primary's view (state, replay lag in bytes and time)."""
     with psycopg.connect(replica.admin_conninfo("postgres"), autocommit=True) as conn:
         row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
@@ -138,10 +138,10 @@ def status(primary: Cluster, replica: Cluster) -> tuple[bool, str]:
             "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
             "coalesce(extract(epoch FROM replay_lag), 0)::float8 "
             "FROM pg_stat_replication WHERE application_name = %s",
-            (APPLICATION_NAME,),
+            (slot,),
         ).fetchone()
     if stat is None:
-        return False, f"in recovery: {in_recovery}; NOT streaming (no walsender for {APPLICATION_NAME})"
+        return False, f"in recovery: {in_recovery}; NOT streaming (no walsender for {slot})"
     state, lag_bytes, lag_s = stat
     ok = in_recovery and state == "streaming"
     return ok, f"in recovery: {in_recovery}; {state}, replay lag {lag_bytes} bytes, {lag_s * 1000:.1f} ms"

@@ -39,6 +39,10 @@ SETTING_SINCE: Final[Mapping[str, Version]] = {"max_prepared_statements": PREPAR
 # A [databases] entry's `load_balance_hosts` (how a comma-separated host list is used) arrived in 1.24.0;
 # the host list itself in 1.17, always round-robin before 1.24 (PgBouncer's NEWS.md and doc/config.md).
 LOAD_BALANCE_HOSTS_SINCE: Final[Version] = (1, 24)
+# Before 1.25.0, server_tls_sslmode=verify-full checks the certificate against the entry's whole `host`
+# string ("a,b"), so every TLS handshake over a host list fails (pgbouncer#1300, fixed by #1303 in 1.25.0;
+# seen here with 1.24.1: "name `127.0.0.1,127.0.0.2' not present in server certificate").
+HOST_LIST_VERIFY_FULL_SINCE: Final[Version] = (1, 25)
 
 # The login roles that connect through PgBouncer; the migrator goes direct to the primary.
 POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
@@ -55,6 +59,16 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 
 class PgBouncerConfigError(ValueError):
     """Settings or verifiers the renderer refuses; the message names the problem and the fix."""
+
+
+def host_list_tls_problem(version: Version) -> str:
+    """Why PgBouncer `version` cannot spread the read pool over several replicas with verify-full."""
+    v, fixed = f"{version[0]}.{version[1]}", HOST_LIST_VERIFY_FULL_SINCE
+    return (
+        f"PgBouncer {v} checks server_tls_sslmode=verify-full against the whole host list, so a read pool "
+        f"over several replicas would fail every TLS handshake (fixed in {fixed[0]}.{fixed[1]}.0, "
+        f"pgbouncer#1303); use PgBouncer >= {fixed[0]}.{fixed[1]} (pgbouncer.version), or one replica"
+    )
 
 
 def parse_version(text: str) -> Version:
@@ -182,6 +196,12 @@ class PgBouncerConfig(BaseModel):
             )
         if len(set(self.read_hosts)) != len(self.read_hosts):
             raise ValueError(f"read_hosts lists a host twice ({', '.join(self.read_hosts)}); list each once")
+        if (
+            len(self.read_hosts) > 1
+            and self.server_tls.sslmode == "verify-full"
+            and self.version < HOST_LIST_VERIFY_FULL_SINCE
+        ):
+            raise ValueError(host_list_tls_problem(self.version))
         if self.min_pool_size > self.default_pool_size:
             raise ValueError(
                 f"min_pool_size {self.min_pool_size} exceeds default_pool_size {self.default_pool_size}; "

@@ -112,9 +112,9 @@ def test_read_pool_points_at_the_replica_when_there_is_one() -> None:
     assert config().pools_on_primary == 2
 
 
-def test_read_pool_lists_every_replica_round_robin_on_1_24() -> None:
+def test_read_pool_lists_every_replica_round_robin() -> None:
     replicas = ("db-replica-1.internal", "db-replica-2.internal", "db-replica-3.internal")
-    dbs = parse(render_ini(config(version=(1, 24), read_hosts=replicas)))["databases"]
+    dbs = parse(render_ini(config(version=(1, 25), read_hosts=replicas)))["databases"]
     assert dbs[READ_POOL_DATABASE] == (
         f"host={','.join(replicas)} port=5432 dbname={DATABASE_NAME} max_db_connections=25 "
         "load_balance_hosts=round-robin"
@@ -123,11 +123,27 @@ def test_read_pool_lists_every_replica_round_robin_on_1_24() -> None:
 
 
 def test_before_1_24_the_host_list_has_no_load_balance_hosts_key() -> None:
-    # 1.17-1.23 know host lists (always round-robin) but refuse to start on an unknown key.
-    dbs = parse(render_ini(config(version=(1, 18), read_hosts=("r1", "r2"))))["databases"]
+    # 1.17-1.23 know host lists (always round-robin) but refuse to start on an unknown key; verify-ca
+    # because verify-full over a host list needs 1.25.
+    verify_ca = ServerTls(sslmode="verify-ca", ca_file="/etc/pgbouncer/rds-ca.pem")
+    dbs = parse(render_ini(config(version=(1, 18), read_hosts=("r1", "r2"), server_tls=verify_ca)))[
+        "databases"
+    ]
     assert dbs[READ_POOL_DATABASE] == f"host=r1,r2 port=5432 dbname={DATABASE_NAME} max_db_connections=25"
     single = parse(render_ini(config(version=(1, 24), read_hosts=("r1",))))["databases"]
     assert "load_balance_hosts" not in single[READ_POOL_DATABASE]
+    listed = parse(render_ini(config(version=(1, 24), read_hosts=("r1", "r2"), server_tls=verify_ca)))
+    assert listed["databases"][READ_POOL_DATABASE].endswith(" load_balance_hosts=round-robin")
+
+
+def test_verify_full_over_a_host_list_is_refused_before_1_25() -> None:
+    for version in ((1, 18), (1, 24)):
+        with pytest.raises(
+            ValidationError,
+            match=r"whole host list.*pgbouncer#1303.*>= 1.25 \(pgbouncer.version\), or one replica",
+        ):
+            config(version=version, read_hosts=("r1", "r2"))
+    assert config(version=(1, 24), read_hosts=("r1",)).has_replica
 
 
 def test_max_prepared_statements_only_from_1_21() -> None:
@@ -148,7 +164,7 @@ def test_versions_older_than_supported_are_refused() -> None:
 def test_every_setting_has_a_reason_on_the_line_above() -> None:
     for version in ((1, 18), (1, 24)):
         tls = ClientTls(sslmode="require", key_file="/k", cert_file="/c")
-        lines = render_ini(config(version=version, client_tls=tls, read_hosts=("r1", "r2"))).splitlines()
+        lines = render_ini(config(version=version, client_tls=tls, read_hosts=("r1",))).splitlines()
         settings = [i for i, line in enumerate(lines) if "=" in line and not line.startswith(";")]
         assert len(settings) > 20
         for i in settings:

@@ -107,7 +107,7 @@ def test_replica_count_zero_in_prod_leaves_no_replica_resources() -> None:
 
 
 def test_two_replicas_each_sourced_from_the_primary() -> None:
-    r = run("prod", {"replicaCount": 2})
+    r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     sources = {x.inputs["replicateSourceDb"] for x in replicas(r)}
     assert len(replicas(r)) == 2 and sources == {r.outputs["primary_instance_id"]}
     assert len(set(r.outputs["replica_addresses"])) == 2
@@ -416,11 +416,11 @@ def _user_data(r: RunResult) -> str:
 
 
 def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
-    r = run("prod", {"replicaCount": 2})
+    r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     addresses = r.outputs["replica_addresses"]
     assert len(addresses) == 2
     (line,) = [x for x in _user_data(r).splitlines() if x.startswith(f"{names.READ_POOL_DATABASE} = ")]
-    # prod's PgBouncer is 1.24: the host list with load_balance_hosts written out, the primary not in it.
+    # The host list with load_balance_hosts written out, the primary not in it.
     assert f"host={addresses[0]},{addresses[1]} port=5432 " in line
     assert line.endswith(" load_balance_hosts=round-robin")
     assert r.outputs["primary_address"] not in line
@@ -431,9 +431,19 @@ def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
     # but not 192 - 15 headroom on either replica.
     overrides: dict[str, object] = {
         "replicaCount": 2,
+        "pgbouncer.version": "1.25",
         "replicaInstanceClass": "db.t4g.small",
         "pgbouncer.defaultPoolSize": 85,
     }
     with pytest.raises(SettingsError, match=r"180 server connections to replica 1, .*192 - 15 headroom"):
         settings_for("prod", overrides)
     assert settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 80}).replica_count == 2
+
+
+def test_two_replicas_need_a_pgbouncer_whose_verify_full_works_over_a_host_list() -> None:
+    with pytest.raises(
+        SettingsError,
+        match=r"replicaCount = 2 is invalid: PgBouncer 1.24 checks .*verify-full.*\(pgbouncer.version\)",
+    ):
+        settings_for("prod", {"replicaCount": 2, "pgbouncer.version": "1.24"})
+    assert settings_for("prod", {"replicaCount": 1, "pgbouncer.version": "1.24"}).replica_count == 1
