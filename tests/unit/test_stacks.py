@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import scramp
 
+from components.database import replica_zones
 from components.settings import SettingsError
 from dbctl import names
 from dbctl.scram import is_scram_verifier
@@ -447,3 +448,21 @@ def test_two_replicas_need_a_pgbouncer_whose_verify_full_works_over_a_host_list(
     ):
         settings_for("prod", {"replicaCount": 2, "pgbouncer.version": "1.24"})
     assert settings_for("prod", {"replicaCount": 1, "pgbouncer.version": "1.24"}).replica_count == 1
+
+
+@pytest.mark.parametrize(("stack", "az_count", "expected"), [("prod", 3, ["b", "c"]), ("dev", 2, ["b", "b"])])
+def test_replicas_go_to_the_azs_other_than_the_primarys(
+    stack: str, az_count: int, expected: list[str]
+) -> None:
+    overrides = {"replicaCount": 2, "pgbouncer.version": "1.25", "network.azCount": az_count}
+    r = run(stack, overrides)
+    region = settings_for(stack).region
+    assert primary(r).state["availabilityZone"] == f"{region}a"  # where the mocks' RDS placed it
+    assert "availabilityZone" not in primary(r).inputs  # never pinned: Multi-AZ forbids it
+    assert [x.inputs["availabilityZone"] for x in replicas(r)] == [f"{region}{z}" for z in expected]
+
+
+def test_replica_zones_round_robin_over_the_other_azs() -> None:
+    assert replica_zones(["a", "b", "c"], "b", 4) == ["a", "c", "a", "c"]
+    assert replica_zones(["a", "a", "b"], "a", 2) == ["b", "b"]  # subnets sharing an AZ count once
+    assert replica_zones(["a"], "a", 2) == ["a", "a"]  # nowhere else to go
