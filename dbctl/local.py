@@ -292,7 +292,8 @@ def resolve_state(
         pg_port=pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port=pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
         replica=replica if replica is not None else (saved.replica if saved else True),
-        replica_port=replica_port or (saved.replica_port if saved and not pg_port else 0),
+        # A saved stack's pg_port is fixed (checked above), so its replica port stays too.
+        replica_port=replica_port or (saved.replica_port if saved else 0),
     )
 
 
