@@ -900,6 +900,8 @@ def status_command(paths: Paths) -> None:
         replica = stack.replica
         replica_running = replica.is_running()
         shown = f"running on {HOST}:{replica.port}" if replica_running else f"stopped (port {replica.port})"
+        if not (replica.data_dir / "PG_VERSION").exists():
+            shown = "not made yet (a stack from before the replica): `dbctl local up` makes it"
         click.echo(f"Replica     {shown}  [{replica.base_dir}]")
         healthy &= replica_running
         if replica_running and pg_running:

@@ -311,3 +311,63 @@ def test_the_read_pool_spreads_connections_over_two_replicas(
     assert set(per_host) == {local.HOST, SECOND_REPLICA_HOST}
     assert sum(len(pids) for pids in per_host.values()) == 8
     assert all(len(pids) >= 2 for pids in per_host.values())  # round-robin: every other new connection
+
+
+# ---------------------------------------------------------------- off and on, down, up and reset
+
+
+def in_recovery(root: Path) -> bool:
+    env = local.read_env(local.Paths(root))
+    with psycopg.connect(
+        local.libpq_url(env["DATABASE_READ_URL"]), autocommit=True, connect_timeout=10
+    ) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def slots(s: local.Stack) -> list[object]:
+    with psycopg.connect(s.cluster.superuser_conninfo("postgres"), autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
+
+
+@pytest.mark.integration
+def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None:
+    root = new_root()
+    paths = local.Paths(root)
+    ports = ["--pg-port", str(free_port()), "--pgbouncer-port", str(free_port())]
+    replica_port = str(free_port())
+    try:
+        light = dbctl_local(root, "up", *ports, "--no-replica", "--replica-port", replica_port)
+        assert light.returncode == 0, light.stderr
+        s = local.existing_stack(paths)
+        assert not s.state.replica and not s.replica.base_dir.exists() and slots(s) == []
+        assert not in_recovery(root)  # the read pool on the primary
+        assert "Replica     none (--no-replica)" in dbctl_local(root, "status").stdout
+        assert dbctl_local(root, "up").stderr.count("pg_basebackup") == 0  # the choice is remembered
+
+        on = dbctl_local(root, "up", "--replica")
+        assert on.returncode == 0, on.stderr
+        assert "pg_basebackup" in on.stderr and "restarting PgBouncer" in on.stderr
+        s = local.existing_stack(paths)
+        assert s.state.replica and s.replica.port == int(replica_port) and in_recovery(root)
+        assert slots(s) == [local_replica.SLOT]
+
+        assert dbctl_local(root, "down").returncode == 0
+        assert not s.replica.is_running() and not s.cluster.is_running()
+        stopped = dbctl_local(root, "status")
+        assert stopped.returncode == 1 and f"Replica     stopped (port {replica_port})" in stopped.stdout
+        again = dbctl_local(root, "up")
+        assert again.returncode == 0 and "starting the replica" in again.stderr
+        assert in_recovery(root) and dbctl_local(root, "status").returncode == 0
+
+        reset = dbctl_local(root, "reset", "--yes")
+        assert reset.returncode == 0, reset.stderr
+        assert "pg_basebackup" in reset.stderr and in_recovery(root)
+
+        off = dbctl_local(root, "up", "--no-replica")
+        assert off.returncode == 0 and "removing the replica" in off.stderr
+        s = local.existing_stack(paths)
+        assert not s.replica.base_dir.exists() and slots(s) == [] and not in_recovery(root)
+    finally:
+        dbctl_local(root, "down")
+        shutil.rmtree(root, ignore_errors=True)
