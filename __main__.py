@@ -1,6 +1,7 @@
 """spike-land-db: Spike Land's PostgreSQL on RDS. Reads top to bottom like DESIGN.md's diagram.
 
-settings -> provider -> network -> credentials -> database -> (pgbouncer -> backups -> alarms) -> outputs
+settings -> provider -> network -> credentials -> (flow logs) -> database -> (pgbouncer -> backups -> alarms)
+-> outputs
 """
 
 import pulumi
@@ -9,6 +10,7 @@ from components.alarms import Alarms, AlarmsArgs
 from components.backups import Backups, BackupsArgs
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
+from components.flow_logs import FlowLogs, FlowLogsArgs
 from components.network import Network, NetworkArgs
 from components.pgbouncer import PgBouncerTier, PgBouncerTierArgs
 from components.provider import make_provider
@@ -19,6 +21,13 @@ provider = make_provider(settings)
 
 network = Network("network", NetworkArgs(settings=settings, provider=provider))
 credentials = Credentials("credentials", CredentialsArgs(settings=settings, provider=provider))
+if settings.network.flow_logs:
+    FlowLogs(
+        "flow-logs",
+        FlowLogsArgs(
+            settings=settings, provider=provider, vpc_id=network.vpc_id, kms_key_arn=credentials.kms_key_arn
+        ),
+    )
 database = Database(
     "database", DatabaseArgs(settings=settings, provider=provider, network=network, credentials=credentials)
 )
@@ -79,6 +88,8 @@ pulumi.export("pgbouncer_security_group_id", network.pgbouncer_security_group_id
 pulumi.export("pgbouncer_endpoint", pgbouncer.endpoint)
 pulumi.export("pgbouncer_port", pgbouncer.port)
 pulumi.export("read_pool_database", pgbouncer.read_pool_database)
+# The CA that signed PgBouncer's certificate (public): the pooled URL's sslrootcert (docs/pgbouncer.md).
+pulumi.export("pgbouncer_ca_certificate", pgbouncer.ca_certificate_pem)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
 pulumi.export("backup_vault_name", backups.vault_name)
 pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from dbctl import deploy, names  # noqa: E402
 from dbctl.cluster import throwaway_cluster  # noqa: E402
 from dbctl.credentials import verifiers_from_mapping  # noqa: E402
+from dbctl.scram import scram_verifier  # noqa: E402
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -48,11 +49,15 @@ def main() -> None:
     args = parser.parse_args()
 
     passwords = {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
-    verifiers = verifiers_from_mapping(passwords, "bench")
+    secrets_json = {
+        role: {names.SECRET_PASSWORD_KEY: pw, names.SECRET_VERIFIER_KEY: scram_verifier(pw, os.urandom(16))}
+        for role, pw in passwords.items()
+    }
+    verifiers = verifiers_from_mapping(secrets_json, "bench")
     figures: dict[str, list[float]] = {"baseline": [], "fresh": [], "no-op": [], "cli": []}
     with throwaway_cluster("dbctl-bench-") as cluster:
         credentials = cluster.base_dir / "credentials.json"
-        credentials.write_text(json.dumps(passwords))
+        credentials.write_text(json.dumps(secrets_json))
         for i in range(args.repeat):
             db = f"bench_{i}"
             cluster.create_database(db)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from components.settings import StackSettings
+from dbctl import names
 
 MIB: Final = 1024**2
 GIB: Final = 1024**3
@@ -55,6 +56,9 @@ RDS_NAMESPACE: Final = "AWS/RDS"
 NLB_NAMESPACE: Final = "AWS/NetworkELB"
 SLOW_QUERY_METRIC: Final = "SlowQueries"
 SLOW_QUERY_THRESHOLD_MS: Final = 1000
+# PgBouncer's pools, as dbctl/pool_metrics.py names them in the Pool dimension (its databases).
+POOLS: Final = (names.DATABASE_NAME, names.READ_POOL_DATABASE)
+POOL_TARGET_PREFIX: Final = "pool:"
 
 Comparison = Literal[
     "GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold", "LessThanOrEqualToThreshold"
@@ -68,8 +72,12 @@ def custom_namespace(stack: str) -> str:
 
 
 def slow_query_filter_pattern(threshold_ms: int = SLOW_QUERY_THRESHOLD_MS) -> str:
-    """The space-delimited filter pattern counting PostgreSQL statements slower than `threshold_ms`."""
-    return f'[..., label="duration:", ms>{threshold_ms}, unit="ms", ...]'
+    """The space-delimited filter pattern counting PostgreSQL statements slower than `threshold_ms`.
+
+    `kind!="plan:"` skips auto_explain's line for the same statement (`duration: … ms  plan:`), which would
+    otherwise count every slow statement twice; the cost: a statement already logged by log_statement (DDL)
+    gets a bare `duration: … ms` line, which is not counted."""
+    return f'[..., label="duration:", ms>{threshold_ms}, unit="ms", kind!="plan:", ...]'
 
 
 SLOW_QUERY_FILTER_PATTERN: Final = slow_query_filter_pattern()
@@ -269,6 +277,55 @@ def _instance_specs(target: str, t: Thresholds, *, replica: bool) -> list[AlarmS
     return specs
 
 
+def pool_specs(settings: StackSettings) -> list[AlarmSpec]:
+    """Per PgBouncer pool, on the (Stack, Pool) metrics dbctl/pool_metrics.py publishes (Maximum over hosts).
+
+    Missing data is not breaching: PgBouncer lists a pool only once a client used it, and a host that
+    cannot publish says so in its journal (the NLB health alarms cover a host that is down)."""
+    m = settings.monitoring
+    size = settings.pgbouncer.default_pool_size
+    minutes = m.pool_saturated_minutes
+    kinds: list[tuple[str, str, Comparison, float, int, str]] = [
+        (
+            "wait",
+            "MaxWaitSeconds",
+            "GreaterThanThreshold",
+            m.pool_max_wait_seconds,
+            3,
+            f"waited more than {m.pool_max_wait_seconds:g} s for a server connection, 3 minutes running. "
+            "Action: dbctl report (slow queries, connections); raise pgbouncer.defaultPoolSize if the "
+            "database has connections to spare.",
+        ),
+        (
+            "saturated",
+            "ServersActive",
+            "GreaterThanOrEqualToThreshold",
+            size,
+            minutes,
+            f"had all {size} server connections (default_pool_size) active on a host for {minutes} minutes. "
+            "Action: look for long transactions (dbctl report), then a bigger pool or more hosts.",
+        ),
+    ]
+    return [
+        AlarmSpec(
+            key=f"pgbouncer-{pool.replace('_', '-')}-{kind}",
+            target=POOL_TARGET_PREFIX + pool,
+            namespace=custom_namespace(settings.stack),
+            metric=metric,
+            statistic="Maximum",
+            comparison=comparison,
+            threshold=threshold,
+            period=60,
+            evaluation_periods=periods,
+            datapoints_to_alarm=periods,
+            treat_missing_data="notBreaching",
+            description=f"PgBouncer pool {pool} {what}",
+        )
+        for pool in POOLS
+        for kind, metric, comparison, threshold, periods, what in kinds
+    ]
+
+
 def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
     """Every metric alarm the stack gets, primary first, then each replica, slow queries, PgBouncer."""
     t = thresholds(settings)
@@ -294,6 +351,7 @@ def alarm_specs(settings: StackSettings) -> list[AlarmSpec]:
             ),
         )
     )
+    specs += pool_specs(settings)
     specs += [
         AlarmSpec(
             key="pgbouncer-unhealthy-hosts",
@@ -537,4 +595,24 @@ def dashboard_body(
                 ("desired", t.pgbouncer_desired_hosts),
             )
         )
+    # PgBouncer's pools (dbctl/pool_metrics.py), the Maximum over the hosts, with the alarms' lines.
+    ns, m = custom_namespace(settings.stack), settings.monitoring
+
+    def pools(metric: str) -> list[list[object]]:
+        return [
+            [ns, metric, "Stack", settings.stack, "Pool", p, {"stat": "Maximum", "label": p}] for p in POOLS
+        ]
+
+    widgets += [
+        graph("PgBouncer clients waiting", pools("ClientsWaiting")),
+        graph(
+            "PgBouncer longest client wait (s)", pools("MaxWaitSeconds"), ("alarm", m.pool_max_wait_seconds)
+        ),
+        graph(
+            "PgBouncer server connections active",
+            pools("ServersActive"),
+            ("default_pool_size", settings.pgbouncer.default_pool_size),
+        ),
+        graph("PgBouncer transactions per second", pools("TransactionsPerSecond")),
+    ]
     return {"widgets": widgets}

@@ -114,17 +114,19 @@ class Alarms(pulumi.ComponentResource):
 
         backup_rule = aws.cloudwatch.EventRule(
             f"{name}-backup-failures",
-            name_prefix=f"{prefix}-backup-fail-",
+            # EventBridge rule names end at 64 characters; the provider appends 26 to a prefix.
+            name_prefix=f"{prefix}-backup-",
             description=f"{prefix}: AWS Backup backup, copy and restore (test) jobs that failed",
             event_pattern=json.dumps(backup_failure_event_pattern()),
             opts=child,
         )
 
+        source_ids: list[pulumi.Input[str]] = [args.primary_identifier, *args.replica_identifiers]
         policy = aws.sns.TopicPolicy(
             f"{name}-topic",
             arn=topic.arn,
-            policy=pulumi.Output.all(topic.arn, backup_rule.arn).apply(
-                lambda a: json.dumps(_topic_policy(a[0], a[1], partition, account, s.region))
+            policy=pulumi.Output.all(topic.arn, backup_rule.arn, pulumi.Output.all(*source_ids)).apply(
+                lambda a: json.dumps(_topic_policy(a[0], a[1], partition, account, s.region, a[2]))
             ),
             opts=child,
         )
@@ -147,7 +149,6 @@ class Alarms(pulumi.ComponentResource):
             f"{name}-backup-failures", rule=backup_rule.name, arn=topic.arn, opts=after_policy
         )
 
-        source_ids: list[pulumi.Input[str]] = [args.primary_identifier, *args.replica_identifiers]
         aws.rds.EventSubscription(
             f"{name}-rds-events",
             name_prefix=f"{prefix}-db-",
@@ -181,6 +182,8 @@ class Alarms(pulumi.ComponentResource):
             }
 
         def dimensions(target: str) -> dict[str, pulumi.Input[str]] | None:
+            if target.startswith(alarm_rules.POOL_TARGET_PREFIX):  # dbctl/pool_metrics.py's (Stack, Pool)
+                return {"Stack": s.stack, "Pool": target.removeprefix(alarm_rules.POOL_TARGET_PREFIX)}
             if target == "primary":
                 return {"DBInstanceIdentifier": args.primary_identifier}
             if target.startswith("replica-"):
@@ -246,10 +249,25 @@ class Alarms(pulumi.ComponentResource):
         self.register_outputs({"topic_arn": self.topic_arn, "dashboard_name": self.dashboard_name})
 
 
+def db_instance_arn(partition: str, region: str, account: str, identifier: str) -> str:
+    """An RDS DB instance's ARN: what RDS sends as aws:SourceArn when it publishes one of its events."""
+    return f"arn:{partition}:rds:{region}:{account}:db:{identifier}"
+
+
 def _topic_policy(
-    topic_arn: str, rule_arn: str, partition: str, account: str, region: str
+    topic_arn: str,
+    rule_arn: str,
+    partition: str,
+    account: str,
+    region: str,
+    db_identifiers: Sequence[str],
 ) -> dict[str, object]:
-    """The owner keeps full control; CloudWatch alarms, RDS events and our EventBridge rule may publish."""
+    """The owner keeps full control; CloudWatch alarms, RDS events and our EventBridge rule may publish.
+
+    RDS publishes an event notification with aws:SourceArn set to the resource that raised the event (the
+    RDS user guide's "Granting permissions to publish notifications to an Amazon SNS topic": `...:db:<id>`),
+    not the event subscription's ARN, so the statement admits exactly this stack's DB instances.
+    """
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -287,7 +305,11 @@ def _topic_policy(
                 "Action": "SNS:Publish",
                 "Resource": topic_arn,
                 "Condition": {
-                    "ArnLike": {"aws:SourceArn": f"arn:{partition}:rds:{region}:{account}:es:*"},
+                    "ArnEquals": {
+                        "aws:SourceArn": [
+                            db_instance_arn(partition, region, account, i) for i in db_identifiers
+                        ]
+                    },
                     "StringEquals": {"aws:SourceAccount": account},
                 },
             },

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from components.flow_logs import flow_log_group_name
 from components.kms import key_policy
 from components.settings import StackSettings
 from dbctl import names
@@ -80,8 +81,12 @@ class Credentials(pulumi.ComponentResource):
 
         # The account administers the key and IAM policies grant its use (RDS, Secrets Manager and
         # Performance Insights use it through grants on behalf of those principals).
+        group_arn = f"arn:{partition}:logs:{s.region}:{account}:log-group:"
+        log_groups = [f"{group_arn}/aws/rds/instance/{prefix}-*"]
+        if s.network.flow_logs:
+            log_groups.append(group_arn + flow_log_group_name(s.stack))
         logs_statement = {
-            # CloudWatch Logs encrypts the RDS log groups, and only those (encryption context).
+            # CloudWatch Logs encrypts the RDS log groups and the flow-log group, and only those.
             "Sid": "CloudWatchLogsForRdsLogGroups",
             "Effect": "Allow",
             "Principal": {"Service": f"logs.{s.region}.amazonaws.com"},
@@ -93,13 +98,7 @@ class Credentials(pulumi.ComponentResource):
                 "kms:Describe*",
             ],
             "Resource": "*",
-            "Condition": {
-                "ArnLike": {
-                    "kms:EncryptionContext:aws:logs:arn": (
-                        f"arn:{partition}:logs:{s.region}:{account}:log-group:/aws/rds/instance/{prefix}-*"
-                    )
-                }
-            },
+            "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn": log_groups}},
         }
         self.kms_key = aws.kms.Key(
             f"{name}-key",

@@ -110,7 +110,11 @@ class Database(pulumi.ComponentResource):
             name_prefix=f"{prefix}-primary-",
             family=s.parameter_group_family,
             description=f"{prefix} primary: TLS only, SCRAM, pg_stat_statements, slow-query and DDL logging",
-            parameters=_parameter_args(primary_parameters(self.max_connections)),
+            parameters=_parameter_args(
+                primary_parameters(
+                    self.max_connections, database_name=s.database_name, monitoring=s.monitoring
+                )
+            ),
             opts=child,
         )
 
@@ -164,6 +168,9 @@ class Database(pulumi.ComponentResource):
             publicly_accessible=False,
             vpc_security_group_ids=[net.db_security_group_id],
             max_allocated_storage=s.max_allocated_storage_gb,
+            # Explicit: since Performance Insights' end of life RDS defaults instances to Database
+            # Insights Standard; saying so keeps `pulumi preview` free of a surprise diff.
+            database_insights_mode=s.database_insights_mode,
             performance_insights_enabled=True,
             performance_insights_kms_key_id=creds.kms_key_arn,
             performance_insights_retention_period=s.performance_insights_retention_days,
@@ -188,7 +195,12 @@ class Database(pulumi.ComponentResource):
                 family=s.parameter_group_family,
                 description=f"{prefix} read replicas: the primary's settings plus standby conflict handling",
                 parameters=_parameter_args(
-                    replica_parameters(self.max_connections, int(s.alarms.replica_lag_seconds * 1000))
+                    replica_parameters(
+                        self.max_connections,
+                        int(s.alarms.replica_lag_seconds * 1000),
+                        database_name=s.database_name,
+                        monitoring=s.monitoring,
+                    )
                 ),
                 opts=child,
             )
@@ -222,11 +234,13 @@ class Database(pulumi.ComponentResource):
                         ),
                     ),
                     storage_type="gp3",
-                    storage_encrypted=True,
-                    kms_key_id=creds.kms_key_arn,
+                    # No storage_encrypted / kms_key_id: a same-region replica is always encrypted with
+                    # the source's key, and CreateDBInstanceReadReplica refuses a KmsKeyId here
+                    # (InvalidParameterCombination). The policy pack's encryption check skips replicas.
                     publicly_accessible=False,
                     vpc_security_group_ids=[net.db_security_group_id],
                     max_allocated_storage=s.max_allocated_storage_gb,
+                    database_insights_mode=s.database_insights_mode,
                     performance_insights_enabled=True,
                     performance_insights_kms_key_id=creds.kms_key_arn,
                     performance_insights_retention_period=s.performance_insights_retention_days,

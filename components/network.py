@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.pgbouncer import ca_bucket_prefix
+from components.pgbouncer import assets_bucket_prefix
 from components.settings import StackSettings
 from components.subnets import private_subnet_cidrs
 from dbctl.names import POSTGRES_PORT
@@ -88,6 +88,17 @@ class Network(pulumi.ComponentResource):
                     f"spike-land-db:network.azCount = {s.network.az_count} but {s.region} has only "
                     f"{len(zones)} available AZs; lower network.azCount"
                 )
+            # Take over the VPC's default security group and leave it with no rules: anything launched
+            # without a group of its own then gets no traffic at all (AWS's default group admits all
+            # traffic from itself and all egress). The provider removes every rule when it adopts the group.
+            aws.ec2.DefaultSecurityGroup(
+                f"{name}-default-sg",
+                vpc_id=vpc.id,
+                ingress=[],
+                egress=[],
+                tags={"Name": f"{prefix}-default-unused"},
+                opts=child,
+            )
             route_table = aws.ec2.RouteTable(
                 f"{name}-private", vpc_id=vpc.id, tags={"Name": f"{prefix}-private"}, opts=child
             )
@@ -298,7 +309,7 @@ class Network(pulumi.ComponentResource):
                             "Effect": "Allow",
                             "Principal": "*",
                             "Action": ["s3:GetObject"],
-                            "Resource": [f"arn:aws:s3:::{ca_bucket_prefix(s.stack)}*/*"],
+                            "Resource": [f"arn:aws:s3:::{assets_bucket_prefix(s.stack)}*/*"],
                         },
                     ],
                 }

@@ -28,9 +28,11 @@ import pulumi
 import pulumi_aws as aws
 
 from components import pgbouncer_userdata as ud
+from components.alarm_rules import custom_namespace
+from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
 from components.settings import StackSettings
-from dbctl.names import PGBOUNCER_PORT, READ_POOL_DATABASE
+from dbctl.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
 
 # Amazon Linux 2023, arm64 (Graviton), kept current by AWS.
@@ -43,11 +45,19 @@ NLB_TCP_IDLE_TIMEOUT = 3600
 DEREGISTRATION_DELAY = 30
 # First boot installs packages and fetches secrets before PgBouncer listens.
 HEALTH_CHECK_GRACE = 300
+# `pulumi up` waits this long for host_count healthy targets behind the NLB, then fails (instead of
+# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop). A first boot (image, dnf,
+# secrets, two 10 s health checks) takes a few minutes; this leaves room for one replacement after a
+# failed host's health-check grace period (HEALTH_CHECK_GRACE) as well.
+WAIT_FOR_CAPACITY_TIMEOUT = "15m"
 
 
-def ca_bucket_prefix(stack: str) -> str:
-    """Name prefix of the CA bundle bucket: the network's S3 endpoint policy admits objects under it."""
-    return f"spike-land-{stack}-rds-ca-"
+def assets_bucket_prefix(stack: str) -> str:
+    """Name prefix of the tier's private bucket: the S3 endpoint policy admits objects under it.
+
+    At most 37 characters with a 19-character stack name (S3's 63 minus the provider's 26-char suffix).
+    """
+    return f"spike-land-{stack}-pgb-"
 
 
 def ca_bundle_url(region: str) -> str:
@@ -88,6 +98,7 @@ def user_data(
     read_hosts: Sequence[str],
     role_secret_arns: Mapping[str, str],
     ca_bundle_s3_uri: str,
+    client_tls_secret_arn: str | None = None,
 ) -> str:
     """The launch template's user data (base64 of gzip), from resolved values: pure."""
     cfg = ini_config(settings, primary_host, read_hosts)
@@ -99,7 +110,13 @@ def user_data(
             role_secret_arns=role_secret_arns,
             ca_bundle_s3_uri=ca_bundle_s3_uri,
             max_client_conn=settings.pgbouncer.max_client_conn,
-            client_tls=settings.pgbouncer.client_tls,
+            client_tls_secret_arn=client_tls_secret_arn if settings.pgbouncer.client_tls else None,
+            metrics=ud.PoolMetrics(
+                stack=settings.stack,
+                namespace=custom_namespace(settings.stack),
+                monitor_secret_arn=role_secret_arns[MONITOR_ROLE],
+                port=PGBOUNCER_PORT,
+            ),
         )
     )
     return ud.encode_user_data(script)
@@ -126,6 +143,8 @@ class PgBouncerTier(pulumi.ComponentResource):
     # CloudWatch dimensions (AWS/NetworkELB LoadBalancer, TargetGroup) for the alarms component.
     nlb_arn_suffix: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
+    # The stack CA's certificate (PEM) that apps trust for the pooled URL; None without client TLS.
+    ca_certificate_pem: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: PgBouncerTierArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("spike-land-db:index:PgBouncerTier", name, None, opts)
@@ -141,7 +160,7 @@ class PgBouncerTier(pulumi.ComponentResource):
 
         # The RDS CA bundle, fetched by the deployer and served to the hosts through the S3 endpoint.
         bucket = aws.s3.Bucket(
-            f"{name}-ca", bucket_prefix=ca_bucket_prefix(s.stack), force_destroy=True, opts=child
+            f"{name}-ca", bucket_prefix=assets_bucket_prefix(s.stack), force_destroy=True, opts=child
         )
         aws.s3.BucketPublicAccessBlock(
             f"{name}-ca",
@@ -163,6 +182,19 @@ class PgBouncerTier(pulumi.ComponentResource):
         )
         ca_uri = pulumi.Output.concat("s3://", ca_object.bucket, "/", ca_key)
         ca_object_arn = pulumi.Output.concat(bucket.arn, "/", ca_key)
+
+        # PgBouncer's client TLS key and certificate reach the hosts as the verifiers do: a secret the
+        # instance role reads (its value is written once the NLB, whose DNS name it certifies, exists).
+        tls_secret: aws.secretsmanager.Secret | None = None
+        if s.pgbouncer.client_tls:
+            tls_secret = aws.secretsmanager.Secret(
+                f"{name}-client-tls",
+                name_prefix=f"spike-land-{s.stack}/pgbouncer-tls-",
+                description=f"spike-land-{s.stack} PgBouncer client TLS key and certificate (stack CA)",
+                kms_key_id=args.secrets_kms_key_arn,
+                recovery_window_in_days=s.secret_recovery_window_days,
+                opts=child,
+            )
 
         # Instance role: Session Manager, the pooled roles' secrets, their key (via Secrets Manager only).
         role = aws.iam.Role(
@@ -197,12 +229,29 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Resource": [args.role_secret_arns[r] for r in POOLED_ROLES],
             },
             {
+                # dbctl/pool_metrics.py, every 60 s: only into this stack's own namespace.
+                "Sid": "PutPoolMetrics",
+                "Effect": "Allow",
+                "Action": ["cloudwatch:PutMetricData"],
+                "Resource": ["*"],
+                "Condition": {"StringEquals": {"cloudwatch:namespace": custom_namespace(s.stack)}},
+            },
+            {
                 "Sid": "ReadRdsCaBundle",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
                 "Resource": [ca_object_arn],
             },
         ]
+        if tls_secret is not None:
+            statements.append(
+                {
+                    "Sid": "ReadClientTlsKey",
+                    "Effect": "Allow",
+                    "Action": ["secretsmanager:GetSecretValue"],
+                    "Resource": [tls_secret.arn],
+                }
+            )
         if args.secrets_kms_key_arn is not None:
             statements.append(
                 {
@@ -283,8 +332,9 @@ class PgBouncerTier(pulumi.ComponentResource):
         ami = aws.ssm.get_parameter_output(name=AMI_PARAMETER, opts=invoke).value
         arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
         read_hosts = pulumi.Output.all(*args.replica_addresses)
-        encoded = pulumi.Output.all(args.primary_address, read_hosts, arns, ca_uri).apply(
-            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3])
+        tls_arn: pulumi.Input[str | None] = tls_secret.arn if tls_secret is not None else None
+        encoded = pulumi.Output.all(args.primary_address, read_hosts, arns, ca_uri, tls_arn).apply(
+            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], v[4])
         )
         tags = {**default_tags(s), "Name": f"{prefix}-host"}
         template = aws.ec2.LaunchTemplate(
@@ -352,6 +402,22 @@ class PgBouncerTier(pulumi.ComponentResource):
             enable_deletion_protection=s.deletion_protection,
             opts=child,
         )
+        self.ca_certificate_pem = None
+        if tls_secret is not None:
+            material = client_tls_material(name, s.stack, nlb.dns_name, self)
+            tls_json: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.json_dumps(
+                    {
+                        SECRET_KEY_FIELD: material.server_private_key_pem,
+                        SECRET_CERT_FIELD: material.server_certificate_pem,
+                    }
+                )
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-client-tls", secret_id=tls_secret.id, secret_string=tls_json, opts=child
+            )
+            self.ca_certificate_pem = material.ca_certificate_pem
+
         aws.lb.Listener(
             f"{name}-6543",
             load_balancer_arn=nlb.arn,
@@ -375,6 +441,10 @@ class PgBouncerTier(pulumi.ComponentResource):
             health_check_type="ELB",
             health_check_grace_period=HEALTH_CHECK_GRACE,
             target_group_arns=[target_group.arn],
+            # Create and update wait until every host passes the NLB's health check: a tier that never
+            # comes up fails the deploy. The reason is on the host's console (docs/pgbouncer.md).
+            wait_for_elb_capacity=s.pgbouncer.host_count,
+            wait_for_capacity_timeout=WAIT_FOR_CAPACITY_TIMEOUT,
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),
@@ -397,5 +467,10 @@ class PgBouncerTier(pulumi.ComponentResource):
         self.port = PGBOUNCER_PORT
         self.read_pool_database = READ_POOL_DATABASE
         self.register_outputs(
-            {"endpoint": self.endpoint, "port": self.port, "read_pool_database": self.read_pool_database}
+            {
+                "endpoint": self.endpoint,
+                "port": self.port,
+                "read_pool_database": self.read_pool_database,
+                "ca_certificate_pem": self.ca_certificate_pem,
+            }
         )

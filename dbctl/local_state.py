@@ -124,6 +124,7 @@ def stack_lock(paths: Paths, echo: Callable[[str], None], timeout: float = LOCK_
 class State:
     pg_port: int
     pgbouncer_port: int
+    postgres_major: int | None = None  # None: the system's PostgreSQL
     # The streaming replica the read pool uses (on by default; `up --no-replica` turns it off) and its port.
     replica: bool = True
     replica_port: int = 0  # 0: PostgreSQL's port + 1
@@ -139,25 +140,29 @@ class State:
             replica = data.get("replica", True)
             if not isinstance(replica, bool):
                 raise ValueError(f"replica is {replica!r}, not true or false")
+            major = data.get("postgres_major")
             return cls(
                 pg_port=int(data["pg_port"]),
                 pgbouncer_port=int(data["pgbouncer_port"]),
+                postgres_major=None if major is None else int(major),
                 replica=replica,
                 replica_port=int(data.get("replica_port", 0)),
             )
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise LocalError(f"{paths.state_file} is unreadable ({e}); fix it or run {RESET_HINT}") from e
 
     def save(self, paths: Paths) -> None:
         paths.state_dir.mkdir(parents=True, exist_ok=True)
-        data = {
+        data: dict[str, int | bool] = {
             "pg_port": self.pg_port,
             "pgbouncer_port": self.pgbouncer_port,
             "replica": self.replica,
             "replica_port": self.effective_replica_port,
         }
+        if self.postgres_major is not None:
+            data["postgres_major"] = self.postgres_major
         text = json.dumps(data, indent=2) + "\n"
         if not paths.state_file.exists() or paths.state_file.read_text(encoding="utf-8") != text:
             paths.state_file.write_text(text, encoding="utf-8")

@@ -42,7 +42,8 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--credentials",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="JSON file mapping each login role to its password or SCRAM verifier.",
+            help="JSON file mapping each login role to its SCRAM verifier, or to its secret's JSON "
+            "(scram_verifier, password); a plaintext password alone is refused.",
         ),
         click.option(
             "--stack", "stack_name", help="Read endpoint and secrets from this Pulumi stack instead."
@@ -84,10 +85,13 @@ def _errors(as_json: bool) -> Iterator[None]:
 
 
 def _fail(message: str, as_json: bool) -> None:
+    """One `error: …` line per problem (a message may list several), or one JSON object."""
+    lines = [line for line in message.splitlines() if line.strip()] or ["unknown error"]
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": message}))
+        click.echo(json.dumps({"ok": False, "error": "; ".join(lines), "errors": lines}))
     else:
-        click.echo(f"error: {message}", err=True)
+        for line in lines:
+            click.echo(f"error: {line}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -146,7 +150,7 @@ def _resolve_connection(
         raise DbctlError("no database: pass --stack NAME, or --database-url / DATABASE_URL")
     if credentials is None:
         if need_credentials:
-            raise DbctlError("pass --credentials FILE (each login role's password or SCRAM verifier)")
+            raise DbctlError("pass --credentials FILE (each login role's SCRAM verifier)")
         return Connection(database_url, None)
     return Connection(database_url, load_credentials_file(credentials))
 
@@ -254,5 +258,9 @@ def status_command(
             click.echo(f"changed   {problem}")
         for change in report.role_changes:
             click.echo(f"drift     {change}")
+        for change in report.maintenance:
+            click.echo(f"drift     {change}")
+        for item in report.drift:
+            click.echo(f"drift     {item}")
         click.echo("up to date" if not report.changed else "not up to date")
     sys.exit(1 if report.changed else 0)

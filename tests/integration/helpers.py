@@ -6,13 +6,13 @@ from pathlib import Path
 
 from dbctl import deploy
 from dbctl.credentials import verifiers_from_mapping
-from tests.integration.conftest import FreshDatabase
+from tests.integration.conftest import FreshDatabase, secret_shaped
 
 
 def migrate_in_process(
     db: FreshDatabase, passwords: dict[str, str], migrations_dir: Path | None = None
 ) -> deploy.Report:
-    verifiers = verifiers_from_mapping(passwords, "test credentials")
+    verifiers = verifiers_from_mapping(secret_shaped(passwords), "test credentials")
     if migrations_dir is None:
         return deploy.run_migrate(db.admin_conninfo, verifiers)
     return deploy.run_migrate(db.admin_conninfo, verifiers, migrations_dir=migrations_dir)

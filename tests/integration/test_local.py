@@ -185,7 +185,7 @@ def test_readonly_reads_through_the_read_pool_and_cannot_write(stack: LocalStack
 def test_migrator_connects_direct_and_owns_the_schema(stack: LocalStack) -> None:
     with stack.connect("DIRECT_URL") as conn:
         assert conn.info.port == stack.pg_port
-        assert conn.execute("SELECT current_user").fetchone() == (names.MIGRATOR_ROLE,)
+        assert conn.execute("SELECT session_user").fetchone() == (names.MIGRATOR_ROLE,)
         owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'User'").fetchone()
         assert owner == (names.OWNER_ROLE,)
         assert conn.execute("SELECT pg_has_role(%s, 'MEMBER')", (names.OWNER_ROLE,)).fetchone() == (True,)
@@ -194,7 +194,7 @@ def test_migrator_connects_direct_and_owns_the_schema(stack: LocalStack) -> None
 @pytest.mark.integration
 def test_psql_opens_as_the_chosen_role(stack: LocalStack) -> None:
     for role, expected in (("readonly", names.READONLY_ROLE), ("migrator", names.MIGRATOR_ROLE)):
-        result = dbctl_local(stack.root, "psql", "--role", role, "-AtXc", "select current_user")
+        result = dbctl_local(stack.root, "psql", "--role", role, "-AtXc", "select session_user")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def test_the_ca_key_is_private_and_stays_in_local_tls(stack: LocalStack) -> None
 def test_psycopg_connects_with_every_url_and_verifies(stack: LocalStack) -> None:
     for key, role in ROLE_OF.items():
         with stack.connect(key) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (role,), key
+            assert conn.execute("SELECT session_user").fetchone() == (role,), key
             assert conn.pgconn.ssl_in_use, key
 
 
@@ -124,8 +125,9 @@ def test_psql_and_pgbench_take_every_url_as_written(stack: LocalStack) -> None:
         result = subprocess.run(
             [
                 str(psql),
-                "-AtXc",
-                "select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                "-qAtXc",
+                # SET ROLE NONE: the migrator acts as spike_owner, which may not see its own session row
+                "set role none; select session_user, ssl from pg_stat_ssl where pid = pg_backend_pid()",
                 url,
             ],
             capture_output=True,
@@ -309,9 +311,18 @@ def test_servers_inherit_no_secret_from_the_shell(stack: LocalStack) -> None:
 
 def test_up_right_after_down_with_connections_in_time_wait(stack: LocalStack) -> None:
     """TCP connections open at `down` are closed by the servers first, so their ports then sit in TIME_WAIT.
-    (Plain sockets that never speak: a client that sends anything after the server left gets a reset
-    instead, and no TIME_WAIT.)"""
+    (Sockets that say nothing after their SSLRequest: a client that sends anything after the server left
+    gets a reset instead, and no TIME_WAIT.)
+
+    Each one sends an SSLRequest and reads the answer first, so the server really holds it: PgBouncer
+    listens with TCP_DEFER_ACCEPT (tcp_defer_accept = 1 s by default), and a socket that has sent nothing
+    is still SYN-RECV on its side for that second; one `down` reaches sooner is dropped silently (no FIN,
+    no TIME_WAIT), which made this test pass or fail by how long `down` took to start."""
     held = [socket.create_connection(("127.0.0.1", port)) for port in (stack.pg_port, stack.pgbouncer_port)]
+    for sock in held:
+        sock.settimeout(10)
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert sock.recv(1) in (b"S", b"N")  # answered: the server has accepted the connection
     result = dbctl_local(stack.root, "down")
     assert result.returncode == 0, result.stderr
     for sock in held:

@@ -64,7 +64,7 @@ def test_two_ups_at_once_make_one_stack(root: Path) -> None:
     assert "waiting for it" in said  # the one that came second said why it waited
     assert "already running; nothing changed" in said  # ... and then found the stack made
     with connect_direct(root) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (names.MIGRATOR_ROLE,)
+        assert conn.execute("SELECT session_user").fetchone() == (names.MIGRATOR_ROLE,)
 
 
 # ------------------------------------------------------- item 11: credentials.json is never overwritten
@@ -136,7 +136,7 @@ def test_an_interrupted_first_up_leaves_nothing_half_made(root: Path, moment: st
     assert "interrupted `up`" in result.stderr
     assert not list(base.glob(".init-*"))
     with connect_direct(root) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (names.MIGRATOR_ROLE,)
+        assert conn.execute("SELECT session_user").fetchone() == (names.MIGRATOR_ROLE,)
     assert json.loads(paths.state_file.read_text())["pg_port"] == pg_port
     assert dbctl_local(root, "down").returncode == 0
     assert port_is_free(pg_port)  # no server left behind from the interrupted run

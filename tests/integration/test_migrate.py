@@ -13,9 +13,15 @@ import pytest
 from dbctl import deploy, migrate
 from dbctl.credentials import verifiers_from_mapping
 from dbctl.errors import DbctlError
-from tests.integration.conftest import FreshDatabase, RunMigrate, migrate_command, migrate_env
+from tests.integration.conftest import (
+    FreshDatabase,
+    RunMigrate,
+    migrate_command,
+    migrate_env,
+    secret_shaped,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 INIT = "20261125060000_init"
 
 
@@ -235,7 +241,7 @@ def test_before_apply_hook_runs_first_and_only_with_pending_migrations(
         calls.append([m.name for m in pending])
         raise DbctlError("snapshot failed")
 
-    verifiers = verifiers_from_mapping(role_passwords, "test")
+    verifiers = verifiers_from_mapping(secret_shaped(role_passwords), "test")
     with pytest.raises(DbctlError, match="snapshot failed"):
         deploy.run_migrate(fresh_db.admin_conninfo, verifiers, before_apply=refuse)
     assert calls == [[INIT]]
@@ -262,3 +268,73 @@ def test_a_held_lock_makes_the_runner_wait_then_say_who_holds_it(
     assert "prisma-migrate" in result.stderr
     assert not table_exists(fresh_db, "_prisma_migrations")
     assert run_migrate("migrate").returncode == 0  # released with the session
+
+
+def test_credentials_problems_are_lines_and_json_errors_are_json(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, credentials_file: Path
+) -> None:
+    """Non-UTF-8 and control characters were tracebacks; now one line each, or one JSON object."""
+    good = json.loads(credentials_file.read_text())
+    bad_utf8 = tmp_path / "latin1.json"
+    bad_utf8.write_bytes(json.dumps(good).encode()[:-1] + b', "note": "caf\xe9"}')
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({**good, "spike_app": {**good["spike_app"], "password": "a\x07b"}}))
+    for path, expected in ((bad_utf8, "is not UTF-8"), (control, "spike_app.password holds control")):
+        text = run_migrate("migrate", credentials=path)
+        assert text.returncode == 2
+        assert text.stderr.startswith("error: ") and expected in text.stderr
+        assert len(text.stderr.strip().splitlines()) == 1 and "Traceback" not in text.stderr
+        machine = run_migrate("migrate", "--json", credentials=path)
+        assert machine.returncode == 2 and machine.stderr == ""
+        report = json.loads(machine.stdout)
+        assert report["ok"] is False and expected in report["error"] and len(report["errors"]) == 1
+    several = tmp_path / "several.json"
+    several.write_text(json.dumps({**good, "spike_app": "md5" + "0" * 32, "spike_monitor": "plain"}))
+    result = run_migrate("migrate", credentials=several)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "spike_app is an md5 hash" in lines[0] and "spike_monitor is a plaintext password" in lines[1]
+    assert not table_exists(fresh_db, "_prisma_migrations")
+
+
+def test_the_history_table_is_never_writable_by_the_app_even_after_a_failed_first_run(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, role_passwords: dict[str, str]
+) -> None:
+    """Today a first run failing before its grants step left _prisma_migrations writable by spike_app."""
+    migrations = copy_migrations(tmp_path)
+    add_migration(migrations, "20261125090000_broken", "SELECT * FROM no_such_table;\n")
+    result = run_migrate("migrate", migrations_dir=migrations)
+    assert result.returncode == 2 and "20261125090000_broken failed" in result.stderr
+    with psycopg.connect(fresh_db.admin_conninfo, autocommit=True) as admin:
+        privileges = admin.execute(
+            "SELECT r, p, has_table_privilege(r, '_prisma_migrations', p) FROM"
+            " unnest(ARRAY['spike_app', 'spike_readonly', 'spike_monitor']) r,"
+            " unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p"
+        ).fetchall()
+    assert [row for row in privileges if row[2]] == []
+    app_login = fresh_db.conninfo("spike_app", role_passwords["spike_app"])
+    with psycopg.connect(app_login) as app, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("UPDATE _prisma_migrations SET finished_at = now(), logs = NULL")
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "RESET ROLE;\nCREATE TABLE escaped (id int);\n",
+        "RESET ROLE;\nCREATE TABLE escaped (id int);\nSET ROLE spike_owner;\n",
+    ],
+)
+def test_a_migration_that_escapes_spike_owner_is_refused_and_not_recorded(
+    fresh_db: FreshDatabase, run_migrate: RunMigrate, tmp_path: Path, escape: str
+) -> None:
+    migrations = copy_migrations(tmp_path)
+    assert run_migrate("migrate", migrations_dir=migrations).returncode == 0
+    add_migration(migrations, "20261125090000_escape", escape)
+    result = run_migrate("migrate", migrations_dir=migrations)
+    assert result.returncode == 2
+    assert "migration 20261125090000_escape" in result.stderr and "spike_owner" in result.stderr
+    assert "RESET ROLE or SET ROLE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not table_exists(fresh_db, "escaped")
+    assert [row[0] for row in history(fresh_db)] == [INIT]
+    status = run_migrate("status", migrations_dir=migrations)
+    assert status.returncode == 1 and "pending   20261125090000_escape" in status.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -444,3 +445,32 @@ def test_prepared_statements_survive_the_transaction_pool_across_server_connecti
     assert second[0] != first[0]  # a different server connection ...
     assert second[1] == first[1] == 0  # ... ran the same prepared statement
     assert prepared == (1,)  # PgBouncer prepared it there for us
+
+
+def test_a_binary_the_service_user_cannot_reach_runs_from_a_copy(
+    pg_cluster: Cluster, database: str, verifiers: dict[str, str], role_passwords: dict[str, str]
+) -> None:
+    """A checkout under a 0700 directory (mktemp -d, /root): as root, pgbouncer runs from a staged copy."""
+    hidden = Path(tempfile.mkdtemp(prefix="dbctl-test-0700-"))  # mkdtemp makes it 0700
+    (hidden / "bin").mkdir()
+    binary = hidden / "bin" / "pgbouncer"
+    shutil.copy2(find_pgbouncer(), binary)
+    directory = Path(tempfile.mkdtemp(prefix="dbctl-test-pgbouncer-"))
+    server = PgBouncerServer(directory, binary=binary)
+    config = server.config(**base_settings(pg_cluster, database, free_port()))
+    try:
+        server.start(config, pooled(verifiers))
+        assert server.process is not None
+        running = Path(f"/proc/{server.process.pid}/exe").resolve()
+        assert (running != binary) is (os.geteuid() == 0)
+        assert running.read_bytes() == binary.read_bytes()
+        app = Bouncer(server, config, pg_cluster).conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])
+        with psycopg.connect(app) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (names.APP_ROLE,)
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(hidden, ignore_errors=True)
+        if os.geteuid() == 0:
+            for staged in (Path(pwd.getpwnam("postgres").pw_dir) / "dbctl-bin").glob(f"{hidden.name}-*"):
+                shutil.rmtree(staged, ignore_errors=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import datetime
 import hashlib
 import json
 import runpy
@@ -40,6 +41,10 @@ from typing import Any
 
 import pulumi
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
@@ -223,6 +228,8 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "random:index/randomString:RandomString":
             length = int(inputs.get("length", 8))
             return name, {"result": (h * 4)[:length].lower()}
+        if typ.startswith("tls:index/"):
+            return name, _tls_outputs(typ, inputs)
         if typ == "aws:kms/key:Key":
             kid = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-8{h[:3]}-{h[:12]}"
             return kid, {"arn": self._arn("kms", f"key/{kid}"), "keyId": kid}
@@ -348,6 +355,97 @@ class _Mocks(pulumi.runtime.Mocks):
         return {}, None
 
 
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "P224": ec.SECP224R1(),
+    "P256": ec.SECP256R1(),
+    "P384": ec.SECP384R1(),
+    "P521": ec.SECP521R1(),
+}
+
+
+def _pem_key(pem: str) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey), "the mocks sign with ECDSA keys only"
+    return key
+
+
+def _subject(fields: Mapping[str, Any] | None) -> x509.Name:
+    oids = {"commonName": NameOID.COMMON_NAME, "organization": NameOID.ORGANIZATION_NAME}
+    return x509.Name([x509.NameAttribute(oids[k], str(v)) for k, v in (fields or {}).items() if k in oids])
+
+
+def _tls_outputs(typ: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the tls provider computes, really computed: keys, a CSR, self-signed and CA-signed certificates.
+
+    So a test can check the chain (the server certificate verifies against the CA's key, names the NLB).
+    """
+    if typ == "tls:index/privateKey:PrivateKey":
+        assert inputs.get("algorithm") == "ECDSA", "the mocks make ECDSA keys only"
+        key = ec.generate_private_key(_CURVES[str(inputs.get("ecdsaCurve", "P224"))])
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ).decode()
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return {"privateKeyPem": pem, "publicKeyPem": public_pem.decode()}
+    if typ == "tls:index/certRequest:CertRequest":
+        request = x509.CertificateSigningRequestBuilder().subject_name(_subject(inputs.get("subject")))
+        if inputs.get("dnsNames"):
+            sans = [x509.DNSName(n) for n in inputs["dnsNames"]]
+            request = request.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        csr = request.sign(_pem_key(inputs["privateKeyPem"]), hashes.SHA256())
+        return {"certRequestPem": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    if typ == "tls:index/selfSignedCert:SelfSignedCert":
+        own_key = _pem_key(inputs["privateKeyPem"])
+        cert = _certificate(
+            inputs,
+            _subject(inputs.get("subject")),
+            _subject(inputs.get("subject")),
+            own_key.public_key(),
+            own_key,
+            [],
+        )
+    elif typ == "tls:index/locallySignedCert:LocallySignedCert":
+        csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        names = [e.value for e in csr.extensions if isinstance(e.value, x509.SubjectAlternativeName)]
+        csr_key = csr.public_key()
+        assert isinstance(csr_key, ec.EllipticCurvePublicKey)
+        cert = _certificate(
+            inputs, csr.subject, ca.subject, csr_key, _pem_key(inputs["caPrivateKeyPem"]), names
+        )
+    else:
+        raise AssertionError(f"the mocks do not know {typ}")
+    return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(), "readyForRenewal": False}
+
+
+def _certificate(
+    inputs: Mapping[str, Any],
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signer: ec.EllipticCurvePrivateKey,
+    sans: Sequence[x509.SubjectAlternativeName],
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=int(inputs["validityPeriodHours"])))
+        .add_extension(x509.BasicConstraints(ca=bool(inputs.get("isCaCertificate")), path_length=None), True)
+    )
+    for san in sans:
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
 def _policy_json(args: Mapping[str, Any]) -> dict[str, Any]:
     """Render getPolicyDocument's statements into IAM JSON, like the real function."""
     statements = []
@@ -411,19 +509,25 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
     return RunResult(resources=list(mocks.resources), outputs=outputs, secret_outputs=frozenset(secrets))
 
 
-def run(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
+def run(
+    stack: str, overrides: Mapping[str, object] | None = None, stack_name: str | None = None
+) -> RunResult:
     """Run `__main__.py` for `stack` under mocks: resources, resolved outputs, names of secret outputs.
 
-    Successful runs are memoised per (stack file contents, overrides) within the test session, so the many
-    tests that read the same stack share one run: treat the result as read-only. A test that patches
-    anything the program uses must call `run_fresh` instead.
+    `stack_name` runs the program as a stack of that name over `Pulumi.<stack>.yaml` (default: `stack`),
+    e.g. the longest name settings allow, to check generated AWS names against their limits.
+
+    Successful runs are memoised per (stack file contents, overrides, stack name) within the test session,
+    so the many tests that read the same stack share one run: treat the result as read-only. A test that
+    patches anything the program uses must call `run_fresh` instead.
     """
     config = stack_config(stack, overrides)
-    key = (stack, json.dumps(config, sort_keys=True, default=str))
+    name = stack_name or stack
+    key = (name, json.dumps(config, sort_keys=True, default=str))
     cached = _RUNS.get(key)
     if cached is None:
         # A fresh contextvars context per run: Pulumi keeps settings, config and the root Stack in them.
-        cached = contextvars.copy_context().run(_run_isolated, stack, config)
+        cached = contextvars.copy_context().run(_run_isolated, name, config)
         _RUNS[key] = cached
     return cached
 

@@ -65,7 +65,7 @@ def test_slow_query_pattern_ignores_everything_else(line: str) -> None:
 
 
 def test_pattern_is_the_space_delimited_form_cloudwatch_takes() -> None:
-    assert SLOW_QUERY_FILTER_PATTERN == '[..., label="duration:", ms>1000, unit="ms", ...]'
+    assert SLOW_QUERY_FILTER_PATTERN == '[..., label="duration:", ms>1000, unit="ms", kind!="plan:", ...]'
 
 
 def test_tokenizer_groups_quotes_and_brackets_and_collapses_spaces() -> None:
@@ -136,6 +136,7 @@ def test_one_alarm_per_seed_item_per_instance() -> None:
     for n in (1, 2):
         expected |= {f"replica-{n}-{m}" for m in [*per_instance, "replica-lag"]}
     expected |= {"pgbouncer-unhealthy-hosts", "pgbouncer-healthy-hosts"}
+    expected |= {f"pgbouncer-{p}-{k}" for p in ("spike-land", "spike-land-ro") for k in ("wait", "saturated")}
     assert prod == expected
     dev = {spec.key for spec in alarm_specs(settings_for("dev"))}
     assert not any(k.startswith("replica-") for k in dev)

@@ -60,6 +60,15 @@ def test_topic_policy_lets_exactly_the_publishers_in(stack: str) -> None:
     by_sid = {st["Sid"]: st for st in policy["Statement"]}
     assert by_sid["CloudWatchAlarms"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert by_sid["RdsEventSubscriptions"]["Principal"] == {"Service": "events.rds.amazonaws.com"}
+    # RDS sends the ARN of the DB instance that raised the event as aws:SourceArn (RDS user guide).
+    instances = of_type(r.resources, "aws:rds/instance:Instance")
+    assert by_sid["RdsEventSubscriptions"]["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": [db.state["arn"] for db in instances]},
+        "StringEquals": {"aws:SourceAccount": "123456789012"},
+    }
+    assert all(":db:" in db.state["arn"] for db in instances) and len(instances) == (
+        2 if stack == "prod" else 1
+    )
     rule = one(r.resources, "aws:cloudwatch/eventRule:EventRule")
     assert by_sid["BackupFailureRule"]["Condition"] == {"ArnEquals": {"aws:SourceArn": rule.state["arn"]}}
     assert all(st["Resource"] == topic(r).state["arn"] for st in policy["Statement"])

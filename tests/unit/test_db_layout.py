@@ -22,6 +22,7 @@ def test_static_parameters_wait_for_a_reboot() -> None:
         "max_connections",
         "pg_stat_statements.max",
         "track_activity_query_size",
+        "cron.database_name",
     }
     for p in primary_parameters(100):
         assert (p.apply_method == "pending-reboot") == (p.name in static), p.name

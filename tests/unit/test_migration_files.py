@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from psycopg import sql
 
 from dbctl import migrate, roles
-from dbctl.connection import parse_target
+from dbctl.connection import connect, parse_target
 from dbctl.errors import DbctlError
 
 
@@ -103,3 +108,89 @@ def test_acl_changes_grant_missing_and_revoke_extra() -> None:
     ]
     with pytest.raises(ValueError, match="unknown privilege"):
         roles._privs(["SELECT; DROP TABLE x"])
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "-- nothing yet\n", "/* later */\n-- todo\n;\n"])
+def test_a_migration_without_sql_is_refused_before_anything_runs(tmp_path: Path, text: str) -> None:
+    """Today an empty file was applied and recorded, and filling it in later was refused for good."""
+    write(tmp_path, "20260101000000_empty", text)
+    with pytest.raises(DbctlError, match=r"20260101000000_empty/migration\.sql has no SQL") as err:
+        migrate.load_migrations(tmp_path)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_non_utf8_migration_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path, "20260101000000_latin1", "")
+    (tmp_path / "20260101000000_latin1" / "migration.sql").write_bytes(b"SELECT 'caf\xe9';\n")
+    with pytest.raises(DbctlError, match=r"is not UTF-8 \(byte 11\)") as err:
+        migrate.load_migrations(tmp_path)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_comments_and_strings_still_count_as_sql(tmp_path: Path) -> None:
+    write(tmp_path, "20260101000000_ok", "-- a comment\nSELECT '--not a comment';\n")
+    assert [m.name for m in migrate.load_migrations(tmp_path)] == ["20260101000000_ok"]
+
+
+def test_the_stray_lock_roles_are_the_pooled_roles() -> None:
+    from dbctl.pgbouncer import POOLED_ROLES
+
+    assert set(migrate.NOT_MIGRATORS) == set(POOLED_ROLES)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:pw@127.0.0.1/db?sslmod=require", "host=127.0.0.1 sslmod=require password=pw"],
+)
+def test_an_unknown_url_parameter_is_named(url: str) -> None:
+    """Today: a generic "malformed" message."""
+    with pytest.raises(DbctlError, match=r"unknown parameter 'sslmod'") as err:
+        parse_target(url)
+    assert "pw" not in str(err.value).replace("PASSWORD", "")
+
+
+@contextmanager
+def fake_server(reply: bytes) -> Iterator[int]:
+    """A 127.0.0.1 listener that answers libpq's first packet with reply (b"" closes at once)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            client, _ = listener.accept()
+            with client:
+                client.recv(8)
+                if reply:
+                    client.sendall(reply)
+                    client.recv(1024)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_a_connection_error_keeps_libpq_s_whole_cause(tmp_path: Path) -> None:
+    """Today only the last line: "Either provide the file…" without naming the file."""
+    missing = tmp_path / "no-such-ca.pem"
+    with fake_server(b"S") as port:  # "S": go ahead with TLS, so libpq loads the root certificate
+        url = f"postgresql://u:s3cret@127.0.0.1:{port}/db?sslmode=verify-full&sslrootcert={missing}"
+        with pytest.raises(DbctlError) as err:
+            connect(url)
+    message = str(err.value)
+    assert f'root certificate file "{missing}" does not exist' in message
+    assert "Either provide the file" in message
+    assert len(message.splitlines()) == 1 and "s3cret" not in message
+
+
+def test_a_dropped_connection_says_the_server_closed_it() -> None:
+    """Today only "before or while processing the request."."""
+    with fake_server(b"") as port, pytest.raises(DbctlError) as err:
+        connect(f"postgresql://u:s3cret@127.0.0.1:{port}/db?sslmode=disable")
+    message = str(err.value)
+    assert "server closed the connection unexpectedly" in message
+    assert len(message.splitlines()) == 1 and "s3cret" not in message

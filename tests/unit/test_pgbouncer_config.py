@@ -225,3 +225,23 @@ def test_userlist_refuses_missing_and_unpooled_roles(verifiers: dict[str, str]) 
         render_userlist({k: v for k, v in verifiers.items() if k != READONLY_ROLE})
     with pytest.raises(PgBouncerConfigError, match=f"{MIGRATOR_ROLE} do not connect through PgBouncer"):
         render_userlist({**verifiers, MIGRATOR_ROLE: verifiers[APP_ROLE]})
+
+
+def test_recovery_and_reset_settings_are_rendered_with_reasons() -> None:
+    """server_login_retry 15 made a 0.3 s restart a 15 s outage; session state leaked between clients."""
+    text = render_ini(config())
+    ini = parse(text)["pgbouncer"]
+    assert ini["server_login_retry"] == "1"
+    assert ini["dns_max_ttl"] == "5"
+    assert ini["server_reset_query"] == "DISCARD ALL"
+    assert ini["server_reset_query_always"] == "1"
+    lines = text.splitlines()
+    for key in ("server_login_retry", "dns_max_ttl", "server_reset_query_always"):
+        above = lines[lines.index(f"{key} = {ini[key]}") - 1]
+        assert above.startswith(";; ") and len(above) > 20
+    assert (
+        parse(render_ini(config(server_reset_query_always=False)))["pgbouncer"]["server_reset_query_always"]
+        == "0"
+    )
+    with pytest.raises(ValidationError, match="server_reset_query"):
+        config(server_reset_query="DISCARD ALL\nadmin_users = x")

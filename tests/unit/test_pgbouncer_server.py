@@ -1,5 +1,6 @@
 """Finding the pgbouncer binary and reading its version, without starting it."""
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from dbctl.pgbouncer_server import (
     PgBouncerServerError,
     detect_version,
     find_pgbouncer,
+    immediate_shutdown_signal,
 )
 
 
@@ -68,3 +70,10 @@ def test_version_comes_from_pgbouncer_version(tmp_path: Path, output: str, versi
 def test_a_binary_that_reports_no_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PgBouncerServerError, match="did not report a PgBouncer version"):
         detect_version(fake_binary(tmp_path, "something else", code=1))
+
+
+def test_the_immediate_shutdown_is_sigquit_from_1_23() -> None:
+    """1.23 made SIGTERM wait for every client to leave (a connected app kept `down` waiting 10 s, then
+    SIGKILL); SIGQUIT is the immediate shutdown there. Before 1.23 SIGTERM is (SIGQUIT is not documented)."""
+    assert immediate_shutdown_signal((1, 18)) == immediate_shutdown_signal((1, 22)) == signal.SIGTERM
+    assert immediate_shutdown_signal((1, 23)) == immediate_shutdown_signal((1, 24)) == signal.SIGQUIT

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components.pgbouncer import AMI_PARAMETER, ca_bucket_prefix, ini_config
+from components.pgbouncer import AMI_PARAMETER, assets_bucket_prefix, ini_config
 from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
 from dbctl import names
 from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
@@ -57,6 +57,9 @@ def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> N
     asg = tier(result, ASG).inputs
     assert asg["desiredCapacity"] == asg["minSize"] == asg["maxSize"] == HOSTS[name]
     assert asg["healthCheckType"] == "ELB"  # a host the NLB finds dead is replaced
+    # `pulumi up` fails unless every host passes the NLB's health check within the timeout.
+    assert asg["waitForElbCapacity"] == HOSTS[name]
+    assert asg["waitForCapacityTimeout"] == "15m"
     assert asg["vpcZoneIdentifiers"] == result.outputs["subnet_ids"]
     assert asg["instanceRefresh"]["strategy"] == "Rolling"
     tg = tier(result, TG)
@@ -161,7 +164,19 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
     name, result = stack
     arns = result.outputs["role_secret_arns"]
     by_sid = {s["Sid"]: s for s in statements(result)}
-    assert set(by_sid) == {"ReadPooledRoleSecrets", "ReadRdsCaBundle", "DecryptSecretsViaSecretsManager"}
+    assert set(by_sid) == {
+        "ReadPooledRoleSecrets",
+        "ReadClientTlsKey",
+        "ReadRdsCaBundle",
+        "DecryptSecretsViaSecretsManager",
+        "PutPoolMetrics",
+    }
+    tls_secret = tier(result, "aws:secretsmanager/secret:Secret")
+    assert by_sid["ReadClientTlsKey"]["Resource"] == [tls_secret.state["arn"]]
+    assert by_sid["ReadClientTlsKey"]["Action"] == ["secretsmanager:GetSecretValue"]
+    metrics = by_sid["PutPoolMetrics"]
+    assert metrics["Action"] == ["cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": f"SpikeLandDb/{name}"}}
     secrets = by_sid["ReadPooledRoleSecrets"]
     assert secrets["Action"] == ["secretsmanager:GetSecretValue"]
     assert sorted(secrets["Resource"]) == sorted(arns[r] for r in POOLED)
@@ -181,6 +196,13 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
 def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult]) -> None:
     _, result = stack
     for statement in statements(result):
+        if statement["Action"] == ["cloudwatch:PutMetricData"]:
+            # PutMetricData has no resource type: "*" narrowed by the namespace condition (AWS's own form).
+            assert (
+                statement["Resource"] == ["*"]
+                and "cloudwatch:namespace" in statement["Condition"]["StringEquals"]
+            )
+            continue
         resources = statement["Resource"]
         for resource in resources if isinstance(resources, list) else [resources]:
             assert "*" not in resource, statement
@@ -189,7 +211,7 @@ def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult])
 def test_ca_bundle_bucket_is_private_and_named_for_the_endpoint_policy(stack: tuple[str, RunResult]) -> None:
     name, result = stack
     bucket = tier(result, "aws:s3/bucket:Bucket").inputs
-    assert bucket["bucketPrefix"] == ca_bucket_prefix(name)
+    assert bucket["bucketPrefix"] == assets_bucket_prefix(name)
     block = tier(result, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
     assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls"))
     assert block["restrictPublicBuckets"] is True
@@ -268,7 +290,7 @@ def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle(stack: tuple[str, Run
     assert len(gateway) == 1  # both stacks create their VPC, with endpoints and no internet route
     policy = json.loads(gateway[0].inputs["policy"])
     resources = [res for st in policy["Statement"] for res in st["Resource"]]
-    assert f"arn:aws:s3:::{ca_bucket_prefix(name)}*/*" in resources
+    assert f"arn:aws:s3:::{assets_bucket_prefix(name)}*/*" in resources
 
 
 def test_shellcheck_passes_on_each_stacks_user_data(stack: tuple[str, RunResult], tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ for real (in-process against moto's Secrets Manager, and as the embedded script 
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
 import json
 import os
@@ -17,6 +18,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from components import pgbouncer_authfile as helper
@@ -28,6 +33,7 @@ REGION = "eu-west-1"
 ACCOUNT = "123456789012"
 ROLES = (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE)
 ARNS = {role: f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:spike/{role}-AbCdEf" for role in ROLES}
+TLS_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:spike/pgbouncer-tls-AbCdEf"
 INI = """\
 [databases]
 spike_land = host=primary.example port=5432 dbname=spike_land
@@ -47,7 +53,7 @@ def config(**overrides: object) -> ud.HostConfig:
         "role_secret_arns": ARNS,
         "ca_bundle_s3_uri": "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem",
         "max_client_conn": 1000,
-        "client_tls": True,
+        "client_tls_secret_arn": TLS_ARN,
     }
     values.update(overrides)
     return ud.HostConfig(**values)  # type: ignore[arg-type]
@@ -87,9 +93,17 @@ def test_limit_nofile_follows_max_client_conn() -> None:
     assert ud.nofile_limit(5000) >= 2 * 5000
 
 
+def test_client_tls_comes_from_its_secret_to_tmpfs_never_made_on_the_host() -> None:
+    script = ud.render_user_data(config())
+    assert f"--tls-secret {TLS_ARN}" in script
+    assert f"--tls-key-file {ud.CLIENT_TLS_KEY_FILE} --tls-cert-file {ud.CLIENT_TLS_CERT_FILE}" in script
+    assert ud.CLIENT_TLS_KEY_FILE.startswith(ud.AUTH_DIR + "/") and ud.AUTH_DIR.startswith("/run/")
+    assert "openssl" not in script and "PRIVATE KEY" not in script.replace(ud.helper_source(), "")
+
+
 def test_client_tls_off_makes_no_certificate() -> None:
-    script = ud.render_user_data(config(client_tls=False))
-    assert "openssl req" not in script
+    script = ud.render_user_data(config(client_tls_secret_arn=None))
+    assert "openssl req" not in script and "--tls-secret arn:" not in script
     assert ud.CLIENT_TLS_KEY_FILE not in script
 
 
@@ -155,7 +169,7 @@ def _shellcheck() -> str:
 @pytest.mark.parametrize("client_tls", [True, False])
 def test_shellcheck_passes(tmp_path: Path, client_tls: bool) -> None:
     path = tmp_path / "user-data.sh"
-    path.write_text(ud.render_user_data(config(client_tls=client_tls)))
+    path.write_text(ud.render_user_data(config(client_tls_secret_arn=TLS_ARN if client_tls else None)))
     syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
     assert syntax.returncode == 0, syntax.stderr
     done = subprocess.run(
@@ -292,6 +306,155 @@ def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
     assert "systemctl" not in calls.read_text()  # unchanged: no reload
 
 
+def _key_and_certificate(common_name: str) -> tuple[str, str]:
+    """A real ECDSA P-256 key and a self-signed certificate for it, as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return key_pem.decode(), cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _file_of(arn: str) -> str:
+    """Where the stand-in `aws` finds a secret's document (the name part of the ARN, / as _)."""
+    return arn.rsplit(":", 1)[1].replace("/", "_")
+
+
+def test_embedded_helper_writes_the_client_tls_files_0600_and_never_prints_them(tmp_path: Path) -> None:
+    script = ud.render_user_data(config())
+    program = tmp_path / "helper"
+    program.write_text(heredoc(script, "SPIKE_AUTHFILE_HELPER"))
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for role, arn in ARNS.items():
+        (secrets_dir / _file_of(arn)).write_text(json.dumps(secret_document(role, f"pw-{role}")))
+    key_pem, cert_pem = _key_and_certificate("first")
+    tls_doc = secrets_dir / _file_of(TLS_ARN)
+    tls_doc.write_text(json.dumps({helper.TLS_KEY_FIELD: key_pem, helper.TLS_CERT_FIELD: cert_pem}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.log"
+    (bin_dir / "aws").write_text(f'#!/bin/bash\nname=${{6##*:}}\ncat "{secrets_dir}/${{name//\\//_}}"\n')
+    (bin_dir / "systemctl").write_text(f'#!/bin/bash\nprintf "systemctl %s\\n" "$*" >> {calls}\n')
+    for tool in ("aws", "systemctl"):
+        (bin_dir / tool).chmod(0o755)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    key_file, cert_file = run_dir / "client-tls.key", run_dir / "client-tls.crt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [sys.executable, str(program), "--region", REGION, "--auth-file", str(run_dir / "userlist.txt")]
+    args += ["--owner", Path.home().owner(), "--tls-secret", TLS_ARN]
+    args += ["--tls-key-file", str(key_file), "--tls-cert-file", str(cert_file)]
+    for role, arn in ARNS.items():
+        args += ["--secret", f"{role}={arn}"]
+
+    first = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert key_file.read_text() == key_pem and cert_file.read_text() == cert_pem
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in first.stdout + first.stderr and "BEGIN" not in first.stdout + first.stderr
+    assert "systemctl reload" in calls.read_text()
+
+    calls.write_text("")
+    again = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "TLS files current" in again.stdout
+    assert "systemctl" not in calls.read_text()
+
+    # A renewed certificate (pulumi up in its last 60 days) is picked up by the timer's next run.
+    new_key, new_cert = _key_and_certificate("renewed")
+    tls_doc.write_text(json.dumps({helper.TLS_KEY_FIELD: new_key, helper.TLS_CERT_FIELD: new_cert}))
+    renewed = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert renewed.returncode == 0 and cert_file.read_text() == new_cert and key_file.read_text() == new_key
+    assert "systemctl reload" in calls.read_text()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {helper.TLS_CERT_FIELD: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+        {helper.TLS_KEY_FIELD: "not a key", helper.TLS_CERT_FIELD: "nor a cert"},
+        {helper.TLS_KEY_FIELD: "-----BEGIN EC PRIVATE KEY-----\nQUJD\n-----END EC PRIVATE KEY-----\n"},
+    ],
+)
+def test_helper_refuses_a_tls_secret_without_a_pem_key_and_certificate(document: dict[str, str]) -> None:
+    with pytest.raises(helper.AuthFileError) as e:
+        helper.render_tls(TLS_ARN, lambda _arn: json.dumps(document))
+    assert TLS_ARN in str(e.value)
+    assert "BEGIN" not in str(e.value) and "not a key" not in str(e.value)
+
+
 def test_helper_rejects_a_malformed_secret_argument() -> None:
     with pytest.raises(SystemExit):
         helper.main(["--region", REGION, "--auth-file", "/tmp/x", "--owner", "root", "--secret", "spike_app"])
+
+
+# ---- a bootstrap that fails says why, on the console and in its own log ------------------------------------
+
+
+def _run_bootstrap(
+    tmp_path: Path, stubs: dict[str, str], extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    """Run the rendered script with stand-in commands; returns the run, the console and the boot log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "user-data.sh"
+    script.write_text(ud.render_user_data(config()))
+    console, boot_log = tmp_path / "console", tmp_path / "bootstrap.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SPIKE_CONSOLE": str(console),
+        "SPIKE_BOOT_LOG": str(boot_log),
+        **(extra_env or {}),
+    }
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+    return done, _text(console), _text(boot_log)
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log(tmp_path: Path) -> None:
+    done, console, boot_log = _run_bootstrap(tmp_path, {"dnf": "echo 'No match for argument' >&2; exit 1"})
+    assert done.returncode == 1
+    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install", console), console
+    assert ud.BOOT_LOG in console or "bootstrap.log" in console  # where the details are
+    assert "BOOTSTRAP FAILED: exit status 1" in boot_log and "dnf install" in boot_log
+    assert "bootstrap complete" not in console
+
+
+def test_the_spal_source_is_on_the_console_before_pgbouncer_is_installed(tmp_path: Path) -> None:
+    repo = tmp_path / "amazonlinux-spal.repo"
+    mirrorlist = "mirrorlist=https://example-bucket.s3.eu-west-1.amazonaws.com/spal/$releasever/mirror.list"
+    repo.write_text(f"[amazonlinux-spal]\nname=SPAL\n{mirrorlist}\nenabled=1\n")
+    dnf = 'case "$*" in *spal-release*) exit 0 ;; *) echo "Curl error (28)" >&2; exit 1 ;; esac'
+    done, console, _ = _run_bootstrap(tmp_path, {"dnf": dnf}, {"SPIKE_SPAL_REPO_FILE": str(repo)})
+    assert done.returncode == 1
+    assert f"SPAL repository: {mirrorlist}" in console
+    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install -y -q pgbouncer", console)
+
+
+def test_a_too_old_pgbouncer_is_reported_with_both_versions(tmp_path: Path) -> None:
+    done, console, boot_log = _run_bootstrap(
+        tmp_path, {"dnf": "exit 0", "pgbouncer": "echo 'PgBouncer 1.18.0'", "sha256sum": "exit 0"}
+    )
+    assert done.returncode == 1
+    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in console
+    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in boot_log

@@ -42,10 +42,17 @@ def stubbed(service: str, region: str | None = "eu-west-1") -> tuple[Any, Stubbe
 # --- the parameter group's apply types --------------------------------------------------------------------
 
 # Parameters no core PostgreSQL describes: pg_stat_statements' (its docs: max "can only be set at server
-# start", track by superusers at any time) and RDS's own rds.force_ssl (dynamic in the RDS user guide).
+# start", track and track_utility by superusers at any time), pg_cron's cron.database_name (read at server
+# start, its README), auto_explain's (superuser settings, its docs) and RDS's own rds.force_ssl (dynamic in
+# the RDS user guide).
 EXTRA_CONTEXTS = {
+    "cron.database_name": "postmaster",
+    "auto_explain.log_min_duration": "superuser",
+    "auto_explain.sample_rate": "superuser",
+    "auto_explain.log_analyze": "superuser",
     "pg_stat_statements.max": "postmaster",
     "pg_stat_statements.track": "superuser",
+    "pg_stat_statements.track_utility": "superuser",
     "rds.force_ssl": "sighup",
 }
 
@@ -105,8 +112,9 @@ def test_our_parameters_pass_against_a_real_postgresqls_parameter_contexts(stack
         "pg_stat_statements.max",
         "track_activity_query_size",
         "max_connections",
+        "cron.database_name",
     }
-    assert check.detail == f"{len(ours)} parameters known to postgres17, 4 static ones sent pending-reboot"
+    assert check.detail == f"{len(ours)} parameters known to postgres17, 5 static ones sent pending-reboot"
 
 
 def test_a_static_parameter_sent_immediate_an_unknown_and_a_fixed_one_fail() -> None:

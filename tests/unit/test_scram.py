@@ -3,10 +3,12 @@
 import base64
 import hashlib
 import hmac
+import os
 
 import pytest
 import scramp
 
+from dbctl import scram
 from dbctl.scram import DEFAULT_ITERATIONS, is_scram_verifier, scram_verifier
 
 SALT = bytes(range(16))
@@ -74,3 +76,17 @@ def test_same_password_and_salt_give_the_same_verifier_and_a_new_salt_another() 
 def test_bad_input_is_refused(password: str, salt: bytes, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         scram_verifier(password, salt)
+
+
+def test_password_matches_only_its_own_verifier() -> None:
+    made = scram.scram_verifier("pw-1", os.urandom(16))
+    assert scram.password_matches("pw-1", made)
+    assert not scram.password_matches("pw-2", made)
+    assert not scram.password_matches("pw-1", "not a verifier")
+
+
+def test_verifier_problem_names_malformed_and_weak_verifiers() -> None:
+    assert scram.verifier_problem(scram.scram_verifier("pw", os.urandom(16))) is None
+    weak = scram.scram_verifier("pw", os.urandom(16)).replace("$4096:", "$100:")
+    assert "fewer than 4096" in str(scram.verifier_problem(weak))
+    assert "well-formed" in str(scram.verifier_problem("scram-sha-256$4096:x$y:z"))

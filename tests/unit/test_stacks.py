@@ -126,8 +126,33 @@ def test_replica_has_no_credentials_and_its_own_monitoring() -> None:
     )
     assert x["monitoringInterval"] == 60 and x["monitoringRoleArn"]
     assert x["vpcSecurityGroupIds"] == [r.outputs["db_security_group_id"]]
-    assert x["publiclyAccessible"] is False and x["storageEncrypted"] is True
+    assert x["publiclyAccessible"] is False
     assert x["parameterGroupName"] == _group(r, "database-replica").state["name"]
+
+
+def test_same_region_replica_names_no_key_and_no_encryption_flag() -> None:
+    # CreateDBInstanceReadReplica: a same-region replica always uses the source's key; a KmsKeyId is
+    # refused (InvalidParameterCombination). Its encryption comes from the (encrypted) primary.
+    r = run("prod", {"replicaCount": 2})
+    assert len(replicas(r)) == 2
+    for replica in replicas(r):
+        assert "kmsKeyId" not in replica.inputs and "storageEncrypted" not in replica.inputs
+    assert primary(r).inputs["storageEncrypted"] is True
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_database_insights_mode_is_explicit_on_every_instance(stack: str) -> None:
+    r = result(stack)
+    for db in of_type(r.resources, INSTANCE):
+        assert db.inputs["databaseInsightsMode"] == "standard", db.name
+        assert db.inputs["performanceInsightsRetentionPeriod"] == 7, db.name
+
+
+def test_advanced_database_insights_carries_its_15_month_retention() -> None:
+    r = run("prod", {"databaseInsightsMode": "advanced", "performanceInsightsRetentionDays": 465})
+    for db in of_type(r.resources, INSTANCE):
+        assert db.inputs["databaseInsightsMode"] == "advanced"
+        assert db.inputs["performanceInsightsRetentionPeriod"] == 465
 
 
 @pytest.mark.parametrize("stack", STACKS)

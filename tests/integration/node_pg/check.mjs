@@ -17,7 +17,7 @@ for (const key of keys) {
   const client = new pg.Client({ connectionString: env[key], connectionTimeoutMillis: 10000 });
   try {
     await client.connect();
-    const { rows } = await client.query("select current_user as user, current_database() as db");
+    const { rows } = await client.query("select session_user as user, current_database() as db");
     results[key] = rows[0];
   } catch (e) {
     results[key] = { error: String(e.message || e) };
