@@ -421,6 +421,11 @@ class Cluster:
         """verify-full against ca_file; disable when the binaries have no TLS (the wheel's)."""
         return "verify-full" if self.install.tls else "disable"
 
+    @property
+    def on_socket(self) -> bool:
+        """host is a Unix-socket directory (only init_standby's replicas, in tests), not an address."""
+        return self.host.startswith("/")
+
     def _binary(self, name: str) -> str:
         return str(self.install.for_service_user().binary(name))
 
@@ -678,8 +683,14 @@ class Cluster:
             raise ClusterError(f"pg_basebackup failed into {staging.data_dir}: {result.stdout.strip()}")
         if self.install.tls:
             staging._make_tls()
+        where = (
+            # A Unix-socket directory as host (tests: several replicas on one port, 127.0.0.1 only traffic).
+            {"listen_addresses": "''", "unix_socket_directories": f"'{self.host}'"}
+            if self.on_socket
+            else {"listen_addresses": f"'{self.host}'"}
+        )
         lines = {
-            "listen_addresses": f"'{self.host}'",
+            **where,
             "port": str(self.port),
             "hot_standby": "on",
             "primary_conninfo": f"'{primary_conninfo}'",
@@ -690,6 +701,9 @@ class Cluster:
             f.write("\n# --- dbctl.cluster: hot standby of the primary ---\n")
             f.writelines(f"{key} = {value}\n" for key, value in lines.items())
         (staging.data_dir / "standby.signal").touch()
+        if self.on_socket:
+            with (staging.data_dir / "pg_hba.conf").open("a") as f:
+                f.write("local all all scram-sha-256\n")
         _chown_tree(staging.base_dir)
         shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
         if self.install.tls:
@@ -729,9 +743,7 @@ class Cluster:
     def _make_tls(self) -> None:
         """A server key and certificate signed by the cluster's CA (made first if missing)."""
         self.authority.ensure()
-        # A cluster on another loopback address (a second local replica) is verified by that name too.
-        extra = () if self.host == HOST else (self.host,)
-        self.authority.issue(self.cert_file, self.key_file, service_owner(), extra_ips=extra)
+        self.authority.issue(self.cert_file, self.key_file, service_owner())
 
     def ensure_tls(self) -> bool:
         """Reissue the server certificate when it is not the current CA's, or expires soon; True if it did.
@@ -901,7 +913,7 @@ class Cluster:
         # Not our postmaster (is_running said so): a stale file, which PostgreSQL would refuse to start over
         # when its pid now belongs to another live process.
         (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
-        if not port_is_free(self.port, self.host):
+        if not self.on_socket and not port_is_free(self.port, self.host):
             raise ClusterError(
                 f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
             )
@@ -982,6 +994,11 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
+                if self.on_socket:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                        sock.settimeout(1)
+                        sock.connect(f"{self.host}/.s.PGSQL.{self.port}")
+                        return
                 with socket.create_connection((self.host, self.port), timeout=1):
                     return
             except OSError:

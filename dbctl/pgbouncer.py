@@ -49,8 +49,9 @@ POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 Port = Annotated[int, Field(ge=1, le=65535)]
-# Host names and IP addresses only: no spaces, quotes or `=` that could break a connection string.
-Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", max_length=253)]
+# Host names, IP addresses, or a Unix-socket directory (an absolute path: PgBouncer's `host=/dir`, which the
+# local tests' replicas use); no spaces, quotes, commas or `=` that could break a connection string.
+Host = Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9.:_-]*|/[A-Za-z0-9._/-]+)$", max_length=253)]
 RoleName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
 StartupParameter = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 _ABSOLUTE_PATH = re.compile(r"^/[^\n\r;#]*$")

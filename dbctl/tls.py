@@ -157,14 +157,9 @@ class CertificateAuthority:
         return cert, key
 
     def issue(
-        self,
-        cert_file: Path,
-        key_file: Path,
-        owner: Owner = None,
-        common_name: str = "localhost",
-        extra_ips: tuple[str, ...] = (),
+        self, cert_file: Path, key_file: Path, owner: Owner = None, common_name: str = "localhost"
     ) -> None:
-        """A new server key and certificate (SAN 127.0.0.1 + localhost, plus extra_ips) signed by this CA."""
+        """A new server key and certificate (SAN 127.0.0.1 + localhost) signed by this CA."""
         ca_cert, ca_key = self._load()
         key = _new_key()
         now = _now()
@@ -178,11 +173,7 @@ class CertificateAuthority:
             .not_valid_after(min(now + SERVER_VALID, ca_cert.not_valid_after_utc))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [
-                        *(x509.DNSName(n) for n in SERVER_DNS_NAMES),
-                        *(x509.IPAddress(ip) for ip in SERVER_IPS),
-                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
-                    ]
+                    [*(x509.DNSName(n) for n in SERVER_DNS_NAMES), *(x509.IPAddress(ip) for ip in SERVER_IPS)]
                 ),
                 critical=False,
             )

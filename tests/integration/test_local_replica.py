@@ -5,34 +5,34 @@
 - the read pool refuses writes because the server is in recovery, not because of a role setting;
 - hot_standby_feedback keeps a long replica query alive through a vacuum on the primary (and without it,
   the same query is cancelled: the control that shows the test can fail);
-- with a second replica (a fixture on 127.0.0.2, same port: PgBouncer's host list shares one `port`), the
-  read pool spreads server connections over both.
+- with two more replicas (a fixture on Unix sockets in two directories, one port number: PgBouncer's host
+  list shares one `port`, and tests send traffic only to 127.0.0.1), the read pool spreads server
+  connections over both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 import pytest
 from psycopg import errors, sql
 
 from dbctl import local, local_replica, names
-from dbctl.cluster import MAX_CONNECTIONS, Cluster, free_port
-from dbctl.pgbouncer import HOST_LIST_VERIFY_FULL_SINCE, PgBouncerConfig, ServerTls, render_ini
+from dbctl.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
+from dbctl.pgbouncer import PgBouncerConfig, ServerTls, render_ini
 from dbctl.pgbouncer_server import PgBouncerServer, detect_version, find_pgbouncer
 from tests.integration.test_local import LocalStack, dbctl_local, insert_user, new_root, user_exists
 
 # A guard against a hang, not a timing assertion: replication on one machine takes milliseconds.
 CATCH_UP_S = 60
-SECOND_REPLICA_HOST = "127.0.0.2"
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -232,54 +232,66 @@ def test_hot_standby_feedback_keeps_a_long_replica_query_alive_through_a_vacuum(
 # ---------------------------------------------------------------- two replicas behind one read pool
 
 
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+
+
 @pytest.fixture(scope="module")
-def second_replica(stack: LocalStack) -> Iterator[Cluster]:
-    """Another hot standby of the stack's primary, on 127.0.0.2 and the first replica's port."""
+def socket_replicas(stack: LocalStack) -> Iterator[list[Cluster]]:
+    """Two more hot standbys of the stack's primary, on Unix sockets only (listen_addresses ''), in two
+    directories on one port number: a PgBouncer host list shares one `port`, and tests send traffic only to
+    127.0.0.1, so a second address is no option. They stream from the primary on 127.0.0.1."""
     s = opened(stack)
-    base = Path(tempfile.mkdtemp(prefix="dbctl-test-replica2-"))
+    base = Path(tempfile.mkdtemp(prefix="dbctl-test-replicas-"))
     base.chmod(0o755)
-    replica = dataclasses.replace(s.replica, base_dir=base / "replica", host=SECOND_REPLICA_HOST)
+    port = free_port()
+    replicas: list[Cluster] = []
     try:
-        local_replica.create(s.cluster, replica, stack.paths, MAX_CONNECTIONS, slot="spike_test_replica_2")
-        # Clients of 127.0.0.2 connect from 127.0.0.2: the copied pg_hba.conf admits 127.0.0.1 only.
-        with (replica.data_dir / "pg_hba.conf").open("a") as hba:
-            hba.write(f"hostssl all all {SECOND_REPLICA_HOST}/32 scram-sha-256\n")
-        replica.reload()
-        yield replica
+        for n in (1, 2):
+            sockets = base / f"s{n}"  # short: a socket path must fit in 107 bytes
+            sockets.mkdir(mode=0o755)
+            owner = service_owner()
+            if owner is not None:
+                os.chown(sockets, *owner)
+            replica = dataclasses.replace(
+                s.replica, base_dir=base / f"replica{n}", host=str(sockets), port=port
+            )
+            replicas.append(replica)
+            local_replica.create(
+                s.cluster, replica, stack.paths, MAX_CONNECTIONS, slot=f"spike_test_replica_{n}"
+            )
+        yield replicas
     finally:
-        local_replica.remove(s.cluster, replica, slot="spike_test_replica_2")
+        for n, replica in enumerate(replicas, 1):
+            local_replica.remove(s.cluster, replica, slot=f"spike_test_replica_{n}")
         shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.integration
 def test_the_read_pool_spreads_connections_over_two_replicas(
-    stack: LocalStack, second_replica: Cluster
+    stack: LocalStack, socket_replicas: list[Cluster]
 ) -> None:
     s = opened(stack)
     version = detect_version(find_pgbouncer())
-    sslmode: Literal["verify-ca", "verify-full"] = (
-        "verify-full" if version >= HOST_LIST_VERIFY_FULL_SINCE else "verify-ca"
-    )
     directory = Path(tempfile.mkdtemp(prefix="dbctl-test-two-replicas-"))
     directory.chmod(0o755)
     server = PgBouncerServer(directory / "pgbouncer")
-    ca = directory / "ca.crt"
-    shutil.copyfile(s.authority.cert_file, ca)
-    ca.chmod(0o644)
+    hosts = tuple(r.host for r in socket_replicas)
     config: PgBouncerConfig = server.config(
         primary_host=local.HOST,
         primary_port=s.state.pg_port,
-        read_hosts=(local.HOST, SECOND_REPLICA_HOST),
-        read_port=s.state.effective_replica_port,
+        read_hosts=hosts,
+        read_port=socket_replicas[0].port,
         listen_addr=local.HOST,
         listen_port=free_port(),
         min_pool_size=0,
-        # verify-full over a host list needs 1.25 (dbctl.pgbouncer.HOST_LIST_VERIFY_FULL_SINCE); verify-ca
-        # before: the chain is still checked, the host name (which 1.24 gets wrong) is not.
-        server_tls=ServerTls(sslmode=sslmode, ca_file=str(ca)),
+        # No TLS on a Unix socket (PgBouncer and libpq never negotiate it there); the TLS side of a host list
+        # (verify-full needs 1.25, pgbouncer#1300) is the settings check's, see test_pgbouncer_config.
+        server_tls=ServerTls(sslmode="disable"),
     )
     line = next(x for x in render_ini(config).splitlines() if x.startswith(names.READ_POOL_DATABASE))
-    assert f"host={local.HOST},{SECOND_REPLICA_HOST} " in line
+    assert f"host={hosts[0]},{hosts[1]} " in line
     assert ("load_balance_hosts=round-robin" in line) is (version >= (1, 24))
     readonly = s.creds[names.READONLY_ROLE]
     clients: list[Conn] = []
@@ -297,20 +309,22 @@ def test_the_read_pool_spreads_connections_over_two_replicas(
                 connect_timeout=10,
             )
             clients.append(conn)
-        seen = [c.execute("SELECT host(inet_server_addr()), pg_backend_pid()").fetchone() for c in clients]
+        pids = [c.execute("SELECT pg_backend_pid()").fetchone() for c in clients]
+        # Which replica serves each: a backend's parent is its postmaster (read while the clients hold them).
+        postmasters = {r.postmaster_pid(): r.host for r in socket_replicas}
+        seen = [(postmasters.get(parent_pid(int(str(row[0])))), int(str(row[0]))) for row in pids if row]
     finally:
         for conn in clients:
             conn.close()
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    per_host: dict[str, set[int]] = {}
-    for row in seen:
-        assert row is not None
-        per_host.setdefault(str(row[0]), set()).add(int(str(row[1])))
-    print(f"\nread pool over two replicas ({sslmode}): backend pids per replica {per_host}")
-    assert set(per_host) == {local.HOST, SECOND_REPLICA_HOST}
-    assert sum(len(pids) for pids in per_host.values()) == 8
-    assert all(len(pids) >= 2 for pids in per_host.values())  # round-robin: every other new connection
+    per_replica: dict[str | None, set[int]] = {}
+    for host, pid in seen:
+        per_replica.setdefault(host, set()).add(pid)
+    print(f"\nread pool over two replicas (Unix sockets): backend pids per replica {per_replica}")
+    assert set(per_replica) == set(hosts)
+    assert sum(len(pids) for pids in per_replica.values()) == 8
+    assert all(len(pids) >= 2 for pids in per_replica.values())  # round-robin: every other new connection
 
 
 # ---------------------------------------------------------------- off and on, down, up and reset
