@@ -41,7 +41,7 @@ pgbouncer = PgBouncerTier(
         subnet_ids=network.subnet_ids,
         security_group_id=network.pgbouncer_security_group_id,
         primary_address=database.primary.address,
-        replica_address=database.replicas[0].address if database.replicas else None,
+        replica_addresses=[r.address for r in database.replicas],
         role_secret_arns=credentials.role_secret_arns,
         secrets_kms_key_arn=credentials.kms_key_arn,
     ),

@@ -6,6 +6,7 @@ Also writes the master secret's value (standard RDS JSON) once the primary's add
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -33,6 +34,15 @@ class DatabaseArgs:
     provider: aws.Provider
     network: Network
     credentials: Credentials
+
+
+def replica_zones(subnet_zones: Sequence[str], primary_zone: str | None, count: int) -> list[str]:
+    """The AZ of each replica: the subnets' AZs other than the primary's, in subnet order, round-robin
+    (so an AZ outage takes the primary or the replicas, not both); the primary's own AZ only when the
+    subnets have no other."""
+    zones = list(dict.fromkeys(subnet_zones))
+    others = [z for z in zones if z != primary_zone] or zones
+    return [others[i % len(others)] for i in range(count)]
 
 
 def _parameter_args(params: list[Parameter]) -> list[aws.rds.ParameterGroupParameterArgs]:
@@ -194,6 +204,11 @@ class Database(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
+            # Where RDS placed the primary (a Multi-AZ primary cannot be pinned, and pinning an existing
+            # single-AZ one would replace it), read once: a failover later moves the primary, not them.
+            zones: pulumi.Output[list[str]] = pulumi.Output.all(
+                net.availability_zones, self.primary.availability_zone
+            ).apply(lambda v: replica_zones(v[0], v[1], s.replica_count))
             for i in range(1, s.replica_count + 1):
                 identifier = pulumi.Output.concat(self.identifier, f"-replica-{i}")
                 replica = aws.rds.Instance(
@@ -205,12 +220,18 @@ class Database(pulumi.ComponentResource):
                     instance_class=s.effective_replica_instance_class,
                     parameter_group_name=replica_params.name,
                     multi_az=False,
+                    availability_zone=zones[i - 1],
                     # Replicas are rebuilt from the primary, not restored: no backups, no final snapshot.
                     backup_retention_period=0,
                     skip_final_snapshot=True,
                     maintenance_window=s.maintenance_window,
                     opts=pulumi.ResourceOptions.merge(
-                        child, pulumi.ResourceOptions(depends_on=log_groups(f"replica-{i}", identifier))
+                        child,
+                        pulumi.ResourceOptions(
+                            depends_on=log_groups(f"replica-{i}", identifier),
+                            # Chosen at creation; a changed AZ would replace the replica.
+                            ignore_changes=["availability_zone"],
+                        ),
                     ),
                     storage_type="gp3",
                     # No storage_encrypted / kms_key_id: a same-region replica is always encrypted with

@@ -122,10 +122,18 @@ class Network(pulumi.ComponentResource):
             route_table_id = route_table.id
             vpc_id: pulumi.Output[str] = vpc.id
             subnet_ids: pulumi.Output[list[str]] = pulumi.Output.all(*[sn.id for sn in subnets])
+            zones_of_subnets = pulumi.Output.from_input(list(zones[: s.network.az_count]))
         else:
             assert s.network.vpc_id is not None  # settings require it in mode 'existing'
             vpc_id = pulumi.Output.from_input(s.network.vpc_id)
             subnet_ids = pulumi.Output.from_input(list(s.network.subnet_ids))
+            invoke = pulumi.InvokeOptions(provider=args.provider, parent=self)
+            zones_of_subnets = pulumi.Output.all(
+                *[
+                    aws.ec2.get_subnet_output(id=i, opts=invoke).availability_zone
+                    for i in s.network.subnet_ids
+                ]
+            )
 
         db_sg = aws.ec2.SecurityGroup(
             f"{name}-db",
@@ -210,6 +218,7 @@ class Network(pulumi.ComponentResource):
 
         self.vpc_id = vpc_id
         self.subnet_ids = subnet_ids
+        self.availability_zones = zones_of_subnets  # the private subnets' AZs, in subnet order
         self.db_subnet_group_name = subnet_group.name
         self.db_security_group_id = db_sg.id
         self.pgbouncer_security_group_id = pgb_sg.id

@@ -65,7 +65,7 @@ def ca_bundle_url(region: str) -> str:
     return f"https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem"
 
 
-def ini_config(settings: StackSettings, primary_host: str, read_host: str | None) -> PgBouncerConfig:
+def ini_config(settings: StackSettings, primary_host: str, read_hosts: Sequence[str]) -> PgBouncerConfig:
     """The renderer's settings for an AWS host: stack settings plus the host's fixed paths."""
     p = settings.pgbouncer
     client_tls = (
@@ -76,7 +76,7 @@ def ini_config(settings: StackSettings, primary_host: str, read_host: str | None
     return PgBouncerConfig(
         version=parse_version(p.version),
         primary_host=primary_host,
-        read_host=read_host,
+        read_hosts=tuple(read_hosts),
         listen_addr="*",
         listen_port=PGBOUNCER_PORT,
         auth_file=ud.AUTH_FILE,
@@ -95,13 +95,13 @@ def ini_config(settings: StackSettings, primary_host: str, read_host: str | None
 def user_data(
     settings: StackSettings,
     primary_host: str,
-    read_host: str | None,
+    read_hosts: Sequence[str],
     role_secret_arns: Mapping[str, str],
     ca_bundle_s3_uri: str,
     client_tls_secret_arn: str | None = None,
 ) -> str:
     """The launch template's user data (base64 of gzip), from resolved values: pure."""
-    cfg = ini_config(settings, primary_host, read_host)
+    cfg = ini_config(settings, primary_host, read_hosts)
     script = ud.render_user_data(
         ud.HostConfig(
             region=settings.region,
@@ -129,7 +129,7 @@ class PgBouncerTierArgs:
     subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets, one per AZ
     security_group_id: pulumi.Input[str]  # the PgBouncer hosts' group (network: egress, DB ingress)
     primary_address: pulumi.Input[str]
-    replica_address: pulumi.Input[str] | None  # the first replica; None: reads go to the primary
+    replica_addresses: Sequence[pulumi.Input[str]]  # every replica (the read pool); none: the primary
     role_secret_arns: Mapping[str, pulumi.Input[str]]  # login role -> secret ARN (needs POOLED_ROLES)
     secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
 
@@ -331,9 +331,9 @@ class PgBouncerTier(pulumi.ComponentResource):
         # Launch template: the image, the role, the group, IMDSv2 only, encrypted root, the user data.
         ami = aws.ssm.get_parameter_output(name=AMI_PARAMETER, opts=invoke).value
         arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
-        read_host: pulumi.Input[str | None] = args.replica_address
+        read_hosts = pulumi.Output.all(*args.replica_addresses)
         tls_arn: pulumi.Input[str | None] = tls_secret.arn if tls_secret is not None else None
-        encoded = pulumi.Output.all(args.primary_address, read_host, arns, ca_uri, tls_arn).apply(
+        encoded = pulumi.Output.all(args.primary_address, read_hosts, arns, ca_uri, tls_arn).apply(
             lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], v[4])
         )
         tags = {**default_tags(s), "Name": f"{prefix}-host"}

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from dbctl import capacity, names
+from dbctl import pgbouncer as pgbouncer_config
 
 PROJECT = "spike-land-db"
 REGION_KEY = "aws:region"
@@ -383,12 +384,19 @@ class StackSettings(_Model):
         return capacity.max_connections(self.instance_class)
 
     @property
-    def pool_targets(self) -> list[tuple[str, int]]:
-        """(instance, PgBouncer pools pointing at it from one host): without a replica both the write and the
-        read pool point at the primary."""
-        if self.replica_count > 0:
-            return [("the primary", 1), ("the replica", 1)]
-        return [("the primary", 2)]
+    def replica_max_connections(self) -> int:
+        """What one replica holds: the parameter group gives it the primary's max_connections (a hot standby
+        refuses fewer), but a smaller replica class's memory holds only its own formula's number."""
+        if self.max_connections is not None:
+            return self.max_connections
+        own = capacity.max_connections(self.effective_replica_instance_class)
+        return min(self.effective_max_connections, own)
+
+    @property
+    def pool_targets(self) -> list[capacity.PoolTarget]:
+        """Each instance PgBouncer's pools point at (dbctl.capacity.pool_targets: every replica)."""
+        replicas = [self.replica_max_connections] * self.replica_count
+        return capacity.pool_targets(self.effective_max_connections, replicas)
 
     @property
     def parameter_group_family(self) -> str:
@@ -509,13 +517,15 @@ class StackSettings(_Model):
                 self.max_allocated_storage_gb,
                 f"must be >= allocatedStorageGb ({self.allocated_storage_gb}); it is the autoscaling ceiling",
             )
-        if self.max_connections is None and self.instance_class not in capacity.INSTANCE_MEMORY_GIB:
-            raise _FieldProblem(
-                "max_connections",
-                None,
-                f"must be set: the memory of {self.instance_class} is not in dbctl/capacity.py "
-                "(set maxConnections, or pick a class listed there)",
-            )
+        replica_classes = [self.effective_replica_instance_class] if self.replica_count else []
+        for instance_class in [self.instance_class, *replica_classes]:
+            if self.max_connections is None and instance_class not in capacity.INSTANCE_MEMORY_GIB:
+                raise _FieldProblem(
+                    "max_connections",
+                    None,
+                    f"must be set: the memory of {instance_class} is not in dbctl/capacity.py "
+                    "(set maxConnections, or pick a class listed there)",
+                )
         if self.database_insights_mode == "advanced" and self.performance_insights_retention_days < 465:
             raise _FieldProblem(
                 "performance_insights_retention_days",
@@ -523,24 +533,26 @@ class StackSettings(_Model):
                 "must be at least 465 (15 months) with databaseInsightsMode advanced (RDS rule); "
                 "set it to 465, or use databaseInsightsMode standard",
             )
-        for target, pools in self.pool_targets:
-            try:
-                capacity.check_pool_budget(
-                    max_connections=self.effective_max_connections,
-                    default_pool_size=self.pgbouncer.default_pool_size,
-                    reserve_pool_size=self.pgbouncer.reserve_pool_size,
-                    pools=pools,
-                    pgbouncer_hosts=self.pgbouncer.host_count,  # the ASG's maximum: never more than this
-                    target=target,
-                )
-            except capacity.PoolBudgetError as e:
-                p = self.pgbouncer
-                value = {
-                    "hostCount": p.host_count,
-                    "defaultPoolSize": p.default_pool_size,
-                    "reservePoolSize": p.reserve_pool_size,
-                }
-                raise _FieldProblem("pgbouncer", value, str(e)) from None
+        try:
+            capacity.check_layout(
+                self.pool_targets,
+                default_pool_size=self.pgbouncer.default_pool_size,
+                reserve_pool_size=self.pgbouncer.reserve_pool_size,
+                pgbouncer_hosts=self.pgbouncer.host_count,  # the ASG's maximum: never more than this
+            )
+        except capacity.PoolBudgetError as e:
+            p = self.pgbouncer
+            value = {
+                "hostCount": p.host_count,
+                "defaultPoolSize": p.default_pool_size,
+                "reservePoolSize": p.reserve_pool_size,
+            }
+            raise _FieldProblem("pgbouncer", value, str(e)) from None
+        version = pgbouncer_config.parse_version(self.pgbouncer.version)
+        if self.replica_count > 1 and version < pgbouncer_config.HOST_LIST_VERIFY_FULL_SINCE:
+            raise _FieldProblem(
+                "replica_count", self.replica_count, pgbouncer_config.host_list_tls_problem(version)
+            )
         if self.backups.cross_region_copy and self.backups.dr_region == self.region:
             raise _FieldProblem(
                 "backups",

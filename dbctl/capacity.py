@@ -9,7 +9,7 @@ gives 192, 413, 855, 1655). It errs low, which is the safe side for a budget tha
 the database.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -139,3 +139,52 @@ def check_pool_budget(
             "PgBouncer hosts, or choose a larger instance class"
         )
     return budget
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """One database instance PgBouncer's pools point at: its name, its max_connections, and how many capped
+    database pools (per PgBouncer host) can fill it."""
+
+    name: str
+    max_connections: int
+    pools: int
+
+
+def pool_targets(primary_max_connections: int, replica_max_connections: Sequence[int]) -> list[PoolTarget]:
+    """Where the write pool and the read pool point, per instance.
+
+    No replica: both pools on the primary. Replicas: the write pool on the primary, and the read pool on
+    every replica, each counted with the **whole** read pool. PgBouncer's host list only picks the host of
+    each new server connection (round-robin) and max_db_connections caps the entry across all its hosts, so
+    while one replica is down, restarting or slow to accept, every connection the pool opens lands on the
+    others: pool/N is the average, the whole pool the worst case one replica must hold."""
+    if not replica_max_connections:
+        return [PoolTarget("the primary", primary_max_connections, 2)]
+    return [
+        PoolTarget("the primary", primary_max_connections, 1),
+        *(PoolTarget(f"replica {i}", m, 1) for i, m in enumerate(replica_max_connections, 1)),
+    ]
+
+
+def check_layout(
+    targets: Sequence[PoolTarget],
+    *,
+    default_pool_size: int,
+    reserve_pool_size: int,
+    pgbouncer_hosts: int,
+    headroom: int = DEFAULT_HEADROOM,
+) -> list[PoolBudget]:
+    """check_pool_budget for every instance of the layout; the first one overfilled is the error."""
+    return [
+        check_pool_budget(
+            max_connections=t.max_connections,
+            default_pool_size=default_pool_size,
+            reserve_pool_size=reserve_pool_size,
+            pools=t.pools,
+            pgbouncer_hosts=pgbouncer_hosts,
+            headroom=headroom,
+            target=t.name,
+        )
+        for t in targets
+    ]

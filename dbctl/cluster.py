@@ -76,7 +76,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -100,6 +100,8 @@ _VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 _STAGING_PREFIX = ".init-"
 # All three on unless a user asks for an unsafe stack: with them off a crash lost acknowledged commits.
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+# Every local cluster's max_connections (a hot standby copies its primary's: it may not have fewer).
+MAX_CONNECTIONS = 200
 
 
 class ClusterError(RuntimeError):
@@ -419,6 +421,11 @@ class Cluster:
         """verify-full against ca_file; disable when the binaries have no TLS (the wheel's)."""
         return "verify-full" if self.install.tls else "disable"
 
+    @property
+    def on_socket(self) -> bool:
+        """host is a Unix-socket directory (only init_standby's replicas, in tests), not an address."""
+        return self.host.startswith("/")
+
     def _binary(self, name: str) -> str:
         return str(self.install.for_service_user().binary(name))
 
@@ -620,6 +627,99 @@ class Cluster:
         _chown_tree(self.base_dir)
         self.start()
 
+    def allow_replication(self, role: str) -> bool:
+        """Let role stream WAL from this cluster (`all` in pg_hba.conf does not match `replication`):
+        TLS (on an install that has it) and SCRAM, 127.0.0.1 only, like every other line. Reloads; True when
+        the line was added."""
+        hba = self.data_dir / "pg_hba.conf"
+        kind = "hostssl" if self.install.tls else "host"
+        line = f"{kind} replication {role} {self.host}/32 scram-sha-256\n"
+        text = hba.read_text()
+        if line in text:
+            return False
+        hba.write_text(text if text.endswith("\n") else text + "\n")
+        with hba.open("a") as f:
+            f.write(line)
+        self.reload()
+        return True
+
+    def init_standby(self, primary_conninfo: str, slot: str, settings: Mapping[str, str]) -> None:
+        """Make this cluster a hot standby of the primary that primary_conninfo reaches, and start it.
+
+        pg_basebackup (WAL streamed alongside, fast checkpoint, the primary's slot `slot`) into
+        base_dir/.init-*, then its own TLS certificate, port and standby settings (standby.signal,
+        primary_conninfo, primary_slot_name, then `settings`, e.g. hot_standby_feedback); moved into place
+        only when complete, as init() does. primary_conninfo names a passfile, never a password."""
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ClusterError(
+                f"{self.data_dir} already holds a cluster; start it, or remove it to start over"
+            )
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        _check_reachable(self.base_dir)
+        self.base_dir.chmod(0o755)
+        self.discard_unfinished_init()
+        staging = dataclasses.replace(
+            self,
+            base_dir=Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.base_dir)),
+            ca_dir=self.authority.directory,
+        )
+        staging.base_dir.chmod(0o700)
+        _chown_tree(staging.base_dir)
+        result = staging._run(
+            [
+                self._binary("pg_basebackup"),  # this cluster's own install, as initdb in init()
+                "--dbname",
+                primary_conninfo,
+                "--pgdata",
+                str(staging.data_dir),
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                f"--slot={slot}",
+                "--no-password",
+            ],
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"pg_basebackup failed into {staging.data_dir}: {result.stdout.strip()}")
+        if self.install.tls:
+            staging._make_tls()
+        where = (
+            # A Unix-socket directory as host (tests: several replicas on one port, 127.0.0.1 only traffic).
+            {"listen_addresses": "''", "unix_socket_directories": f"'{self.host}'"}
+            if self.on_socket
+            else {"listen_addresses": f"'{self.host}'"}
+        )
+        lines = {
+            **where,
+            "port": str(self.port),
+            "hot_standby": "on",
+            "primary_conninfo": f"'{primary_conninfo}'",
+            "primary_slot_name": f"'{slot}'",
+            **settings,
+        }
+        with (staging.data_dir / "postgresql.conf").open("a") as f:
+            f.write("\n# --- dbctl.cluster: hot standby of the primary ---\n")
+            f.writelines(f"{key} = {value}\n" for key, value in lines.items())
+        (staging.data_dir / "standby.signal").touch()
+        if self.on_socket:
+            with (staging.data_dir / "pg_hba.conf").open("a") as f:
+                f.write("local all all scram-sha-256\n")
+        _chown_tree(staging.base_dir)
+        shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
+        if self.install.tls:
+            (staging.base_dir / "tls").rename(self.base_dir / "tls")
+        self._meta_file.write_text(
+            json.dumps(
+                {"port": self.port, "admin_user": self.admin_user, "postgres_major": self.install.major},
+                indent=2,
+            )
+            + "\n"
+        )
+        staging.data_dir.rename(self.data_dir)
+        shutil.rmtree(staging.base_dir, ignore_errors=True)
+        _chown_tree(self.base_dir)
+        self.start()
+
     def discard_unfinished_init(self) -> bool:
         """Remove what an interrupted init() left in base_dir/.init-*, stopping a server it had started
         there (it listens on this cluster's port). True when there was something to remove."""
@@ -679,7 +779,7 @@ class Cluster:
             "shared_preload_libraries": f"'{','.join(preload_libraries(self.install))}'",
             "log_statement": f"'{log_statement}'",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
-            "max_connections": "200",
+            "max_connections": str(MAX_CONNECTIONS),
             **_optional_library_settings(self.install),
         }
         conf = self.data_dir / "postgresql.conf"
@@ -813,7 +913,7 @@ class Cluster:
         # Not our postmaster (is_running said so): a stale file, which PostgreSQL would refuse to start over
         # when its pid now belongs to another live process.
         (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
-        if not port_is_free(self.port, self.host):
+        if not self.on_socket and not port_is_free(self.port, self.host):
             raise ClusterError(
                 f"port {self.host}:{self.port} is taken by another process; stop it or pick another port"
             )
@@ -894,6 +994,11 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
+                if self.on_socket:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                        sock.settimeout(1)
+                        sock.connect(f"{self.host}/.s.PGSQL.{self.port}")
+                        return
                 with socket.create_connection((self.host, self.port), timeout=1):
                     return
             except OSError:

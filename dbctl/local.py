@@ -13,6 +13,8 @@ Everything lives under `<root>/.local/` (git-ignored); `<root>` is the repositor
     .local/lock               held (flock) by up/down/reset: two at once take turns
     .local/tls/               the stack's CA: ca.crt (sslrootcert of every URL), ca.key (0600, stays here)
     .local/postgres/          the cluster (dbctl.cluster: data/, postgres.log, tls/ with its CA-signed cert)
+    .local/replica/           its hot standby, the read pool's server (dbctl.local_replica; off: --no-replica)
+    .local/replication.json   mode 0600: the replication role's password and verifier
     .local/pgbouncer/         rendered pgbouncer.ini, userlist.txt (verifiers only), tls/, log and pid
     .env                      DATABASE_URL, DIRECT_URL, DATABASE_READ_URL, SHADOW_DATABASE_URL (mode 0600)
 
@@ -29,6 +31,7 @@ Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -47,10 +50,11 @@ import click
 import psycopg
 from psycopg import sql
 
-from dbctl import deploy, local_backup, migrate, names
+from dbctl import deploy, local_backup, local_replica, migrate, names
 from dbctl.cluster import (
     BOOTSTRAP_SUPERUSER,
     DEFAULT_ADMIN_USER,
+    MAX_CONNECTIONS,
     SERVICE_OS_USER,
     Cluster,
     ClusterError,
@@ -76,6 +80,7 @@ from dbctl.pgbouncer import (
     PgBouncerConfig,
     PgBouncerConfigError,
     ServerTls,
+    render_ini,
 )
 from dbctl.pgbouncer_server import (
     PgBouncerServer,
@@ -266,6 +271,13 @@ class Stack:
         )
 
     @property
+    def replica(self) -> Cluster:
+        """The hot standby (dbctl.local_replica): the primary's roles and passwords, its own port and cert."""
+        return dataclasses.replace(
+            self.cluster, base_dir=server_dir(self.paths) / "replica", port=self.state.effective_replica_port
+        )
+
+    @property
     def authority(self) -> CertificateAuthority:
         return CertificateAuthority(self.paths.ca_dir)
 
@@ -281,17 +293,35 @@ class Stack:
 
 
 def resolve_state(
-    paths: Paths, pg_port: int | None, pgbouncer_port: int | None, postgres_major: int | None = None
+    paths: Paths,
+    pg_port: int | None,
+    pgbouncer_port: int | None,
+    postgres_major: int | None = None,
+    replica: bool | None = None,
+    replica_port: int | None = None,
 ) -> State:
-    """Ports and major: the flags, else the ones this stack was created with, else the defaults.
+    """Ports, major and the replica: the flags, else what this stack was created with, else the defaults.
 
     An existing cluster keeps the port it was initialised with (it is in its postgresql.conf), and its major
-    (its data directory is that major's)."""
+    (its data directory is that major's); so does an existing replica its port."""
     saved = State.load(paths)
     if saved is not None and postgres_major is not None and postgres_major != _major(saved):
         raise LocalError(
             f"this stack's PostgreSQL is {_major(saved)}; run `dbctl local up` without --postgres-major, or "
             f"recreate it (deletes its data) with `dbctl local reset --yes --postgres-major {postgres_major}`"
+        )
+    replica_exists = (server_dir(paths) / "replica" / "data" / "PG_VERSION").exists()
+    if (
+        saved is not None
+        and replica_exists
+        and replica is not False
+        and replica_port is not None
+        and replica_port != saved.effective_replica_port
+    ):
+        raise LocalError(
+            f"this stack's replica was created on port {saved.effective_replica_port}; run `dbctl local up` "
+            f"without --replica-port, or rebuild the replica there: `dbctl local up --no-replica`, then "
+            f"`dbctl local up --replica-port {replica_port}`"
         )
     if saved is not None and pg_port is not None and pg_port != saved.pg_port:
         raise LocalError(
@@ -303,6 +333,9 @@ def resolve_state(
         pg_port=pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
         pgbouncer_port=pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
         postgres_major=postgres_major or (saved.postgres_major if saved else None),
+        replica=replica if replica is not None else (saved.replica if saved else True),
+        # A saved stack's pg_port is fixed (checked above), so its replica port stays too.
+        replica_port=replica_port or (saved.replica_port if saved else 0),
     )
 
 
@@ -319,9 +352,12 @@ def open_stack(
     pg_port: int | None = None,
     pgbouncer_port: int | None = None,
     postgres_major: int | None = None,
+    *,
+    replica: bool | None = None,
+    replica_port: int | None = None,
 ) -> Stack:
     """The stack to bring up: credentials generated only when there is neither a file nor a cluster."""
-    state = resolve_state(paths, pg_port, pgbouncer_port, postgres_major)
+    state = resolve_state(paths, pg_port, pgbouncer_port, postgres_major, replica, replica_port)
     return Stack(paths, state, load_or_create_credentials(paths, _cluster_exists(paths)))
 
 
@@ -337,14 +373,16 @@ def existing_stack(paths: Paths) -> Stack:
 def pgbouncer_config(stack: Stack, server: PgBouncerServer) -> PgBouncerConfig:
     """The AWS tier's settings (same renderer, same defaults), pointed at the local cluster.
 
-    The local cluster has no replica, so the read pool points at the primary, as in a stack without one.
-    Server TLS: verify-full against the stack's CA (none on the wheel's PostgreSQL 18, which has no TLS).
-    Client TLS: PgBouncer's own certificate from the same CA (SAN 127.0.0.1 + localhost), so .env's
-    verify-full URLs work through it as they do direct."""
+    The read pool points at the local replica, or (--no-replica, or a PostgreSQL without TLS) at the primary,
+    as in a stack without one. Server TLS: verify-full against the stack's CA (none on the wheel's
+    PostgreSQL 18, which has no TLS). Client TLS: PgBouncer's own certificate from the same CA (SAN
+    127.0.0.1 + localhost), so .env's verify-full URLs work through it as they do direct."""
     tls = stack.pgbouncer_tls_dir
     return server.config(
         primary_host=HOST,
         primary_port=stack.state.pg_port,
+        read_hosts=(HOST,) if stack.state.replica else (),
+        read_port=stack.state.effective_replica_port if stack.state.replica else None,
         listen_addr=HOST,
         listen_port=stack.state.pgbouncer_port,
         server_tls=(
@@ -535,21 +573,35 @@ UNSAFE_NOTE = (
 )
 
 
+def no_replica_reason(cluster: Cluster) -> str:
+    """Why a stack on this install gets no replica: the replica streams from the primary over TLS
+    (hostssl, verify-full, as on RDS), and this install was built without it."""
+    return (
+        f"PostgreSQL {cluster.install.major} ({cluster.install.source}) has no TLS (built without OpenSSL), "
+        "and the replica streams only over TLS"
+    )
+
+
 def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     """Bring the stack up; True when something changed, False when it was already up as asked.
 
     The caller holds stack_lock (the CLI does). TLS comes first: a stack from before the per-stack CA (or
     whose CA was removed) gets a new CA and certificates, and running servers pick them up."""
     cluster = stack.cluster
+    if stack.state.replica and not cluster.install.tls:
+        echo(f"no local replica: {no_replica_reason(cluster)}; the read pool uses the primary")
+        stack.state = dataclasses.replace(stack.state, replica=False)
     changed = cluster.discard_unfinished_init()
     if changed:
         echo(f"removed what an interrupted `up` left half-made in {cluster.base_dir}")
     pg_running = cluster.is_running()
     bouncer_running = pgbouncer_running(stack)
     version = pgbouncer_version()
+    replica = stack.replica
+    replica_running = replica.is_running()
     if pg_running and bouncer_running:
         saved = State.load(stack.paths)
-        if saved is not None and saved != stack.state:
+        if saved is not None and saved.pgbouncer_port != stack.state.pgbouncer_port:
             raise LocalError(
                 f"the local stack is running with PgBouncer on port {saved.pgbouncer_port}; to move it to "
                 f"{stack.state.pgbouncer_port}, run `dbctl local down` first"
@@ -558,6 +610,8 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         require_free_port(stack.state.pg_port, "--pg-port", "PostgreSQL")
     if not bouncer_running:
         require_free_port(stack.state.pgbouncer_port, "--pgbouncer-port", "PgBouncer")
+    if stack.state.replica and not replica_running:
+        require_free_port(stack.state.effective_replica_port, "--replica-port", "the replica")
     stack.state.save(stack.paths)
     if stack.authority.ensure():
         echo(f"TLS: a new CA for this stack ({stack.authority.cert_file}; its key stays in that directory)")
@@ -594,6 +648,11 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     if ensure_shadow_database(stack):
         echo(f"shadow database {SHADOW_DATABASE} for `prisma migrate dev` (SHADOW_DATABASE_URL)")
         changed = True
+    changed |= up_replica(stack, echo, durable=durable)
+    if bouncer_running and _pgbouncer_ini_stale(stack):
+        echo("PgBouncer's config changed (the read pool's server); restarting PgBouncer")
+        stop_pgbouncer(stack)
+        bouncer_running = False
     if not bouncer_running:
         echo(f"starting PgBouncer {version[0]}.{version[1]} on {HOST}:{stack.state.pgbouncer_port} ...")
         start_pgbouncer(stack)
@@ -601,8 +660,52 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     return write_env(stack, version) or changed
 
 
+def up_replica(stack: Stack, echo: Echo, *, durable: bool) -> bool:
+    """The hot standby as state.json asks: made (pg_basebackup) or started, with the primary's durability
+    and certificate authority; or, with --no-replica, stopped and removed. True when anything changed."""
+    primary, replica = stack.cluster, stack.replica
+    if not stack.state.replica:
+        if not replica.base_dir.exists():
+            return False
+        echo("--no-replica: removing the replica; the read pool now points at the primary")
+        return local_replica.remove(primary, replica)
+    changed = False
+    if not (replica.data_dir / "PG_VERSION").exists():
+        echo(f"replica: pg_basebackup of the primary into {replica.base_dir} ...")
+        started = time.monotonic()
+        local_replica.create(primary, replica, stack.paths, MAX_CONNECTIONS)
+        echo(f"replica: streaming on {HOST}:{replica.port} ({time.monotonic() - started:.1f} s)")
+        changed = True
+    else:
+        cred = local_replica.credential(stack.paths)
+        changed |= local_replica.ensure_role_and_slot(primary, cred)
+        # The passfile and the CA copy it verifies the primary with, current (a new CA, a new credential).
+        local_replica.primary_conninfo(primary, replica, cred)
+        if replica.ensure_tls():
+            echo("TLS: the replica's certificate (re)issued by the stack's CA")
+            changed = True
+            replica.reload()
+        if not replica.is_running():
+            echo(f"starting the replica on {HOST}:{replica.port} ...")
+            replica.start()
+            changed = True
+    if replica.set_durability(durable):
+        changed = True
+    return changed
+
+
+def _pgbouncer_ini_stale(stack: Stack) -> bool:
+    """True when the running PgBouncer's pgbouncer.ini is not what this stack's settings render now."""
+    server = PgBouncerServer(stack.pgbouncer_dir)
+    try:
+        current = server.ini_path.read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return current != render_ini(pgbouncer_config(stack, server))
+
+
 def down(stack: Stack, echo: Echo) -> None:
-    """Stop both servers; the data stays."""
+    """Stop the servers (PgBouncer, the primary, then its replica); the data stays."""
     if pgbouncer_running(stack):
         echo("stopping PgBouncer ...")
         stop_pgbouncer(stack)
@@ -610,6 +713,9 @@ def down(stack: Stack, echo: Echo) -> None:
     if cluster.is_running():
         echo("stopping PostgreSQL ...")
         cluster.stop()
+    if stack.replica.is_running():
+        echo("stopping the replica ...")
+        stack.replica.stop()
 
 
 # ---------------------------------------------------------------- psql
@@ -674,6 +780,8 @@ def local(ctx: click.Context, root: Path) -> None:
 def _print_summary(stack: Stack) -> None:
     s = stack.state
     click.echo(f"PostgreSQL  {HOST}:{s.pg_port}   (DIRECT_URL: {names.MIGRATOR_ROLE}, direct)")
+    if s.replica:
+        click.echo(f"Replica     {HOST}:{s.effective_replica_port}   (hot standby: the read pool's server)")
     click.echo(
         f"PgBouncer   {HOST}:{s.pgbouncer_port}   (DATABASE_URL: {names.APP_ROLE} -> {names.DATABASE_NAME}, "
         f"DATABASE_READ_URL: {names.READONLY_ROLE} -> {names.READ_POOL_DATABASE})"
@@ -729,6 +837,16 @@ def _check_major(postgres_major: int | None) -> None:
     help="UNSAFE: fsync, synchronous_commit and full_page_writes off (a crash can lose committed data). "
     "`up` without it makes the stack durable again.",
 )
+@click.option(
+    "--replica/--no-replica",
+    default=None,
+    help="A streaming hot standby behind DATABASE_READ_URL (default: on; never on a PostgreSQL without TLS, "
+    "e.g. --postgres-major 18); --no-replica removes it and the read pool uses the primary. Remembered in "
+    ".local/state.json.",
+)
+@click.option(
+    "--replica-port", type=click.IntRange(1, 65535), help="The replica's port [default: --pg-port + 1]"
+)
 @postgres_major_option
 @click.pass_obj
 def up_command(
@@ -736,14 +854,27 @@ def up_command(
     pg_port: int | None,
     pgbouncer_port: int | None,
     unsafe_fast: bool,
+    replica: bool | None,
+    replica_port: int | None,
     postgres_major: int | None,
 ) -> None:
     """Start the local stack (creating it the first time) and write .env. Safe to re-run."""
-    if pg_port is not None and pg_port == pgbouncer_port:
-        raise LocalError("--pg-port and --pgbouncer-port must differ")
+    ports = [p for p in (pg_port, pgbouncer_port, replica_port) if p is not None]
+    if len(set(ports)) != len(ports):
+        raise LocalError("--pg-port, --pgbouncer-port and --replica-port must differ")
     _check_major(postgres_major)
     with stack_lock(paths, _echo):
-        stack = open_stack(paths, pg_port, pgbouncer_port, postgres_major)
+        stack = open_stack(
+            paths, pg_port, pgbouncer_port, postgres_major, replica=replica, replica_port=replica_port
+        )
+        if replica and not stack.cluster.install.tls:
+            raise LocalError(no_replica_reason(stack.cluster) + "; run `dbctl local up` without --replica")
+        taken = {stack.state.pg_port, stack.state.pgbouncer_port}
+        if stack.state.replica and stack.state.effective_replica_port in taken:
+            raise LocalError(
+                f"the replica's port {stack.state.effective_replica_port} is PostgreSQL's or PgBouncer's; "
+                "pick another with --replica-port <port>"
+            )
         try:
             changed = up(stack, _echo, durable=not unsafe_fast)
         except SERVER_ERRORS as e:
@@ -812,6 +943,7 @@ def reset_command(
             with contextlib.suppress(ClusterError):
                 install = find_install(old.state.postgres_major)
             Cluster(server_dir(paths) / "postgres", old.state.pg_port, install=install).stop()
+            Cluster(server_dir(paths) / "replica", old.state.effective_replica_port, install=install).stop()
         except ClusterError as e:
             raise _fail(e) from e
         _echo(f"{RESET_WARNING} removing {paths.state_dir} ...")
@@ -820,6 +952,8 @@ def reset_command(
             pg_port or (saved.pg_port if saved else names.POSTGRES_PORT),
             pgbouncer_port or (saved.pgbouncer_port if saved else names.PGBOUNCER_PORT),
             postgres_major or (saved.postgres_major if saved else None),
+            replica=saved.replica if saved else True,
+            replica_port=saved.replica_port if saved and not pg_port else 0,
         ).save(paths)
         stack = open_stack(paths)
         try:
@@ -938,6 +1072,25 @@ def status_command(paths: Paths) -> None:
         click.echo(f"{name}  {state}  [{where}]")
         click.echo(f"            {what}")
         healthy &= running
+    if stack.state.replica:
+        replica = stack.replica
+        replica_running = replica.is_running()
+        shown = f"running on {HOST}:{replica.port}" if replica_running else f"stopped (port {replica.port})"
+        if not (replica.data_dir / "PG_VERSION").exists():
+            shown = "not made yet (a stack from before the replica): `dbctl local up` makes it"
+        click.echo(f"Replica     {shown}  [{replica.base_dir}]")
+        healthy &= replica_running
+        if replica_running and pg_running:
+            try:
+                streaming, line = local_replica.status(cluster, replica)
+            except SERVER_ERRORS as e:
+                streaming, line = False, f"unknown: {_one_line(e)}"
+            click.echo(f"replication {line}")
+            healthy &= streaming
+    elif not cluster.install.tls:
+        click.echo(f"Replica     none: {no_replica_reason(cluster)}; the read pool uses the primary")
+    else:
+        click.echo("Replica     none (--no-replica): the read pool uses the primary")
     click.echo(
         f"TLS         CA {stack.authority.cert_file} (every URL's sslrootcert)"
         if cluster.install.tls

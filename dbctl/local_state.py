@@ -74,6 +74,11 @@ class Paths:
         return self.state_dir / "backups"
 
     @property
+    def replication_file(self) -> Path:
+        """mode 0600: the replication role's password and verifier (the local replica streams as it)."""
+        return self.state_dir / "replication.json"
+
+    @property
     def env_file(self) -> Path:
         return self.root / ".env"
 
@@ -125,16 +130,28 @@ class State:
     pg_port: int
     pgbouncer_port: int
     postgres_major: int | None = None  # None: the system's PostgreSQL
+    # The streaming replica the read pool uses (on by default; `up --no-replica` turns it off) and its port.
+    replica: bool = True
+    replica_port: int = 0  # 0: PostgreSQL's port + 1
+
+    @property
+    def effective_replica_port(self) -> int:
+        return self.replica_port or self.pg_port + 1
 
     @classmethod
     def load(cls, paths: Paths) -> State | None:
         try:
             data = json.loads(paths.state_file.read_text(encoding="utf-8"))
+            replica = data.get("replica", True)
+            if not isinstance(replica, bool):
+                raise ValueError(f"replica is {replica!r}, not true or false")
             major = data.get("postgres_major")
             return cls(
                 pg_port=int(data["pg_port"]),
                 pgbouncer_port=int(data["pgbouncer_port"]),
                 postgres_major=None if major is None else int(major),
+                replica=replica,
+                replica_port=int(data.get("replica_port", 0)),
             )
         except FileNotFoundError:
             return None
@@ -143,7 +160,12 @@ class State:
 
     def save(self, paths: Paths) -> None:
         paths.state_dir.mkdir(parents=True, exist_ok=True)
-        data: dict[str, int] = {"pg_port": self.pg_port, "pgbouncer_port": self.pgbouncer_port}
+        data: dict[str, int | bool] = {
+            "pg_port": self.pg_port,
+            "pgbouncer_port": self.pgbouncer_port,
+            "replica": self.replica,
+            "replica_port": self.effective_replica_port,
+        }
         if self.postgres_major is not None:
             data["postgres_major"] = self.postgres_major
         text = json.dumps(data, indent=2) + "\n"
@@ -236,3 +258,21 @@ def load_or_create_credentials(paths: Paths, cluster_exists: bool) -> dict[str, 
     text = json.dumps({role: c.as_secret() for role, c in creds.items()}, indent=2)
     write_private(paths.credentials_file, text + "\n")
     return creds
+
+
+def load_or_create_replication_credential(paths: Paths, role: str) -> Credential:
+    """The replication role's credential: replication.json, made (0600) when missing. Unlike credentials.json
+    it may be made anew: `up` sets the role's password from it each time, and no data depends on it."""
+    file = paths.replication_file
+    try:
+        data: Any = json.loads(file.read_bytes().decode("utf-8"))
+        return _parse_credential(role, data)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise LocalError(
+            f"{file} is unreadable or corrupt ({e}); remove it and run `dbctl local up`"
+        ) from None
+    credential = new_credential(role)
+    write_private(file, json.dumps(credential.as_secret(), indent=2) + "\n")
+    return credential

@@ -36,14 +36,22 @@ MIN_VERSION: Final[Version] = (1, 18)
 PREPARED_STATEMENTS_SINCE: Final[Version] = (1, 21)
 # Settings that exist only from a given version on; everything else we emit is in 1.18.
 SETTING_SINCE: Final[Mapping[str, Version]] = {"max_prepared_statements": PREPARED_STATEMENTS_SINCE}
+# A [databases] entry's `load_balance_hosts` (how a comma-separated host list is used) arrived in 1.24.0;
+# the host list itself in 1.17, always round-robin before 1.24 (PgBouncer's NEWS.md and doc/config.md).
+LOAD_BALANCE_HOSTS_SINCE: Final[Version] = (1, 24)
+# Before 1.25.0, server_tls_sslmode=verify-full checks the certificate against the entry's whole `host`
+# string ("a,b"), so every TLS handshake over a host list fails (pgbouncer#1300, fixed by #1303 in 1.25.0;
+# seen here with 1.24.1: "name `127.0.0.1,127.0.0.2' not present in server certificate").
+HOST_LIST_VERIFY_FULL_SINCE: Final[Version] = (1, 25)
 
 # The login roles that connect through PgBouncer; the migrator goes direct to the primary.
 POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 Port = Annotated[int, Field(ge=1, le=65535)]
-# Host names and IP addresses only: no spaces, quotes or `=` that could break a connection string.
-Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", max_length=253)]
+# Host names, IP addresses, or a Unix-socket directory (an absolute path: PgBouncer's `host=/dir`, which the
+# local tests' replicas use); no spaces, quotes, commas or `=` that could break a connection string.
+Host = Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9.:_-]*|/[A-Za-z0-9._/-]+)$", max_length=253)]
 RoleName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
 StartupParameter = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 _ABSOLUTE_PATH = re.compile(r"^/[^\n\r;#]*$")
@@ -52,6 +60,16 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 
 class PgBouncerConfigError(ValueError):
     """Settings or verifiers the renderer refuses; the message names the problem and the fix."""
+
+
+def host_list_tls_problem(version: Version) -> str:
+    """Why PgBouncer `version` cannot spread the read pool over several replicas with verify-full."""
+    v, fixed = f"{version[0]}.{version[1]}", HOST_LIST_VERIFY_FULL_SINCE
+    return (
+        f"PgBouncer {v} checks server_tls_sslmode=verify-full against the whole host list, so a read pool "
+        f"over several replicas would fail every TLS handshake (fixed in {fixed[0]}.{fixed[1]}.0, "
+        f"pgbouncer#1303); use PgBouncer >= {fixed[0]}.{fixed[1]} (pgbouncer.version), or one replica"
+    )
 
 
 def parse_version(text: str) -> Version:
@@ -122,8 +140,9 @@ class PgBouncerConfig(BaseModel):
     version: Version
     primary_host: Host
     primary_port: Port = POSTGRES_PORT
-    # The read replica; None means there is none and the read pool points at the primary.
-    read_host: Host | None = None
+    # The read replicas (one port for all: PgBouncer's `port` is per entry, not per host); none means the
+    # read pool points at the primary.
+    read_hosts: tuple[Host, ...] = ()
     read_port: Port | None = None
     # The database both pools open on the server; tests and the local stack may point it elsewhere.
     server_dbname: RoleName = DATABASE_NAME
@@ -179,10 +198,18 @@ class PgBouncerConfig(BaseModel):
                 f"PgBouncer {self.version[0]}.{self.version[1]} is older than the oldest supported "
                 f"{MIN_VERSION[0]}.{MIN_VERSION[1]}; install a newer pgbouncer"
             )
-        if self.read_port is not None and self.read_host is None:
+        if self.read_port is not None and not self.read_hosts:
             raise ValueError(
-                "read_port is set without read_host; set both, or neither to read from the primary"
+                "read_port is set without read_hosts; set both, or neither to read from the primary"
             )
+        if len(set(self.read_hosts)) != len(self.read_hosts):
+            raise ValueError(f"read_hosts lists a host twice ({', '.join(self.read_hosts)}); list each once")
+        if (
+            len(self.read_hosts) > 1
+            and self.server_tls.sslmode == "verify-full"
+            and self.version < HOST_LIST_VERIFY_FULL_SINCE
+        ):
+            raise ValueError(host_list_tls_problem(self.version))
         if self.min_pool_size > self.default_pool_size:
             raise ValueError(
                 f"min_pool_size {self.min_pool_size} exceeds default_pool_size {self.default_pool_size}; "
@@ -192,14 +219,15 @@ class PgBouncerConfig(BaseModel):
 
     @property
     def has_replica(self) -> bool:
-        return self.read_host is not None
+        return bool(self.read_hosts)
 
     @property
     def read_target(self) -> tuple[str, int]:
-        """(host, port) the read pool connects to: the replica, or the primary when there is none."""
-        if self.read_host is None:
+        """(host, port) the read pool connects to: every replica as a comma-separated host list, or the
+        primary when there is none."""
+        if not self.read_hosts:
             return self.primary_host, self.primary_port
-        return self.read_host, self.read_port or POSTGRES_PORT
+        return ",".join(self.read_hosts), self.read_port or POSTGRES_PORT
 
     @property
     def connections_per_pool(self) -> int:
@@ -232,20 +260,33 @@ def _database_line(config: PgBouncerConfig, host: str, port: int) -> str:
     return f"host={host} port={port} dbname={config.server_dbname} max_db_connections={cap}"
 
 
-def _databases(config: PgBouncerConfig) -> list[_Entry]:
+def _read_line(config: PgBouncerConfig) -> tuple[str, str]:
+    """The read pool's entry and its reason. Several replicas: one host list, each new server connection to
+    the next host (round-robin). `load_balance_hosts = disable` would keep every connection on the first
+    replica until a connect fails (failover, no spreading), so 1.24+ gets round-robin written out."""
     read_host, read_port = config.read_target
-    read_reason = (
-        "reads: the read replica; max_db_connections caps the pool across users"
-        if config.has_replica
-        else "reads: no replica in this stack, so the read pool also points at the primary"
-    )
+    line = _database_line(config, read_host, read_port)
+    if len(config.read_hosts) > 1:
+        if config.version >= LOAD_BALANCE_HOSTS_SINCE:
+            line += " load_balance_hosts=round-robin"
+        return line, (
+            f"reads: all {len(config.read_hosts)} replicas, new server connections round-robin over them; "
+            "max_db_connections caps the pool across users and hosts"
+        )
+    if config.has_replica:
+        return line, "reads: the read replica; max_db_connections caps the pool across users"
+    return line, "reads: no replica in this stack, so the read pool also points at the primary"
+
+
+def _databases(config: PgBouncerConfig) -> list[_Entry]:
+    read_line, read_reason = _read_line(config)
     return [
         (
             DATABASE_NAME,
             _database_line(config, config.primary_host, config.primary_port),
             "the application's read-write pool: the primary; max_db_connections caps it across users",
         ),
-        (READ_POOL_DATABASE, _database_line(config, read_host, read_port), read_reason),
+        (READ_POOL_DATABASE, read_line, read_reason),
     ]
 
 

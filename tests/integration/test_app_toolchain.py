@@ -70,7 +70,9 @@ def install_e2e_packages() -> None:
 def stack() -> Iterator[local.Stack]:
     root = Path(tempfile.mkdtemp(prefix="dbctl-test-e2e-"))
     root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
-    stack = local.open_stack(local.Paths(root), free_port(), free_port())
+    # replica=False: the e2e suite's read tests (read.test.ts) expect a write to show at once through the
+    # read client and a permission error on writes there, i.e. the read pool on the primary.
+    stack = local.open_stack(local.Paths(root), free_port(), free_port(), replica=False)
     try:
         local.up(stack, lambda message: None, durable=False)  # throwaway: fsync off, as the benchmark does
         yield stack

@@ -384,7 +384,7 @@ def test_every_status_failure_is_one_line(stack: LocalStack) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     failures = [line for line in result.stdout.splitlines() if "authentication failed" in line]
-    assert [line.split()[0] for line in failures] == ["migrations", "pools"], result.stdout
+    assert [line.split()[0] for line in failures] == ["replication", "migrations", "pools"], result.stdout
 
 
 # ---------------------------------------------------------------- upgrade: a stack whose CA is missing

@@ -92,7 +92,9 @@ def test_a_damaged_credentials_file_is_one_error_and_left_untouched(
 
 
 def test_a_missing_credentials_file_beside_a_cluster_is_refused(root: Path) -> None:
-    result = dbctl_local(root, "up", "--pg-port", str(free_port()), "--pgbouncer-port", str(free_port()))
+    result = dbctl_local(
+        root, "up", "--pg-port", str(free_port()), "--pgbouncer-port", str(free_port()), "--no-replica"
+    )
     assert result.returncode == 0, result.stderr
     assert dbctl_local(root, "down").returncode == 0
     paths = local.Paths(root)

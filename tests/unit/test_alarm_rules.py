@@ -127,7 +127,10 @@ def test_thresholds_follow_settings() -> None:
 
 
 def test_one_alarm_per_seed_item_per_instance() -> None:
-    prod = {spec.key for spec in alarm_specs(settings_for("prod", {"replicaCount": 2}))}
+    prod = {
+        spec.key
+        for spec in alarm_specs(settings_for("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"}))
+    }
     per_instance = ["connections", "cpu", "freeable-memory", "read-latency", "write-latency"]
     expected = {f"primary-{m}" for m in per_instance} | {"primary-free-storage", "slow-queries"}
     for n in (1, 2):

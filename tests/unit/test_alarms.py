@@ -132,7 +132,7 @@ def test_thresholds_are_sized_per_stack() -> None:
 
 
 def test_prod_replica_lag_alarm_on_each_replica() -> None:
-    r = result("prod", (("replicaCount", 2),))
+    r = result("prod", (("replicaCount", 2), ("pgbouncer.version", "1.25")))
     found = alarms(r)
     for n in (1, 2):
         a = found[f"replica-{n}-replica-lag"].inputs

@@ -8,11 +8,14 @@ from dbctl.capacity import (
     INSTANCE_MEMORY_GIB,
     RDS_BYTES_PER_CONNECTION,
     PoolBudgetError,
+    PoolTarget,
     UnknownInstanceClassError,
+    check_layout,
     check_pool_budget,
     db_instance_class_memory,
     instance_memory_bytes,
     max_connections,
+    pool_targets,
 )
 
 
@@ -137,3 +140,26 @@ def test_nonsense_inputs_are_refused() -> None:
         check_pool_budget(
             max_connections=100, default_pool_size=1, reserve_pool_size=0, pools=1, pgbouncer_hosts=0
         )
+
+
+def test_without_a_replica_both_pools_fill_the_primary() -> None:
+    assert pool_targets(500, []) == [PoolTarget("the primary", 500, 2)]
+
+
+def test_every_replica_is_a_target_holding_the_whole_read_pool() -> None:
+    targets = pool_targets(855, [855, 413])
+    assert targets == [
+        PoolTarget("the primary", 855, 1),
+        PoolTarget("replica 1", 855, 1),
+        PoolTarget("replica 2", 413, 1),
+    ]
+    budgets = check_layout(targets, default_pool_size=100, reserve_pool_size=5, pgbouncer_hosts=2)
+    assert [b.pooled for b in budgets] == [210, 210, 210]
+    assert [b.spare for b in budgets] == [855 - 15 - 210, 855 - 15 - 210, 413 - 15 - 210]
+
+
+def test_a_layout_that_would_overfill_one_replica_names_it() -> None:
+    targets = pool_targets(855, [855, 192])
+    # 2 hosts x 1 pool x 95 = 190 fits the primary and replica 1, not replica 2's 192 - 15.
+    with pytest.raises(PoolBudgetError, match=r"190 server connections to replica 2, .*192 - 15"):
+        check_layout(targets, default_pool_size=90, reserve_pool_size=5, pgbouncer_hosts=2)

@@ -88,7 +88,12 @@ def test_the_longest_stack_name_is_one_settings_allow() -> None:
         # Everything optional switched on: two replicas, DR copies, a pager.
         (
             "prod",
-            {"profile": "prod", "replicaCount": 2, "alarms.pagerHttpsEndpoint": "https://pager.example/x"},
+            {
+                "profile": "prod",
+                "replicaCount": 2,
+                "pgbouncer.version": "1.25",
+                "alarms.pagerHttpsEndpoint": "https://pager.example/x",
+            },
         ),
     ],
 )

@@ -102,7 +102,7 @@ def test_read_pool_points_at_the_primary_without_a_replica() -> None:
 
 
 def test_read_pool_points_at_the_replica_when_there_is_one() -> None:
-    rendered = config(read_host="db-replica.internal", default_pool_size=10, reserve_pool_size=2)
+    rendered = config(read_hosts=("db-replica.internal",), default_pool_size=10, reserve_pool_size=2)
     dbs = parse(render_ini(rendered))["databases"]
     assert dbs[READ_POOL_DATABASE] == (
         f"host=db-replica.internal port=5432 dbname={DATABASE_NAME} max_db_connections=12"
@@ -110,6 +110,40 @@ def test_read_pool_points_at_the_replica_when_there_is_one() -> None:
     assert "db-primary.internal" in dbs[DATABASE_NAME]
     assert rendered.pools_on_primary == 1
     assert config().pools_on_primary == 2
+
+
+def test_read_pool_lists_every_replica_round_robin() -> None:
+    replicas = ("db-replica-1.internal", "db-replica-2.internal", "db-replica-3.internal")
+    dbs = parse(render_ini(config(version=(1, 25), read_hosts=replicas)))["databases"]
+    assert dbs[READ_POOL_DATABASE] == (
+        f"host={','.join(replicas)} port=5432 dbname={DATABASE_NAME} max_db_connections=25 "
+        "load_balance_hosts=round-robin"
+    )
+    assert "db-replica" not in dbs[DATABASE_NAME]
+
+
+def test_before_1_24_the_host_list_has_no_load_balance_hosts_key() -> None:
+    # 1.17-1.23 know host lists (always round-robin) but refuse to start on an unknown key; verify-ca
+    # because verify-full over a host list needs 1.25.
+    verify_ca = ServerTls(sslmode="verify-ca", ca_file="/etc/pgbouncer/rds-ca.pem")
+    dbs = parse(render_ini(config(version=(1, 18), read_hosts=("r1", "r2"), server_tls=verify_ca)))[
+        "databases"
+    ]
+    assert dbs[READ_POOL_DATABASE] == f"host=r1,r2 port=5432 dbname={DATABASE_NAME} max_db_connections=25"
+    single = parse(render_ini(config(version=(1, 24), read_hosts=("r1",))))["databases"]
+    assert "load_balance_hosts" not in single[READ_POOL_DATABASE]
+    listed = parse(render_ini(config(version=(1, 24), read_hosts=("r1", "r2"), server_tls=verify_ca)))
+    assert listed["databases"][READ_POOL_DATABASE].endswith(" load_balance_hosts=round-robin")
+
+
+def test_verify_full_over_a_host_list_is_refused_before_1_25() -> None:
+    for version in ((1, 18), (1, 24)):
+        with pytest.raises(
+            ValidationError,
+            match=r"whole host list.*pgbouncer#1303.*>= 1.25 \(pgbouncer.version\), or one replica",
+        ):
+            config(version=version, read_hosts=("r1", "r2"))
+    assert config(version=(1, 24), read_hosts=("r1",)).has_replica
 
 
 def test_max_prepared_statements_only_from_1_21() -> None:
@@ -130,7 +164,7 @@ def test_versions_older_than_supported_are_refused() -> None:
 def test_every_setting_has_a_reason_on_the_line_above() -> None:
     for version in ((1, 18), (1, 24)):
         tls = ClientTls(sslmode="require", key_file="/k", cert_file="/c")
-        lines = render_ini(config(version=version, client_tls=tls, read_host="r1")).splitlines()
+        lines = render_ini(config(version=version, client_tls=tls, read_hosts=("r1",))).splitlines()
         settings = [i for i, line in enumerate(lines) if "=" in line and not line.startswith(";")]
         assert len(settings) > 20
         for i in settings:
@@ -154,7 +188,9 @@ def test_startup_parameters_and_logging_choices() -> None:
         ({"auth_file": "userlist.txt"}, "absolute path"),
         ({"logfile": "/var/log/x\nadmin_users = evil"}, "absolute path"),
         ({"min_pool_size": 30}, "min_pool_size 30 exceeds default_pool_size 20"),
-        ({"read_port": 5433}, "read_port is set without read_host"),
+        ({"read_port": 5433}, "read_port is set without read_hosts"),
+        ({"read_hosts": ("r1", "r1")}, "read_hosts lists a host twice"),
+        ({"read_hosts": ("r1,r2",)}, "read_hosts"),
         ({"listen_port": 70000}, "listen_port"),
         ({"pool_mode": "sometimes"}, "pool_mode"),
         ({"max_client_conn": 0}, "max_client_conn"),

@@ -279,7 +279,7 @@ def test_client_tls_off_renders_no_client_tls() -> None:
 
 def test_read_pool_points_at_the_primary_without_a_replica() -> None:
     settings = settings_for("dev")
-    config = ini_config(settings, "primary.example", None)
+    config = ini_config(settings, "primary.example", [])
     assert config.read_target == ("primary.example", names.POSTGRES_PORT)
 
 

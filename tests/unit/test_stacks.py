@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 from functools import cache
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import scramp
 
+from components.database import replica_zones
+from components.settings import SettingsError
 from dbctl import names
 from dbctl.scram import is_scram_verifier
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
@@ -105,7 +108,7 @@ def test_replica_count_zero_in_prod_leaves_no_replica_resources() -> None:
 
 
 def test_two_replicas_each_sourced_from_the_primary() -> None:
-    r = run("prod", {"replicaCount": 2})
+    r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     sources = {x.inputs["replicateSourceDb"] for x in replicas(r)}
     assert len(replicas(r)) == 2 and sources == {r.outputs["primary_instance_id"]}
     assert len(set(r.outputs["replica_addresses"])) == 2
@@ -130,7 +133,7 @@ def test_replica_has_no_credentials_and_its_own_monitoring() -> None:
 def test_same_region_replica_names_no_key_and_no_encryption_flag() -> None:
     # CreateDBInstanceReadReplica: a same-region replica always uses the source's key; a KmsKeyId is
     # refused (InvalidParameterCombination). Its encryption comes from the (encrypted) primary.
-    r = run("prod", {"replicaCount": 2})
+    r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     assert len(replicas(r)) == 2
     for replica in replicas(r):
         assert "kmsKeyId" not in replica.inputs and "storageEncrypted" not in replica.inputs
@@ -440,3 +443,63 @@ def test_security_group_descriptions_use_only_characters_ec2_accepts(network: st
         if not re.fullmatch(SG_DESCRIPTION, str(x.inputs.get("description", "")))
     ]
     assert not bad
+
+
+# --- read scaling (issue 17): the read pool over every replica, each replica's budget, replica AZs ----------
+
+
+def _user_data(r: RunResult) -> str:
+    template = one(r.resources, "aws:ec2/launchTemplate:LaunchTemplate")
+    return gzip.decompress(base64.b64decode(template.inputs["userData"])).decode()
+
+
+def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
+    r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
+    addresses = r.outputs["replica_addresses"]
+    assert len(addresses) == 2
+    (line,) = [x for x in _user_data(r).splitlines() if x.startswith(f"{names.READ_POOL_DATABASE} = ")]
+    # The host list with load_balance_hosts written out, the primary not in it.
+    assert f"host={addresses[0]},{addresses[1]} port=5432 " in line
+    assert line.endswith(" load_balance_hosts=round-robin")
+    assert r.outputs["primary_address"] not in line
+
+
+def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
+    # db.t4g.small holds 192 by RDS's formula; 2 hosts x (85 + 5) = 180 fits the m7g.large primary (855)
+    # but not 192 - 15 headroom on either replica.
+    overrides: dict[str, object] = {
+        "replicaCount": 2,
+        "pgbouncer.version": "1.25",
+        "replicaInstanceClass": "db.t4g.small",
+        "pgbouncer.defaultPoolSize": 85,
+    }
+    with pytest.raises(SettingsError, match=r"180 server connections to replica 1, .*192 - 15 headroom"):
+        settings_for("prod", overrides)
+    assert settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 80}).replica_count == 2
+
+
+def test_two_replicas_need_a_pgbouncer_whose_verify_full_works_over_a_host_list() -> None:
+    with pytest.raises(
+        SettingsError,
+        match=r"replicaCount = 2 is invalid: PgBouncer 1.24 checks .*verify-full.*\(pgbouncer.version\)",
+    ):
+        settings_for("prod", {"replicaCount": 2, "pgbouncer.version": "1.24"})
+    assert settings_for("prod", {"replicaCount": 1, "pgbouncer.version": "1.24"}).replica_count == 1
+
+
+@pytest.mark.parametrize(("stack", "az_count", "expected"), [("prod", 3, ["b", "c"]), ("dev", 2, ["b", "b"])])
+def test_replicas_go_to_the_azs_other_than_the_primarys(
+    stack: str, az_count: int, expected: list[str]
+) -> None:
+    overrides = {"replicaCount": 2, "pgbouncer.version": "1.25", "network.azCount": az_count}
+    r = run(stack, overrides)
+    region = settings_for(stack).region
+    assert primary(r).state["availabilityZone"] == f"{region}a"  # where the mocks' RDS placed it
+    assert "availabilityZone" not in primary(r).inputs  # never pinned: Multi-AZ forbids it
+    assert [x.inputs["availabilityZone"] for x in replicas(r)] == [f"{region}{z}" for z in expected]
+
+
+def test_replica_zones_round_robin_over_the_other_azs() -> None:
+    assert replica_zones(["a", "b", "c"], "b", 4) == ["a", "c", "a", "c"]
+    assert replica_zones(["a", "a", "b"], "a", 2) == ["b", "b"]  # subnets sharing an AZ count once
+    assert replica_zones(["a"], "a", 2) == ["a", "a"]  # nowhere else to go
