@@ -25,6 +25,7 @@ import pulumi_aws as aws
 
 from components.pgbouncer import assets_bucket_prefix
 from components.settings import StackSettings
+from components.sg_rules import allow_tcp
 from components.subnets import private_subnet_cidrs
 from dbctl.names import POSTGRES_PORT
 
@@ -249,24 +250,12 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{prefix}-endpoints"},
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-endpoints-from-pgbouncer",
-            security_group_id=endpoints_sg.id,
-            ip_protocol="tcp",
-            from_port=HTTPS,
-            to_port=HTTPS,
-            referenced_security_group_id=pgb_sg.id,
-            description="PgBouncer hosts",
-            opts=child,
-        )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-pgbouncer-to-endpoints",
-            security_group_id=pgb_sg.id,
-            ip_protocol="tcp",
-            from_port=HTTPS,
-            to_port=HTTPS,
-            referenced_security_group_id=endpoints_sg.id,
-            description="AWS APIs through the interface endpoints",
+        allow_tcp(
+            port=HTTPS,
+            source=pgb_sg.id,
+            target=endpoints_sg.id,
+            egress=(f"{name}-pgbouncer-to-endpoints", "AWS APIs through the interface endpoints"),
+            ingress=(f"{name}-endpoints-from-pgbouncer", "PgBouncer hosts"),
             opts=child,
         )
         # Each interface endpoint is billed per AZ: dev keeps one AZ (reachable from the others), prod all.

@@ -32,6 +32,7 @@ from components.alarm_rules import custom_namespace
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
 from components.settings import StackSettings
+from components.sg_rules import allow_tcp
 from dbctl.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
 
@@ -306,24 +307,12 @@ class PgBouncerTier(pulumi.ComponentResource):
                 description=f"PgBouncer clients in {cidr}",
                 opts=child,
             )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-nlb-to-hosts",
-            security_group_id=nlb_sg.id,
-            referenced_security_group_id=args.security_group_id,
-            ip_protocol="tcp",
-            from_port=PGBOUNCER_PORT,
-            to_port=PGBOUNCER_PORT,
-            description="to the PgBouncer hosts (traffic and health checks)",
-            opts=child,
-        )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-hosts-from-nlb",
-            security_group_id=args.security_group_id,
-            referenced_security_group_id=nlb_sg.id,
-            ip_protocol="tcp",
-            from_port=PGBOUNCER_PORT,
-            to_port=PGBOUNCER_PORT,
-            description="from the PgBouncer NLB only (clients and health checks)",
+        allow_tcp(
+            port=PGBOUNCER_PORT,
+            source=nlb_sg.id,
+            target=args.security_group_id,
+            egress=(f"{name}-nlb-to-hosts", "to the PgBouncer hosts (traffic and health checks)"),
+            ingress=(f"{name}-hosts-from-nlb", "from the PgBouncer NLB only (clients and health checks)"),
             opts=child,
         )
         # The PgBouncer group's egress (5432 to the database, 443 to the VPC endpoints) is the network's.

@@ -29,6 +29,7 @@ import pulumi_aws as aws
 
 from components.pgbouncer import ca_bundle_url
 from components.settings import StackSettings
+from components.sg_rules import allow_tcp
 from dbctl.names import POSTGRES_PORT
 from lambdas import build
 
@@ -102,45 +103,24 @@ class RestoreValidation(pulumi.ComponentResource):
             tags={"Name": f"{prefix}-restore-validation"},
             opts=child,
         )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-fn-to-db",
-            security_group_id=sg.id,
-            ip_protocol="tcp",
-            from_port=POSTGRES_PORT,
-            to_port=POSTGRES_PORT,
-            referenced_security_group_id=args.db_security_group_id,
-            description="the source primary and the restored instance (both in the database SG)",
-            opts=child,
-        )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-db-from-fn",
-            security_group_id=args.db_security_group_id,
-            ip_protocol="tcp",
-            from_port=POSTGRES_PORT,
-            to_port=POSTGRES_PORT,
-            referenced_security_group_id=sg.id,
-            description="restore validation function",
+        allow_tcp(
+            port=POSTGRES_PORT,
+            source=sg.id,
+            target=args.db_security_group_id,
+            egress=(
+                f"{name}-fn-to-db",
+                "the source primary and the restored instance (both in the database SG)",
+            ),
+            ingress=(f"{name}-db-from-fn", "restore validation function"),
             opts=child,
         )
         if args.endpoints_security_group_id is not None:
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-fn-to-endpoints",
-                security_group_id=sg.id,
-                ip_protocol="tcp",
-                from_port=HTTPS,
-                to_port=HTTPS,
-                referenced_security_group_id=args.endpoints_security_group_id,
-                description="AWS APIs through the interface endpoints",
-                opts=child,
-            )
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-endpoints-from-fn",
-                security_group_id=args.endpoints_security_group_id,
-                ip_protocol="tcp",
-                from_port=HTTPS,
-                to_port=HTTPS,
-                referenced_security_group_id=sg.id,
-                description="restore validation function",
+            allow_tcp(
+                port=HTTPS,
+                source=sg.id,
+                target=args.endpoints_security_group_id,
+                egress=(f"{name}-fn-to-endpoints", "AWS APIs through the interface endpoints"),
+                ingress=(f"{name}-endpoints-from-fn", "restore validation function"),
                 opts=child,
             )
             subnets = pulumi.Output.from_input(args.subnet_ids)

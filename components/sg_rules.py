@@ -1,0 +1,43 @@
+"""One TCP port from one security group to another: the source's egress rule and the target's ingress rule.
+
+Both halves are needed (every group here starts with no egress), so they are declared together. Each half
+keeps its own resource name and description, as the callers had them, so their URNs do not change.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+
+def allow_tcp(
+    *,
+    port: int,
+    source: pulumi.Input[str],
+    target: pulumi.Input[str],
+    egress: tuple[str, str],
+    ingress: tuple[str, str],
+    opts: pulumi.ResourceOptions,
+) -> None:
+    """`egress` and `ingress` are (resource name, rule description) for the source's and the target's rule."""
+    (egress_name, egress_description), (ingress_name, ingress_description) = egress, ingress
+    aws.vpc.SecurityGroupEgressRule(
+        egress_name,
+        security_group_id=source,
+        ip_protocol="tcp",
+        from_port=port,
+        to_port=port,
+        referenced_security_group_id=target,
+        description=egress_description,
+        opts=opts,
+    )
+    aws.vpc.SecurityGroupIngressRule(
+        ingress_name,
+        security_group_id=target,
+        ip_protocol="tcp",
+        from_port=port,
+        to_port=port,
+        referenced_security_group_id=source,
+        description=ingress_description,
+        opts=opts,
+    )
