@@ -611,7 +611,11 @@ class Cluster:
         staging.start()
         staging._make_rds_like()
         staging.stop()
-        # Into place: tls/ first, data/ last (its presence is what says "a cluster is here").
+        self._move_into_place(staging)
+
+    def _move_into_place(self, staging: Cluster) -> None:
+        """A finished cluster built in ``staging``: tls/ first, data/ last (its presence is what says "a
+        cluster is here"), then start it here."""
         shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
         if self.install.tls:
             (staging.base_dir / "tls").rename(self.base_dir / "tls")
@@ -705,20 +709,7 @@ class Cluster:
             with (staging.data_dir / "pg_hba.conf").open("a") as f:
                 f.write("local all all scram-sha-256\n")
         _chown_tree(staging.base_dir)
-        shutil.rmtree(self.base_dir / "tls", ignore_errors=True)
-        if self.install.tls:
-            (staging.base_dir / "tls").rename(self.base_dir / "tls")
-        self._meta_file.write_text(
-            json.dumps(
-                {"port": self.port, "admin_user": self.admin_user, "postgres_major": self.install.major},
-                indent=2,
-            )
-            + "\n"
-        )
-        staging.data_dir.rename(self.data_dir)
-        shutil.rmtree(staging.base_dir, ignore_errors=True)
-        _chown_tree(self.base_dir)
-        self.start()
+        self._move_into_place(staging)
 
     def discard_unfinished_init(self) -> bool:
         """Remove what an interrupted init() left in base_dir/.init-*, stopping a server it had started
