@@ -6,6 +6,7 @@ and `.env` are never touched. The pure helpers (URLs, .env, private files) are t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,17 +79,26 @@ class LocalStack:
         return psycopg.connect(local.libpq_url(self.env()[key]), autocommit=True, connect_timeout=10)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
+@contextlib.contextmanager
+def running_stack(*up_args: str) -> Iterator[LocalStack]:
+    """A local stack in a new temp root on free ports (`up` with up_args too), brought down and removed
+    afterwards: the module fixtures' common body."""
     root = new_root()
     pg_port, pgbouncer_port = free_port(), free_port()
     try:
-        result = dbctl_local(root, "up", "--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
+        ports = ("--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
+        result = dbctl_local(root, "up", *ports, *up_args)
         assert result.returncode == 0, result.stderr + result.stdout
         yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
     finally:
         dbctl_local(root, "down")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with running_stack() as s:
+        yield s
 
 
 def insert_user(conn: psycopg.Connection[tuple[object, ...]]) -> str:

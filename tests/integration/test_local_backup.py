@@ -19,21 +19,13 @@ from pathlib import Path
 import pytest
 
 from dbctl import local, local_backup, migrate
-from dbctl.cluster import free_port
-from tests.integration.test_local import LocalStack, dbctl_local, new_root
+from tests.integration.test_local import LocalStack, dbctl_local, running_stack
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    root = new_root()
-    pg_port, pgbouncer_port = free_port(), free_port()
-    try:
-        result = dbctl_local(root, "up", "--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
-        assert result.returncode == 0, result.stderr + result.stdout
-        yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
-    finally:
-        dbctl_local(root, "down")
-        shutil.rmtree(root, ignore_errors=True)
+    with running_stack() as s:
+        yield s
 
 
 def seed_rows(s: LocalStack, users: int, apps_per_user: int) -> None:

@@ -15,23 +15,22 @@ import pytest
 
 from dbctl import local, names
 from dbctl.cluster import free_port, system_install
-from tests.integration.test_local import LocalStack, dbctl_local, insert_user, new_root, user_exists
+from tests.integration.test_local import (
+    LocalStack,
+    dbctl_local,
+    insert_user,
+    new_root,
+    running_stack,
+    user_exists,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack18() -> Iterator[LocalStack]:
-    root = new_root()
-    pg_port, pgbouncer_port = free_port(), free_port()
-    try:
-        ports = ("--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
-        result = dbctl_local(root, "up", "--postgres-major", "18", *ports)
-        assert result.returncode == 0, result.stderr + result.stdout
-        yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
-    finally:
-        dbctl_local(root, "down")
-        shutil.rmtree(root, ignore_errors=True)
+    with running_stack("--postgres-major", "18") as s:
+        yield s
 
 
 def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:

@@ -29,7 +29,14 @@ from dbctl import local, local_replica, names
 from dbctl.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
 from dbctl.pgbouncer import PgBouncerConfig, ServerTls, render_ini
 from dbctl.pgbouncer_server import PgBouncerServer, detect_version, find_pgbouncer
-from tests.integration.test_local import LocalStack, dbctl_local, insert_user, new_root, user_exists
+from tests.integration.test_local import (
+    LocalStack,
+    dbctl_local,
+    insert_user,
+    new_root,
+    running_stack,
+    user_exists,
+)
 
 # A guard against a hang, not a timing assertion: replication on one machine takes milliseconds.
 CATCH_UP_S = 60
@@ -39,16 +46,8 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    root = new_root()
-    pg_port, pgbouncer_port, replica_port = free_port(), free_port(), free_port()
-    ports = ["--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port)]
-    try:
-        result = dbctl_local(root, "up", *ports, "--replica-port", str(replica_port))
-        assert result.returncode == 0, result.stderr + result.stdout
-        yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
-    finally:
-        dbctl_local(root, "down")
-        shutil.rmtree(root, ignore_errors=True)
+    with running_stack("--replica-port", str(free_port())) as s:
+        yield s
 
 
 def opened(stack: LocalStack) -> local.Stack:
