@@ -82,11 +82,13 @@ class LocalStack:
 @contextlib.contextmanager
 def running_stack(*up_args: str) -> Iterator[LocalStack]:
     """A local stack in a new temp root on free ports (`up` with up_args too), brought down and removed
-    afterwards: the module fixtures' common body."""
+    afterwards: the module fixtures' common body. The replica gets a free port of its own too: the default,
+    pg port + 1, may belong to someone else."""
     root = new_root()
     pg_port, pgbouncer_port = free_port(), free_port()
     try:
         ports = ("--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
+        ports += ("--replica-port", str(free_port()))
         result = dbctl_local(root, "up", *ports, *up_args)
         assert result.returncode == 0, result.stderr + result.stdout
         yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)

@@ -46,7 +46,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    with running_stack("--replica-port", str(free_port())) as s:
+    with running_stack() as s:
         yield s
 
 
