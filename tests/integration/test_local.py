@@ -87,8 +87,14 @@ def running_stack(*up_args: str) -> Iterator[LocalStack]:
     root = new_root()
     pg_port, pgbouncer_port = free_port(), free_port()
     try:
-        ports = ("--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
-        ports += ("--replica-port", str(free_port()))
+        ports = (
+            "--pg-port",
+            str(pg_port),
+            "--pgbouncer-port",
+            str(pgbouncer_port),
+            "--replica-port",
+            str(free_port()),
+        )
         result = dbctl_local(root, "up", *ports, *up_args)
         assert result.returncode == 0, result.stderr + result.stdout
         yield LocalStack(root, pg_port, pgbouncer_port, result.stdout + result.stderr)
