@@ -11,6 +11,8 @@ or a ``skipped`` reason when pg_cron cannot run here; ``apply(conn, changes)`` r
 - ``pg_cron`` (in ``cron.database_name``; RDS lets rds_superuser create it), then the job ``JOB_NAME``
   running ``JOB_COMMAND`` at ``JOB_SCHEDULE`` (the seed's Sunday 03:00, UTC: pg_cron's default time zone
   is GMT), scheduled by the admin, so it runs as the admin, who owns the database and may vacuum every table;
+- the job ``LO_JOB_NAME``: every minute, unlink the large objects of the roles that must not write (see
+  ``LO_JOB_COMMAND``); the admin is granted those roles' privileges for it (INHERIT, not SET);
 - ``spike_ops.cron_jobs()``, a SECURITY DEFINER function owned by the admin that returns the admin's jobs
   and each one's last run: cron.job and cron.job_run_details only show a role its own rows (row-level
   security), and spike_monitor gets EXECUTE on this function and nothing else of pg_cron.
@@ -36,6 +38,20 @@ SCHEMA = "spike_ops"
 JOB_NAME = "spike-weekly-vacuum-analyze"
 JOB_SCHEDULE = "0 3 * * 0"  # Sunday 03:00 (GMT), the seed's weekly automated maintenance
 JOB_COMMAND = "VACUUM (ANALYZE)"
+# Large objects of the roles that must not write. PostgreSQL checks no privilege to create one, and the
+# functions that do (lo_create, lo_from_bytea, ...) belong to the bootstrap superuser (rdsadmin on RDS), so
+# the admin cannot revoke them: spike_readonly can `BEGIN READ WRITE; SELECT lo_from_bytea(0, 'x')` where
+# the read pool is the primary. This job unlinks such objects every minute (pg_cron's finest cron schedule
+# before 1.5), which bounds what a reader can store to a minute's worth; the report counts them by owner.
+LO_JOB_NAME = "spike-large-object-cleanup"
+LO_JOB_SCHEDULE = "* * * * *"
+LO_OWNERS = (names.READONLY_ROLE, names.MONITOR_ROLE)
+# The role names are this module's constants, not input.
+LO_JOB_COMMAND = (
+    "SELECT pg_catalog.lo_unlink(m.oid) FROM pg_catalog.pg_largeobject_metadata m"  # noqa: S608
+    f" WHERE m.lomowner::regrole::text IN ('{names.READONLY_ROLE}', '{names.MONITOR_ROLE}')"
+)
+JOBS = ((JOB_NAME, JOB_SCHEDULE, JOB_COMMAND), (LO_JOB_NAME, LO_JOB_SCHEDULE, LO_JOB_COMMAND))
 JOBS_FUNCTION = "cron_jobs"
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -81,6 +97,10 @@ def _cron_unavailable(conn: Conn) -> str:
     if database != current:
         return f"pg_cron runs in database {database!r} (cron.database_name), not in {current!r}"
     return ""
+
+
+def _short(command: str) -> str:
+    return command if len(command) <= 40 else command[:39] + "…"
 
 
 def plan(conn: Conn) -> Plan:
@@ -160,25 +180,44 @@ def plan(conn: Conn) -> Plan:
                 sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(function, monitor),
             )
         )
-    job = None
-    if _one(conn, "SELECT to_regclass('cron.job') IS NOT NULL"):
-        job = conn.execute(
-            "SELECT schedule, command, database, active FROM cron.job"
-            " WHERE jobname = %s AND username = current_user",
-            (JOB_NAME,),
-        ).fetchone()
-    wanted = (JOB_SCHEDULE, JOB_COMMAND, _one(conn, "SELECT current_database()"), True)
-    if job is None or tuple(job) != wanted:
-        verb = "schedule" if job is None else "reschedule"
-        changes.append(
-            roles.Change(
-                f"{verb} {JOB_NAME}: {JOB_COMMAND} at '{JOB_SCHEDULE}' (pg_cron, GMT)",
-                # cron.schedule(name, ...) updates the caller's job of that name in place (pg_cron >= 1.3).
-                sql.SQL("SELECT cron.schedule({}, {}, {})").format(
-                    sql.Literal(JOB_NAME), sql.Literal(JOB_SCHEDULE), sql.Literal(JOB_COMMAND)
-                ),
+    # lo_unlink needs the owner's privileges: the admin takes the two roles' privileges (INHERIT, never SET).
+    pg16 = int(_one(conn, "SELECT current_setting('server_version_num')")) >= 160000
+    for owner in LO_OWNERS:
+        if not _one(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)"
+            " AND pg_has_role(current_user, %s, 'USAGE')",
+            owner,
+            owner,
+        ):
+            grant = "GRANT {} TO CURRENT_USER" + (" WITH INHERIT TRUE, SET FALSE" if pg16 else "")
+            changes.append(
+                roles.Change(
+                    f"grant {owner}'s privileges to the admin (to unlink its large objects)",
+                    sql.SQL(grant).format(sql.Identifier(owner)),
+                )
             )
-        )
+    has_jobs = _one(conn, "SELECT to_regclass('cron.job') IS NOT NULL")
+    database = _one(conn, "SELECT current_database()")
+    for name, schedule, command in JOBS:
+        job = None
+        if has_jobs:
+            job = conn.execute(
+                "SELECT schedule, command, database, active FROM cron.job"
+                " WHERE jobname = %s AND username = current_user",
+                (name,),
+            ).fetchone()
+        if job is None or tuple(job) != (schedule, command, database, True):
+            verb = "schedule" if job is None else "reschedule"
+            changes.append(
+                roles.Change(
+                    f"{verb} {name}: {_short(command)} at '{schedule}' (pg_cron, GMT)",
+                    # cron.schedule(name, ...) updates the caller's job of that name in place (pg_cron 1.3+).
+                    sql.SQL("SELECT cron.schedule({}, {}, {})").format(
+                        sql.Literal(name), sql.Literal(schedule), sql.Literal(command)
+                    ),
+                )
+            )
     return Plan(changes)
 
 

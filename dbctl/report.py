@@ -11,7 +11,9 @@ and returns exactly the sections in ``SECTIONS``, in that order:
 - ``bloat``: an estimate per table and btree index, with the method named (``BLOAT_METHOD``);
 - ``replication``: each streaming replica's lags seen from the primary, or the replay lag on a replica;
 - ``pgbouncer_pools``: PgBouncer's SHOW POOLS, where PgBouncer is reachable (``pools`` reads it);
-- ``maintenance``: the scheduled jobs (pg_cron) and each one's last run (see dbctl/maintenance.py).
+- ``maintenance``: the scheduled jobs (pg_cron) and each one's last run (see dbctl/maintenance.py);
+- ``large_objects``: large objects by owner (pg_largeobject_metadata): the app's schema has none, so any row
+  is worth a look, and rows owned by spike_readonly/spike_monitor are what the cleanup job removes.
 
 Query texts: pg_stat_statements replaces the constants of plannable statements (SELECT, INSERT, UPDATE,
 DELETE, MERGE) with ``$1``, ``$2`` ...; utility statements keep their literals on PostgreSQL 15 and only
@@ -42,6 +44,7 @@ SECTIONS = (
     "replication",
     "pgbouncer_pools",
     "maintenance",
+    "large_objects",
 )
 DEFAULT_TOP_N = 10
 QUERY_TEXT_CHARS = 200
@@ -231,6 +234,16 @@ def bloat(conn: Conn) -> Row:
     return {"method": BLOAT_METHOD, "tables": tables, "indexes": indexes}
 
 
+def large_objects(conn: Conn) -> list[Row]:
+    return _rows(
+        conn,
+        "SELECT lomowner::regrole::text AS owner, count(*)::int AS count,"
+        " lomowner::regrole::text = ANY(%s) AS cleaned_up"
+        " FROM pg_largeobject_metadata GROUP BY 1, 3 ORDER BY 2 DESC, 1",
+        (list(maintenance.LO_OWNERS),),
+    )
+
+
 def replication(conn: Conn) -> Row:
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     if row and row[0]:
@@ -314,6 +327,7 @@ def collect(conn: Conn, *, pools: PoolsReader | None = None, top_n: int = DEFAUL
             "replication": replication(conn),
         }
         report["maintenance"] = maintenance.job_report(conn)
+        report["large_objects"] = large_objects(conn)
     report["pgbouncer_pools"] = pgbouncer_pools(pools)
     return {key: report[key] for key in SECTIONS}
 

@@ -41,11 +41,20 @@ def step(report: deploy.Report, name: str) -> deploy.Step:
 def jobs(c: Cluster) -> list[tuple[object, ...]]:
     with psycopg.connect(c.admin_conninfo(), autocommit=True) as conn:
         return conn.execute(
-            "SELECT jobname, schedule, command, database, username, active FROM cron.job"
+            "SELECT jobname, schedule, command, database, username, active FROM cron.job ORDER BY jobname"
         ).fetchall()
 
 
 WEEKLY = (maintenance.JOB_NAME, "0 3 * * 0", "VACUUM (ANALYZE)", names.DATABASE_NAME, "spike_admin", True)
+CLEANUP = (
+    maintenance.LO_JOB_NAME,
+    "* * * * *",
+    maintenance.LO_JOB_COMMAND,
+    names.DATABASE_NAME,
+    "spike_admin",
+    True,
+)
+JOBS = [CLEANUP, WEEKLY]
 
 
 def test_the_weekly_vacuum_is_scheduled_once_and_converges(
@@ -53,11 +62,11 @@ def test_the_weekly_vacuum_is_scheduled_once_and_converges(
 ) -> None:
     first = migrate(cron_cluster.admin_conninfo(), role_passwords)
     assert any(c.startswith(f"schedule {maintenance.JOB_NAME}") for c in first.maintenance)
-    assert jobs(cron_cluster) == [WEEKLY]
+    assert jobs(cron_cluster) == JOBS
     again = migrate(cron_cluster.admin_conninfo(), role_passwords)
     assert again.maintenance == [] and not again.changed
     assert step(again, "maintain").detail == "no changes"
-    assert jobs(cron_cluster) == [WEEKLY]
+    assert jobs(cron_cluster) == JOBS
     # Drift (someone moved the job by hand): a dry run says so and changes nothing, a run puts it back.
     with psycopg.connect(cron_cluster.admin_conninfo(), autocommit=True) as conn:
         conn.execute("SELECT cron.schedule(%s, '5 4 * * 1', 'VACUUM')", (maintenance.JOB_NAME,))
@@ -65,9 +74,9 @@ def test_the_weekly_vacuum_is_scheduled_once_and_converges(
     assert dry.changed and dry.maintenance == [
         f"reschedule {maintenance.JOB_NAME}: VACUUM (ANALYZE) at '0 3 * * 0' (pg_cron, GMT)"
     ]
-    assert jobs(cron_cluster)[0][1] == "5 4 * * 1"
+    assert jobs(cron_cluster)[1][1] == "5 4 * * 1"
     fixed = migrate(cron_cluster.admin_conninfo(), role_passwords)
-    assert fixed.changed and jobs(cron_cluster) == [WEEKLY]
+    assert fixed.changed and jobs(cron_cluster) == JOBS
 
 
 def test_monitor_reads_jobs_only_through_the_function(
@@ -77,7 +86,7 @@ def test_monitor_reads_jobs_only_through_the_function(
     monitor = cron_cluster.conninfo(names.MONITOR_ROLE, role_passwords[names.MONITOR_ROLE])
     with psycopg.connect(monitor, autocommit=True) as conn:
         report = maintenance.job_report(conn)
-        assert [j["jobname"] for j in report["jobs"]] == [maintenance.JOB_NAME]
+        assert [j["jobname"] for j in report["jobs"]] == [maintenance.LO_JOB_NAME, maintenance.JOB_NAME]
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM cron.job")
         with pytest.raises(errors.InsufficientPrivilege):
@@ -141,9 +150,39 @@ def test_status_reports_a_missing_job_as_drift(cron_cluster: Cluster, role_passw
     assert drift.changed and drift.maintenance == [
         f"schedule {maintenance.JOB_NAME}: VACUUM (ANALYZE) at '0 3 * * 0' (pg_cron, GMT)"
     ]
-    assert jobs(cron_cluster) == []  # status changes nothing
+    assert jobs(cron_cluster) == [CLEANUP]  # status changes nothing
     migrate(cron_cluster.admin_conninfo(), role_passwords)
-    assert jobs(cron_cluster) == [WEEKLY]
+    assert jobs(cron_cluster) == JOBS
+
+
+def test_a_readers_large_objects_are_unlinked_by_the_cleanup_job(
+    cron_cluster: Cluster, role_passwords: dict[str, str]
+) -> None:
+    # Where the read pool is the primary (no replica), spike_readonly can write a large object: PostgreSQL
+    # checks no privilege for it and RDS's admin cannot revoke lo_from_bytea. The job takes such objects away.
+    migrate(cron_cluster.admin_conninfo(), role_passwords)
+    made = {}
+    for role in (names.READONLY_ROLE, names.MONITOR_ROLE, names.APP_ROLE):
+        with psycopg.connect(cron_cluster.conninfo(role, role_passwords[role])) as conn:
+            conn.execute("SET TRANSACTION READ WRITE")
+            row = conn.execute("SELECT lo_from_bytea(0, 'smuggled')").fetchone()
+            assert row is not None
+            made[role] = row[0]
+    with psycopg.connect(cron_cluster.admin_conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT command FROM cron.job WHERE jobname = %s AND username = current_user",
+            (maintenance.LO_JOB_NAME,),
+        ).fetchone()
+        assert row is not None
+        conn.execute(str(row[0]))  # what pg_cron runs each minute, as the admin that scheduled it
+        left = {
+            int(oid) for (oid,) in conn.execute("SELECT oid::int FROM pg_largeobject_metadata").fetchall()
+        }
+    app = cron_cluster.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])
+    with psycopg.connect(app, autocommit=True) as conn:
+        conn.execute("SELECT lo_unlink(%s)", (made[names.APP_ROLE],))  # not the job's: the app may write
+    assert made[names.READONLY_ROLE] not in left and made[names.MONITOR_ROLE] not in left
+    assert made[names.APP_ROLE] in left
 
 
 def test_only_the_servers_own_pg_config_is_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def test_json_has_the_eight_sections_and_maintenance(stack: LocalStack) -> None:
     with stack.connect("DATABASE_URL") as app:  # PgBouncer lists a pool once a client has used it
         app.execute("SELECT 1")
     data = report_json(stack)
-    assert list(data) == [*EIGHT, "maintenance"]
+    assert list(data) == [*EIGHT, "maintenance", "large_objects"]
     conns = data["connections"]
     assert isinstance(conns, list)
     assert any(c["user"] == names.MONITOR_ROLE and c["application"] == "dbctl report" for c in conns)
@@ -100,7 +100,8 @@ def test_json_has_the_eight_sections_and_maintenance(stack: LocalStack) -> None:
     assert names.DATABASE_NAME in {p["database"] for p in pools["pools"]}
     upkeep = data["maintenance"]
     assert isinstance(upkeep, dict)
-    [job] = upkeep["jobs"]
+    assert [j["jobname"] for j in upkeep["jobs"]] == [maintenance.LO_JOB_NAME, maintenance.JOB_NAME]
+    job = upkeep["jobs"][1]
     assert (job["jobname"], job["schedule"], job["command"]) == (
         maintenance.JOB_NAME,
         "0 3 * * 0",
@@ -115,7 +116,7 @@ def test_human_form_is_one_titled_table_per_section(stack: LocalStack) -> None: 
     assert result.returncode == 0, result.stderr
     out = result.stdout
     titles = [line for line in out.splitlines() if line.startswith("== ")]
-    assert titles == [f"== {key} ==" for key in (*EIGHT, "maintenance")]
+    assert titles == [f"== {key} ==" for key in (*EIGHT, "maintenance", "large_objects")]
     assert f"report for {names.MONITOR_ROLE}@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}" in out
     assert "method: pgstattuple_approx" in out
     assert "spike_local_replica" in out and "streaming" in out  # the local replica, in the replication table
@@ -166,9 +167,25 @@ def test_maintenance_shows_the_last_run(stack: LocalStack) -> None:  # noqa: F81
             " 'succeeded', 'VACUUM', '2026-11-29 03:00:00+00', '2026-11-29 03:04:10+00')",
             (row[0], names.DATABASE_NAME, DEFAULT_ADMIN_USER, maintenance.JOB_COMMAND),
         )
-    [job] = report_json(stack)["maintenance"]["jobs"]  # type: ignore[index]
+    jobs = report_json(stack)["maintenance"]["jobs"]  # type: ignore[index]
+    [job] = [j for j in jobs if j["jobname"] == maintenance.JOB_NAME]
     assert (job["last_status"], job["last_message"]) == ("succeeded", "VACUUM")
     assert job["last_start"] == "2026-11-29T03:00:00+00:00" and job["last_end"] == "2026-11-29T03:04:10+00:00"
+
+
+@pytest.mark.integration
+def test_large_objects_are_counted_by_owner(stack: LocalStack) -> None:  # noqa: F811
+    with stack.connect("DATABASE_URL") as app:
+        row = app.execute("SELECT lo_from_bytea(0, 'x')").fetchone()
+        assert row is not None
+        app.commit()
+    try:
+        rows = report_json(stack)["large_objects"]
+        assert {"owner": names.APP_ROLE, "count": 1, "cleaned_up": False} in rows  # type: ignore[operator]
+    finally:
+        with stack.connect("DATABASE_URL") as app:
+            app.execute("SELECT lo_unlink(%s)", (row[0],))
+            app.commit()
 
 
 @pytest.mark.integration
@@ -194,7 +211,7 @@ def test_database_url_as_spike_monitor(stack: LocalStack) -> None:  # noqa: F811
     result = dbctl_report(stack, "--json", env={"MONITOR_DATABASE_URL": url})
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert list(data) == [*EIGHT, "maintenance"]
+    assert list(data) == [*EIGHT, "maintenance", "large_objects"]
     assert data["pgbouncer_pools"]["reachable"] is False  # no --pgbouncer-url: said, not guessed
     assert monitor.password not in result.stdout + result.stderr
 
