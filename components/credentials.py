@@ -82,11 +82,12 @@ class Credentials(pulumi.ComponentResource):
         # The account administers the key and IAM policies grant its use (RDS, Secrets Manager and
         # Performance Insights use it through grants on behalf of those principals).
         group_arn = f"arn:{partition}:logs:{s.region}:{account}:log-group:"
-        log_groups = [f"{group_arn}/aws/rds/instance/{prefix}-*"]
+        # The RDS instances' groups and this stack's Lambda functions' groups (restore validation).
+        log_groups = [f"{group_arn}/aws/rds/instance/{prefix}-*", f"{group_arn}/aws/lambda/{prefix}-*"]
         if s.network.flow_logs:
             log_groups.append(group_arn + flow_log_group_name(s.stack))
         logs_statement = {
-            # CloudWatch Logs encrypts the RDS log groups and the flow-log group, and only those.
+            # CloudWatch Logs encrypts the RDS, Lambda and flow-log groups of this stack, and only those.
             "Sid": "CloudWatchLogsForRdsLogGroups",
             "Effect": "Allow",
             "Principal": {"Service": f"logs.{s.region}.amazonaws.com"},

@@ -219,6 +219,7 @@ class RestoreValidation(pulumi.ComponentResource):
             f"{name}-fn",
             name=f"/aws/lambda/{function_name}",
             retention_in_days=LOG_RETENTION_DAYS,
+            kms_key_id=args.kms_key_arn,  # what it logs names tables and counts: the stack key, as the rest
             opts=child,
         )
         function = aws.lambda_.Function(

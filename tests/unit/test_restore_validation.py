@@ -3,6 +3,7 @@ package build's offline parts (lambdas.build)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from functools import cache
 from pathlib import Path
@@ -144,6 +145,12 @@ def test_a_failed_validation_and_a_crash_reach_the_alarm_topic(stack: str) -> No
         == f"/aws/lambda/{function(r).inputs['name']}"
     )
     assert metric_filter.inputs["pattern"] == '{ $.validationStatus = "FAILED" }'
+    # Encrypted with the stack key, whose policy lets CloudWatch Logs use it for this group (ArnLike).
+    key = named(of_type(r.resources, "aws:kms/key:Key"), "credentials-key")
+    assert log_group.inputs["kmsKeyId"] == key.state["arn"]
+    statement = next(st for st in json.loads(key.inputs["policy"])["Statement"] if "Logs" in st["Sid"])
+    allowed = statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
+    assert any(fnmatch.fnmatchcase(log_group.state["arn"], pattern) for pattern in allowed)
     transform = metric_filter.inputs["metricTransformation"]
     alarms = of_type(r.resources, "aws:cloudwatch/metricAlarm:MetricAlarm")
     failed = named(alarms, "restore-validation-failed")
