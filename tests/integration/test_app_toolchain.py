@@ -26,6 +26,7 @@ import pytest
 
 from dbctl import deploy, local
 from dbctl.cluster import free_port
+from tests.integration.helpers import node_tool
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +37,9 @@ STAMP = E2E / "node_modules" / ".installed-from-lock.sha256"
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    path = node_tool(name)
     if path is None:
-        pytest.fail(f"{name} not found: tests/e2e needs Node.js >= 20.19 and npm; `./dev test` installs them")
+        pytest.fail(f"{name} not found: tests/e2e needs Node.js >= 20.19 and npm: `./dev test` installs them")
     return path
 
 

@@ -27,6 +27,7 @@ from psycopg import sql
 from dbctl import local, migrate, names
 from dbctl.cluster import find_binary, free_port, port_is_free
 from dbctl.tls import CertificateAuthority
+from tests.integration.helpers import node_tool
 from tests.integration.test_cluster import time_wait_on
 from tests.integration.test_local import REPO_ROOT, LocalStack, dbctl_local, new_root, server_pids
 
@@ -153,8 +154,8 @@ def test_psql_and_pgbench_take_every_url_as_written(stack: LocalStack) -> None:
 
 def _node_modules() -> Path:
     """pg, installed from the committed lockfile (npm ci) into .local/node-pg/<lock hash>/ (git-ignored)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the node-postgres check: apt-get install -y nodejs npm"
+    node, npm = node_tool("node"), node_tool("npm")
+    assert node and npm, "node and npm are needed for the node-postgres check: `./dev test` installs them"
     lock = (NODE_DIR / "package-lock.json").read_bytes()
     work = REPO_ROOT / ".local" / "node-pg" / hashlib.sha256(lock).hexdigest()[:12]
     if not (work / "node_modules" / "pg" / "package.json").exists():
@@ -176,7 +177,7 @@ def _node_modules() -> Path:
 
 def run_node_check(work: Path, env_file: Path) -> tuple[int, dict[str, dict[str, str]]]:
     result = subprocess.run(
-        ["node", str(work / "check.mjs"), str(env_file), *ROLE_OF],
+        [node_tool("node") or "node", str(work / "check.mjs"), str(env_file), *ROLE_OF],
         capture_output=True,
         text=True,
         timeout=120,

