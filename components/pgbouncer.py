@@ -203,7 +203,7 @@ class PgBouncerTier(pulumi.ComponentResource):
                 f"{name}-source-{i}",
                 bucket=bucket.id,
                 key=S3_PREFIX + f.name,
-                source=pulumi.FileAsset(str(source.path(f))),
+                source=pulumi.FileAsset(source.asset_path(f)),
                 checksum_algorithm="SHA256",
                 content_type="application/octet-stream",
                 opts=child,

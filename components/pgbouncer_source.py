@@ -113,6 +113,13 @@ class LocalSource:
     def path(self, f: SourceFile) -> Path:
         return self.directory / f.name
 
+    def asset_path(self, f: SourceFile) -> str:
+        """The file for a Pulumi FileAsset: relative to the project when inside it, so the state holds the
+        same path on every machine (an absolute one differs from CI runner to laptop: pulumi/pulumi#5066).
+        """
+        path = self.path(f).resolve()
+        return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
 
 def verified_source(configured_version: str, directory: Path | None = None) -> LocalSource:
     """The pinned source on this machine, once both files match their pins; SourceError if not."""

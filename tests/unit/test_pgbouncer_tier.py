@@ -229,8 +229,11 @@ def test_the_pinned_source_is_uploaded_into_the_tiers_private_bucket(stack: tupl
     for obj, pin in zip(objects, pins.files, strict=True):
         assert obj.inputs["bucket"] == assets_bucket(result)  # the CA bundle's private bucket
         assert obj.inputs["checksumAlgorithm"] == "SHA256"  # S3 checks the upload as well
-        uploaded = Path(obj.inputs["source"].path)  # a FileAsset: the file this machine checked
-        assert uploaded.name == pin.name and pgbouncer_source.sha256_of(uploaded) == pin.sha256
+        # A FileAsset of the file this machine checked, by its path in the project (Pulumi runs the program
+        # there): the same path in the state whichever machine runs `pulumi up`.
+        asset = Path(obj.inputs["source"].path)
+        assert asset == Path(".tools/pgbouncer-src") / pin.name
+        assert pgbouncer_source.sha256_of(pgbouncer_source.REPO_ROOT / asset) == pin.sha256
 
 
 def test_user_data_builds_pgbouncer_from_the_uploaded_source_in_order(stack: tuple[str, RunResult]) -> None:
