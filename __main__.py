@@ -13,12 +13,14 @@ from components.database import Database, DatabaseArgs
 from components.flow_logs import FlowLogs, FlowLogsArgs
 from components.network import Network, NetworkArgs
 from components.pgbouncer import PgBouncerTier, PgBouncerTierArgs
+from components.pgbouncer_source import verified_source
 from components.provider import make_provider
 from components.restore_validation import RestoreValidation, RestoreValidationArgs, code_archive
 from components.settings import from_pulumi_config
 from dbctl.names import MIGRATOR_ROLE
 
 settings = from_pulumi_config()  # validated before anything is declared
+pgbouncer_source = verified_source(settings.pgbouncer.version)  # the hosts' pinned source, checked here too
 provider = make_provider(settings)
 
 network = Network("network", NetworkArgs(settings=settings, provider=provider))
@@ -44,6 +46,7 @@ pgbouncer = PgBouncerTier(
         replica_addresses=[r.address for r in database.replicas],
         role_secret_arns=credentials.role_secret_arns,
         secrets_kms_key_arn=credentials.kms_key_arn,
+        pgbouncer_source=pgbouncer_source,
     ),
     opts=pulumi.ResourceOptions(providers=[provider]),
 )

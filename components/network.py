@@ -2,7 +2,8 @@
 
 Created VPCs have no internet gateway and no NAT: the database needs none, and the PgBouncer hosts reach
 AWS through VPC endpoints instead (interface endpoints for SSM, Secrets Manager, KMS and CloudWatch; a free
-S3 gateway endpoint, limited to the Amazon Linux 2023 package repositories, for `dnf install pgbouncer`).
+S3 gateway endpoint, limited to the Amazon Linux 2023 core repositories, for the tools that build PgBouncer,
+and to the PgBouncer component's own bucket, for its pinned source and the RDS CA bundle).
 That keeps the whole tier without a route to the internet. In an adopted VPC the network is the owner's:
 we assume it gives the PgBouncer subnets egress (NAT or endpoints) and create no endpoints.
 
@@ -293,8 +294,9 @@ class Network(pulumi.ComponentResource):
                             "Resource": [f"arn:aws:s3:::{bucket}/*"],
                         },
                         {
-                            # The RDS CA bundle the PgBouncer component copies into its own bucket.
-                            "Sid": "RdsCaBundle",
+                            # The PgBouncer component's own bucket: the RDS CA bundle and PgBouncer's
+                            # pinned source (the instance role narrows it to exactly those objects).
+                            "Sid": "PgBouncerAssets",
                             "Effect": "Allow",
                             "Principal": "*",
                             "Action": ["s3:GetObject"],

@@ -1,16 +1,18 @@
 """The PgBouncer tier: an Auto Scaling group of arm64 hosts behind an internal Network Load Balancer on 6543.
 
 - Hosts: Amazon Linux 2023 arm64 (the public SSM parameter, so every `pulumi up` picks up the current
-  image and an instance refresh rolls it out), PgBouncer from SPAL. AL2023's package repositories sit
-  behind S3, so the hosts need no internet route: the VPC's S3 gateway and interface endpoints do.
+  image and an instance refresh rolls it out). PgBouncer is built on the host from its pinned source
+  (components/pgbouncer_source.py), which this component uploads into its private bucket; the build tools
+  come from AL2023's core repository. Both sit behind S3, so the hosts need no internet route: the VPC's
+  S3 gateway and interface endpoints do.
 - Self-healing: the ASG uses the NLB's health (TCP on 6543) and replaces a host whose PgBouncer stops
   answering; a launch-template change (config, image) rolls the hosts with an instance refresh.
 - User data: `components/pgbouncer_userdata.py` around `dbctl.pgbouncer.render_ini`, the same renderer the
   local stack uses. The auth file is built on the host from the role secrets' `scram_verifier` keys.
 - Instance role: SSM Session Manager (no SSH, no key pair, no public IP); GetSecretValue on exactly the
   pooled roles' secrets; kms:Decrypt on the secrets' key, only via Secrets Manager; GetObject on exactly
-  the RDS CA bundle object. No CloudWatch agent: metrics come from the NLB (and PgBouncer's logs go to
-  the journal, reachable through Session Manager).
+  the RDS CA bundle object and the two PgBouncer source objects. No CloudWatch agent: metrics come from
+  the NLB (and PgBouncer's logs go to the journal, reachable through Session Manager).
 - Security groups: the NLB has its own group, which admits 6543 from the app security groups and CIDRs in
   settings; the PgBouncer group admits 6543 only from the NLB's group (AWS honours that reference even
   with client IP preservation, and the NLB's health checks come from it too). Nothing admits 0.0.0.0/0.
@@ -29,6 +31,7 @@ import pulumi_aws as aws
 
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
+from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
 from components.settings import StackSettings
@@ -44,13 +47,15 @@ NLB_TCP_IDLE_TIMEOUT = 3600
 # Seconds a host keeps draining connections after leaving the target group (the default 300 is slow to
 # replace a broken host; transactions in transaction pooling are short).
 DEREGISTRATION_DELAY = 30
-# First boot installs packages and fetches secrets before PgBouncer listens.
-HEALTH_CHECK_GRACE = 300
+# First boot installs the build tools, builds PgBouncer and fetches secrets before PgBouncer listens: the
+# ASG must not judge a host before that. The build measured 24 s configure + 31 s `make -j2` on a shared
+# 2-vCPU x86 box (docs/pgbouncer.md); on c7g.large / t4g.small (2 Graviton vCPUs) we allow several times
+# that, plus a minute or two of dnf through the S3 endpoint: a boot of 3-6 minutes, graced 10.
+HEALTH_CHECK_GRACE = 600
 # `pulumi up` waits this long for host_count healthy targets behind the NLB, then fails (instead of
-# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop). A first boot (image, dnf,
-# secrets, two 10 s health checks) takes a few minutes; this leaves room for one replacement after a
-# failed host's health-check grace period (HEALTH_CHECK_GRACE) as well.
-WAIT_FOR_CAPACITY_TIMEOUT = "15m"
+# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop): a first boot, and room for one
+# replacement after a failed host's health-check grace period (HEALTH_CHECK_GRACE) and its own boot.
+WAIT_FOR_CAPACITY_TIMEOUT = "25m"
 
 
 def assets_bucket_prefix(stack: str) -> str:
@@ -99,6 +104,8 @@ def user_data(
     read_hosts: Sequence[str],
     role_secret_arns: Mapping[str, str],
     ca_bundle_s3_uri: str,
+    source: LocalSource,
+    source_s3_prefix: str,
     client_tls_secret_arn: str | None = None,
 ) -> str:
     """The launch template's user data (base64 of gzip), from resolved values: pure."""
@@ -110,6 +117,8 @@ def user_data(
             pgbouncer_version=settings.pgbouncer.version,
             role_secret_arns=role_secret_arns,
             ca_bundle_s3_uri=ca_bundle_s3_uri,
+            source=source.pinned,
+            source_s3_prefix=source_s3_prefix,
             max_client_conn=settings.pgbouncer.max_client_conn,
             client_tls_secret_arn=client_tls_secret_arn if settings.pgbouncer.client_tls else None,
             metrics=ud.PoolMetrics(
@@ -133,6 +142,8 @@ class PgBouncerTierArgs:
     replica_addresses: Sequence[pulumi.Input[str]]  # every replica (the read pool); none: the primary
     role_secret_arns: Mapping[str, pulumi.Input[str]]  # login role -> secret ARN (needs POOLED_ROLES)
     secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
+    # PgBouncer's pinned source on this machine, checked before anything was declared (__main__.py)
+    pgbouncer_source: LocalSource
 
 
 class PgBouncerTier(pulumi.ComponentResource):
@@ -183,6 +194,22 @@ class PgBouncerTier(pulumi.ComponentResource):
         )
         ca_uri = pulumi.Output.concat("s3://", ca_object.bucket, "/", ca_key)
         ca_object_arn = pulumi.Output.concat(bucket.arn, "/", ca_key)
+        # PgBouncer's pinned source, checked against its pins before anything was declared; S3 checks the
+        # upload's SHA-256 too, and the host checks the pins again before it builds.
+        source = args.pgbouncer_source
+        source_arns = []
+        for i, f in enumerate(source.pinned.files):
+            obj = aws.s3.BucketObjectv2(
+                f"{name}-source-{i}",
+                bucket=bucket.id,
+                key=S3_PREFIX + f.name,
+                source=pulumi.FileAsset(source.asset_path(f)),
+                checksum_algorithm="SHA256",
+                content_type="application/octet-stream",
+                opts=child,
+            )
+            source_arns.append(pulumi.Output.concat(bucket.arn, "/", obj.key))
+        source_prefix = pulumi.Output.concat("s3://", bucket.id, "/", S3_PREFIX)
 
         # PgBouncer's client TLS key and certificate reach the hosts as the verifiers do: a secret the
         # instance role reads (its value is written once the NLB, whose DNS name it certifies, exists).
@@ -242,6 +269,12 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
                 "Resource": [ca_object_arn],
+            },
+            {
+                "Sid": "ReadPgBouncerSource",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": source_arns,
             },
         ]
         if tls_secret is not None:
@@ -322,8 +355,12 @@ class PgBouncerTier(pulumi.ComponentResource):
         arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
         read_hosts = pulumi.Output.all(*args.replica_addresses)
         tls_arn: pulumi.Input[str | None] = tls_secret.arn if tls_secret is not None else None
-        encoded = pulumi.Output.all(args.primary_address, read_hosts, arns, ca_uri, tls_arn).apply(
-            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], v[4])
+        encoded = pulumi.Output.all(
+            args.primary_address, read_hosts, arns, ca_uri, source_prefix, tls_arn
+        ).apply(
+            lambda v: user_data(
+                s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], source, v[4], v[5]
+            )
         )
         tags = {**default_tags(s), "Name": f"{prefix}-host"}
         template = aws.ec2.LaunchTemplate(

@@ -4,9 +4,12 @@ Pure (no Pulumi, no AWS): `render_user_data(HostConfig) -> str` and `encode_user
 (gzip + base64, what the launch template takes; cloud-init unpacks gzip user data itself).
 
 What the script does on an Amazon Linux 2023 arm64 host, as root, once at first boot:
-1. installs PgBouncer from SPAL (Supplementary Packages for Amazon Linux, AWS's EPEL-derived repository,
-   served like the core repositories, so it works through the VPC's S3 gateway endpoint with no internet
-   route) and refuses to go on if the installed version is older than the one pgbouncer.ini was rendered for;
+1. builds PgBouncer from its pinned source (`components/pgbouncer_source.py`: Debian's source package,
+   which `pulumi up` copies into the stack's private bucket): fetches it through the VPC's S3 gateway
+   endpoint, checks its sha256, applies Debian's patches, builds it with compilers and headers from the
+   Amazon Linux 2023 core repository (removed again afterwards) into /usr/local, refuses a build that is not
+   the version pgbouncer.ini was rendered for, and adds what a package would: the `pgbouncer` system user,
+   /etc/pgbouncer and a pgbouncer.service unit;
 2. copies the RDS CA bundle from the stack's S3 object (for `server_tls_sslmode = verify-full`);
 3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
 4. (client TLS is the helper's: see 5);
@@ -34,6 +37,33 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.pgbouncer_source import PINS_FILE, PinnedSource, is_release_of
+
+# PgBouncer's install (section 1): built from the pinned source into this prefix, run as this user.
+PREFIX = "/usr/local"
+PGBOUNCER_BIN = f"{PREFIX}/bin/pgbouncer"
+SERVICE_USER = "pgbouncer"
+# Amazon Linux 2023 core packages (docs/pgbouncer.md cites the package list): the libraries PgBouncer links
+# (installed on their own, so they stay), then what only the build needs (removed after it).
+RUNTIME_PACKAGES = ("libevent", "c-ares", "openssl-libs", "systemd-libs")
+BUILD_PACKAGES = (
+    "gcc",
+    "make",
+    "patch",
+    "tar",
+    "gzip",
+    "xz",
+    "pkgconf-pkg-config",
+    "libevent-devel",
+    "openssl-devel",
+    "c-ares-devel",
+    "systemd-devel",
+)
+# Debian's configure flags (debian/rules) less PAM (auth_type is scram-sha-256 from the auth file).
+CONFIGURE_FLAGS = ("--with-systemd", "--with-cares=yes", "--with-openssl")
+# The compiler's output (the bootstrap's own log says when it starts and where this is).
+BUILD_LOG = "/var/log/spike-pgbouncer-build.log"
 
 CONFIG_DIR = "/etc/pgbouncer"
 CONFIG_FILE = f"{CONFIG_DIR}/pgbouncer.ini"
@@ -86,9 +116,11 @@ class HostConfig:
 
     region: str
     pgbouncer_ini: str  # dbctl.pgbouncer's output for this version and these paths
-    pgbouncer_version: str  # the version the ini was rendered for: the minimum the host accepts
+    pgbouncer_version: str  # the version the ini was rendered for: the build must be that release
     role_secret_arns: Mapping[str, str]  # login role -> its Secrets Manager secret ARN
     ca_bundle_s3_uri: str  # s3://bucket/key of the RDS CA bundle
+    source: PinnedSource  # PgBouncer's pinned source files ...
+    source_s3_prefix: str  # ... under s3://bucket/prefix/ in the stack's bucket
     max_client_conn: int
     # The secret holding PgBouncer's client TLS key and certificate; None: no client TLS.
     client_tls_secret_arn: str | None = None
@@ -108,6 +140,11 @@ def helper_source() -> str:
 def _check(cfg: HostConfig) -> None:
     if not _VERSION.fullmatch(cfg.pgbouncer_version):
         raise ValueError(f"pgbouncer_version {cfg.pgbouncer_version!r} is not a version such as 1.24")
+    if not is_release_of(cfg.source.version, cfg.pgbouncer_version):
+        raise ValueError(
+            f"the pinned PgBouncer source is {cfg.source.version}, not pgbouncer_version "
+            f"{cfg.pgbouncer_version}"
+        )
     if not cfg.role_secret_arns:
         raise ValueError("role_secret_arns is empty: PgBouncer needs at least the app role's secret")
     for role, arn in cfg.role_secret_arns.items():
@@ -121,6 +158,8 @@ def _check(cfg: HostConfig) -> None:
         )
     if not _S3_URI.fullmatch(cfg.ca_bundle_s3_uri):
         raise ValueError(f"ca_bundle_s3_uri {cfg.ca_bundle_s3_uri!r} is not an s3://bucket/key URI")
+    if not cfg.source_s3_prefix.endswith("/") or not _S3_URI.fullmatch(cfg.source_s3_prefix + "x"):
+        raise ValueError(f"source_s3_prefix {cfg.source_s3_prefix!r} is not an s3://bucket/prefix/ URI")
     if cfg.max_client_conn < 1:
         raise ValueError(f"max_client_conn must be >= 1, got {cfg.max_client_conn}")
     if cfg.metrics is not None:
@@ -131,13 +170,101 @@ def _check(cfg: HostConfig) -> None:
             raise ValueError(f"metrics namespace {m.namespace!r} is not a CloudWatch namespace")
 
 
+def _heredoc_body(body: str, tag: str, what: str) -> str:
+    """body for a quoted heredoc ending in tag; refused if a line of it is the delimiter."""
+    if any(line == tag for line in body.splitlines()):
+        raise ValueError(f"the content for {what} contains the heredoc delimiter line {tag}")
+    return body if body.endswith("\n") else body + "\n"
+
+
 def _heredoc(path: str, body: str, tag: str) -> str:
     """`cat > path` with body verbatim (quoted heredoc: no expansion)."""
-    if any(line == tag for line in body.splitlines()):
-        raise ValueError(f"the content for {path} contains the heredoc delimiter line {tag}")
-    if not body.endswith("\n"):
-        body += "\n"
-    return f"cat > {shlex.quote(path)} <<'{tag}'\n{body}{tag}\n"
+    return f"cat > {shlex.quote(path)} <<'{tag}'\n{_heredoc_body(body, tag, path)}{tag}\n"
+
+
+def build_steps(source: PinnedSource, prefix: str) -> str:
+    """Section 1's build as the host runs it: fetch, check, patch, configure, make, install under prefix.
+
+    Expects REGION, PGBOUNCER_SOURCE_URI, BUILD_LOG, build_dir (an empty directory) and fail() to be set.
+    """
+    q = shlex.quote
+    names = " ".join(q(f.name) for f in source.files)
+    sums = _heredoc_body(source.sha256sum_lines(), "SPIKE_PGBOUNCER_SHA256", "the source's checksums")
+    return f"""for name in {names}; do
+  aws s3 cp --only-show-errors --region "$REGION" "$PGBOUNCER_SOURCE_URI$name" "$build_dir/$name"
+done
+if ! (cd "$build_dir" && sha256sum -c --strict --quiet) <<'SPIKE_PGBOUNCER_SHA256'
+{sums}SPIKE_PGBOUNCER_SHA256
+then
+  fail "the PgBouncer source in $PGBOUNCER_SOURCE_URI does not match its pinned sha256 ({PINS_FILE.name})"
+fi
+tar -xzf "$build_dir"/{q(source.orig.name)} -C "$build_dir"
+cd "$build_dir"/{q("pgbouncer-" + source.version)}
+tar -xJf "$build_dir"/{q(source.debian.name)}
+{{
+  # Debian's patches in its series order (its backported security fixes among them).
+  while read -r patch_name patch_opts; do
+    case $patch_name in '' | '#'*) continue ;; esac
+    patch "${{patch_opts:--p1}}" --forward < "debian/patches/$patch_name"
+  done < debian/patches/series
+  ./configure --prefix={q(prefix)} {" ".join(CONFIGURE_FLAGS)}
+  make -j"$(nproc)"
+  make install
+}} >> "$BUILD_LOG" 2>&1
+cd /
+"""
+
+
+def version_check(binary: str) -> str:
+    """Refuse a PgBouncer that is not the release pgbouncer.ini was rendered for ($PGBOUNCER_VERSION)."""
+    return f"""built=$({shlex.quote(binary)} --version | awk 'NR == 1 {{ print $2 }}')
+case $built in
+  "$PGBOUNCER_VERSION" | "$PGBOUNCER_VERSION".*) ;;
+  *) fail "pgbouncer $built was built, but pgbouncer.ini was rendered for $PGBOUNCER_VERSION" ;;
+esac
+"""
+
+
+def _install_section(source: PinnedSource) -> str:
+    return f"""# 1. PgBouncer, built from its pinned source (components/pgbouncer_source.py: Debian's source
+#    package {source.debian_version}), which `pulumi up` put in the stack's bucket; compilers and
+#    headers come from the AL2023 core repository and go again after the build. Refuse another release.
+log "building pgbouncer {source.version} from the stack's pinned source (compiler output: $BUILD_LOG)"
+dnf install -y -q {" ".join(RUNTIME_PACKAGES)}
+build_only=()
+for pkg in {" ".join(BUILD_PACKAGES)}; do
+  rpm -q --quiet "$pkg" || build_only+=("$pkg")
+done
+if [ ${{#build_only[@]}} -gt 0 ]; then dnf install -y -q "${{build_only[@]}}"; fi
+build_dir=$(mktemp -d -t spike-pgbouncer-build.XXXXXX)
+{build_steps(source, PREFIX)}rm -rf "$build_dir"
+if [ ${{#build_only[@]}} -gt 0 ]; then dnf remove -y -q "${{build_only[@]}}"; fi
+{version_check(PGBOUNCER_BIN)}log "pgbouncer $built installed as {PGBOUNCER_BIN}"
+# What a package would add: a system user, the config directory and a unit (section 6 adds a drop-in).
+if ! id -u {SERVICE_USER} > /dev/null 2>&1; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /sbin/nologin {SERVICE_USER}
+fi
+svc_user={SERVICE_USER}
+install -d -m 0755 {CONFIG_DIR}
+cat > /etc/systemd/system/pgbouncer.service <<'EOF'
+[Unit]
+Description=connection pooler for PostgreSQL (built from the stack's pinned source)
+Documentation=man:pgbouncer(1)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=notify
+User={SERVICE_USER}
+Group={SERVICE_USER}
+ExecStart={PGBOUNCER_BIN} {CONFIG_FILE}
+ExecReload=/bin/kill -HUP $MAINPID
+KillSignal=SIGINT
+
+[Install]
+WantedBy=multi-user.target
+EOF
+"""
 
 
 def _metrics_section(m: PoolMetrics | None) -> str:
@@ -204,7 +331,8 @@ set +x # never trace: nothing may echo into the console or /var/log/cloud-init-o
 umask 022
 
 readonly REGION={q(cfg.region)}
-readonly MIN_VERSION={q(cfg.pgbouncer_version)}
+readonly PGBOUNCER_VERSION={q(cfg.pgbouncer_version)}
+readonly PGBOUNCER_SOURCE_URI={q(cfg.source_s3_prefix)}
 readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
 
 # Progress and, above all, the reason a bootstrap failed land where an operator finds them without logging
@@ -212,7 +340,7 @@ readonly CA_BUNDLE_URI={q(cfg.ca_bundle_s3_uri)}
 # (besides cloud-init's own log). Nothing secret passes through this script, so no secret can land there.
 BOOT_LOG=${{SPIKE_BOOT_LOG:-{BOOT_LOG}}}
 CONSOLE=${{SPIKE_CONSOLE:-/dev/console}}
-SPAL_REPO_FILE=${{SPIKE_SPAL_REPO_FILE:-/etc/yum.repos.d/amazonlinux-spal.repo}}
+BUILD_LOG=${{SPIKE_BUILD_LOG:-{BUILD_LOG}}}
 log() {{
   printf 'spike-pgbouncer: %s\\n' "$*"
   printf '%s spike-pgbouncer: %s\\n' "$(date -u +%FT%TZ)" "$*" >> "$BOOT_LOG" 2>/dev/null || true
@@ -225,26 +353,7 @@ fail() {{
 }}
 trap 'fail "exit status $? at line $LINENO: $BASH_COMMAND"' ERR
 
-# 1. PgBouncer from SPAL (AWS's supplementary AL2023 repository); refuse one older than the config expects.
-log "installing pgbouncer (>= $MIN_VERSION) from SPAL"
-dnf install -y -q spal-release
-# Where SPAL is served from is not documented (docs/pgbouncer.md): say it on the console, so the first boot
-# shows which bucket the S3 endpoint policy must admit, whether or not the install below succeeds.
-spal_source=$(grep -h -m 1 -E '^(mirrorlist|baseurl)=' "$SPAL_REPO_FILE" 2>/dev/null || echo none)
-log "SPAL repository: $spal_source"
-printf 'spike-pgbouncer: SPAL repository: %s\\n' "$spal_source" >> "$CONSOLE" 2>/dev/null || true
-dnf install -y -q pgbouncer
-installed=$(pgbouncer --version | awk 'NR == 1 {{ print $2 }}')
-lowest=$(printf '%s\\n%s\\n' "$MIN_VERSION" "$installed" | sort -V | head -n 1)
-if [ "$lowest" != "$MIN_VERSION" ]; then
-  fail "pgbouncer $installed is older than $MIN_VERSION, which pgbouncer.ini was rendered for"
-fi
-log "pgbouncer $installed installed"
-svc_user=$(systemctl show --property=User --value pgbouncer.service)
-svc_user=${{svc_user:-pgbouncer}}
-systemctl stop pgbouncer.service || true
-install -d -m 0755 {CONFIG_DIR}
-
+{_install_section(cfg.source)}
 # 2. The RDS CA bundle, for server_tls_sslmode = verify-full (through the S3 gateway endpoint).
 aws s3 cp --only-show-errors --region "$REGION" "$CA_BUNDLE_URI" {CA_FILE}.tmp
 grep -q -- '-----BEGIN CERTIFICATE-----' {CA_FILE}.tmp
@@ -290,7 +399,7 @@ EOF
 install -d -m 0755 /etc/systemd/system/pgbouncer.service.d
 # The package's user stays; how PgBouncer is started does not depend on the package's unit (a forking
 # unit would need a pidfile): foreground, logging to the journal, reloaded by SIGHUP.
-pgbouncer_bin=$(command -v pgbouncer)
+pgbouncer_bin={PGBOUNCER_BIN}
 cat > /etc/systemd/system/pgbouncer.service.d/spike.conf <<EOF
 [Unit]
 Requires={AUTHFILE_UNIT}.service

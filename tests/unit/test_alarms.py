@@ -131,6 +131,7 @@ def test_thresholds_are_sized_per_stack() -> None:
     assert dev["pgbouncer-healthy-hosts"].inputs["threshold"] == 1
 
 
+@pytest.mark.usefixtures("pinned_pgbouncer_1_25")
 def test_prod_replica_lag_alarm_on_each_replica() -> None:
     r = result("prod", (("replicaCount", 2), ("pgbouncer.version", "1.25")))
     found = alarms(r)

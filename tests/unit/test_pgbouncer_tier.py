@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import gzip
 import ipaddress
 import json
@@ -15,10 +16,16 @@ from typing import Any
 
 import pytest
 
-from components.pgbouncer import AMI_PARAMETER, assets_bucket_prefix, ini_config
-from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
+from components import pgbouncer_source
+from components.pgbouncer import (
+    AMI_PARAMETER,
+    HEALTH_CHECK_GRACE,
+    assets_bucket_prefix,
+    ini_config,
+)
+from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, PGBOUNCER_BIN, nofile_limit
 from dbctl import names
-from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
+from tests.unit.harness import Resource, RunResult, of_type, one, run, run_fresh, settings_for
 
 STACKS = ("dev", "prod")
 HOSTS = {"dev": 1, "prod": 2}
@@ -39,9 +46,10 @@ def stack(request: pytest.FixtureRequest) -> tuple[str, RunResult]:
     return request.param, run(request.param)
 
 
-def tier(result: RunResult, typ: str) -> Resource:
-    """The one resource of typ that the PgBouncer component declares."""
-    return one([r for r in result.resources if r.name.startswith("pgbouncer")], typ)
+def tier(result: RunResult, typ: str, key_prefix: str = "") -> Resource:
+    """The one resource of typ that the PgBouncer component declares (objects: the one under key_prefix)."""
+    ours = [r for r in result.resources if r.name.startswith("pgbouncer")]
+    return one([r for r in ours if r.inputs.get("key", "").startswith(key_prefix)], typ)
 
 
 def script_of(result: RunResult) -> str:
@@ -59,7 +67,10 @@ def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> N
     assert asg["healthCheckType"] == "ELB"  # a host the NLB finds dead is replaced
     # `pulumi up` fails unless every host passes the NLB's health check within the timeout.
     assert asg["waitForElbCapacity"] == HOSTS[name]
-    assert asg["waitForCapacityTimeout"] == "15m"
+    # Room for a first boot (which builds PgBouncer) and one replacement after a failed host's grace period.
+    minutes = re.fullmatch(r"(\d+)m", asg["waitForCapacityTimeout"])
+    assert minutes and int(minutes.group(1)) * 60 >= 2 * HEALTH_CHECK_GRACE + 300
+    assert asg["healthCheckGracePeriod"] == HEALTH_CHECK_GRACE >= 600  # the build's minutes, then some
     assert asg["vpcZoneIdentifiers"] == result.outputs["subnet_ids"]
     assert asg["instanceRefresh"]["strategy"] == "Rolling"
     tg = tier(result, TG)
@@ -125,7 +136,7 @@ def test_user_data_holds_the_rendered_settings(stack: tuple[str, RunResult]) -> 
     ):
         assert f"\n{key} = {value}\n" in script, key
     assert "\nmax_prepared_statements = " in script  # the hosts run >= 1.21
-    assert f"readonly MIN_VERSION={p.version}\n" in script
+    assert f"readonly PGBOUNCER_VERSION={p.version}\n" in script
     assert f"LimitNOFILE={nofile_limit(p.max_client_conn)}\n" in script
     assert "Restart=on-failure" in script and "OnUnitActiveSec=" in script
     assert f"readonly REGION={settings.region}\n" in script
@@ -168,6 +179,7 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
         "ReadPooledRoleSecrets",
         "ReadClientTlsKey",
         "ReadRdsCaBundle",
+        "ReadPgBouncerSource",
         "DecryptSecretsViaSecretsManager",
         "PutPoolMetrics",
     }
@@ -187,10 +199,114 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
     ca = by_sid["ReadRdsCaBundle"]
     assert ca["Action"] == ["s3:GetObject"] and len(ca["Resource"]) == 1
     assert ca["Resource"][0].endswith(f"/rds-ca/{settings_for(name).region}-bundle.pem")
+    # The pinned PgBouncer source: exactly its two objects in the tier's bucket, nothing else there.
+    bucket_arn = tier(result, "aws:s3/bucket:Bucket").state["arn"]
+    source = by_sid["ReadPgBouncerSource"]
+    assert source["Action"] == ["s3:GetObject"]
+    assert source["Resource"] == [f"{bucket_arn}/{o.inputs['key']}" for o in source_objects(result)]
+    assert len(source["Resource"]) == 2
     attachment = tier(result, "aws:iam/rolePolicyAttachment:RolePolicyAttachment").inputs
     assert attachment["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
     trust = json.loads(tier(result, "aws:iam/role:Role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def source_objects(result: RunResult) -> list[Resource]:
+    objects = of_type(result.resources, "aws:s3/bucketObjectv2:BucketObjectv2")
+    return [o for o in objects if o.inputs["key"].startswith(pgbouncer_source.S3_PREFIX)]
+
+
+def assets_bucket(result: RunResult) -> str:
+    """The tier's private bucket, as its objects name it (the RDS CA bundle's)."""
+    return str(tier(result, "aws:s3/bucketObjectv2:BucketObjectv2", key_prefix="rds-ca/").inputs["bucket"])
+
+
+def test_the_pinned_source_is_uploaded_into_the_tiers_private_bucket(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    pins = pgbouncer_source.pinned()
+    objects = source_objects(result)
+    assert [o.inputs["key"] for o in objects] == [pgbouncer_source.S3_PREFIX + f.name for f in pins.files]
+    for obj, pin in zip(objects, pins.files, strict=True):
+        assert obj.inputs["bucket"] == assets_bucket(result)  # the CA bundle's private bucket
+        assert obj.inputs["checksumAlgorithm"] == "SHA256"  # S3 checks the upload as well
+        # A FileAsset of the file this machine checked, by its path in the project (Pulumi runs the program
+        # there): the same path in the state whichever machine runs `pulumi up`.
+        asset = Path(obj.inputs["source"].path)
+        assert asset == Path(".tools/pgbouncer-src") / pin.name
+        assert pgbouncer_source.sha256_of(pgbouncer_source.REPO_ROOT / asset) == pin.sha256
+
+
+def test_user_data_builds_pgbouncer_from_the_uploaded_source_in_order(stack: tuple[str, RunResult]) -> None:
+    _, result = stack
+    script = script_of(result)
+    bucket = assets_bucket(result)
+    assert f"readonly PGBOUNCER_SOURCE_URI=s3://{bucket}/{pgbouncer_source.S3_PREFIX}\n" in script
+    assert pgbouncer_source.pinned().sha256sum_lines() in script  # the pins, checked again on the host
+    steps = [
+        "dnf install -y -q libevent c-ares",
+        'dnf install -y -q "${build_only[@]}"',
+        'aws s3 cp --only-show-errors --region "$REGION" "$PGBOUNCER_SOURCE_URI$name"',
+        "sha256sum -c --strict --quiet",
+        'patch "${patch_opts:--p1}" --forward < "debian/patches/$patch_name"',
+        "./configure --prefix=/usr/local --with-systemd --with-cares=yes --with-openssl",
+        'make -j"$(nproc)"',
+        "make install",
+        'dnf remove -y -q "${build_only[@]}"',
+        f"built=$({PGBOUNCER_BIN} --version",
+        "useradd --system",
+        "cat > /etc/systemd/system/pgbouncer.service",
+        f"ExecStart={PGBOUNCER_BIN} /etc/pgbouncer/pgbouncer.ini",
+        "# 2. The RDS CA bundle",
+    ]
+    positions = [script.find(step) for step in steps]
+    assert -1 not in positions, [s for s, at in zip(steps, positions, strict=True) if at == -1]
+    assert positions == sorted(positions)
+    assert "spal" not in script.lower()  # no third-party repository left
+
+
+def test_the_user_data_is_valid_bash(stack: tuple[str, RunResult], tmp_path: Path) -> None:
+    name, result = stack
+    path = tmp_path / f"user-data-{name}.sh"
+    path.write_text(script_of(result))
+    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def refused(stack: str, overrides: dict[str, object] | None = None) -> Exception:
+    """The SourceError of a fresh run (not the cached one), which must come before any resource."""
+    with pytest.raises(pgbouncer_source.SourceError) as caught:
+        run_fresh(stack, overrides)
+    declared = caught.value.declared_resources  # type: ignore[attr-defined]  # set by the harness
+    assert [r.name for r in declared if r.typ != "pulumi:pulumi:Stack"] == []
+    return caught.value
+
+
+def test_a_missing_or_altered_source_is_refused_before_any_resource(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pgbouncer_source.source_dir()
+    pins = pgbouncer_source.pinned()
+    monkeypatch.setenv(pgbouncer_source.SOURCE_DIR_ENV, str(tmp_path))
+    shutil.copy(real / pins.orig.name, tmp_path / pins.orig.name)  # the Debian tarball is missing
+    error = refused("dev")
+    assert str(error) == (
+        f"the PgBouncer source {tmp_path / pins.debian.name} is missing: run `./dev fetch-pgbouncer`"
+    )
+    altered = tmp_path / pins.debian.name
+    altered.write_bytes((real / pins.debian.name).read_bytes() + b"\n")
+    error = refused("prod")
+    message = str(error)
+    assert "\n" not in message and f"not the pinned {pins.debian.sha256}" in message
+    assert message.endswith("delete it and run `./dev fetch-pgbouncer`")
+
+
+def test_a_pgbouncer_version_the_pinned_source_is_not_is_refused_before_any_resource() -> None:
+    error = refused("dev", {"pgbouncer.version": "1.25"})
+    version = pgbouncer_source.pinned().version
+    assert str(error).startswith(
+        f"pgbouncer.version is 1.25, but the hosts build the pinned PgBouncer {version}"
+    )
+    assert "set pgbouncer.version to 1.24, or pin a 1.25 source" in str(error)
 
 
 def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult]) -> None:
@@ -283,7 +399,9 @@ def test_read_pool_points_at_the_primary_without_a_replica() -> None:
     assert config.read_target == ("primary.example", names.POSTGRES_PORT)
 
 
-def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle(stack: tuple[str, RunResult]) -> None:
+def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle_and_the_source(
+    stack: tuple[str, RunResult],
+) -> None:
     name, result = stack
     endpoints = of_type(result.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
     gateway = [r for r in endpoints if r.inputs.get("vpcEndpointType") == "Gateway"]
@@ -291,6 +409,12 @@ def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle(stack: tuple[str, Run
     policy = json.loads(gateway[0].inputs["policy"])
     resources = [res for st in policy["Statement"] for res in st["Resource"]]
     assert f"arn:aws:s3:::{assets_bucket_prefix(name)}*/*" in resources
+    # What the hosts fetch, under a real bucket name the prefix would give (the mocks name it otherwise).
+    bucket = assets_bucket_prefix(name) + "20260101000000000000000001"
+    for key in [o.inputs["key"] for o in source_objects(result)] + [
+        f"rds-ca/{settings_for(name).region}-bundle.pem"
+    ]:
+        assert any(fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{key}", r) for r in resources), key
 
 
 def test_shellcheck_passes_on_each_stacks_user_data(stack: tuple[str, RunResult], tmp_path: Path) -> None:

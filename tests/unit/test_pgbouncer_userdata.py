@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from components import pgbouncer_authfile as helper
+from components import pgbouncer_source
 from components import pgbouncer_userdata as ud
 from dbctl import names
 from dbctl.scram import scram_verifier
@@ -52,6 +53,8 @@ def config(**overrides: object) -> ud.HostConfig:
         "pgbouncer_version": "1.24",
         "role_secret_arns": ARNS,
         "ca_bundle_s3_uri": "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem",
+        "source": pgbouncer_source.pinned(),
+        "source_s3_prefix": "s3://spike-land-db-ca-1a2b3c/pgbouncer-src/",
         "max_client_conn": 1000,
         "client_tls_secret_arn": TLS_ARN,
     }
@@ -73,7 +76,8 @@ def test_script_holds_the_settings() -> None:
     assert script.startswith("#!/bin/bash\n")
     assert heredoc(script, "SPIKE_PGBOUNCER_INI") == INI  # the renderer's output, verbatim
     assert "readonly REGION=eu-west-1" in script
-    assert "readonly MIN_VERSION=1.24" in script
+    assert "readonly PGBOUNCER_VERSION=1.24" in script
+    assert "readonly PGBOUNCER_SOURCE_URI=s3://spike-land-db-ca-1a2b3c/pgbouncer-src/" in script
     assert f"LimitNOFILE={2 * 1000 + ud.NOFILE_MARGIN}" in script
     assert "Restart=on-failure" in script
     # PgBouncer runs in the foreground on our config, whatever the package's unit says.
@@ -98,7 +102,8 @@ def test_client_tls_comes_from_its_secret_to_tmpfs_never_made_on_the_host() -> N
     assert f"--tls-secret {TLS_ARN}" in script
     assert f"--tls-key-file {ud.CLIENT_TLS_KEY_FILE} --tls-cert-file {ud.CLIENT_TLS_CERT_FILE}" in script
     assert ud.CLIENT_TLS_KEY_FILE.startswith(ud.AUTH_DIR + "/") and ud.AUTH_DIR.startswith("/run/")
-    assert "openssl" not in script and "PRIVATE KEY" not in script.replace(ud.helper_source(), "")
+    assert not re.search(r"\bopenssl (req|genpkey|genrsa|x509|ecparam)\b", script)  # no key made here
+    assert "PRIVATE KEY" not in script.replace(ud.helper_source(), "")
 
 
 def test_client_tls_off_makes_no_certificate() -> None:
@@ -152,6 +157,8 @@ def test_oversized_user_data_is_refused() -> None:
         ({"role_secret_arns": {"Bad Role": ARNS["spike_app"]}}, "not a PostgreSQL role name"),
         ({"ca_bundle_s3_uri": "https://example.com/ca.pem"}, "not an s3://bucket/key URI"),
         ({"max_client_conn": 0}, "max_client_conn must be >= 1"),
+        ({"pgbouncer_version": "1.25"}, "pinned PgBouncer source is 1.24.1, not pgbouncer_version 1.25"),
+        ({"source_s3_prefix": "s3://bucket/pgbouncer-src"}, "not an s3://bucket/prefix/ URI"),
         ({"pgbouncer_ini": INI + "SPIKE_PGBOUNCER_INI\n"}, "heredoc delimiter"),
     ],
 )
@@ -440,21 +447,31 @@ def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log
     assert "bootstrap complete" not in console
 
 
-def test_the_spal_source_is_on_the_console_before_pgbouncer_is_installed(tmp_path: Path) -> None:
-    repo = tmp_path / "amazonlinux-spal.repo"
-    mirrorlist = "mirrorlist=https://example-bucket.s3.eu-west-1.amazonaws.com/spal/$releasever/mirror.list"
-    repo.write_text(f"[amazonlinux-spal]\nname=SPAL\n{mirrorlist}\nenabled=1\n")
-    dnf = 'case "$*" in *spal-release*) exit 0 ;; *) echo "Curl error (28)" >&2; exit 1 ;; esac'
-    done, console, _ = _run_bootstrap(tmp_path, {"dnf": dnf}, {"SPIKE_SPAL_REPO_FILE": str(repo)})
+def test_a_source_that_does_not_match_its_pins_stops_the_bootstrap_before_the_build(tmp_path: Path) -> None:
+    """The rendered script, stand-in dnf/rpm and an `aws` that serves altered tarballs; the real sha256sum."""
+    served = tmp_path / "bucket"
+    served.mkdir()
+    for f in pgbouncer_source.pinned().files:
+        (served / f.name).write_bytes(b"not the pinned bytes\n")
+    aws = f'[ "$1 $2" = "s3 cp" ] || exit 1; cp "{served}/${{6##*/}}" "$7"'
+    stubs = {"dnf": "exit 0", "rpm": "exit 1", "aws": aws, "tar": "echo tar must not run >&2; exit 1"}
+    done, console, boot_log = _run_bootstrap(tmp_path, stubs, {"TMPDIR": str(tmp_path)})
     assert done.returncode == 1
-    assert f"SPAL repository: {mirrorlist}" in console
-    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install -y -q pgbouncer", console)
-
-
-def test_a_too_old_pgbouncer_is_reported_with_both_versions(tmp_path: Path) -> None:
-    done, console, boot_log = _run_bootstrap(
-        tmp_path, {"dnf": "exit 0", "pgbouncer": "echo 'PgBouncer 1.18.0'", "sha256sum": "exit 0"}
+    expected = (
+        "BOOTSTRAP FAILED: the PgBouncer source in s3://spike-land-db-ca-1a2b3c/pgbouncer-src/ does not"
     )
-    assert done.returncode == 1
-    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in console
-    assert "BOOTSTRAP FAILED: pgbouncer 1.18.0 is older than 1.24" in boot_log
+    assert expected in console and expected in boot_log
+    assert "tar must not run" not in done.stderr and "bootstrap complete" not in console
+
+
+def test_the_build_is_the_pinned_release_with_debians_patches_and_the_configure_flags() -> None:
+    source = pgbouncer_source.pinned()
+    steps = ud.build_steps(source, "/opt/x")
+    assert f"./configure --prefix=/opt/x {' '.join(ud.CONFIGURE_FLAGS)}\n" in steps
+    assert ud.CONFIGURE_FLAGS == ("--with-systemd", "--with-cares=yes", "--with-openssl")
+    assert "done < debian/patches/series" in steps
+    assert source.sha256sum_lines() in steps
+    # The user data runs exactly these steps, into /usr/local, and checks the binary it installed there.
+    script = ud.render_user_data(config())
+    assert ud.build_steps(source, ud.PREFIX) in script and ud.version_check(ud.PGBOUNCER_BIN) in script
+    assert ud.PGBOUNCER_BIN == "/usr/local/bin/pgbouncer"

@@ -107,6 +107,7 @@ def test_replica_count_zero_in_prod_leaves_no_replica_resources() -> None:
     assert r.outputs["replica_endpoints"] == []
 
 
+@pytest.mark.usefixtures("pinned_pgbouncer_1_25")
 def test_two_replicas_each_sourced_from_the_primary() -> None:
     r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     sources = {x.inputs["replicateSourceDb"] for x in replicas(r)}
@@ -130,6 +131,7 @@ def test_replica_has_no_credentials_and_its_own_monitoring() -> None:
     assert x["parameterGroupName"] == _group(r, "database-replica").state["name"]
 
 
+@pytest.mark.usefixtures("pinned_pgbouncer_1_25")
 def test_same_region_replica_names_no_key_and_no_encryption_flag() -> None:
     # CreateDBInstanceReadReplica: a same-region replica always uses the source's key; a KmsKeyId is
     # refused (InvalidParameterCombination). Its encryption comes from the (encrypted) primary.
@@ -453,6 +455,7 @@ def _user_data(r: RunResult) -> str:
     return gzip.decompress(base64.b64decode(template.inputs["userData"])).decode()
 
 
+@pytest.mark.usefixtures("pinned_pgbouncer_1_25")
 def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
     r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     addresses = r.outputs["replica_addresses"]
@@ -487,6 +490,7 @@ def test_two_replicas_need_a_pgbouncer_whose_verify_full_works_over_a_host_list(
     assert settings_for("prod", {"replicaCount": 1, "pgbouncer.version": "1.24"}).replica_count == 1
 
 
+@pytest.mark.usefixtures("pinned_pgbouncer_1_25")
 @pytest.mark.parametrize(("stack", "az_count", "expected"), [("prod", 3, ["b", "c"]), ("dev", 2, ["b", "b"])])
 def test_replicas_go_to_the_azs_other_than_the_primarys(
     stack: str, az_count: int, expected: list[str]
