@@ -465,11 +465,12 @@ def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
 
 
 def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
-    # db.t4g.small holds 192 by RDS's formula; 2 hosts x (85 + 5) = 180 fits the m7g.large primary (855)
-    # but not 192 - 15 headroom on either replica.
+    # db.t4g.small holds 192 by RDS's formula; 2 hosts x 1 process x (85 + 5) = 180 fits the m7g.large
+    # primary (855) but not 192 - 15 headroom on either replica.
     overrides: dict[str, object] = {
         "replicaCount": 2,
         "pgbouncer.version": "1.25",
+        "pgbouncer.processes": 1,
         "replicaInstanceClass": "db.t4g.small",
         "pgbouncer.defaultPoolSize": 85,
     }
