@@ -539,7 +539,9 @@ def render_ini(config: PgBouncerConfig, peer_id: int = 1) -> str:
     body = _section("databases", _databases(config))
     if config.processes > 1:
         body += _section("peers", _peers(config))
-    body += _section("pgbouncer", _settings(config) + _process_settings(config, peer_id))
+    # The per-process lines first: a reload that fails on a later line applies only what it read before it,
+    # and a logfile it did not reach would send the log to stderr.
+    body += _section("pgbouncer", _process_settings(config, peer_id) + _settings(config))
     return "\n".join(header + body)
 
 
