@@ -8,18 +8,23 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    served like the core repositories, so it works through the VPC's S3 gateway endpoint with no internet
    route) and refuses to go on if the installed version is older than the one pgbouncer.ini was rendered for;
 2. copies the RDS CA bundle from the stack's S3 object (for `server_tls_sslmode = verify-full`);
-3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
+3. writes /etc/pgbouncer/pgbouncer-<peer id>.ini, one per PgBouncer process (not secret: rendered by
+   `dbctl.pgbouncer`, embedded verbatim; several processes share port 6543 with so_reuseport and [peers]);
 4. (client TLS is the helper's: see 5);
 5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
    (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager and,
    with client TLS on, writes the key and certificate that the stack's CA signed for the NLB
    (`components/pgbouncer_tls.py`, from their own secret) beside it, key 0600; it runs before PgBouncer at
-   every boot and every few minutes on a timer (rotation, renewal), and reloads PgBouncer only on a change;
-6. adds a drop-in to pgbouncer.service: PgBouncer in the foreground on this config (whatever the package's
-   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file;
+   every boot and every few minutes on a timer (rotation, renewal), and reloads every PgBouncer process only
+   on a change;
+6. runs each process as an instance of a template unit, pgbouncer@<peer id>.service (the package's unit
+   off): in the foreground on its own file, its socket dir /run/pgbouncer-<peer id>, LimitNOFILE sized from
+   max_client_conn (per process), Restart=on-failure, after the auth file; spike-pgbouncer.target wants them
+   all; the bootstrap checks that every one runs and answers on its socket, and an instance that keeps
+   failing stops the target (spike-pgbouncer-down), so the NLB's health check takes the host out;
 7. with `metrics` given, installs psql and `dbctl/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
-   POOLS / SHOW STATS as spike_monitor over 127.0.0.1, published to the stack's CloudWatch namespace; a
-   failure is a journal line, never a stop of PgBouncer.
+   POOLS / SHOW STATS as spike_monitor over 127.0.0.1 (several processes: each one's socket, summed),
+   published to the stack's CloudWatch namespace; a failure is a journal line, never a stop of PgBouncer.
 
 No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
 a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
