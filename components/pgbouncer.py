@@ -86,6 +86,9 @@ def ini_config(settings: StackSettings, primary_host: str, read_hosts: Sequence[
         listen_addr="*",
         listen_port=PGBOUNCER_PORT,
         auth_file=ud.AUTH_FILE,
+        # One process per vCPU (pgbouncer.processes), each with its own socket directory; one: TCP only.
+        processes=p.processes,
+        unix_socket_dir=ud.SOCKET_DIR if p.processes > 1 else "",
         max_client_conn=p.max_client_conn,
         default_pool_size=p.default_pool_size,
         min_pool_size=p.min_pool_size,
@@ -113,7 +116,7 @@ def user_data(
     script = ud.render_user_data(
         ud.HostConfig(
             region=settings.region,
-            pgbouncer_ini=render_ini(cfg),
+            pgbouncer_inis=tuple(render_ini(cfg, peer_id) for peer_id in cfg.peer_ids),
             pgbouncer_version=settings.pgbouncer.version,
             role_secret_arns=role_secret_arns,
             ca_bundle_s3_uri=ca_bundle_s3_uri,

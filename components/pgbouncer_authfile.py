@@ -138,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth-file", required=True)
     parser.add_argument("--owner", required=True, help="PgBouncer's service user")
     parser.add_argument("--secret", type=_role_secret, action="append", required=True, metavar="ROLE=ARN")
-    parser.add_argument("--reload-unit", default="pgbouncer.service")
+    parser.add_argument(
+        "--reload-unit",
+        action="append",
+        help="a unit to reload on a change (repeat for each PgBouncer process; default pgbouncer.service)",
+    )
     parser.add_argument("--tls-secret", metavar="ARN", help="client TLS key and certificate")
     parser.add_argument("--tls-key-file")
     parser.add_argument("--tls-cert-file")
@@ -162,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not changed:
         print(f"{args.auth_file} is current ({roles}){'; TLS files current' if tls else ''}")
         return 0
-    reloaded = reload_if_active(args.reload_unit)
-    print(f"{', '.join(changed)} written ({roles}){'; reloaded ' + args.reload_unit if reloaded else ''}")
+    reloaded = [unit for unit in args.reload_unit or ["pgbouncer.service"] if reload_if_active(unit)]
+    print(f"{', '.join(changed)} written ({roles}){'; reloaded ' + ', '.join(reloaded) if reloaded else ''}")
     return 0
 
 

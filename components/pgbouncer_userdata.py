@@ -8,21 +8,26 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    which `pulumi up` copies into the stack's private bucket): fetches it through the VPC's S3 gateway
    endpoint, checks its sha256, applies Debian's patches, builds it with compilers and headers from the
    Amazon Linux 2023 core repository (removed again afterwards) into /usr/local, refuses a build that is not
-   the version pgbouncer.ini was rendered for, and adds what a package would: the `pgbouncer` system user,
-   /etc/pgbouncer and a pgbouncer.service unit;
+   the version pgbouncer.ini was rendered for, and adds what a package would: the `pgbouncer` system user
+   and /etc/pgbouncer (section 6 writes the systemd units);
 2. copies the RDS CA bundle from the stack's S3 object (for `server_tls_sslmode = verify-full`);
-3. writes pgbouncer.ini (not secret: rendered by `dbctl.pgbouncer`, embedded verbatim);
+3. writes /etc/pgbouncer/pgbouncer-<peer id>.ini, one per PgBouncer process (not secret: rendered by
+   `dbctl.pgbouncer`, embedded verbatim; several processes share port 6543 with so_reuseport and [peers]);
 4. (client TLS is the helper's: see 5);
 5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
    (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager and,
    with client TLS on, writes the key and certificate that the stack's CA signed for the NLB
    (`components/pgbouncer_tls.py`, from their own secret) beside it, key 0600; it runs before PgBouncer at
-   every boot and every few minutes on a timer (rotation, renewal), and reloads PgBouncer only on a change;
-6. adds a drop-in to pgbouncer.service: PgBouncer in the foreground on this config (whatever the package's
-   unit does), LimitNOFILE sized from max_client_conn, Restart=on-failure, after the auth file;
+   every boot and every few minutes on a timer (rotation, renewal), and reloads every PgBouncer process only
+   on a change;
+6. runs each process as an instance of a template unit, pgbouncer@<peer id>.service (the package's unit
+   off): in the foreground on its own file, its socket dir /run/pgbouncer-<peer id>, LimitNOFILE sized from
+   max_client_conn (per process), Restart=on-failure, after the auth file; spike-pgbouncer.target wants them
+   all; the bootstrap checks that every one runs and answers on its socket, and an instance that keeps
+   failing stops the target (spike-pgbouncer-down), so the NLB's health check takes the host out;
 7. with `metrics` given, installs psql and `dbctl/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
-   POOLS / SHOW STATS as spike_monitor over 127.0.0.1, published to the stack's CloudWatch namespace; a
-   failure is a journal line, never a stop of PgBouncer.
+   POOLS / SHOW STATS as spike_monitor over 127.0.0.1 (several processes: each one's socket, summed),
+   published to the stack's CloudWatch namespace; a failure is a journal line, never a stop of PgBouncer.
 
 No secret is in the script, and none is printed: there is no `set -x`, secret values never pass through
 a shell variable or argument (the helper reads them into its own memory), and logs name roles and ARNs.
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.pgbouncer_source import PINS_FILE, PinnedSource, is_release_of
+from dbctl.names import PGBOUNCER_PORT
 
 # PgBouncer's install (section 1): built from the pinned source into this prefix, run as this user.
 PREFIX = "/usr/local"
@@ -66,7 +72,20 @@ CONFIGURE_FLAGS = ("--with-systemd", "--with-cares=yes", "--with-openssl")
 BUILD_LOG = "/var/log/spike-pgbouncer-build.log"
 
 CONFIG_DIR = "/etc/pgbouncer"
-CONFIG_FILE = f"{CONFIG_DIR}/pgbouncer.ini"
+# One PgBouncer process per vCPU, all on 6543 (so_reuseport): systemd instances pgbouncer@<peer id>, each on
+# its own rendered file; "%i" is systemd's instance name in the template unit.
+CONFIG_FILE = f"{CONFIG_DIR}/pgbouncer-%i.ini"
+PGBOUNCER_UNIT = "pgbouncer@"
+# Starts, stops and restarts every instance (PartOf=); the bootstrap and the operator use it.
+TIER_TARGET = "spike-pgbouncer.target"
+# Stops the tier when an instance keeps failing, so the NLB's health check takes the host out (below).
+TIER_DOWN_UNIT = "spike-pgbouncer-down"
+# Each process's Unix socket directory (systemd's RuntimeDirectory=): its admin console, and where its peers
+# forward cancel requests. dbctl.pgbouncer's unix_socket_dir for the hosts.
+SOCKET_DIR = "/run/pgbouncer-{peer_id}"
+# An instance that fails this often within this long stays failed (and stops the tier).
+START_LIMIT_BURST = 5
+START_LIMIT_INTERVAL = "60s"
 # RDS CA bundle: the ini's server_tls_ca_file.
 CA_FILE = f"{CONFIG_DIR}/rds-ca-bundle.pem"
 # tmpfs: the verifiers and the TLS key never touch the disk, and a reboot starts from Secrets Manager
@@ -115,20 +134,21 @@ class HostConfig:
     """Everything the script needs; all of it may be read by anyone who can read the launch template."""
 
     region: str
-    pgbouncer_ini: str  # dbctl.pgbouncer's output for this version and these paths
+    # dbctl.pgbouncer's output for this version and these paths: one file per process, peer id 1 first
+    pgbouncer_inis: tuple[str, ...]
     pgbouncer_version: str  # the version the ini was rendered for: the build must be that release
     role_secret_arns: Mapping[str, str]  # login role -> its Secrets Manager secret ARN
     ca_bundle_s3_uri: str  # s3://bucket/key of the RDS CA bundle
     source: PinnedSource  # PgBouncer's pinned source files ...
     source_s3_prefix: str  # ... under s3://bucket/prefix/ in the stack's bucket
-    max_client_conn: int
+    max_client_conn: int  # per process
     # The secret holding PgBouncer's client TLS key and certificate; None: no client TLS.
     client_tls_secret_arn: str | None = None
     metrics: PoolMetrics | None = None
 
 
 def nofile_limit(max_client_conn: int) -> int:
-    """LimitNOFILE for PgBouncer: a client socket and a server socket per client, plus a margin."""
+    """LimitNOFILE for one PgBouncer process: a client and a server socket per client, plus a margin."""
     return 2 * max_client_conn + NOFILE_MARGIN
 
 
@@ -160,6 +180,8 @@ def _check(cfg: HostConfig) -> None:
         raise ValueError(f"ca_bundle_s3_uri {cfg.ca_bundle_s3_uri!r} is not an s3://bucket/key URI")
     if not cfg.source_s3_prefix.endswith("/") or not _S3_URI.fullmatch(cfg.source_s3_prefix + "x"):
         raise ValueError(f"source_s3_prefix {cfg.source_s3_prefix!r} is not an s3://bucket/prefix/ URI")
+    if not cfg.pgbouncer_inis:
+        raise ValueError("pgbouncer_inis is empty: render one pgbouncer.ini per process")
     if cfg.max_client_conn < 1:
         raise ValueError(f"max_client_conn must be >= 1, got {cfg.max_client_conn}")
     if cfg.metrics is not None:
@@ -240,39 +262,28 @@ build_dir=$(mktemp -d -t spike-pgbouncer-build.XXXXXX)
 {build_steps(source, PREFIX)}rm -rf "$build_dir"
 if [ ${{#build_only[@]}} -gt 0 ]; then dnf remove -y -q "${{build_only[@]}}"; fi
 {version_check(PGBOUNCER_BIN)}log "pgbouncer $built installed as {PGBOUNCER_BIN}"
-# What a package would add: a system user, the config directory and a unit (section 6 adds a drop-in).
+# What a package would add: a system user and the config directory (section 6 writes the units).
 if ! id -u {SERVICE_USER} > /dev/null 2>&1; then
   useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /sbin/nologin {SERVICE_USER}
 fi
 svc_user={SERVICE_USER}
 install -d -m 0755 {CONFIG_DIR}
-cat > /etc/systemd/system/pgbouncer.service <<'EOF'
-[Unit]
-Description=connection pooler for PostgreSQL (built from the stack's pinned source)
-Documentation=man:pgbouncer(1)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=notify
-User={SERVICE_USER}
-Group={SERVICE_USER}
-ExecStart={PGBOUNCER_BIN} {CONFIG_FILE}
-ExecReload=/bin/kill -HUP $MAINPID
-KillSignal=SIGINT
-
-[Install]
-WantedBy=multi-user.target
-EOF
 """
 
 
-def _metrics_section(m: PoolMetrics | None) -> str:
+def socket_dirs(processes: int) -> list[str]:
+    """The processes' Unix socket directories; none for one process (its config has no socket: TCP only)."""
+    return [SOCKET_DIR.format(peer_id=i) for i in range(1, processes + 1)] if processes > 1 else []
+
+
+def _metrics_section(m: PoolMetrics | None, processes: int) -> str:
     if m is None:
         return ""
     q = shlex.quote
     args = f"--stack {q(m.stack)} --region $REGION --namespace {q(m.namespace)}"
     args += f" --monitor-secret {q(m.monitor_secret_arn)} --port {m.port}"
+    # Several processes: each one's admin console over its own socket, summed (TCP reaches only one of them).
+    args += "".join(f" --socket-dir {d}" for d in socket_dirs(processes))
     script = _heredoc(METRICS_PATH, _METRICS_SOURCE.read_text(encoding="utf-8"), "SPIKE_POOL_METRICS")
     return f"""
 # 7. Pool metrics to CloudWatch every {METRICS_INTERVAL} (dbctl/pool_metrics.py): psql as spike_monitor on
@@ -282,7 +293,7 @@ dnf install -y -q {PSQL_PACKAGE}
 cat > /etc/systemd/system/{METRICS_UNIT}.service <<EOF
 [Unit]
 Description=PgBouncer pool metrics to CloudWatch ({m.namespace})
-After=pgbouncer.service
+After={TIER_TARGET}
 
 [Service]
 Type=oneshot
@@ -308,15 +319,104 @@ systemctl enable --now {METRICS_UNIT}.timer
 """
 
 
+def _ini_files(inis: tuple[str, ...]) -> str:
+    out = []
+    for i, ini in enumerate(inis, 1):
+        path = CONFIG_FILE.replace("%i", str(i))
+        out.append(
+            f"{_heredoc(path + '.tmp', ini, f'SPIKE_PGBOUNCER_INI_{i}')}"
+            f'chown "root:$svc_user" {path}.tmp\nchmod 0640 {path}.tmp\nmv -f {path}.tmp {path}\n'
+        )
+    return "".join(out)
+
+
+def _service_section(cfg: HostConfig, processes: int) -> str:
+    """6. systemd: one instance of a template unit per process (instance = peer id), a target over them, the
+    bootstrap's check of every one, and what takes the host out of the NLB when one stays down."""
+    unit, target, down = PGBOUNCER_UNIT, TIER_TARGET, TIER_DOWN_UNIT
+    instances = " ".join(f"{unit}{i}.service" for i in range(1, processes + 1))
+    sock = f"/run/pgbouncer-$i/.s.PGSQL.{PGBOUNCER_PORT}"
+    n, port = processes, PGBOUNCER_PORT
+    # One process has no Unix socket (TCP only, unix_socket_dir = ''): nothing to wait for there.
+    socket_note, socket_check = "", ""
+    if socket_dirs(processes):
+        socket_note = " and has its own socket (TCP would reach any one of them)"
+        socket_check = (
+            f'  for _ in $(seq 1 50); do [ -S "{sock}" ] && break; sleep 0.2; done\n'
+            f'  [ -S "{sock}" ] ||\n'
+            f'    fail "pgbouncer process $i has no socket {sock} (journalctl -u {unit}$i)"\n'
+        )
+    return f"""# 6. PgBouncer: {n} single-threaded process(es) on port {port} (so_reuseport; [peers] forward
+#    cancel requests), the instances {unit}<peer id> of one template unit, each on its own
+#    config, after the auth file, with enough file descriptors, restarted if it dies; Type=notify
+#    (built --with-systemd): started means listening. The NLB's TCP check reaches whichever process
+#    the kernel picks, so it cannot see one process down: systemd restarts a dead one, and one that
+#    fails {START_LIMIT_BURST} times in {START_LIMIT_INTERVAL} stops every process here ({down}): the
+#    check fails, the ASG replaces the host.
+pgbouncer_bin={PGBOUNCER_BIN}
+cat > /etc/systemd/system/{unit}.service <<EOF
+[Unit]
+Description=PgBouncer process %i of {processes} on port {PGBOUNCER_PORT}
+Requires={AUTHFILE_UNIT}.service
+After={AUTHFILE_UNIT}.service network-online.target
+PartOf={target}
+OnFailure={down}.service
+StartLimitIntervalSec={START_LIMIT_INTERVAL}
+StartLimitBurst={START_LIMIT_BURST}
+
+[Service]
+Type=notify
+User=$svc_user
+RuntimeDirectory=pgbouncer-%i
+RuntimeDirectoryMode=0755
+ExecStart=$pgbouncer_bin {CONFIG_FILE}
+ExecReload=/bin/kill -HUP \\$MAINPID
+LimitNOFILE={nofile_limit(cfg.max_client_conn)}
+Restart=on-failure
+RestartSec=2s
+EOF
+cat > /etc/systemd/system/{target} <<'EOF'
+[Unit]
+Description=Every PgBouncer process on this host
+Wants={instances}
+
+[Install]
+WantedBy=multi-user.target
+EOF
+cat > /etc/systemd/system/{down}.service <<'EOF'
+[Unit]
+Description=Stop every PgBouncer process: one keeps failing, so the NLB takes this host out
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/systemctl stop {target}
+EOF
+systemctl daemon-reload
+systemctl start {AUTHFILE_UNIT}.service
+systemctl enable --now {AUTHFILE_UNIT}.timer
+systemctl enable {target}
+systemctl restart {target}
+# Up: every process runs (Type=notify: it said it listens){socket_note}.
+for i in $(seq 1 {processes}); do
+  systemctl is-active --quiet "{unit}$i.service" ||
+    fail "pgbouncer process $i is not running (journalctl -u {unit}$i)"
+{socket_check}done
+log "pgbouncer is active: {processes} process(es) on port {PGBOUNCER_PORT}"
+"""
+
+
 def render_user_data(cfg: HostConfig) -> str:
     """The bash user data for one PgBouncer host (deterministic: same input, same bytes)."""
     _check(cfg)
     q = shlex.quote
     secret_args = " ".join(f"--secret {role}={arn}" for role, arn in cfg.role_secret_arns.items())
     roles = ", ".join(cfg.role_secret_arns)
-    ini_heredoc = _heredoc(CONFIG_FILE + ".tmp", cfg.pgbouncer_ini, "SPIKE_PGBOUNCER_INI")
+    processes = len(cfg.pgbouncer_inis)
+    instances = [f"{PGBOUNCER_UNIT}{i}.service" for i in range(1, processes + 1)]
     exec_start = f"/usr/bin/python3 {HELPER_PATH} --region $REGION --auth-file {AUTH_FILE}"
     exec_start += f" --owner $svc_user {secret_args}"
+    # A changed auth file or TLS key reaches every process: each reloads (SIGHUP) on its own.
+    exec_start += "".join(f" --reload-unit {unit}" for unit in instances)
     files = "auth file"
     if cfg.client_tls_secret_arn is not None:
         exec_start += f" --tls-secret {cfg.client_tls_secret_arn}"
@@ -360,11 +460,8 @@ grep -q -- '-----BEGIN CERTIFICATE-----' {CA_FILE}.tmp
 chmod 0644 {CA_FILE}.tmp
 mv -f {CA_FILE}.tmp {CA_FILE}
 
-# 3. pgbouncer.ini, as rendered by dbctl.pgbouncer (no secrets in it).
-{ini_heredoc}chown "root:$svc_user" {CONFIG_FILE}.tmp
-chmod 0640 {CONFIG_FILE}.tmp
-mv -f {CONFIG_FILE}.tmp {CONFIG_FILE}
-
+# 3. pgbouncer-<peer id>.ini per process, as rendered by dbctl.pgbouncer (no secrets in them).
+{_ini_files(cfg.pgbouncer_inis)}
 # 4. Client TLS, if on, is the helper's (5): the stack CA's certificate for the NLB, key 0600 on tmpfs.
 
 # 5. The auth file: built on tmpfs from Secrets Manager by the helper, at boot and on a timer (rotation).
@@ -376,7 +473,7 @@ cat > /etc/systemd/system/{AUTHFILE_UNIT}.service <<EOF
 Description=PgBouncer {files} from Secrets Manager ({roles}: SCRAM verifiers only)
 Wants=network-online.target
 After=network-online.target
-Before=pgbouncer.service
+Before={TIER_TARGET}
 
 [Service]
 Type=oneshot
@@ -395,35 +492,7 @@ RandomizedDelaySec=30s
 WantedBy=timers.target
 EOF
 
-# 6. PgBouncer itself: needs the auth file, enough file descriptors, and comes back if it dies.
-install -d -m 0755 /etc/systemd/system/pgbouncer.service.d
-# The package's user stays; how PgBouncer is started does not depend on the package's unit (a forking
-# unit would need a pidfile): foreground, logging to the journal, reloaded by SIGHUP.
-pgbouncer_bin={PGBOUNCER_BIN}
-cat > /etc/systemd/system/pgbouncer.service.d/spike.conf <<EOF
-[Unit]
-Requires={AUTHFILE_UNIT}.service
-After={AUTHFILE_UNIT}.service
-
-[Service]
-Type=simple
-PIDFile=
-ExecStart=
-ExecStart=$pgbouncer_bin {CONFIG_FILE}
-ExecReload=
-ExecReload=/bin/kill -HUP \\$MAINPID
-LimitNOFILE={nofile_limit(cfg.max_client_conn)}
-Restart=on-failure
-RestartSec=2s
-EOF
-systemctl daemon-reload
-systemctl start {AUTHFILE_UNIT}.service
-systemctl enable --now {AUTHFILE_UNIT}.timer
-systemctl enable pgbouncer.service
-systemctl restart pgbouncer.service
-systemctl is-active --quiet pgbouncer.service || fail "pgbouncer is not running (journalctl -u pgbouncer)"
-log "pgbouncer is active"
-{_metrics_section(cfg.metrics)}
+{_service_section(cfg, processes)}{_metrics_section(cfg.metrics, processes)}
 printf 'spike-pgbouncer: bootstrap complete\\n' >> "$CONSOLE" 2>/dev/null || true
 """
 

@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -224,6 +225,9 @@ class PgBouncerSettings(_Model):
     server_lifetime: Int = Field(default=3600, ge=0)
     server_idle_timeout: Int = Field(default=600, ge=0)
     client_tls: Bool = True
+    # PgBouncer processes per host on one port (so_reuseport + peers); unset: one per vCPU of instanceType.
+    # Each process has its own pools and its own maxClientConn. Always a whole number once validated.
+    processes: Int = Field(default=None, ge=1, le=pgbouncer_config.MAX_PROCESSES, validate_default=True)
 
     @field_validator("instance_type")
     @classmethod
@@ -240,6 +244,28 @@ class PgBouncerSettings(_Model):
     def _version(cls, v: str) -> str:
         if not re.fullmatch(r"1\.\d{1,2}(\.\d+)?", v):
             raise ValueError("must be a PgBouncer version such as 1.24")
+        return v
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, v: object, info: ValidationInfo) -> object:
+        instance_type, version = info.data.get("instance_type"), info.data.get("version")
+        if v is not None:
+            v = _config_int(v)
+        elif instance_type is not None:
+            try:
+                v = capacity.instance_vcpus(instance_type)
+            except capacity.UnknownInstanceTypeError as e:
+                raise ValueError(str(e)) from None
+        if isinstance(v, int) and v > 1 and version is not None:
+            have = pgbouncer_config.parse_version(version)
+            if have < pgbouncer_config.PEERS_SINCE:
+                low = pgbouncer_config.PEERS_SINCE
+                raise ValueError(
+                    f"{v} processes need pgbouncer.version >= {low[0]}.{low[1]} (peer_id and [peers] forward "
+                    f"a cancel request to the process that owns the query), not {version}; raise "
+                    "pgbouncer.version or set pgbouncer.processes to 1"
+                )
         return v
 
     @model_validator(mode="after")
@@ -539,11 +565,13 @@ class StackSettings(_Model):
                 default_pool_size=self.pgbouncer.default_pool_size,
                 reserve_pool_size=self.pgbouncer.reserve_pool_size,
                 pgbouncer_hosts=self.pgbouncer.host_count,  # the ASG's maximum: never more than this
+                processes=self.pgbouncer.processes,
             )
         except capacity.PoolBudgetError as e:
             p = self.pgbouncer
             value = {
                 "hostCount": p.host_count,
+                "processes": p.processes,
                 "defaultPoolSize": p.default_pool_size,
                 "reservePoolSize": p.reserve_pool_size,
             }
@@ -599,7 +627,9 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 14,
         "secretRecoveryWindowDays": 7,
         "network": {"endpointsInEveryAz": False},
-        "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small"},
+        # One process: two (a t4g.small's vCPUs) would need 2 x 2 pools x 25 = 100 server connections, more
+        # than a db.t4g.micro's max_connections (82) minus headroom; a dev tier needs no second core.
+        "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small", "processes": 1},
         "backups": {"preMigrationSnapshot": False},
     },
     "prod": {

@@ -46,6 +46,36 @@ INSTANCE_MEMORY_GIB: Final[Mapping[str, int]] = {
     },
 }
 
+# vCPUs of the Graviton EC2 types a PgBouncer host may be (AWS's instance type tables): the default number
+# of PgBouncer processes per host, one per vCPU. Burstable t4g has 2 up to large; the others 1 per size step
+# from medium (Graviton has no SMT: a vCPU is a core).
+_T4G_VCPUS: Final = {"nano": 2, "micro": 2, "small": 2, "medium": 2, "large": 2, "xlarge": 4, "2xlarge": 8}
+_GRAVITON_VCPUS: Final = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16}
+EC2_VCPUS: Final[Mapping[str, int]] = {
+    **{f"t4g.{size}": n for size, n in _T4G_VCPUS.items()},
+    **{
+        f"{family}.{size}": n
+        for family in ("c6g", "c7g", "m6g", "m7g", "r6g", "r7g")
+        for size, n in _GRAVITON_VCPUS.items()
+    },
+}
+
+
+class UnknownInstanceTypeError(ValueError):
+    """An EC2 instance type missing from EC2_VCPUS."""
+
+
+def instance_vcpus(instance_type: str) -> int:
+    """vCPUs of a PgBouncer host's EC2 type such as `c7g.large` (2)."""
+    vcpus = EC2_VCPUS.get(instance_type)
+    if vcpus is None:
+        raise UnknownInstanceTypeError(
+            f"the vCPU count of {instance_type} is not in dbctl/capacity.py, so the number of PgBouncer "
+            "processes (one per vCPU) is unknown; set pgbouncer.processes"
+        )
+    return vcpus
+
+
 # Connections kept out of PgBouncer's reach (per database instance), so a full pool never locks out:
 HEADROOM_SUPERUSER_RESERVED: Final = 3  # superuser_reserved_connections (PostgreSQL's default, kept by RDS)
 HEADROOM_RDS: Final = 2  # rds_superuser_reserved_connections: RDS's own management connections
@@ -109,6 +139,7 @@ def check_pool_budget(
     reserve_pool_size: int,
     pools: int,
     pgbouncer_hosts: int,
+    processes: int = 1,
     headroom: int = DEFAULT_HEADROOM,
     target: str = "the primary",
 ) -> PoolBudget:
@@ -116,27 +147,30 @@ def check_pool_budget(
 
     `pools` is how many database pools point at this instance from one PgBouncer host (each capped at
     default_pool_size + reserve_pool_size by max_db_connections); `pgbouncer_hosts` is the number of
-    PgBouncer hosts (use the Auto Scaling group's maximum, which a replacement can briefly reach).
+    PgBouncer hosts (use the Auto Scaling group's maximum, which a replacement can briefly reach);
+    `processes` the PgBouncer processes per host: each caps its own pools, so each can fill them.
     """
     for name, value in (
         ("default_pool_size", default_pool_size),
         ("pools", pools),
         ("hosts", pgbouncer_hosts),
+        ("processes", processes),
     ):
         if value < 1:
             raise PoolBudgetError(f"{name} must be at least 1, got {value}")
     if reserve_pool_size < 0 or headroom < 0:
         raise PoolBudgetError("reserve_pool_size and headroom must not be negative")
     per_pool = default_pool_size + reserve_pool_size
-    pooled = pgbouncer_hosts * pools * per_pool
+    pooled = pgbouncer_hosts * processes * pools * per_pool
     budget = PoolBudget(max_connections=max_connections, pooled=pooled, headroom=headroom)
     if budget.spare < 0:
         raise PoolBudgetError(
-            f"PgBouncer could open {pgbouncer_hosts} host(s) x {pools} pool(s) x ({default_pool_size} "
+            f"PgBouncer could open {pgbouncer_hosts} host(s) x {processes} process(es) x {pools} pool(s) x "
+            f"({default_pool_size} "
             f"default_pool_size + {reserve_pool_size} reserve_pool_size) = {pooled} server connections to "
             f"{target}, but it allows max_connections {max_connections} - {headroom} headroom = "
             f"{max_connections - headroom}. Lower pgbouncer defaultPoolSize or reservePoolSize, run fewer "
-            "PgBouncer hosts, or choose a larger instance class"
+            "PgBouncer hosts or processes, or choose a larger instance class"
         )
     return budget
 
@@ -173,6 +207,7 @@ def check_layout(
     default_pool_size: int,
     reserve_pool_size: int,
     pgbouncer_hosts: int,
+    processes: int = 1,
     headroom: int = DEFAULT_HEADROOM,
 ) -> list[PoolBudget]:
     """check_pool_budget for every instance of the layout; the first one overfilled is the error."""
@@ -183,6 +218,7 @@ def check_layout(
             reserve_pool_size=reserve_pool_size,
             pools=t.pools,
             pgbouncer_hosts=pgbouncer_hosts,
+            processes=processes,
             headroom=headroom,
             target=t.name,
         )

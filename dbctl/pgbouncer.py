@@ -43,6 +43,16 @@ LOAD_BALANCE_HOSTS_SINCE: Final[Version] = (1, 24)
 # string ("a,b"), so every TLS handshake over a host list fails (pgbouncer#1300, fixed by #1303 in 1.25.0;
 # seen here with 1.24.1: "name `127.0.0.1,127.0.0.2' not present in server certificate").
 HOST_LIST_VERIFY_FULL_SINCE: Final[Version] = (1, 25)
+# Several processes on one port (so_reuseport) need `peer_id` and `[peers]` (1.19.0, pgbouncer#666), or a
+# cancel request that the kernel hands to another process than the one owning the query is lost.
+PEERS_SINCE: Final[Version] = (1, 19)
+# Written in per-process paths (pidfile, logfile, unix_socket_dir) where the process's peer id goes.
+PEER_ID_PLACEHOLDER: Final = "{peer_id}"
+# More than any Graviton instance type's vCPUs (64); PgBouncer allows peer ids up to 16383.
+MAX_PROCESSES: Final = 128
+# A Unix socket's path (dir + "/.s.PGSQL.<port>") must fit in sockaddr_un's 108 bytes, NUL included.
+_SOCKET_PATH_MAX = 107
+_SOCKET_DIR = re.compile(r"^/[A-Za-z0-9._/{}-]+$")
 
 # The login roles that connect through PgBouncer; the migrator goes direct to the primary.
 POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
@@ -151,6 +161,12 @@ class PgBouncerConfig(BaseModel):
     auth_file: str
     logfile: str | None = None
     pidfile: str | None = None
+    # Processes on this host, all on listen_port (so_reuseport = 1), one per vCPU: PgBouncer is single-
+    # threaded. With more than one, each gets its own peer_id and pidfile, logfile and unix_socket_dir (each
+    # path holds PEER_ID_PLACEHOLDER), and [peers] lists every process by its socket directory.
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)
+    # Empty: no Unix socket (TCP only), the single-process default.
+    unix_socket_dir: str = ""
 
     pool_mode: Literal["session", "transaction", "statement"] = "transaction"
     max_client_conn: int = Field(default=1000, ge=1)
@@ -191,6 +207,15 @@ class PgBouncerConfig(BaseModel):
     def _paths(cls, v: str | None) -> str | None:
         return _absolute_path(v, "auth_file/logfile/pidfile")
 
+    @field_validator("unix_socket_dir")
+    @classmethod
+    def _socket_dir(cls, v: str) -> str:
+        if v and not _SOCKET_DIR.fullmatch(v):
+            raise ValueError(
+                f"unix_socket_dir must be empty or an absolute path of letters, digits and ._-/, got {v!r}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "PgBouncerConfig":
         if self.version < MIN_VERSION:
@@ -215,7 +240,52 @@ class PgBouncerConfig(BaseModel):
                 f"min_pool_size {self.min_pool_size} exceeds default_pool_size {self.default_pool_size}; "
                 "lower min_pool_size"
             )
+        self._check_processes()
         return self
+
+    def _check_processes(self) -> None:
+        paths = {"pidfile": self.pidfile, "logfile": self.logfile, "unix_socket_dir": self.unix_socket_dir}
+        if self.processes == 1:
+            templated = [name for name, path in paths.items() if path and PEER_ID_PLACEHOLDER in path]
+            if templated:
+                raise ValueError(
+                    f"{', '.join(templated)} hold {PEER_ID_PLACEHOLDER} but processes is 1; "
+                    "give plain paths, or set processes > 1"
+                )
+            return
+        if self.version < PEERS_SINCE:
+            raise ValueError(
+                f"processes {self.processes} needs PgBouncer >= {PEERS_SINCE[0]}.{PEERS_SINCE[1]} "
+                f"(peer_id and [peers], so a cancel request reaches the process that owns the query), "
+                f"but it is {self.version[0]}.{self.version[1]}; use a newer pgbouncer, or processes 1"
+            )
+        missing = [
+            name for name, path in paths.items() if path is not None and PEER_ID_PLACEHOLDER not in path
+        ]
+        if missing:
+            raise ValueError(
+                f"processes {self.processes} needs a path per process: put {PEER_ID_PLACEHOLDER} in "
+                f"{', '.join(missing)} (unix_socket_dir is required: [peers] reaches each process there)"
+            )
+        longest = len(self.socket_dir(self.processes)) + len(f"/.s.PGSQL.{self.listen_port}")
+        if longest > _SOCKET_PATH_MAX:
+            raise ValueError(
+                f"unix_socket_dir {self.unix_socket_dir} makes a socket path of {longest} bytes, over the "
+                f"{_SOCKET_PATH_MAX} a Unix socket allows; pick a shorter directory"
+            )
+
+    @property
+    def peer_ids(self) -> range:
+        """The processes' peer ids, 1..processes (one process: just 1, rendered without peering)."""
+        return range(1, self.processes + 1)
+
+    def process_path(self, path: str, peer_id: int) -> str:
+        """`path` for process `peer_id` (PEER_ID_PLACEHOLDER replaced)."""
+        return path.replace(PEER_ID_PLACEHOLDER, str(peer_id))
+
+    def socket_dir(self, peer_id: int) -> str:
+        """Process `peer_id`'s unix_socket_dir: its admin console and where its peers forward cancels."""
+        return self.process_path(self.unix_socket_dir, peer_id)
 
     @property
     def has_replica(self) -> bool:
@@ -295,14 +365,9 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
     entries: list[tuple[str, object, str]] = [
         ("listen_addr", c.listen_addr, "where clients reach PgBouncer (default: Unix socket only)"),
         ("listen_port", c.listen_port, "the pooled endpoint's port, 6543, kept from the seed"),
-        ("unix_socket_dir", "", "TCP only: no socket files left in /tmp"),
         ("auth_type", "scram-sha-256", "SCRAM only: md5 and plaintext are refused"),
         ("auth_file", c.auth_file, "SCRAM verifiers of the pooled roles; never a plaintext password"),
     ]
-    if c.logfile is not None:
-        entries.append(("logfile", c.logfile, "a file the host rotates and ships (reopened on SIGHUP)"))
-    if c.pidfile is not None:
-        entries.append(("pidfile", c.pidfile, "lets the service manager signal the right process"))
     entries += [
         ("pool_mode", c.pool_mode, "a server connection is held for one transaction only"),
         (
@@ -396,6 +461,60 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
     return [(key, _value(value), reason) for key, value, reason in entries]
 
 
+def _process_settings(config: PgBouncerConfig, peer_id: int) -> list[_Entry]:
+    """The settings that differ per process: paths, and with several processes so_reuseport and peer_id."""
+    c = config
+    entries: list[_Entry]
+    if c.processes == 1:
+        reason = (
+            "the admin console's Unix socket" if c.unix_socket_dir else "TCP only: no socket files in /tmp"
+        )
+        entries = [("unix_socket_dir", c.unix_socket_dir, reason)]
+    else:
+        entries = [
+            (
+                "so_reuseport",
+                "1",
+                f"one of {c.processes} single-threaded processes on this port; the kernel spreads clients",
+            ),
+            ("peer_id", str(peer_id), "this process in [peers]; its cancel keys carry it"),
+            (
+                "unix_socket_dir",
+                c.socket_dir(peer_id),
+                "this process's own socket: its admin console, and where peers forward its cancel requests",
+            ),
+        ]
+    if c.logfile is not None:
+        entries.append(
+            (
+                "logfile",
+                c.process_path(c.logfile, peer_id),
+                "a file the host rotates and ships (reopened on SIGHUP)",
+            )
+        )
+    if c.pidfile is not None:
+        entries.append(
+            (
+                "pidfile",
+                c.process_path(c.pidfile, peer_id),
+                "lets the service manager signal the right process",
+            )
+        )
+    return entries
+
+
+def _peers(config: PgBouncerConfig) -> list[_Entry]:
+    """[peers]: every process by its socket directory (its own entry is allowed and ignored)."""
+    return [
+        (
+            str(i),
+            f"host={config.socket_dir(i)} port={config.listen_port}",
+            f"process {i}: a cancel request for one of its clients is forwarded there",
+        )
+        for i in config.peer_ids
+    ]
+
+
 def _section(name: str, entries: list[_Entry]) -> list[str]:
     lines = [f"[{name}]"]
     for key, value, reason in entries:
@@ -403,14 +522,26 @@ def _section(name: str, entries: list[_Entry]) -> list[str]:
     return [*lines, ""]
 
 
-def render_ini(config: PgBouncerConfig) -> str:
-    """pgbouncer.ini text for `config`: only settings its version knows, each with a reason above it."""
+def render_ini(config: PgBouncerConfig, peer_id: int = 1) -> str:
+    """pgbouncer.ini text for `config`'s process `peer_id` (1..processes): only settings its version knows,
+    each with a reason above it. Several processes: one file each, the same but for the per-process lines."""
+    if peer_id not in config.peer_ids:
+        raise PgBouncerConfigError(
+            f"peer_id {peer_id} is not one of this config's processes 1..{config.processes}"
+        )
     header = [
         f";; Rendered by dbctl.pgbouncer for PgBouncer {config.version[0]}.{config.version[1]}; do not edit.",
         ";; Settings not listed here keep PgBouncer's defaults. Nothing here is secret.",
         "",
     ]
-    body = _section("databases", _databases(config)) + _section("pgbouncer", _settings(config))
+    if config.processes > 1:
+        header.insert(1, f";; Process {peer_id} of {config.processes} on port {config.listen_port}.")
+    body = _section("databases", _databases(config))
+    if config.processes > 1:
+        body += _section("peers", _peers(config))
+    # The per-process lines first: a reload that fails on a later line applies only what it read before it,
+    # and a logfile it did not reach would send the log to stderr.
+    body += _section("pgbouncer", _process_settings(config, peer_id) + _settings(config))
     return "\n".join(header + body)
 
 

@@ -13,6 +13,10 @@ API
   (``pgbouncer.ini``, ``userlist.txt`` mode 0600, ``pgbouncer.log``, ``pgbouncer.pid``).
 
   - ``config(**settings) -> PgBouncerConfig``: settings for this binary's version with the file paths filled.
+    With ``processes=N`` (N > 1): N processes on one port (so_reuseport, peers), each with its own
+    ``pgbouncer-<i>.ini``, ``.log``, ``.pid`` and Unix socket directory ``s<i>`` (its admin console; a
+    readiness check, a reload's ping reach each process there, since TCP reaches any of them). ``pids``
+    lists them; ``start``, ``reload``, ``stop`` and ``is_running`` cover every process.
   - ``start(config, verifiers, timeout=30)``: write the files, start pgbouncer in the foreground (as the OS
     user ``postgres`` when we are root: PgBouncer refuses to run as root), wait until it accepts TCP
     connections. If pgbouncer exits instead (e.g. it rejects the config), ``PgBouncerServerError`` carries
@@ -41,7 +45,14 @@ from pathlib import Path
 from types import TracebackType
 
 from dbctl.cluster import port_is_free, runnable_by_service_user, server_environment
-from dbctl.pgbouncer import PgBouncerConfig, Version, parse_version, render_ini, render_userlist
+from dbctl.pgbouncer import (
+    PEER_ID_PLACEHOLDER,
+    PgBouncerConfig,
+    Version,
+    parse_version,
+    render_ini,
+    render_userlist,
+)
 
 PACKAGE = "pgbouncer"
 SERVICE_OS_USER = "postgres"
@@ -140,16 +151,27 @@ def _error_lines(*texts: str) -> str:
 
 
 class PgBouncerServer:
-    """One pgbouncer process whose files live in `directory`. See the module docstring."""
+    """One PgBouncer (one process or several on one port) whose files live in `directory`; see the module
+    docstring."""
 
     def __init__(self, directory: Path, binary: Path | None = None) -> None:
         self.directory = Path(directory)
         self.binary = binary or find_pgbouncer()
         self.version = detect_version(self.binary)
-        self.process: subprocess.Popen[bytes] | None = None
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._config: PgBouncerConfig | None = None
         self._verifiers: dict[str, str] = {}
-        self._log_offset = 0
+        self._log_offsets: dict[int, int] = {}
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The (first) pgbouncer process, None when stopped."""
+        return self._procs.get(1)
+
+    @property
+    def pids(self) -> list[int]:
+        """Every running process's pid, by peer id."""
+        return [proc.pid for _, proc in sorted(self._procs.items())]
 
     @property
     def ini_path(self) -> Path:
@@ -167,17 +189,29 @@ class PgBouncerServer:
     def pid_path(self) -> Path:
         return self.directory / "pgbouncer.pid"
 
-    @property
-    def _console_path(self) -> Path:
-        return self.directory / "pgbouncer.out"
+    def _stem(self, config: PgBouncerConfig, peer_id: int) -> str:
+        return "pgbouncer" if config.processes == 1 else f"pgbouncer-{peer_id}"
+
+    def ini_path_of(self, config: PgBouncerConfig, peer_id: int) -> Path:
+        return self.directory / f"{self._stem(config, peer_id)}.ini"
+
+    def log_path_of(self, config: PgBouncerConfig, peer_id: int) -> Path:
+        return Path(config.process_path(config.logfile or str(self.log_path), peer_id))
+
+    def _console_path(self, config: PgBouncerConfig, peer_id: int) -> Path:
+        return self.directory / f"{self._stem(config, peer_id)}.out"
 
     def config(self, **settings: object) -> PgBouncerConfig:
-        """A PgBouncerConfig for this binary's version, with auth_file/logfile/pidfile in `directory`."""
+        """A PgBouncerConfig for this binary's version, with auth_file/logfile/pidfile in `directory`; with
+        `processes` > 1 each process's logfile, pidfile and unix_socket_dir (`s<peer id>`) there too."""
+        several = settings.get("processes", 1) != 1
+        peer = PEER_ID_PLACEHOLDER
         values: dict[str, object] = {
             "version": self.version,
             "auth_file": str(self.userlist_path),
-            "logfile": str(self.log_path),
-            "pidfile": str(self.pid_path),
+            "logfile": str(self.directory / f"pgbouncer-{peer}.log") if several else str(self.log_path),
+            "pidfile": str(self.directory / f"pgbouncer-{peer}.pid") if several else str(self.pid_path),
+            **({"unix_socket_dir": str(self.directory / f"s{peer}")} if several else {}),
             **settings,
         }
         return PgBouncerConfig.model_validate(values)
@@ -194,11 +228,30 @@ class PgBouncerServer:
         if ids is not None:
             os.chown(self.directory, *ids)
         _write_private(self.userlist_path, render_userlist(verifiers), 0o600, ids)
-        _write_private(self.ini_path, render_ini(config), 0o600, ids)
+        for peer_id in config.peer_ids:
+            if config.unix_socket_dir:
+                socket_dir = Path(config.socket_dir(peer_id))
+                socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if ids is not None:
+                    os.chown(socket_dir, *ids)
+            _write_private(self.ini_path_of(config, peer_id), render_ini(config, peer_id), 0o600, ids)
 
     def _listen_host(self, config: PgBouncerConfig) -> str:
         first = config.listen_addr.split(",")[0]
         return "127.0.0.1" if first in ("*", "0.0.0.0") else first  # noqa: S104 - we connect, not bind
+
+    def _connect(self, config: PgBouncerConfig, peer_id: int) -> socket.socket:
+        """A connection to process `peer_id`: its Unix socket when there are several (TCP may reach any)."""
+        if config.processes == 1:
+            return socket.create_connection((self._listen_host(config), config.listen_port), timeout=5)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect(f"{config.socket_dir(peer_id)}/.s.PGSQL.{config.listen_port}")
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _raise_fd_limit(self, config: PgBouncerConfig) -> None:
         needed = config.max_client_conn + _FD_MARGIN
@@ -213,8 +266,9 @@ class PgBouncerServer:
             resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
     def start(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 30) -> None:
-        """Write the files and run pgbouncer until stop(); raise with its own errors if it won't start."""
-        if self.is_running():
+        """Write the files and run every pgbouncer process until stop(); raise with its own errors if one
+        won't start (the others are stopped then)."""
+        if any(proc.poll() is None for proc in self._procs.values()):
             raise PgBouncerServerError(f"pgbouncer already runs from {self.directory}; stop() it first")
         host = self._listen_host(config)
         if not port_is_free(config.listen_port, host):
@@ -223,54 +277,58 @@ class PgBouncerServer:
                 "listen_port"
             )
         self._write(config, verifiers)
-        self._log_offset = len(self._read(self.log_path))
-        # The child inherits our limits; pgbouncer needs one descriptor per client connection.
+        # The children inherit our limits; pgbouncer needs one descriptor per client connection.
         self._raise_fd_limit(config)
         ids = _service_ids()
         # As root it runs as the service user, which may not reach a build under a 0700 checkout.
         bindir = self.binary.parent
         runnable = runnable_by_service_user(bindir.parent, bindir.name) / bindir.name / self.binary.name
-        with self._console_path.open("wb") as console:
-            self.process = subprocess.Popen(
-                [str(runnable), str(self.ini_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=server_environment(),
-                start_new_session=True,
-                user=ids[0] if ids else None,
-                group=ids[1] if ids else None,
-                extra_groups=[] if ids else None,
-            )
         self._config, self._verifiers = config, dict(verifiers)
-        self._wait_ready(config, timeout)
+        for peer_id in config.peer_ids:
+            self._log_offsets[peer_id] = len(self._read(self.log_path_of(config, peer_id)))
+            with self._console_path(config, peer_id).open("wb") as console:
+                self._procs[peer_id] = subprocess.Popen(
+                    [str(runnable), str(self.ini_path_of(config, peer_id))],
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                    env=server_environment(),
+                    start_new_session=True,
+                    user=ids[0] if ids else None,
+                    group=ids[1] if ids else None,
+                    extra_groups=[] if ids else None,
+                )
+        for peer_id in config.peer_ids:
+            self._wait_ready(config, peer_id, timeout)
 
-    def _wait_ready(self, config: PgBouncerConfig, timeout: float) -> None:
-        assert self.process is not None
+    def _wait_ready(self, config: PgBouncerConfig, peer_id: int, timeout: float) -> None:
+        proc = self._procs[peer_id]
+        log_path = self.log_path_of(config, peer_id)
         deadline = time.monotonic() + timeout
-        address = (self._listen_host(config), config.listen_port)
+        where = f"{self._listen_host(config)}:{config.listen_port}"
         while True:
-            code = self.process.poll()
+            code = proc.poll()
             if code is not None:
-                self.process = None
+                del self._procs[peer_id]
+                self.stop()
                 raise PgBouncerServerError(
-                    f"pgbouncer exited with code {code} instead of starting ({self.ini_path}):\n"
-                    f"{_error_lines(self._read(self._console_path), self._read(self.log_path))}"
+                    f"pgbouncer exited with code {code} instead of starting "
+                    f"({self.ini_path_of(config, peer_id)}):\n"
+                    f"{_error_lines(self._read(self._console_path(config, peer_id)), self._read(log_path))}"
                 )
             try:
                 # "process up" is logged once the listen sockets are open; the connect proves it serves.
-                if "process up" in self._read(self.log_path)[self._log_offset :]:
-                    with socket.create_connection(address, timeout=1):
+                if "process up" in self._read(log_path)[self._log_offsets[peer_id] :]:
+                    with self._connect(config, peer_id):
                         return
                 raise OSError("not up yet")
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise PgBouncerServerError(
-                        f"pgbouncer did not accept connections on {address[0]}:{address[1]} within "
-                        f"{timeout:.0f} s; its log {self.log_path}:\n"
-                        f"{_error_lines(self._read(self.log_path))}"
+                        f"pgbouncer did not accept connections on {where} within {timeout:.0f} s; "
+                        f"its log {log_path}:\n{_error_lines(self._read(log_path))}"
                     ) from None
                 time.sleep(0.05)
 
@@ -281,36 +339,50 @@ class PgBouncerServer:
         except OSError:
             return ""
 
-    def _ping(self, config: PgBouncerConfig) -> None:
-        """One protocol round trip: when it returns, pgbouncer's event loop has handled earlier signals."""
-        with socket.create_connection((self._listen_host(config), config.listen_port), timeout=5) as sock:
+    def _ping(self, config: PgBouncerConfig, peer_id: int) -> None:
+        """One protocol round trip: when it returns, that process's event loop has handled earlier signals."""
+        with self._connect(config, peer_id) as sock:
             sock.sendall(_SSL_REQUEST)
             sock.recv(1)
 
     def _sighup(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float) -> str:
-        """Write the files, SIGHUP, wait until the reload ran; return what pgbouncer logged about it."""
-        assert self.process is not None and self._config is not None
-        offset = len(self._read(self.log_path))
+        """Write the files, SIGHUP every process, wait until each ran the reload; return what they logged
+        about it."""
+        assert self._config is not None
+        running = self._config
+        logs = {i: self.log_path_of(running, i) for i in self._procs}
+        offsets = {i: len(self._read(path)) for i, path in logs.items()}
         self._write(config, verifiers)
-        self.process.send_signal(signal.SIGHUP)
+        for proc in self._procs.values():
+            proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while "got SIGHUP" not in self._read(self.log_path)[offset:]:
-            if time.monotonic() > deadline:
-                raise PgBouncerServerError(f"pgbouncer did not log the SIGHUP reload within {timeout:.0f} s")
-            time.sleep(0.05)
-        self._ping(self._config)
-        new_lines = self._read(self.log_path)[offset:]
-        return new_lines[new_lines.index("got SIGHUP") :]
+        logged = []
+        for peer_id, path in logs.items():
+            while "got SIGHUP" not in self._read(path)[offsets[peer_id] :]:
+                if time.monotonic() > deadline:
+                    raise PgBouncerServerError(
+                        f"pgbouncer did not log the SIGHUP reload within {timeout:.0f} s ({path})"
+                    )
+                time.sleep(0.05)
+            self._ping(running, peer_id)
+            new_lines = self._read(path)[offsets[peer_id] :]
+            logged.append(new_lines[new_lines.index("got SIGHUP") :])
+        return "\n".join(logged)
 
     def reload(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 10) -> None:
-        """Rewrite the files and SIGHUP pgbouncer; connected clients stay. Raise if it rejects the config.
+        """Rewrite the files and SIGHUP every process; connected clients stay. Raise if it rejects the config.
 
         A rejected reload is not clean in PgBouncer: the settings read before the bad line are applied
         and the rest are not (1.18 drops client TLS that way). So on rejection the last good files are
-        written back and reloaded before raising.
+        written back and reloaded before raising. The number of processes cannot change in a reload.
         """
-        if self.process is None or self._config is None or not self.is_running():
+        if self._config is None or not self.is_running():
             raise PgBouncerServerError("pgbouncer is not running; start() it before reload()")
+        if config.processes != self._config.processes:
+            raise PgBouncerServerError(
+                f"pgbouncer runs {self._config.processes} process(es), the new config {config.processes}; "
+                "stop() and start() to change that"
+            )
         logged = self._sighup(config, verifiers, timeout)
         if "loading failed" not in logged:
             self._config, self._verifiers = config, dict(verifiers)
@@ -324,20 +396,22 @@ class PgBouncerServer:
         raise PgBouncerServerError(f"pgbouncer rejected the new config ({outcome}):\n{_error_lines(logged)}")
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Every process started is still running."""
+        return bool(self._procs) and all(proc.poll() is None for proc in self._procs.values())
 
     def stop(self, timeout: float = 10) -> None:
-        """PgBouncer's immediate shutdown (immediate_shutdown_signal), then SIGKILL if it lingers."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(immediate_shutdown_signal(self.version))
+        """PgBouncer's immediate shutdown (immediate_shutdown_signal) for every process, then SIGKILL if one
+        lingers."""
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(immediate_shutdown_signal(self.version))
+        for proc in self._procs.values():
             try:
-                self.process.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        self.process = None
+                proc.kill()
+                proc.wait(timeout)
+        self._procs.clear()
 
     def __enter__(self) -> PgBouncerServer:
         return self

@@ -6,8 +6,12 @@ it verbatim, as it does `components/pgbouncer_authfile.py`, so it is standalone:
 library (Amazon Linux 2023's system Python), `psql` for PgBouncer's admin console and the preinstalled AWS
 CLI v2 with the instance role's credentials. Nothing here imports dbctl; dbctl's tests run this file.
 
-- It logs in as spike_monitor (a `stats_users` entry) over 127.0.0.1; the password comes from the role's
-  Secrets Manager secret into this process's memory and reaches psql only in its environment (PGPASSWORD).
+- Several PgBouncer processes on the host (so_reuseport): each one's admin console over its own Unix
+  socket (`--socket-dir`, once per process; TCP would reach any one of them), and the host's figures are
+  their sum (max for the longest wait; the SHOW STATS averages weighted by each process's counts).
+- It logs in as spike_monitor (a `stats_users` entry) over 127.0.0.1 (or the sockets); the password comes
+  from the role's Secrets Manager secret into this process's memory and reaches psql only in its
+  environment (PGPASSWORD).
 - Each pool (PgBouncer database: spike_land, spike_land_ro; the admin console is skipped) gives `METRICS`,
   each datum twice: with dimensions Stack, Pool, Host, and with Stack, Pool (what the alarms watch, the
   Maximum over the hosts).
@@ -43,6 +47,8 @@ METRICS = (
     ("AvgWaitTimeMs", "Milliseconds", "STATS", "avg_wait_time", 0.001),  # PgBouncer reports microseconds
     ("AvgQueryTimeMs", "Milliseconds", "STATS", "avg_query_time", 0.001),
 )
+# SHOW STATS averages, and the count each is an average over: over several processes, a weighted mean.
+STATS_WEIGHTS = {"avg_wait_time": "avg_xact_count", "avg_query_time": "avg_query_count"}
 
 Rows = list[dict[str, str]]
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -81,11 +87,14 @@ def monitor_password(secret_arn: str, region: str, run: Runner = _run) -> str:
     return password
 
 
-def admin_rows(command: str, *, port: int, user: str, password: str, run: Runner = _run) -> Rows:
-    """`SHOW POOLS` / `SHOW STATS` on PgBouncer's admin console over 127.0.0.1, as CSV rows."""
+def admin_rows(
+    command: str, *, port: int, user: str, password: str, host: str = "127.0.0.1", run: Runner = _run
+) -> Rows:
+    """`SHOW POOLS` / `SHOW STATS` on PgBouncer's admin console at `host` (127.0.0.1, or a process's Unix
+    socket directory), as CSV rows."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
-        PGHOST="127.0.0.1",
+        PGHOST=host,
         PGPORT=str(port),
         PGDATABASE=ADMIN_DB,
         PGUSER=user,
@@ -96,9 +105,7 @@ def admin_rows(command: str, *, port: int, user: str, password: str, run: Runner
     )
     result = run(["psql", "--no-psqlrc", "--csv", "--command", command], env=env)
     if result.returncode != 0:
-        raise MetricsError(
-            f"cannot read PgBouncer on 127.0.0.1:{port} ({command}): {_last_line(result.stderr)}"
-        )
+        raise MetricsError(f"cannot read PgBouncer on {host}:{port} ({command}): {_last_line(result.stderr)}")
     return list(csv.DictReader(io.StringIO(result.stdout)))
 
 
@@ -110,7 +117,8 @@ def _number(row: Mapping[str, str], column: str) -> float:
 
 
 def per_pool(pools: Rows, stats: Rows) -> dict[str, dict[str, float]]:
-    """{pool: {metric: value}}: SHOW POOLS summed over a pool's users (maxwait: the longest), SHOW STATS."""
+    """{pool: {metric: value}}: SHOW POOLS summed over a pool's users and processes (maxwait: the longest),
+    SHOW STATS summed over processes (its averages: weighted by each process's count, see STATS_WEIGHTS)."""
     out: dict[str, dict[str, float]] = {}
     for row in pools:
         database = row.get("database", "")
@@ -126,13 +134,25 @@ def per_pool(pools: Rows, stats: Rows) -> dict[str, dict[str, float]]:
                 values[metric] = max(values.get(metric, 0.0), value)
             else:
                 values[metric] = values.get(metric, 0.0) + value
+    weighted: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in stats:
         database = row.get("database", "")
         if database not in out:
             continue
         for metric, _, source, column, scale in METRICS:
-            if source == "STATS":
-                out[database][metric] = _number(row, column) * scale
+            if source != "STATS":
+                continue
+            value = _number(row, column) * scale
+            if column in STATS_WEIGHTS:
+                weighted.setdefault((database, metric), []).append(
+                    (value, _number(row, STATS_WEIGHTS[column]))
+                )
+            else:
+                out[database][metric] = out[database].get(metric, 0.0) + value
+    for (database, metric), pairs in weighted.items():
+        total = sum(weight for _, weight in pairs)
+        mean = sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
+        out[database][metric] = mean
     return out
 
 
@@ -183,8 +203,12 @@ def publish(namespace: str, region: str, data: list[dict[str, Any]], run: Runner
 def run_once(args: argparse.Namespace, run: Runner = _run) -> int:
     """One collection and publication; returns how many datums were published. Raises MetricsError."""
     password = monitor_password(args.monitor_secret, args.region, run)
-    pools = admin_rows("SHOW POOLS", port=args.port, user=args.user, password=password, run=run)
-    stats = admin_rows("SHOW STATS", port=args.port, user=args.user, password=password, run=run)
+    pools: Rows = []
+    stats: Rows = []
+    for host in getattr(args, "socket_dir", None) or ["127.0.0.1"]:
+        login = {"port": args.port, "user": args.user, "password": password, "host": host, "run": run}
+        pools += admin_rows("SHOW POOLS", **login)
+        stats += admin_rows("SHOW STATS", **login)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)  # noqa: UP017 - Python 3.9
     data = metric_data(pools, stats, stack=args.stack, host=args.host, timestamp=now)
     publish(args.namespace, args.region, data, run)
@@ -201,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--monitor-secret", required=True, metavar="ARN", help="spike_monitor's secret")
     parser.add_argument("--user", default="spike_monitor")
     parser.add_argument("--port", type=int, default=6543)
+    parser.add_argument(
+        "--socket-dir",
+        action="append",
+        metavar="DIR",
+        help="a PgBouncer process's Unix socket directory; repeat for each (default: 127.0.0.1 only)",
+    )
     parser.add_argument("--host", default=socket.gethostname(), help="the Host dimension (default: hostname)")
     args = parser.parse_args(argv)
     try:

@@ -125,7 +125,7 @@ def test_exactly_at_the_limit_is_allowed_one_more_is_refused() -> None:
 
 
 def test_a_layout_that_would_exhaust_a_micro_is_refused() -> None:
-    with pytest.raises(PoolBudgetError, match=r"2 host\(s\) x 2 pool\(s\)"):
+    with pytest.raises(PoolBudgetError, match=r"2 host\(s\) x 1 process\(es\) x 2 pool\(s\)"):
         check_pool_budget(
             max_connections=max_connections("db.t4g.micro"),
             default_pool_size=20,

@@ -49,7 +49,7 @@ max_client_conn = 1000
 def config(**overrides: object) -> ud.HostConfig:
     values: dict[str, object] = {
         "region": REGION,
-        "pgbouncer_ini": INI,
+        "pgbouncer_inis": (INI,),
         "pgbouncer_version": "1.24",
         "role_secret_arns": ARNS,
         "ca_bundle_s3_uri": "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem",
@@ -74,14 +74,14 @@ def heredoc(script: str, tag: str) -> str:
 def test_script_holds_the_settings() -> None:
     script = ud.render_user_data(config())
     assert script.startswith("#!/bin/bash\n")
-    assert heredoc(script, "SPIKE_PGBOUNCER_INI") == INI  # the renderer's output, verbatim
+    assert heredoc(script, "SPIKE_PGBOUNCER_INI_1") == INI  # the renderer's output, verbatim
     assert "readonly REGION=eu-west-1" in script
     assert "readonly PGBOUNCER_VERSION=1.24" in script
     assert "readonly PGBOUNCER_SOURCE_URI=s3://spike-land-db-ca-1a2b3c/pgbouncer-src/" in script
     assert f"LimitNOFILE={2 * 1000 + ud.NOFILE_MARGIN}" in script
     assert "Restart=on-failure" in script
-    # PgBouncer runs in the foreground on our config, whatever the package's unit says.
-    assert f"ExecStart=\nExecStart=$pgbouncer_bin {ud.CONFIG_FILE}\n" in script
+    # PgBouncer runs in the foreground on our config (a template unit's instance), not the package's unit.
+    assert f"\nExecStart=$pgbouncer_bin {ud.CONFIG_FILE}\n" in script and ud.CONFIG_FILE.endswith("-%i.ini")
     assert "ExecReload=/bin/kill -HUP \\$MAINPID" in script
     assert f"OnUnitActiveSec={ud.AUTH_REFRESH_INTERVAL}" in script
     assert f"--auth-file {ud.AUTH_FILE}" in script and ud.AUTH_FILE.startswith("/run/")
@@ -159,7 +159,7 @@ def test_oversized_user_data_is_refused() -> None:
         ({"max_client_conn": 0}, "max_client_conn must be >= 1"),
         ({"pgbouncer_version": "1.25"}, "pinned PgBouncer source is 1.24.1, not pgbouncer_version 1.25"),
         ({"source_s3_prefix": "s3://bucket/pgbouncer-src"}, "not an s3://bucket/prefix/ URI"),
-        ({"pgbouncer_ini": INI + "SPIKE_PGBOUNCER_INI\n"}, "heredoc delimiter"),
+        ({"pgbouncer_inis": (INI + "SPIKE_PGBOUNCER_INI_1\n",)}, "heredoc delimiter"),
     ],
 )
 def test_bad_input_is_refused_with_a_reason(overrides: dict[str, object], message: str) -> None:

@@ -460,7 +460,14 @@ def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
     r = run("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"})
     addresses = r.outputs["replica_addresses"]
     assert len(addresses) == 2
-    (line,) = [x for x in _user_data(r).splitlines() if x.startswith(f"{names.READ_POOL_DATABASE} = ")]
+    # One pgbouncer.ini per PgBouncer process (prod: 2), each with the same read pool.
+    lines = [x for x in _user_data(r).splitlines() if x.startswith(f"{names.READ_POOL_DATABASE} = ")]
+    assert (
+        len(lines)
+        == settings_for("prod", {"replicaCount": 2, "pgbouncer.version": "1.25"}).pgbouncer.processes
+    )
+    line = lines[0]
+    assert set(lines) == {line}
     # The host list with load_balance_hosts written out, the primary not in it.
     assert f"host={addresses[0]},{addresses[1]} port=5432 " in line
     assert line.endswith(" load_balance_hosts=round-robin")
@@ -468,11 +475,12 @@ def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
 
 
 def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
-    # db.t4g.small holds 192 by RDS's formula; 2 hosts x (85 + 5) = 180 fits the m7g.large primary (855)
-    # but not 192 - 15 headroom on either replica.
+    # db.t4g.small holds 192 by RDS's formula; 2 hosts x 1 process x (85 + 5) = 180 fits the m7g.large
+    # primary (855) but not 192 - 15 headroom on either replica.
     overrides: dict[str, object] = {
         "replicaCount": 2,
         "pgbouncer.version": "1.25",
+        "pgbouncer.processes": 1,
         "replicaInstanceClass": "db.t4g.small",
         "pgbouncer.defaultPoolSize": 85,
     }
