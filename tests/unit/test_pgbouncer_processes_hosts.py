@@ -76,7 +76,8 @@ def test_a_systemd_template_unit_runs_each_process_and_a_target_wants_all_of_the
     assert "OnFailure=spike-pgbouncer-down.service" in unit and "StartLimitBurst=5" in unit
     assert "Wants=pgbouncer@1.service pgbouncer@2.service\n" in prod
     assert "ExecStart=/usr/bin/systemctl stop spike-pgbouncer.target" in prod  # the host leaves the NLB
-    assert "systemctl disable --now pgbouncer.service" in prod  # the package's single unit stays off
+    assert "Type=notify" in unit and "pgbouncer_bin=/usr/local/bin/pgbouncer\n" in prod  # the built binary
+    assert "/etc/systemd/system/pgbouncer.service" not in prod  # no single-process unit beside the template
 
 
 def test_the_bootstrap_checks_every_process_and_its_socket(prod: str, dev: str) -> None:

@@ -254,9 +254,9 @@ def test_user_data_builds_pgbouncer_from_the_uploaded_source_in_order(stack: tup
         'dnf remove -y -q "${build_only[@]}"',
         f"built=$({PGBOUNCER_BIN} --version",
         "useradd --system",
-        "cat > /etc/systemd/system/pgbouncer.service",
-        f"ExecStart={PGBOUNCER_BIN} /etc/pgbouncer/pgbouncer.ini",
         "# 2. The RDS CA bundle",
+        f"pgbouncer_bin={PGBOUNCER_BIN}\n",  # section 6's template unit runs the binary built above
+        "cat > /etc/systemd/system/pgbouncer@.service",
     ]
     positions = [script.find(step) for step in steps]
     assert -1 not in positions, [s for s, at in zip(steps, positions, strict=True) if at == -1]
