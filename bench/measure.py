@@ -112,17 +112,25 @@ def process_ticks(pid: int) -> ProcessTicks | None:
 
 def tree_ticks(parent: int) -> int:
     """A server's CPU so far: its own, its waited-for children's, and its live children's own time (a
-    PostgreSQL backend that exits moves from the last term to the second, so the sum is steady)."""
-    top = process_ticks(parent)
-    if top is None:
-        return 0
-    total = top.own + top.children
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != parent:
-            child = process_ticks(int(entry.name))
-            if child is not None and child.ppid == parent:
-                total += child.own
-    return total
+    PostgreSQL backend that exits moves from the last term to the second, so the sum is steady).
+
+    A child reaped while /proc is being walked would be in neither term (its entry gone, the parent's
+    children total read before), which loses a whole backend's CPU right after pgbench disconnects: a reap
+    changes the parent's children total, so the walk is repeated until that total held still across it."""
+    for _ in range(20):
+        top = process_ticks(parent)
+        if top is None:
+            return 0
+        live = 0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != parent:
+                child = process_ticks(int(entry.name))
+                if child is not None and child.ppid == parent:
+                    live += child.own
+        again = process_ticks(parent)
+        if again is not None and again.children == top.children:
+            return top.own + top.children + live
+    raise RuntimeError(f"the children of pid {parent} kept exiting while their CPU was read")
 
 
 def rusage_children_seconds() -> float:

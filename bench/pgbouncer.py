@@ -10,7 +10,8 @@ speaks. The paths alternate over `--rounds` runs of `--seconds` each and the tab
 machines are shared, and load from elsewhere then hits every path alike. Nothing is asserted.
 
 Rows (the issue's targets are in the last table):
-- 1 client, `SELECT 1`, steady connection: what PgBouncer adds to one query (p50 from the log).
+- 1 client, `SELECT 1`, steady connection: what PgBouncer adds to one query (p50 from the log), with and
+  without the reset.
 - connect-per-transaction (`-C`, 20 clients, select-only): a serverless client's connect + TLS + SCRAM +
   one query + disconnect per request. `-j` = clients, so one client's blocking connect never delays another's
   transaction and the logged latency is the transaction's own; the connect is the `connect ms` column.
@@ -528,7 +529,7 @@ def main_tables(bench: Bench, stack: local.Stack, args: argparse.Namespace) -> s
             bench.calibrate(path)
         say(f"steady connect allowance (s): {bench.connect_allowance}")
         plan: list[tuple[Workload, tuple[Route, ...]]] = [
-            (loads["1 client"], (direct, pooled)),
+            (loads["1 client"], (direct, pooled, no_reset)),
             (loads["connect-per-tx"], (direct, pooled)),
             (loads["select-only"], (direct, pooled, no_reset)),
             (loads["read/write"], (direct, pooled, no_reset)),
@@ -572,7 +573,7 @@ def compare_settings(bench: Bench, stack: local.Stack, args: argparse.Namespace)
             {},
             {},
         ),
-        "tcp_defer_accept 0": ("connect-per-tx", {}, {"tcp_defer_accept": "0"}, {}),
+        "tcp_defer_accept 1": ("connect-per-tx", {"tcp_defer_accept": True}, {}, {}),
         "direct": ("connect-per-tx", {}, {}, {}),
         "direct TLS 1.2": ("connect-per-tx", {}, {}, {"PGSSLMAXPROTOCOLVERSION": "TLSv1.2"}),
         "steady as rendered": ("select-only", {}, {}, {}),

@@ -183,6 +183,9 @@ class PgBouncerConfig(BaseModel):
     server_reset_query: str = Field(default="DISCARD ALL", pattern=r"^[A-Za-z0-9_ ;*(),]+$")
     idle_transaction_timeout: int = Field(default=60, ge=0)
     listen_backlog: int = Field(default=1024, ge=1)
+    # TCP_DEFER_ACCEPT (PgBouncer's default 1 on Linux): off costs PgBouncer less CPU per new client
+    # (bench/pgbouncer.py --compare-settings; docs/benchmarks.md).
+    tcp_defer_accept: bool = False
     max_prepared_statements: int = Field(default=200, ge=0)
     ignore_startup_parameters: tuple[StartupParameter, ...] = ("extra_float_digits", "options")
     log_connections: bool = False
@@ -368,6 +371,11 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
             "a client idle inside a transaction would hold a pooled connection forever",
         ),
         ("listen_backlog", c.listen_backlog, "a burst of connecting clients overflows the default 128"),
+        (
+            "tcp_defer_accept",
+            c.tcp_defer_accept,
+            "measured: accepting at once costs less CPU per connect-per-request client than deferring",
+        ),
     ]
     if c.supports("max_prepared_statements"):
         entries.append(

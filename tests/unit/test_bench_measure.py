@@ -1,6 +1,8 @@
 """bench/measure.py and bench/pgbouncer.py's parsing: /proc deltas, pgbench logs and summaries, targets."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,23 @@ def test_the_reset_share_of_the_gap() -> None:
         "select-only: without DISCARD ALL PgBouncer/direct TPS is 0.90 (with it 0.60): "
         "the reset is 75% of the gap"
     ]
+
+
+def test_a_process_tree_counts_live_and_exited_children() -> None:
+    """A child that burned at least 0.3 s of CPU counts while it runs and after it was waited for."""
+    burn = (
+        "import sys, time\nwhile time.process_time() < 0.3: pass\nsys.stdout.write('x'); sys.stdout.flush()\n"
+    )
+    before = measure.tree_ticks(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.read(1) == b"x"  # it has burned its CPU and now waits: a live child
+    alive = measure.tree_ticks(os.getpid())
+    child.stdin.close()
+    child.wait()
+    exited = measure.tree_ticks(os.getpid())
+    minimum = 0.25 * measure.CLOCK_TICKS
+    assert alive - before >= minimum
+    assert exited - before >= minimum
