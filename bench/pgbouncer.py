@@ -165,7 +165,8 @@ class Bench:
     postmaster_pid: int
     scale: int
     scripts_dir: Path
-    connect_allowance: dict[str, float] = field(default_factory=dict)
+    # seconds one steady client takes to connect on each path (label), from calibrate()
+    connect_seconds: dict[str, float] = field(default_factory=dict)
 
     def run(self, path: Route, workload: Workload, seconds: int, *, transactions: int | None = None) -> Run:
         """One pgbench run with CPU sampled around it; the password travels in PGPASSWORD, never argv."""
@@ -174,7 +175,9 @@ class Bench:
         # pgbench's -T clock includes connecting steady clients (TLS + SCRAM each, one after another per
         # thread); TPS is its own figure without that time, so give the connecting its allowance.
         duration = seconds + (
-            0 if workload.connect_each else math.ceil(self.connect_allowance.get(path.label, 0))
+            0
+            if workload.connect_each
+            else math.ceil(1.5 * self.connect_seconds.get(path.label, 0) * clients + 1)
         )
         length = ["-t", str(transactions)] if transactions else ["-T", str(duration)]
         conninfo = f"host={local.HOST} port={path.port} dbname={names.DATABASE_NAME} user={names.APP_ROLE}"
@@ -226,7 +229,7 @@ class Bench:
     def calibrate(self, path: Route) -> None:
         """How long 50 clients take to connect on this path (one transaction each): the -T allowance."""
         run = self.run(path, Workload("calibrate", ("-S",), STEADY_CLIENTS), 0, transactions=1)
-        self.connect_allowance[path.label] = 1.5 * (run.connect_ms or 1000.0) / 1000 + 1
+        self.connect_seconds[path.label] = (run.connect_ms or 1000.0) / 1000 / STEADY_CLIENTS
 
 
 # ---------------------------------------------------------------- summaries
@@ -527,7 +530,7 @@ def main_tables(bench: Bench, stack: local.Stack, args: argparse.Namespace) -> s
         no_reset = Route("pgbouncer-no-reset", port, server.process.pid)
         for path in (direct, pooled, no_reset):
             bench.calibrate(path)
-        say(f"steady connect allowance (s): {bench.connect_allowance}")
+        say(f"seconds to connect one steady client: {bench.connect_seconds}")
         plan: list[tuple[Workload, tuple[Route, ...]]] = [
             (loads["1 client"], (direct, pooled, no_reset)),
             (loads["connect-per-tx"], (direct, pooled)),
@@ -585,7 +588,7 @@ def compare_settings(bench: Bench, stack: local.Stack, args: argparse.Namespace)
     }
     say("rendered client TLS: " + ", ".join(f"{k}={v}" for k, v in client_tls.items() if "file" not in k))
     bench.calibrate(Route("direct", stack.state.pg_port))
-    bench.connect_allowance["pgbouncer"] = bench.connect_allowance["direct"]
+    bench.connect_seconds["pgbouncer"] = bench.connect_seconds["direct"]
     rows: list[Row] = []
     by_workload: dict[str, list[str]] = {}
     for name, (variant_workload, _, _, _) in variants.items():
