@@ -390,7 +390,7 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
-def machine() -> str:
+def machine(started: time.struct_time) -> str:
     model = "unknown CPU"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -399,7 +399,7 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} vCPUs ({model}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    return f"{os.cpu_count()} vCPUs ({model}), started {time.strftime('%Y-%m-%d %H:%M UTC', started)}"
 
 
 @contextmanager
@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds and --seconds must be at least 1")
     pgbench = find_binary("pgbench")
     fds = raise_fd_limit(8192)
-    started, load_before = time.monotonic(), load_average()
+    started, started_at, load_before = time.monotonic(), time.gmtime(), load_average()
     with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
         prepare(stack, pgbench, args.scale)
         postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in config.splitlines()
         if line.startswith(("client_tls_p", "client_tls_e", "server_tls_p"))
     )
-    print(f"machine: {machine()}; load average before/after: {load_before} / {load_average()}")
+    print(f"machine: {machine(started_at)}; load average before/after: {load_before} / {load_average()}")
     print(
         f"pgbench: scale {args.scale}, {args.rounds} alternating rounds of {args.seconds} s per path "
         "(medians); "
