@@ -58,6 +58,11 @@ _SOCKET_DIR = re.compile(r"^/[A-Za-z0-9._/{}-]+$")
 POOLED_ROLES: Final = (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+# client_tls_protocols / server_tls_protocols: a list of tlsv1.0..tlsv1.3, or `secure` (1.2 and 1.3) or `all`
+# (PgBouncer's doc/config.md; the default is secure).
+TlsProtocols = Annotated[str, Field(pattern=r"^(secure|all|tlsv1\.[0-3](,tlsv1\.[0-3])*)$")]
+# An OpenSSL cipher list (client_tls_ciphers, TLS 1.2 and lower only) or a curve name (client_tls_ecdhcurve).
+OpenSslName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9:+!_.-]*$", max_length=512)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Host names, IP addresses, or a Unix-socket directory (an absolute path: PgBouncer's `host=/dir`, which the
 # local tests' replicas use); no spaces, quotes, commas or `=` that could break a connection string.
@@ -103,6 +108,10 @@ class ServerTls(BaseModel):
 
     sslmode: SslMode = "verify-full"
     ca_file: str | None = None
+    # TLS 1.2 and 1.3: 1.3 is negotiated where both ends have it (PgBouncer on OpenSSL 3, PostgreSQL 15 here,
+    # RDS per its user guide); pinning tlsv1.3 would gain nothing measurable and fail every server login on
+    # a server without it. See docs/pgbouncer.md, "TLS on both legs".
+    protocols: TlsProtocols = "secure"
 
     @field_validator("ca_file")
     @classmethod
@@ -127,6 +136,10 @@ class ClientTls(BaseModel):
     sslmode: SslMode = "disable"
     key_file: str | None = None
     cert_file: str | None = None
+    # TLS 1.2 and 1.3: 1.3 wherever the client has it; some clients still lack it (docs/pgbouncer.md).
+    protocols: TlsProtocols = "secure"
+    ciphers: OpenSslName = "default"
+    ecdhcurve: OpenSslName = "auto"
 
     @field_validator("key_file", "cert_file")
     @classmethod
@@ -187,6 +200,9 @@ class PgBouncerConfig(BaseModel):
     server_reset_query: str = Field(default="DISCARD ALL", pattern=r"^[A-Za-z0-9_ ;*(),]+$")
     idle_transaction_timeout: int = Field(default=60, ge=0)
     listen_backlog: int = Field(default=1024, ge=1)
+    # TCP_DEFER_ACCEPT (PgBouncer's default 1 on Linux): off costs PgBouncer less CPU per new client
+    # (bench/pgbouncer.py --compare-settings; docs/benchmarks.md).
+    tcp_defer_accept: bool = False
     max_prepared_statements: int = Field(default=200, ge=0)
     ignore_startup_parameters: tuple[StartupParameter, ...] = ("extra_float_digits", "options")
     log_connections: bool = False
@@ -421,6 +437,11 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
             "a client idle inside a transaction would hold a pooled connection forever",
         ),
         ("listen_backlog", c.listen_backlog, "a burst of connecting clients overflows the default 128"),
+        (
+            "tcp_defer_accept",
+            c.tcp_defer_accept,
+            "measured: accepting at once costs less CPU per connect-per-request client than deferring",
+        ),
     ]
     if c.supports("max_prepared_statements"):
         entries.append(
@@ -444,11 +465,34 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
     ]
     if c.server_tls.ca_file is not None:
         entries.append(("server_tls_ca_file", c.server_tls.ca_file, "the CA that signed the database cert"))
+    if c.server_tls.sslmode != "disable":
+        entries.append(
+            (
+                "server_tls_protocols",
+                c.server_tls.protocols,
+                "TLS 1.3 where the server has it (RDS, PostgreSQL 15 here), 1.2 otherwise; never older",
+            )
+        )
     if c.client_tls.sslmode != "disable":
         entries += [
             ("client_tls_sslmode", c.client_tls.sslmode, "clients reach PgBouncer over TLS"),
             ("client_tls_key_file", c.client_tls.key_file, "PgBouncer's TLS key for clients"),
             ("client_tls_cert_file", c.client_tls.cert_file, "PgBouncer's TLS certificate for clients"),
+            (
+                "client_tls_protocols",
+                c.client_tls.protocols,
+                "TLS 1.3 for every client that has it, 1.2 for the rest (docs/pgbouncer.md)",
+            ),
+            (
+                "client_tls_ciphers",
+                c.client_tls.ciphers,
+                "TLS 1.2 only: OpenSSL's default list (TLS 1.3 suites have no setting before 1.25)",
+            ),
+            (
+                "client_tls_ecdhcurve",
+                c.client_tls.ecdhcurve,
+                "auto: OpenSSL's group list, X25519 first, as clients offer; one named curve costs a retry",
+            ),
         ]
     entries += [
         ("log_connections", c.log_connections, "a line per client connect drowns errors at 1000 clients"),

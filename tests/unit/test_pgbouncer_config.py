@@ -2,6 +2,7 @@
 
 import configparser
 import os
+from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
@@ -245,3 +246,45 @@ def test_recovery_and_reset_settings_are_rendered_with_reasons() -> None:
     )
     with pytest.raises(ValidationError, match="server_reset_query"):
         config(server_reset_query="DISCARD ALL\nadmin_users = x")
+
+
+def test_tls_versions_for_both_legs_are_rendered() -> None:
+    """1.2 and 1.3 on both legs (1.3 negotiated where both ends have it), OpenSSL's groups (issue 15)."""
+    tls = ClientTls(sslmode="require", key_file="/k", cert_file="/c")
+    for version in ((1, 18), (1, 24)):  # every one of these keys is in 1.18's doc/config.md too
+        ini = parse(render_ini(config(version=version, client_tls=tls)))["pgbouncer"]
+        assert ini["server_tls_protocols"] == "secure"
+        assert ini["client_tls_protocols"] == "secure"
+        assert ini["client_tls_ciphers"] == "default"
+        assert ini["client_tls_ecdhcurve"] == "auto"
+    chosen = ClientTls(sslmode="require", key_file="/k", cert_file="/c", protocols="tlsv1.2,tlsv1.3")
+    assert (
+        parse(render_ini(config(client_tls=chosen)))["pgbouncer"]["client_tls_protocols"] == "tlsv1.2,tlsv1.3"
+    )
+
+
+def test_tls_versions_are_not_rendered_for_a_leg_without_tls() -> None:
+    ini = parse(render_ini(config(server_tls=ServerTls(sslmode="disable"))))["pgbouncer"]
+    assert "server_tls_protocols" not in ini
+    assert not [key for key in ini if key.startswith("client_tls_")]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ServerTls(sslmode="disable", protocols="tlsv1.4"), "protocols"),
+        (lambda: ServerTls(sslmode="disable", protocols="sslv3"), "protocols"),
+        (lambda: ClientTls(protocols="secure\nadmin_users = x"), "protocols"),
+        (lambda: ClientTls(ciphers="HIGH ; admin_users = x"), "ciphers"),
+        (lambda: ClientTls(ecdhcurve=""), "ecdhcurve"),
+    ],
+)
+def test_bad_tls_settings_fail_with_the_field_named(make: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make()
+
+
+def test_tcp_defer_accept_is_off() -> None:
+    """Measured (bench/pgbouncer.py --compare-settings): less PgBouncer CPU per connecting client."""
+    assert parse(render_ini(config()))["pgbouncer"]["tcp_defer_accept"] == "0"
+    assert parse(render_ini(config(tcp_defer_accept=True)))["pgbouncer"]["tcp_defer_accept"] == "1"
