@@ -99,6 +99,16 @@ def read_pgbench_logs(directory: Path) -> list[float]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """A socket per client: lift the soft RLIMIT_NOFILE toward the hard limit; the soft limit it got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 def machine_ticks() -> MachineTicks:
     return parse_proc_stat(Path("/proc/stat").read_text())
 

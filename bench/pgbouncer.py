@@ -36,7 +36,6 @@ import ipaddress
 import math
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -380,16 +379,6 @@ def who_pays(rows: Mapping[tuple[str, str], Row]) -> list[str]:
 # ---------------------------------------------------------------- the stack and extra PgBouncers
 
 
-def raise_fd_limit(wanted: int) -> int:
-    """pgbench needs a socket per client: lift the soft RLIMIT_NOFILE toward the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
-
 def machine(started: time.struct_time) -> str:
     model = "unknown CPU"
     try:
@@ -638,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
     pgbench = find_binary("pgbench")
-    fds = raise_fd_limit(8192)
+    fds = measure.raise_fd_limit(8192)
     started, started_at, load_before = time.monotonic(), time.gmtime(), load_average()
     with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
         prepare(stack, pgbench, args.scale)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from bench import measure
 from dbctl import deploy, names
 from dbctl.cluster import Cluster, free_port, throwaway_cluster
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, ServerTls
@@ -104,15 +104,6 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
             f"{o.first_error or '-'}"
         )
     return "\n".join(lines)
-
-
-def raise_fd_limit(wanted: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 async def _hold(
@@ -204,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=200, help="handshakes at a time (default 200)")
     args = parser.parse_args(argv)
     rows: list[Row] = args.rows
-    limit = raise_fd_limit(max(r.clients for r in rows) + 512)
+    limit = measure.raise_fd_limit(max(r.clients for r in rows) + 512)
     print(f"==> {os.cpu_count()} CPUs, RLIMIT_NOFILE {limit}; TLS + SCRAM per client", file=sys.stderr)
     passwords = {role: os.urandom(18).hex() for role in names.LOGIN_ROLES}
     verifiers = {role: scram_verifier(pw, os.urandom(SALT_BYTES)) for role, pw in passwords.items()}
