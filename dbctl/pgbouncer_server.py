@@ -287,18 +287,21 @@ class PgBouncerServer:
             sock.sendall(_SSL_REQUEST)
             sock.recv(1)
 
-    def _sighup(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float) -> str:
-        """Write the files, SIGHUP, wait until the reload ran; return what pgbouncer logged about it."""
-        assert self.process is not None and self._config is not None
+    def _sighup(
+        self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float, pid: int | None = None
+    ) -> str:
+        """Write the files, SIGHUP (our process, or pid: a pgbouncer another run started from this
+        directory), wait until the reload ran; return what pgbouncer logged about it."""
+        assert pid is not None or (self.process is not None and self._config is not None)
         offset = len(self._read(self.log_path))
         self._write(config, verifiers)
-        self.process.send_signal(signal.SIGHUP)
+        os.kill(pid if pid is not None else self.process.pid, signal.SIGHUP)  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout
         while "got SIGHUP" not in self._read(self.log_path)[offset:]:
             if time.monotonic() > deadline:
                 raise PgBouncerServerError(f"pgbouncer did not log the SIGHUP reload within {timeout:.0f} s")
             time.sleep(0.05)
-        self._ping(self._config)
+        self._ping(self._config or config)
         new_lines = self._read(self.log_path)[offset:]
         return new_lines[new_lines.index("got SIGHUP") :]
 
@@ -322,6 +325,15 @@ class PgBouncerServer:
             else "could NOT restore the previous config either; restart it"
         )
         raise PgBouncerServerError(f"pgbouncer rejected the new config ({outcome}):\n{_error_lines(logged)}")
+
+    def reload_pid(
+        self, pid: int, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 10
+    ) -> None:
+        """reload() for a pgbouncer this object did not start (pid: the one running from this directory,
+        e.g. `dbctl local up`'s); raise with its errors if it rejects the files."""
+        logged = self._sighup(config, verifiers, timeout, pid)
+        if "loading failed" in logged:
+            raise PgBouncerServerError(f"pgbouncer rejected the new files:\n{_error_lines(logged)}")
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
