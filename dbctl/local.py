@@ -670,7 +670,9 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         changed = True
     if not durable:
         echo(UNSAFE_NOTE)
-    if changed or not bouncer_running:
+    # A userlist behind credentials.json (an upgraded credentials file, an interrupted rotation): the roles
+    # step first, so the server knows every verifier before PgBouncer hands it out.
+    if changed or not bouncer_running or userlist_stale(stack):
         echo("migrations and roles (dbctl migrate's code) ...")
         apply_migrations(stack, echo)
     if ensure_shadow_database(stack):

@@ -13,6 +13,7 @@ from dbctl.names import (
     MONITOR_ROLE,
     READ_POOL_DATABASE,
     READONLY_ROLE,
+    login_users,
 )
 from dbctl.pgbouncer import (
     POOLED_ROLES,
@@ -24,7 +25,6 @@ from dbctl.pgbouncer import (
     render_ini,
     render_userlist,
 )
-from dbctl.names import login_users
 from dbctl.scram import scram_verifier
 
 
