@@ -37,12 +37,7 @@ from dbctl.local_state import Credential, LocalError, save_credentials
 
 Echo = Callable[[str], None]
 STEPS = ("create", "set", "test", "finish")
-# The database each pooled role's clients use through PgBouncer (its own pool).
-POOL_DATABASE = {
-    names.APP_ROLE: names.DATABASE_NAME,
-    names.READONLY_ROLE: names.READ_POOL_DATABASE,
-    names.MONITOR_ROLE: names.DATABASE_NAME,
-}
+POOL_DATABASE = rotation.POOL_DATABASE
 
 
 def _connect_through_pgbouncer(

@@ -152,6 +152,12 @@ def _set_password(role: str, verifier: str) -> Change:
     )
 
 
+def password_change(role: str, verifier: str) -> Change:
+    """Set role's password to verifier (COPY + DO, see the module docstring), no fingerprint: what a role
+    may run on itself (the master user's own rotation)."""
+    return _set_password(role, verifier)
+
+
 def password_changes(role: str, verifier: str) -> list[Change]:
     """Set role's password to verifier (COPY + DO, see the module docstring) and record its fingerprint."""
     wanted_comment = COMMENT_PREFIX + fingerprint(role, verifier)

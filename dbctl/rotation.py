@@ -35,6 +35,12 @@ from dbctl import names, roles
 from dbctl.scram import SALT_BYTES, scram_verifier
 
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 URL-safe characters, 192 bits
+# The PgBouncer database each pooled role's clients use (its own pool): where testSecret logs in.
+POOL_DATABASE = {
+    names.APP_ROLE: names.DATABASE_NAME,
+    names.READONLY_ROLE: names.READ_POOL_DATABASE,
+    names.MONITOR_ROLE: names.DATABASE_NAME,
+}
 
 
 class RotationError(RuntimeError):
@@ -70,12 +76,21 @@ def inactive_user(role: str, active: str) -> str:
     return active
 
 
-def next_secret(role: str, active: str) -> Secret:
-    """createSecret: a new random password and its verifier (a random salt) for the user that rotates."""
+def verifier_for(password: str) -> str:
+    """A SCRAM-SHA-256 verifier of password with a new random salt."""
+    return scram_verifier(password, secrets.token_bytes(SALT_BYTES))
+
+
+def new_secret(user: str) -> Secret:
+    """A new random password for user, and its verifier."""
     password = secrets.token_urlsafe(PASSWORD_BYTES)
-    return Secret(
-        inactive_user(role, active), password, scram_verifier(password, secrets.token_bytes(SALT_BYTES))
-    )
+    return Secret(user, password, verifier_for(password))
+
+
+def next_secret(role: str, active: str) -> Secret:
+    """createSecret: a new password and verifier for the user that rotates (the inactive one of a pooled
+    role; the same one for a single-user role such as the master user)."""
+    return new_secret(inactive_user(role, active))
 
 
 def set_password(conn: psycopg.Connection[tuple[object, ...]], user: str, verifier: str) -> bool:
@@ -90,6 +105,14 @@ def set_password(conn: psycopg.Connection[tuple[object, ...]], user: str, verifi
         return False
     roles.apply(conn, roles.password_changes(user, verifier))
     return True
+
+
+def set_own_password(conn: psycopg.Connection[tuple[object, ...]], verifier: str) -> None:
+    """setSecret for a single-user role (the master user): its own password := verifier, on a session
+    logged in with its current password (no fingerprint COMMENT: a role may not always comment on itself)."""
+    row = conn.execute("SELECT session_user").fetchone()
+    assert row is not None
+    roles.apply(conn, [roles.password_change(str(row[0]), verifier)])
 
 
 def check_login(
