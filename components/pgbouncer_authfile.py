@@ -14,7 +14,8 @@ of the user it switched away from keep logging in. A version that does not exist
 must. Only each version's `username` and `scram_verifier` keys are used; the plaintext `password` key is
 never read, printed or written. A value that is not a SCRAM-SHA-256 verifier is refused (the old file
 stays). The file is written atomically, mode 0600, owned by PgBouncer's service user, and PgBouncer is
-reloaded only when it changed. Nothing secret reaches stdout/stderr (and so the journal or the cloud-init log): only role names and ARNs.
+reloaded only when it changed. Nothing secret reaches stdout/stderr (and so the journal or the cloud-init
+log): only role names and ARNs.
 
 With `--tls-secret`, the same run writes PgBouncer's client TLS key and certificate from that secret's
 `private_key_pem` / `certificate_pem` keys (components/pgbouncer_tls.py) to tmpfs, mode 0600, owned by the
