@@ -19,7 +19,7 @@ import pytest
 from moto import mock_aws
 
 from components import pgbouncer_authfile
-from dbctl import local, names
+from dbctl import local, names, rotation
 from dbctl.cluster import DEFAULT_ADMIN_USER
 from dbctl.pgbouncer_server import PgBouncerServer
 from lambdas.rotation import handler
@@ -223,7 +223,7 @@ def test_the_master_password_rotates_on_the_same_user(
     # The local stack's own record of the admin password follows (so `down`/`status` keep working).
     creds = json.loads(stack.paths.credentials_file.read_text())
     creds[DEFAULT_ADMIN_USER]["password"] = after["password"]
-    creds[DEFAULT_ADMIN_USER]["scram_verifier"] = handler.rotation.verifier_for(after["password"])
+    creds[DEFAULT_ADMIN_USER]["scram_verifier"] = rotation.verifier_for(after["password"])
     local.write_private(stack.paths.credentials_file, json.dumps(creds))
     assert after["password"] not in capsys.readouterr().out
 
