@@ -18,7 +18,8 @@ idempotent, since Secrets Manager retries a failed rotation from the step that f
 
 Configuration (environment): MASTER_SECRET_ARN, ROLE_SECRETS (JSON {secret ARN: role}), DB_HOST, DB_PORT,
 DB_NAME, PGBOUNCER_HOST, PGBOUNCER_PORT, TEST_TIMEOUT_S (default 420), SSL_ROOT_CERT (the RDS CA bundle
-beside this file), PGBOUNCER_CA_PEM (PgBouncer's CA certificate, verify-full). No secret is ever logged.
+beside this file), PGBOUNCER_CA_PEM (PgBouncer's CA certificate: verify-full; empty with
+`pgbouncer.clientTls` off). No secret is ever logged.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class Config:
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
         e = dict(os.environ if env is None else env)
         ca = e.get("PGBOUNCER_CA_FILE", "")
-        if not ca:
+        if not ca and e.get("PGBOUNCER_CA_PEM"):
             ca = str(Path(tempfile.gettempdir()) / "pgbouncer-ca.pem")
-            Path(ca).write_text(e.get("PGBOUNCER_CA_PEM", ""), encoding="utf-8")
+            Path(ca).write_text(e["PGBOUNCER_CA_PEM"], encoding="utf-8")
         roles = json.loads(e.get("ROLE_SECRETS", "{}"))
         unknown = sorted(set(roles.values()) - set(names.ALTERNATING_ROLES))
         if unknown:
@@ -99,8 +100,9 @@ def _connect(host: str, port: int, dbname: str, user: str, password: str, ca: st
         dbname=dbname,
         user=user,
         password=password,
-        sslmode="verify-full",
-        sslrootcert=ca,
+        # verify-full against the CA; none (pgbouncer.clientTls off) leaves PgBouncer's leg as the app has it.
+        sslmode="verify-full" if ca else "prefer",
+        sslrootcert=ca or None,
         connect_timeout=10,
         application_name="spike-land-db rotation",
         autocommit=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -16,6 +17,7 @@ from components.settings import SettingsError
 from dbctl import names, rotation, scram
 from dbctl.pgbouncer import POOLED_ROLES
 from lambdas import build
+from lambdas.rotation.handler import Config
 from tests.unit.harness import Resource, RunResult, named, of_type, run, run_fresh, settings_for
 
 STACKS = ["dev", "prod"]
@@ -216,3 +218,22 @@ def test_check_login_retries_until_it_works_and_then_names_the_user_without_the_
         rotation.RotationError, match=r"spike_app_b cannot log in .*SASL authentication failed"
     ):
         rotation.check_login(never, "spike_app_b", timeout=0, sleep=lambda _s: None)
+
+
+def test_the_functions_configuration_comes_from_its_environment() -> None:
+    env = {
+        "MASTER_SECRET_ARN": "arn:m",
+        "ROLE_SECRETS": json.dumps({"arn:a": names.APP_ROLE}),
+        "DB_HOST": "db.example",
+        "PGBOUNCER_HOST": "nlb.example",
+        "PGBOUNCER_CA_PEM": "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n",
+    }
+    cfg = Config.from_env(env)
+    assert (
+        cfg.role_secrets == {"arn:a": names.APP_ROLE} and cfg.db_port == 5432 and cfg.pgbouncer_port == 6543
+    )
+    assert cfg.test_timeout_s == TEST_TIMEOUT_S
+    assert Path(cfg.pgbouncer_ca_file).read_text() == env["PGBOUNCER_CA_PEM"]
+    assert Config.from_env({**env, "PGBOUNCER_CA_PEM": ""}).pgbouncer_ca_file == ""  # clientTls off
+    with pytest.raises(ValueError, match="only pooled roles rotate here"):
+        Config.from_env({**env, "ROLE_SECRETS": json.dumps({"arn:x": names.MIGRATOR_ROLE})})
