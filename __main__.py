@@ -1,7 +1,7 @@
 """spike-land-db: Spike Land's PostgreSQL on RDS. Reads top to bottom like DESIGN.md's diagram.
 
 settings -> provider -> network -> credentials -> (flow logs) -> database -> (pgbouncer -> backups -> alarms
--> restore validation) -> outputs
+-> restore validation -> rotation) -> outputs
 """
 
 import pulumi
@@ -16,6 +16,8 @@ from components.pgbouncer import PgBouncerTier, PgBouncerTierArgs
 from components.pgbouncer_source import verified_source
 from components.provider import make_provider
 from components.restore_validation import RestoreValidation, RestoreValidationArgs, code_archive
+from components.rotation import Rotation, RotationArgs
+from components.rotation import code_archive as rotation_code_archive
 from components.settings import from_pulumi_config
 from dbctl.names import MIGRATOR_ROLE
 
@@ -91,6 +93,27 @@ restore_validation = RestoreValidation(
     ),
 )
 
+rotation = Rotation(
+    "rotation",
+    RotationArgs(
+        settings=settings,
+        provider=provider,
+        code=rotation_code_archive(settings.region),
+        vpc_id=network.vpc_id,
+        subnet_ids=network.subnet_ids,
+        db_security_group_id=network.db_security_group_id,
+        pgbouncer_nlb_security_group_id=pgbouncer.nlb_security_group_id,
+        endpoints_security_group_id=network.endpoints_security_group_id,
+        master_secret_arn=credentials.master_secret.arn,
+        role_secret_arns=credentials.role_secret_arns,
+        kms_key_arn=credentials.kms_key_arn,
+        primary_address=database.primary.address,
+        primary_port=database.primary.port,
+        pgbouncer_endpoint=pgbouncer.endpoint,
+        pgbouncer_ca_pem=pgbouncer.ca_certificate_pem,
+    ),
+)
+
 # Stack outputs: later components and the post-deploy step read these names. No output holds a password.
 pulumi.export("region", settings.region)
 pulumi.export("database_name", settings.database_name)
@@ -118,4 +141,5 @@ pulumi.export("backup_vault_name", backups.vault_name)
 pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)
 pulumi.export("alarm_topic_arn", alarms.topic_arn)
 pulumi.export("restore_validation_function_arn", restore_validation.function_arn)
+pulumi.export("rotation_function_arn", rotation.function_arn)
 pulumi.export("dashboard_name", alarms.dashboard_name)

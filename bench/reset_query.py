@@ -64,7 +64,18 @@ def pgbench(port: int, password: str, script: Path, clients: int, seconds: int) 
         "-j",
         str(os.cpu_count()),
     ]
-    args += ["-T", str(seconds), "-f", str(script), "-h", "127.0.0.1", "-p", str(port), "-U", names.APP_ROLE]
+    args += [
+        "-T",
+        str(seconds),
+        "-f",
+        str(script),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        names.login_users(names.APP_ROLE)[0],
+    ]
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "60"}
     proc = subprocess.run(
         [*args, names.DATABASE_NAME],
@@ -88,7 +99,9 @@ def main() -> None:
     args = parser.parse_args()
 
     passwords = {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
-    verifiers = {role: scram_verifier(pw, os.urandom(SALT_BYTES)) for role, pw in passwords.items()}
+    # Each role's first login user (a pooled role's _a: dbctl.names.login_users).
+    users = {role: names.login_users(role)[0] for role in names.LOGIN_ROLES}
+    verifiers = {users[role]: scram_verifier(pw, os.urandom(SALT_BYTES)) for role, pw in passwords.items()}
     scratch = Path(tempfile.mkdtemp(prefix="dbctl-bench-reset-"))
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
@@ -112,7 +125,7 @@ def main() -> None:
                         sslmode="require", key_file=str(cluster.key_file), cert_file=str(cluster.cert_file)
                     ),
                 )
-                server.start(config, {role: verifiers[role] for role in POOLED_ROLES})
+                server.start(config, {users[role]: verifiers[users[role]] for role in POOLED_ROLES})
                 servers[mode] = (server, port)
             try:
                 for _ in range(args.rounds):

@@ -6,6 +6,13 @@ the post-deploy step can `ALTER ROLE ... PASSWORD '<verifier>'` without the plai
 
 The master secret is created here, empty; its value (the standard RDS JSON with the host) is written by the
 database component once the instance exists. Every password, salt and verifier stays a Pulumi secret.
+
+Rotation (components/rotation.py) writes later versions of these secrets. So the version Pulumi writes is
+its *first* one only: `ignore_changes` on its value and staging labels (a `pulumi up` after a rotation
+changes nothing, and `pulumi refresh` does not undo it), and a label of its own (`INITIAL_STAGE`) keeps
+that version from the garbage collection of unlabelled versions, which would make Pulumi recreate it as
+AWSCURRENT (terraform-aws-modules/terraform-aws-secrets-manager#24). A pooled role's first version names
+its `_a` user; the state's first password stops working at the second rotation (the master's at the first).
 """
 
 from __future__ import annotations
@@ -29,6 +36,15 @@ PASSWORD_LENGTH = 40
 # RDS forbids / @ " and space in master passwords; these specials are also URL-safe, so a password can go
 # into a connection string without escaping.
 PASSWORD_SPECIALS = "-_.~"  # noqa: S105 (a character set, not a password)
+# The staging label of the version Pulumi writes (AWSCURRENT moves on with each rotation; this one stays).
+INITIAL_STAGE = "spike-land-db-initial"
+
+
+def first_version_options(child: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+    """A SecretVersion that rotation takes over: Pulumi writes it once and never again (see above)."""
+    return pulumi.ResourceOptions.merge(
+        child, pulumi.ResourceOptions(ignore_changes=["secret_string", "version_stages"])
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class Credentials(pulumi.ComponentResource):
     master_password: pulumi.Output[str]
     master_secret: aws.secretsmanager.Secret
     role_secret_arns: dict[str, pulumi.Output[str]]
+    role_secrets: dict[str, aws.secretsmanager.Secret]
 
     def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("spike-land-db:index:Credentials", name, None, opts)
@@ -129,23 +146,30 @@ class Credentials(pulumi.ComponentResource):
         self.master_secret = secret("master", f"{prefix} RDS master user (standard RDS secret JSON)")
 
         self.role_secret_arns = {}
+        self.role_secrets = {}
         for role in names.LOGIN_ROLES:
             password = _password(f"{name}-{role}-password", self)
             salt = random.RandomBytes(
                 f"{name}-{role}-salt", length=SALT_BYTES, opts=pulumi.ResourceOptions(parent=self)
             )
             role_secret = secret(role, f"{prefix} login role {role}: username, password, scram_verifier")
+            # A pooled role's secret names its first user, <role>_a; rotation alternates from there.
+            username = names.login_users(role)[0]
             value: pulumi.Output[str] = pulumi.Output.secret(
-                pulumi.Output.all(role, password.result, salt.base64).apply(
+                pulumi.Output.all(username, password.result, salt.base64).apply(
                     lambda a: role_secret_json(str(a[0]), str(a[1]), str(a[2]))
                 )
             )
             aws.secretsmanager.SecretVersion(
-                f"{name}-{role}",
+                # "-v2": the first version written under the rotation rules (the username changed from the
+                # role to its _a user, same password); the single-user layout's version goes with its name.
+                f"{name}-{role}-v2",
                 secret_id=role_secret.id,
                 secret_string=value,
-                opts=child,
+                version_stages=["AWSCURRENT", INITIAL_STAGE],
+                opts=first_version_options(child),
             )
+            self.role_secrets[role] = role_secret
             self.role_secret_arns[role] = role_secret.arn
 
         self.register_outputs(

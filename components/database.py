@@ -13,7 +13,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.credentials import Credentials
+from components.credentials import INITIAL_STAGE, Credentials, first_version_options
 from components.db_parameters import Parameter, primary_parameters, replica_parameters
 from components.network import Network
 from components.settings import StackSettings
@@ -160,6 +160,9 @@ class Database(pulumi.ComponentResource):
                     protect=s.protect,
                     depends_on=[*log_groups("primary", self.identifier), attachment],
                     additional_secret_outputs=["password"],
+                    # Rotation changes the master password in the database and its secret, never through
+                    # this input: a new random password here must not reset it (components/rotation.py).
+                    ignore_changes=["password"],
                 ),
             ),
             storage_type="gp3",
@@ -274,7 +277,13 @@ class Database(pulumi.ComponentResource):
             )
         )
         aws.secretsmanager.SecretVersion(
-            f"{name}-master", secret_id=creds.master_secret.id, secret_string=master_json, opts=child
+            # "-v2": written anew (same value) with INITIAL_STAGE, which ignore_changes would not add.
+            f"{name}-master-v2",
+            secret_id=creds.master_secret.id,
+            secret_string=master_json,
+            version_stages=["AWSCURRENT", INITIAL_STAGE],
+            # Rotated from then on; a replaced primary's new host goes in by hand (docs/operations.md).
+            opts=first_version_options(child),
         )
 
         self.register_outputs(

@@ -491,6 +491,7 @@ class PgBouncerTier(pulumi.ComponentResource):
         )
 
         self.endpoint = nlb.dns_name
+        self.nlb_security_group_id = nlb_sg.id  # clients' way in: the rotation function's testSecret too
         self.nlb_arn_suffix = nlb.arn_suffix
         self.target_group_arn_suffix = target_group.arn_suffix
         self.port = PGBOUNCER_PORT

@@ -6,10 +6,16 @@ This file is not imported by the Pulumi program: `components/pgbouncer_userdata.
 the user data, and a systemd service runs it on the PgBouncer host (Amazon Linux 2023: system Python 3.9,
 stdlib only, the preinstalled AWS CLI v2 with the instance role's credentials) at boot and on a timer.
 
-Only each secret's `scram_verifier` key is used; the plaintext `password` key is never read, printed or
-written. A value that is not a SCRAM-SHA-256 verifier is refused (the old file stays). The file is written
-atomically, mode 0600, owned by PgBouncer's service user, and PgBouncer is reloaded only when it changed.
-Nothing secret reaches stdout/stderr (and so the journal or the cloud-init log): only role names and ARNs.
+Rotation (dbctl/rotation.py, docs/operations.md): a pooled role logs in as one of two users, `<role>_a` and
+`<role>_b`, and each version of its secret names one (`username`). The auth file holds the users of the
+secret's AWSPREVIOUS, AWSCURRENT and AWSPENDING versions (the pending one wins over the previous one for the
+same user), so a user a rotation is preparing is known to PgBouncer before any client gets it, and clients
+of the user it switched away from keep logging in. A version that does not exist is skipped; AWSCURRENT
+must. Only each version's `username` and `scram_verifier` keys are used; the plaintext `password` key is
+never read, printed or written. A value that is not a SCRAM-SHA-256 verifier is refused (the old file
+stays). The file is written atomically, mode 0600, owned by PgBouncer's service user, and PgBouncer is
+reloaded only when it changed. Nothing secret reaches stdout/stderr (and so the journal or the cloud-init
+log): only role names and ARNs.
 
 With `--tls-secret`, the same run writes PgBouncer's client TLS key and certificate from that secret's
 `private_key_pem` / `certificate_pem` keys (components/pgbouncer_tls.py) to tmpfs, mode 0600, owned by the
@@ -29,6 +35,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 VERIFIER_KEY = "scram_verifier"  # dbctl.names.SECRET_VERIFIER_KEY (this file must stay standalone)
+USERNAME_KEY = "username"  # dbctl.names.SECRET_USERNAME_KEY
+# Secrets Manager's staging labels, in the order their users are merged (a later one wins).
+STAGES = ("AWSPREVIOUS", "AWSCURRENT", "AWSPENDING")
+USER_SUFFIXES = ("_a", "_b")  # dbctl.names.ALTERNATE_SUFFIXES
 _VERIFIER = re.compile(
     r"SCRAM-SHA-256\$[1-9][0-9]*:[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{43}="
 )
@@ -39,7 +49,8 @@ _B64_LINES = r"(?:[A-Za-z0-9+/=]{1,76}\n)+"
 _PEM_KEY = re.compile(rf"-----BEGIN (EC |)PRIVATE KEY-----\n{_B64_LINES}-----END \1PRIVATE KEY-----\n?")
 _PEM_CERTS = re.compile(rf"(?:-----BEGIN CERTIFICATE-----\n{_B64_LINES}-----END CERTIFICATE-----\n?)+")
 
-SecretFetcher = Callable[[str], str]
+# (secret ARN, staging label) -> SecretString, or None when the secret has no version with that label.
+SecretFetcher = Callable[[str, str], "str | None"]
 
 
 class AuthFileError(RuntimeError):
@@ -47,42 +58,67 @@ class AuthFileError(RuntimeError):
 
 
 def aws_cli_fetcher(region: str) -> SecretFetcher:
-    """SecretString of a secret ARN via the AWS CLI (instance role credentials from IMDSv2)."""
+    """SecretString of a secret ARN's version (by staging label) via the AWS CLI (instance role credentials
+    from IMDSv2); None when no version has that label."""
 
-    def fetch(arn: str) -> str:
+    def fetch(arn: str, stage: str) -> str | None:
         cmd = ["aws", "secretsmanager", "get-secret-value", "--region", region, "--secret-id", arn]
-        cmd += ["--query", "SecretString", "--output", "text"]
+        cmd += ["--query", "SecretString", "--output", "text", "--version-stage", stage]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
+            if stage != "AWSCURRENT" and "ResourceNotFoundException" in done.stderr:
+                return None  # no rotation under way (AWSPENDING) or none yet (AWSPREVIOUS)
             # The CLI's error text names the secret and the reason (AccessDenied, ...), never its value.
-            raise AuthFileError(f"could not read secret {arn}: {done.stderr.strip()}")
+            raise AuthFileError(f"could not read secret {arn} ({stage}): {done.stderr.strip()}")
         return done.stdout
 
     return fetch
 
 
+def _user(role: str, username: object, where: str) -> str:
+    """The login user a version names: <role>_a/_b; the role itself (the layout before rotation) or no
+    username means <role>_a, as dbctl.credentials.login_user says."""
+    if username is None or username == role:
+        return role + USER_SUFFIXES[0]
+    if isinstance(username, str) and username in {role + suffix for suffix in USER_SUFFIXES}:
+        return username
+    raise AuthFileError(f"{where} names user {username!r}, not {role}_a or {role}_b")
+
+
 def render(secrets: Sequence[tuple[str, str]], fetch: SecretFetcher) -> str:
-    """The auth_file text: one `"role" "SCRAM-SHA-256$..."` line per (role, secret ARN)."""
+    """The auth_file text: one `"user" "SCRAM-SHA-256$..."` line per user of each (role, secret ARN)'s
+    previous, current and pending versions."""
     lines = []
     for role, arn in secrets:
-        try:
-            document = json.loads(fetch(arn))
-        except json.JSONDecodeError:
-            raise AuthFileError(f"secret {arn} (role {role}) is not a JSON object") from None
-        verifier = document.get(VERIFIER_KEY) if isinstance(document, dict) else None
-        if not isinstance(verifier, str) or not _VERIFIER.fullmatch(verifier):
-            raise AuthFileError(
-                f"secret {arn} (role {role}) has no SCRAM-SHA-256 verifier under key {VERIFIER_KEY!r}; "
-                "fix: store the verifier (dbctl.scram.scram_verifier), never a plaintext password"
-            )
-        lines.append(f'"{role}" "{verifier}"\n')
+        users: dict[str, str] = {}
+        for stage in STAGES:
+            text = fetch(arn, stage)
+            if text is None:
+                if stage == "AWSCURRENT":
+                    raise AuthFileError(f"secret {arn} (role {role}) has no AWSCURRENT version")
+                continue
+            where = f"secret {arn} (role {role}, {stage})"
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError:
+                raise AuthFileError(f"{where} is not a JSON object") from None
+            if not isinstance(document, dict):
+                raise AuthFileError(f"{where} is not a JSON object")
+            verifier = document.get(VERIFIER_KEY)
+            if not isinstance(verifier, str) or not _VERIFIER.fullmatch(verifier):
+                raise AuthFileError(
+                    f"{where} has no SCRAM-SHA-256 verifier under key {VERIFIER_KEY!r}; "
+                    "fix: store the verifier (dbctl.scram.scram_verifier), never a plaintext password"
+                )
+            users[_user(role, document.get(USERNAME_KEY), where)] = verifier
+        lines += [f'"{user}" "{users[user]}"\n' for user in sorted(users)]
     return "".join(lines)
 
 
 def render_tls(arn: str, fetch: SecretFetcher) -> tuple[str, str]:
     """(private key PEM, certificate PEM) from the client TLS secret; never echoes either."""
     try:
-        document = json.loads(fetch(arn))
+        document = json.loads(fetch(arn, "AWSCURRENT") or "null")
     except json.JSONDecodeError:
         raise AuthFileError(f"TLS secret {arn} is not a JSON object") from None
     if not isinstance(document, dict):

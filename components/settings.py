@@ -356,6 +356,14 @@ class MonitoringSettings(_Model):
     pool_saturated_minutes: int = Field(default=5, ge=1, le=60)
 
 
+class RotationSettings(_Model):
+    """`rotation`: the Secrets Manager rotation schedule of the master and pooled-role secrets."""
+
+    # Days between rotations: the seed's quarter. Secrets Manager's RotationRules.AutomaticallyAfterDays
+    # allows 1 to 1000.
+    schedule_days: Int = Field(default=90, ge=1, le=1000)
+
+
 class StackSettings(_Model):
     """Every knob of a stack. Field names are snake_case; the stack file spells them camelCase."""
 
@@ -398,6 +406,7 @@ class StackSettings(_Model):
     backups: BackupSettings = Field(default_factory=BackupSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    rotation: RotationSettings = Field(default_factory=RotationSettings)
 
     @property
     def effective_replica_instance_class(self) -> str:
@@ -652,7 +661,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-_SECTIONS = ("network", "pgbouncer", "backups", "alarms", "monitoring")
+_SECTIONS = ("network", "pgbouncer", "backups", "alarms", "monitoring", "rotation")
 
 
 def config_key(loc: tuple[int | str, ...]) -> str:

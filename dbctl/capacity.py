@@ -87,6 +87,15 @@ DEFAULT_HEADROOM: Final = (
 )
 
 
+# Rotation (dbctl.rotation) overlaps two login users per pooled role, <role>_a and <role>_b: PgBouncer then
+# keeps two pools (one per user) for each database entry. The budget below counts database pools, not user
+# pools: each entry's max_db_connections (default_pool_size + reserve_pool_size) caps all its users' server
+# connections together, and PgBouncer evicts an idle connection of one user's pool when another user's pool
+# needs the slot. So the overlap adds no server connection; each user's CONNECTION LIMIT (dbctl.roles) is the
+# whole per-server pool, since either user may hold all of it.
+USERS_PER_POOLED_ROLE: Final = 2
+
+
 class UnknownInstanceClassError(ValueError):
     """An instance class missing from INSTANCE_MEMORY_GIB."""
 

@@ -7,6 +7,11 @@ A credentials file is a JSON object mapping each login role (dbctl.names.LOGIN_R
   ``.local/credentials.json``): ``{"scram_verifier": …, "password": …, "username": …}``; ``password`` and
   ``username`` are optional and, when given, checked (the password must fit the verifier).
 
+A pooled role (dbctl.names.ALTERNATING_ROLES) logs in as one of two users, ``<role>_a`` or ``<role>_b``; its
+secret's ``username`` names the active one. A bare verifier, or a ``username`` naming the role itself (the
+single-user layout, before rotation), is the ``_a`` user's: the upgrade keeps the password and renames the
+login. The result maps each login **user** to its verifier.
+
 A plaintext password alone is refused. Its verifier would need a salt, and any salt dbctl picks differs from
 the one in the verifier PgBouncer holds (locally ``.local/credentials.json`` feeds its userlist, on AWS the
 secret's ``scram_verifier``): every pooled login would then fail. A salt derived from the password would also
@@ -52,6 +57,14 @@ def _verifier_problem(value: object) -> str | None:
     return scram.verifier_problem(value)
 
 
+def login_user(role: str, username: object) -> str | None:
+    """The login user a secret's username means for role (None: not one of role's users)."""
+    users = names.login_users(role)
+    if username == role:
+        return users[0]
+    return username if isinstance(username, str) and username in users else None
+
+
 def _role_verifier(role: str, value: object) -> tuple[str | None, list[str]]:
     """(verifier, problems) for one role's entry."""
     if isinstance(value, str):
@@ -72,9 +85,9 @@ def _role_verifier(role: str, value: object) -> tuple[str | None, list[str]]:
     problem = _verifier_problem(verifier)
     if problem is not None:
         problems.append(f"{role}.{names.SECRET_VERIFIER_KEY} {problem}")
-    username = value.get(names.SECRET_USERNAME_KEY, role)
-    if username != role:
-        problems.append(f"{role}.{names.SECRET_USERNAME_KEY} names another role; it must be {role!r}")
+    if login_user(role, value.get(names.SECRET_USERNAME_KEY, role)) is None:
+        allowed = " or ".join(repr(user) for user in names.login_users(role))
+        problems.append(f"{role}.{names.SECRET_USERNAME_KEY} names another role; it must be {allowed}")
     if names.SECRET_PASSWORD_KEY in value:
         password = value[names.SECRET_PASSWORD_KEY]
         password_problem = (
@@ -91,7 +104,8 @@ def _role_verifier(role: str, value: object) -> tuple[str | None, list[str]]:
 
 
 def verifiers_from_mapping(data: object, source: str) -> dict[str, str]:
-    """Validate {role: verifier or secret-shaped object} for exactly the login roles; return {role: verifier}.
+    """Validate {role: verifier or secret-shaped object} for exactly the login roles; return {login user:
+    verifier} (spike_app's entry under spike_app_a or spike_app_b, as its username says).
 
     Raises one DbctlError listing every problem, one line each, each line starting with source.
     """
@@ -113,10 +127,12 @@ def verifiers_from_mapping(data: object, source: str) -> dict[str, str]:
     for role in names.LOGIN_ROLES:
         if role not in data:
             continue
-        verifier, role_problems = _role_verifier(role, data[role])
+        value = data[role]
+        verifier, role_problems = _role_verifier(role, value)
         problems += role_problems
         if verifier is not None:
-            verifiers[role] = verifier
+            username = value.get(names.SECRET_USERNAME_KEY, role) if isinstance(value, Mapping) else role
+            verifiers[str(login_user(role, username))] = verifier
     if problems:
         raise DbctlError("\n".join(f"{source}: {problem}" for problem in problems))
     return verifiers

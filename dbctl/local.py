@@ -81,6 +81,7 @@ from dbctl.pgbouncer import (
     PgBouncerConfigError,
     ServerTls,
     render_ini,
+    render_userlist,
 )
 from dbctl.pgbouncer_server import (
     PgBouncerServer,
@@ -89,6 +90,7 @@ from dbctl.pgbouncer_server import (
     find_pgbouncer,
     immediate_shutdown_signal,
 )
+from dbctl.rotation import RotationError
 from dbctl.tls import CertificateAuthority, TlsError, write_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -416,7 +418,9 @@ def ensure_pgbouncer_tls(stack: Stack) -> bool:
 
 
 def pooled_verifiers(creds: Mapping[str, Credential]) -> dict[str, str]:
-    return {role: creds[role].scram_verifier for role in POOLED_ROLES}
+    """userlist.txt's {user: verifier}: every user of a pooled role that has one (active, previous,
+    pending), so a connection opened as the previous user and a login as the pending one both work."""
+    return {user: v for role in POOLED_ROLES for user, v in creds[role].verifiers().items()}
 
 
 def pgbouncer_version() -> tuple[int, int]:
@@ -431,6 +435,29 @@ def start_pgbouncer(stack: Stack) -> None:
     # when its pid now belongs to another live process.
     server.pid_path.unlink(missing_ok=True)
     server.start(pgbouncer_config(stack, server), pooled_verifiers(stack.creds))
+
+
+def userlist_stale(stack: Stack) -> bool:
+    """True when PgBouncer's userlist.txt is not what credentials.json renders now."""
+    server = PgBouncerServer(stack.pgbouncer_dir)
+    try:
+        current = server.userlist_path.read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return current != render_userlist(pooled_verifiers(stack.creds))
+
+
+def reload_pgbouncer(stack: Stack) -> None:
+    """Rewrite the running PgBouncer's files from credentials.json and SIGHUP it: connected clients stay,
+    and the next login is checked against the new userlist (when this returns, PgBouncer has reloaded)."""
+    pid = _pgbouncer_pid(stack)
+    if pid is None:
+        raise LocalError("PgBouncer is not running; start the stack with `dbctl local up`")
+    server = PgBouncerServer(stack.pgbouncer_dir)
+    try:
+        server.reload_pid(pid, pgbouncer_config(stack, server), pooled_verifiers(stack.creds))
+    except PgBouncerServerError as e:
+        raise LocalError(str(e)) from None
 
 
 def _pgbouncer_pid(stack: Stack) -> int | None:
@@ -481,7 +508,8 @@ def stop_pgbouncer(stack: Stack, timeout: float = 10) -> None:
 
 
 def login_verifiers(creds: Mapping[str, Credential]) -> dict[str, str]:
-    return {role: creds[role].scram_verifier for role in names.LOGIN_ROLES}
+    """The roles step's {login user: verifier}: the migrator's and every pooled user's that has one."""
+    return {user: v for role in names.LOGIN_ROLES for user, v in creds[role].verifiers().items()}
 
 
 def pre_migration_dump(stack: Stack, echo: Echo) -> deploy.BeforeApply:
@@ -642,7 +670,9 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         changed = True
     if not durable:
         echo(UNSAFE_NOTE)
-    if changed or not bouncer_running:
+    # A userlist behind credentials.json (an upgraded credentials file, an interrupted rotation): the roles
+    # step first, so the server knows every verifier before PgBouncer hands it out.
+    if changed or not bouncer_running or userlist_stale(stack):
         echo("migrations and roles (dbctl migrate's code) ...")
         apply_migrations(stack, echo)
     if ensure_shadow_database(stack):
@@ -653,6 +683,10 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         echo("PgBouncer's config changed (the read pool's server); restarting PgBouncer")
         stop_pgbouncer(stack)
         bouncer_running = False
+    if bouncer_running and userlist_stale(stack):
+        echo("PgBouncer's userlist changed (credentials.json); reloading PgBouncer")
+        reload_pgbouncer(stack)
+        changed = True
     if not bouncer_running:
         echo(f"starting PgBouncer {version[0]}.{version[1]} on {HOST}:{stack.state.pgbouncer_port} ...")
         start_pgbouncer(stack)
@@ -742,7 +776,7 @@ def psql_env(stack: Stack, role: str) -> dict[str, str]:
         PGHOST=HOST,
         PGPORT=str(stack.state.pgbouncer_port if pooled else stack.state.pg_port),
         PGDATABASE=database,
-        PGUSER=user,
+        PGUSER=stack.creds[user].username,
         PGPASSWORD=stack.creds[user].password,
         PGSSLMODE="verify-full" if pooled or stack.cluster.install.tls else "disable",
         PGSSLROOTCERT=str(stack.cluster.ca_file),
@@ -783,8 +817,9 @@ def _print_summary(stack: Stack) -> None:
     if s.replica:
         click.echo(f"Replica     {HOST}:{s.effective_replica_port}   (hot standby: the read pool's server)")
     click.echo(
-        f"PgBouncer   {HOST}:{s.pgbouncer_port}   (DATABASE_URL: {names.APP_ROLE} -> {names.DATABASE_NAME}, "
-        f"DATABASE_READ_URL: {names.READONLY_ROLE} -> {names.READ_POOL_DATABASE})"
+        f"PgBouncer   {HOST}:{s.pgbouncer_port}   (DATABASE_URL: {stack.creds[names.APP_ROLE].username} -> "
+        f"{names.DATABASE_NAME}, DATABASE_READ_URL: {stack.creds[names.READONLY_ROLE].username} -> "
+        f"{names.READ_POOL_DATABASE})"
     )
     click.echo(f".env        {stack.paths.env_file}")
 
@@ -1183,3 +1218,35 @@ def restore_test_command(paths: Paths, as_json: bool) -> None:
         )
     if not report.ok:
         raise SystemExit(1)
+
+
+# ---------------------------------------------------------------- rotation (dbctl.local_rotation)
+
+ROTATE_ROLES = {"app": names.APP_ROLE, "readonly": names.READONLY_ROLE, "monitor": names.MONITOR_ROLE}
+
+
+@local.command("rotate")
+@click.option(
+    "--role",
+    "roles_",
+    type=click.Choice(sorted(ROTATE_ROLES)),
+    multiple=True,
+    help="The pooled role to rotate (repeatable; default: all three, one after another).",
+)
+@click.option("--kill-after", type=click.Choice(["create", "set", "test"]), hidden=True)
+@click.pass_obj
+def rotate_command(paths: Paths, roles_: tuple[str, ...], kill_after: str | None) -> None:
+    """A new password for each pooled role's inactive user (<role>_a/_b), then the switch: credentials.json
+    and .env name it. Connected clients keep working; new logins succeed throughout (docs/operations.md).
+
+    A run killed midway leaves both users working; run it again to finish."""
+    from dbctl import local_rotation  # it imports this module
+
+    with stack_lock(paths, _echo):
+        stack = _running_stack(paths)
+        for key in roles_ or sorted(ROTATE_ROLES):
+            try:
+                credential = local_rotation.rotate(stack, ROTATE_ROLES[key], _echo, kill_after=kill_after)
+            except (*SERVER_ERRORS, RotationError) as e:
+                raise _fail(e) from e
+            click.echo(f"{ROTATE_ROLES[key]}: rotated; active user {credential.username}")

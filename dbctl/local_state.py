@@ -24,6 +24,7 @@ import click
 
 from dbctl import names
 from dbctl.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
+from dbctl.credentials import login_user
 from dbctl.scram import SALT_BYTES, is_scram_verifier, scram_verifier
 from dbctl.tls import write_file
 
@@ -176,18 +177,48 @@ class State:
 # ---------------------------------------------------------------- credentials
 
 
+# A pooled role's entry may also hold the other user's credential, under the name of its Secrets Manager
+# version stage (AWSPREVIOUS: the user the last rotation switched away from; AWSPENDING: the user a rotation
+# is preparing). PgBouncer's userlist holds all of them (dbctl.rotation).
+PREVIOUS_KEY = "previous"
+PENDING_KEY = "pending"
+
+
 @dataclass(frozen=True)
 class Credential:
+    """A login role's secret: the active user (username), its password and verifier; for a pooled role
+    also the previous and the pending user's credentials, when there are."""
+
     username: str
     password: str
     scram_verifier: str
+    previous: Credential | None = None
+    pending: Credential | None = None
 
     def as_secret(self) -> dict[str, str]:
+        """The fields an AWS secret version holds (no previous/pending: those are other versions there)."""
         return {
             names.SECRET_USERNAME_KEY: self.username,
             names.SECRET_PASSWORD_KEY: self.password,
             names.SECRET_VERIFIER_KEY: self.scram_verifier,
         }
+
+    def as_entry(self) -> dict[str, Any]:
+        """The entry in credentials.json: as_secret, plus previous and pending when there are."""
+        entry: dict[str, Any] = self.as_secret()
+        for key, other in ((PREVIOUS_KEY, self.previous), (PENDING_KEY, self.pending)):
+            if other is not None:
+                entry[key] = other.as_secret()
+        return entry
+
+    def verifiers(self) -> dict[str, str]:
+        """{login user: verifier} of every user this credential knows; the pending one wins over the
+        previous one for the same user (a rotation is giving that user a new password)."""
+        known = {}
+        for credential in (self.previous, self, self.pending):
+            if credential is not None:
+                known[credential.username] = credential.scram_verifier
+        return known
 
 
 # The bootstrap superuser, the master role and every login role.
@@ -199,18 +230,46 @@ def new_credential(username: str) -> Credential:
     return Credential(username, password, scram_verifier(password, secrets.token_bytes(SALT_BYTES)))
 
 
-def _parse_credential(role: str, secret: Any) -> Credential:
+def _parse_credential(role: str, secret: Any, where: str = "") -> Credential:
+    """One entry. A pooled role's username may be the role itself (the single-user layout, before
+    rotation): that is its `_a` user now, with the same password."""
+    where = where or role
     if not isinstance(secret, dict):
-        raise ValueError(f"{role} is not an object")
+        raise ValueError(f"{where} is not an object")
     fields = [secret.get(k) for k in (names.SECRET_USERNAME_KEY, names.SECRET_PASSWORD_KEY)]
     verifier = secret.get(names.SECRET_VERIFIER_KEY)
-    if fields[0] != role:
-        raise ValueError(f"{role}.{names.SECRET_USERNAME_KEY} is not {role!r}")
+    username = login_user(role, fields[0])
+    if username is None:
+        allowed = " or ".join(repr(user) for user in names.login_users(role))
+        raise ValueError(f"{where}.{names.SECRET_USERNAME_KEY} is not {allowed}")
     if not isinstance(fields[1], str) or not fields[1]:
-        raise ValueError(f"{role}.{names.SECRET_PASSWORD_KEY} is missing or empty")
+        raise ValueError(f"{where}.{names.SECRET_PASSWORD_KEY} is missing or empty")
     if not isinstance(verifier, str) or not is_scram_verifier(verifier):
-        raise ValueError(f"{role}.{names.SECRET_VERIFIER_KEY} is not a SCRAM-SHA-256 verifier")
-    return Credential(role, fields[1], verifier)
+        raise ValueError(f"{where}.{names.SECRET_VERIFIER_KEY} is not a SCRAM-SHA-256 verifier")
+    others: dict[str, Credential] = {}
+    for key in (PREVIOUS_KEY, PENDING_KEY):
+        if secret.get(key) is not None:
+            if where != role or role not in names.ALTERNATING_ROLES:
+                raise ValueError(f"{where}.{key}: only a pooled role's entry has one")
+            other = _parse_credential(role, secret[key], f"{role}.{key}")
+            if other.username == username:
+                raise ValueError(f"{role}.{key} names the active user {username}; it must be the other one")
+            others[key] = other
+    return Credential(username, fields[1], verifier, others.get(PREVIOUS_KEY), others.get(PENDING_KEY))
+
+
+def _single_user_layout(data: dict[str, Any]) -> bool:
+    """True when credentials.json is from before alternating users (a pooled role's username is itself)."""
+    return any(
+        isinstance(data.get(role), dict) and data[role].get(names.SECRET_USERNAME_KEY) == role
+        for role in names.ALTERNATING_ROLES
+    )
+
+
+def save_credentials(paths: Paths, creds: dict[str, Credential]) -> None:
+    """Write credentials.json (mode 0600, atomically: a crash leaves the old file or the new one)."""
+    text = json.dumps({role: c.as_entry() for role, c in creds.items()}, indent=2)
+    write_private(paths.credentials_file, text + "\n")
 
 
 def load_credentials(paths: Paths) -> dict[str, Credential] | None:
@@ -248,15 +307,20 @@ def load_or_create_credentials(paths: Paths, cluster_exists: bool) -> dict[str, 
     """The stack's credentials; generated (once, mode 0600) only for a stack that has no cluster yet."""
     creds = load_credentials(paths)
     if creds is not None:
+        data = json.loads(paths.credentials_file.read_bytes())
+        if _single_user_layout(data):
+            # The upgrade to alternating users: same passwords, the pooled roles' `_a` users named (the
+            # roles step creates them next). The old file stays beside it until the next upgrade.
+            write_private(paths.credentials_file.with_name("credentials.single-user.json"), json.dumps(data))
+            save_credentials(paths, creds)
         return creds
     if cluster_exists:
         raise LocalError(
             f"{paths.credentials_file} is missing, but this stack's cluster exists: its passwords are "
             f"there only; restore the file from a backup, or start over with {RESET_HINT}"
         )
-    creds = {role: new_credential(role) for role in WANTED_ROLES}
-    text = json.dumps({role: c.as_secret() for role, c in creds.items()}, indent=2)
-    write_private(paths.credentials_file, text + "\n")
+    creds = {role: new_credential(names.login_users(role)[0]) for role in WANTED_ROLES}
+    save_credentials(paths, creds)
     return creds
 
 

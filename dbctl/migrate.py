@@ -128,7 +128,7 @@ def _has_sql(text: str) -> bool:
 # The roles that connect through PgBouncer (dbctl.pgbouncer.POOLED_ROLES): none of them ever runs migrations,
 # so a lock 72707369 one of them holds is a stray (e.g. `SELECT pg_advisory_lock(72707369)` through a pool,
 # which outlives its client on the pooled server connection), not another run.
-NOT_MIGRATORS = (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE)
+NOT_MIGRATORS = tuple(user for role in names.ALTERNATING_ROLES for user in (role, *names.login_users(role)))
 
 
 def _lock_holders(conn: Conn) -> list[tuple[object, ...]]:

@@ -25,6 +25,7 @@ from dbctl.names import (
     POSTGRES_PORT,
     READ_POOL_DATABASE,
     READONLY_ROLE,
+    login_users,
 )
 from dbctl.scram import is_scram_verifier
 
@@ -210,7 +211,7 @@ class PgBouncerConfig(BaseModel):
 
     server_tls: ServerTls
     client_tls: ClientTls = ClientTls()
-    stats_users: tuple[RoleName, ...] = (MONITOR_ROLE,)
+    stats_users: tuple[RoleName, ...] = login_users(MONITOR_ROLE)
     admin_users: tuple[RoleName, ...] = ()
 
     @field_validator("version", mode="before")
@@ -590,26 +591,28 @@ def render_ini(config: PgBouncerConfig, peer_id: int = 1) -> str:
 
 
 def render_userlist(verifiers: Mapping[str, str]) -> str:
-    """userlist.txt: one `"role" "SCRAM-SHA-256$..."` line per pooled role, from verifiers only.
+    """userlist.txt: one `"user" "SCRAM-SHA-256$..."` line per login user of the pooled roles, from
+    verifiers only: both users of a role (dbctl.names.login_users) while a rotation overlaps them, at least
+    one (its active user) always.
 
-    Refuses a plaintext password (anything that is not a SCRAM-SHA-256 verifier), a missing pooled role
-    and a role that does not connect through PgBouncer. Error messages never include the value.
+    Refuses a plaintext password (anything that is not a SCRAM-SHA-256 verifier), a pooled role with no user
+    and a user that does not connect through PgBouncer. Error messages never include the value.
     """
-    unknown = sorted(set(verifiers) - set(POOLED_ROLES))
+    users = [user for role in POOLED_ROLES for user in login_users(role)]
+    unknown = sorted(set(verifiers) - set(users))
     if unknown:
         raise PgBouncerConfigError(
-            f"userlist: {', '.join(unknown)} do not connect through PgBouncer; "
-            f"pass only {', '.join(POOLED_ROLES)}"
+            f"userlist: {', '.join(unknown)} do not connect through PgBouncer; pass only {', '.join(users)}"
         )
-    missing = [role for role in POOLED_ROLES if role not in verifiers]
+    missing = [role for role in POOLED_ROLES if not any(u in verifiers for u in login_users(role))]
     if missing:
         raise PgBouncerConfigError(
             f"userlist: no verifier for {', '.join(missing)}; pass the scram_verifier from each role's secret"
         )
-    for role in POOLED_ROLES:
-        if not is_scram_verifier(verifiers[role]):
+    for user in verifiers:
+        if not is_scram_verifier(verifiers[user]):
             raise PgBouncerConfigError(
-                f"userlist: the value for {role} is not a SCRAM-SHA-256 verifier (a plaintext password?); "
+                f"userlist: the value for {user} is not a SCRAM-SHA-256 verifier (a plaintext password?); "
                 "pass the secret's scram_verifier, never the password"
             )
-    return "".join(f'"{role}" "{verifiers[role]}"\n' for role in POOLED_ROLES)
+    return "".join(f'"{user}" "{verifiers[user]}"\n' for user in users if user in verifiers)

@@ -345,16 +345,24 @@ class PgBouncerServer:
             sock.sendall(_SSL_REQUEST)
             sock.recv(1)
 
-    def _sighup(self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float) -> str:
-        """Write the files, SIGHUP every process, wait until each ran the reload; return what they logged
-        about it."""
-        assert self._config is not None
-        running = self._config
-        logs = {i: self.log_path_of(running, i) for i in self._procs}
+    def _sighup(
+        self, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float, pid: int | None = None
+    ) -> str:
+        """Write the files, SIGHUP every process (or pid: a single pgbouncer another run started from this
+        directory), wait until each ran the reload; return what they logged about it."""
+        running = self._config or config
+        if pid is not None:
+            logs = {1: self.log_path_of(running, 1)}
+        else:
+            assert self._config is not None
+            logs = {i: self.log_path_of(running, i) for i in self._procs}
         offsets = {i: len(self._read(path)) for i, path in logs.items()}
         self._write(config, verifiers)
-        for proc in self._procs.values():
-            proc.send_signal(signal.SIGHUP)
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+        else:
+            for proc in self._procs.values():
+                proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
         logged = []
         for peer_id, path in logs.items():
@@ -394,6 +402,15 @@ class PgBouncerServer:
             else "could NOT restore the previous config either; restart it"
         )
         raise PgBouncerServerError(f"pgbouncer rejected the new config ({outcome}):\n{_error_lines(logged)}")
+
+    def reload_pid(
+        self, pid: int, config: PgBouncerConfig, verifiers: Mapping[str, str], timeout: float = 10
+    ) -> None:
+        """reload() for a pgbouncer this object did not start (pid: the one running from this directory,
+        e.g. `dbctl local up`'s); raise with its errors if it rejects the files."""
+        logged = self._sighup(config, verifiers, timeout, pid)
+        if "loading failed" in logged:
+            raise PgBouncerServerError(f"pgbouncer rejected the new files:\n{_error_lines(logged)}")
 
     def is_running(self) -> bool:
         """Every process started is still running."""

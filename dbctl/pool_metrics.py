@@ -9,9 +9,9 @@ CLI v2 with the instance role's credentials. Nothing here imports dbctl; dbctl's
 - Several PgBouncer processes on the host (so_reuseport): each one's admin console over its own Unix
   socket (`--socket-dir`, once per process; TCP would reach any one of them), and the host's figures are
   their sum (max for the longest wait; the SHOW STATS averages weighted by each process's counts).
-- It logs in as spike_monitor (a `stats_users` entry) over 127.0.0.1 (or the sockets); the password comes
-  from the role's Secrets Manager secret into this process's memory and reaches psql only in its
-  environment (PGPASSWORD).
+- It logs in as the user spike_monitor's secret names (spike_monitor_a or _b, both `stats_users`) over
+  127.0.0.1 (or the sockets); user and password come from the role's Secrets Manager secret into this
+  process's memory, and reach psql only in its environment (PGPASSWORD).
 - Each pool (PgBouncer database: spike_land, spike_land_ro; the admin console is skipped) gives `METRICS`,
   each datum twice: with dimensions Stack, Pool, Host, and with Stack, Pool (what the alarms watch, the
   Maximum over the hosts).
@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 PASSWORD_KEY = "password"  # noqa: S105 - dbctl.names.SECRET_PASSWORD_KEY (this file stays standalone)
+USERNAME_KEY = "username"  # dbctl.names.SECRET_USERNAME_KEY: the active one of spike_monitor_a/_b
 ADMIN_DB = "pgbouncer"
 # (metric name, unit, source command, column, scale): SHOW POOLS per pool, SHOW STATS per database.
 METRICS = (
@@ -70,8 +71,9 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def monitor_password(secret_arn: str, region: str, run: Runner = _run) -> str:
-    """spike_monitor's password from its secret (the AWS CLI with the instance role)."""
+def monitor_credentials(secret_arn: str, region: str, run: Runner = _run) -> tuple[str, str]:
+    """(user, password) of spike_monitor's secret: the active user a rotation switched to, and its password
+    (read on every run, so a rotation needs nothing here)."""
     result = run(
         ["aws", "secretsmanager", "get-secret-value", "--region", region, "--secret-id", secret_arn,
          "--query", "SecretString", "--output", "text"],
@@ -79,12 +81,14 @@ def monitor_password(secret_arn: str, region: str, run: Runner = _run) -> str:
     if result.returncode != 0:
         raise MetricsError(f"cannot read secret {secret_arn}: {_last_line(result.stderr)}")
     try:
-        password = json.loads(result.stdout)[PASSWORD_KEY]
+        secret = json.loads(result.stdout)
+        password, user = secret[PASSWORD_KEY], secret[USERNAME_KEY]
     except (ValueError, KeyError, TypeError):
-        raise MetricsError(f"secret {secret_arn} has no {PASSWORD_KEY!r} key") from None
-    if not isinstance(password, str) or not password:
-        raise MetricsError(f"secret {secret_arn} has an empty {PASSWORD_KEY!r}")
-    return password
+        raise MetricsError(f"secret {secret_arn} has no {PASSWORD_KEY!r} or {USERNAME_KEY!r} key") from None
+    for key, value in ((PASSWORD_KEY, password), (USERNAME_KEY, user)):
+        if not isinstance(value, str) or not value:
+            raise MetricsError(f"secret {secret_arn} has an empty {key!r}")
+    return user, password
 
 
 def admin_rows(
@@ -202,11 +206,11 @@ def publish(namespace: str, region: str, data: list[dict[str, Any]], run: Runner
 
 def run_once(args: argparse.Namespace, run: Runner = _run) -> int:
     """One collection and publication; returns how many datums were published. Raises MetricsError."""
-    password = monitor_password(args.monitor_secret, args.region, run)
+    user, password = monitor_credentials(args.monitor_secret, args.region, run)
     pools: Rows = []
     stats: Rows = []
     for host in getattr(args, "socket_dir", None) or ["127.0.0.1"]:
-        login = {"port": args.port, "user": args.user, "password": password, "host": host, "run": run}
+        login = {"port": args.port, "user": user, "password": password, "host": host, "run": run}
         pools += admin_rows("SHOW POOLS", **login)
         stats += admin_rows("SHOW STATS", **login)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)  # noqa: UP017 - Python 3.9
@@ -223,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--namespace", required=True, help="the stack's custom namespace, e.g. SpikeLandDb/prod"
     )
     parser.add_argument("--monitor-secret", required=True, metavar="ARN", help="spike_monitor's secret")
-    parser.add_argument("--user", default="spike_monitor")
     parser.add_argument("--port", type=int, default=6543)
     parser.add_argument(
         "--socket-dir",

@@ -105,7 +105,7 @@ def report_command(
             )
         conn, target = connect(conninfo, application_name="dbctl report")
         with conn:
-            if target.user and target.user != names.MONITOR_ROLE:
+            if target.user and names.role_of_user(target.user) != names.MONITOR_ROLE:
                 click.echo(
                     f"note: connected as"
                     f" {target.user}, not {names.MONITOR_ROLE}: other roles' rows may be hidden",

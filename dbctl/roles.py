@@ -51,6 +51,41 @@ class RoleSpec:
     settings: Mapping[str, str] = field(default_factory=dict)
 
 
+# The pooled roles: (the NOLOGIN role holding the privileges, its connection limit per login user, settings).
+# The pooled roles' limits must cover every PgBouncer host's pool on one server:
+# hosts x (default_pool_size + reserve_pool_size), 2 x 25 in prod (tests/unit/test_role_limits.py). Each of
+# the two users gets the whole limit: PgBouncer's max_db_connections caps a database's pool across users, so
+# both together never hold more than one user alone could, and either may hold all of it.
+_POOLED: tuple[tuple[str, frozenset[str], int, Mapping[str, str]], ...] = (
+    (
+        names.APP_ROLE,
+        frozenset({names.READWRITE_ROLE}),
+        200,
+        {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"},
+    ),
+    (
+        names.READONLY_ROLE,
+        frozenset({names.READONLY_GROUP_ROLE}),
+        60,
+        {"default_transaction_read_only": "on", "statement_timeout": "5min"},
+    ),
+    (names.MONITOR_ROLE, frozenset({"pg_monitor"}), 5, {}),
+)
+
+
+def _alternating(
+    role: str, member_of: frozenset[str], limit: int, settings: Mapping[str, str]
+) -> tuple[RoleSpec, ...]:
+    """The NOLOGIN role that holds the privileges, and its two login users. Each user's sessions start as
+    the role (role=), as the migrator's start as spike_owner: current_user stays spike_app whichever user
+    logged in, so whatever reads current_user (policies, audit triggers, tests) does not see a rotation."""
+    users = tuple(
+        RoleSpec(user, True, frozenset({role}), limit, {**settings, "role": role})
+        for user in names.login_users(role)
+    )
+    return (RoleSpec(role, login=False, member_of=member_of), *users)
+
+
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(names.OWNER_ROLE, login=False),
     RoleSpec(names.READWRITE_ROLE, login=False),
@@ -65,23 +100,7 @@ ROLES: tuple[RoleSpec, ...] = (
         5,
         {"lock_timeout": "10s", "role": names.OWNER_ROLE},
     ),
-    RoleSpec(
-        names.APP_ROLE,
-        True,
-        frozenset({names.READWRITE_ROLE}),
-        200,
-        {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"},
-    ),
-    # The pooled roles' limits must cover every PgBouncer host's pool on one server:
-    # hosts x (default_pool_size + reserve_pool_size), 2 x 25 in prod (tests/unit/test_role_limits.py).
-    RoleSpec(
-        names.READONLY_ROLE,
-        True,
-        frozenset({names.READONLY_GROUP_ROLE}),
-        60,
-        {"default_transaction_read_only": "on", "statement_timeout": "5min"},
-    ),
-    RoleSpec(names.MONITOR_ROLE, True, frozenset({"pg_monitor"}), 5),
+    *(spec for pooled in _POOLED for spec in _alternating(*pooled)),
 )
 MANAGED = tuple(spec.name for spec in ROLES)
 
@@ -131,6 +150,24 @@ def _set_password(role: str, verifier: str) -> Change:
         sql.SQL("DO {}").format(sql.Literal(body)),
         (role, verifier),
     )
+
+
+def password_change(role: str, verifier: str) -> Change:
+    """Set role's password to verifier (COPY + DO, see the module docstring), no fingerprint: what a role
+    may run on itself (the master user's own rotation)."""
+    return _set_password(role, verifier)
+
+
+def password_changes(role: str, verifier: str) -> list[Change]:
+    """Set role's password to verifier (COPY + DO, see the module docstring) and record its fingerprint."""
+    wanted_comment = COMMENT_PREFIX + fingerprint(role, verifier)
+    return [
+        _set_password(role, verifier),
+        Change(
+            f"record password fingerprint of {role}",
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(role), sql.Literal(wanted_comment)),
+        ),
+    ]
 
 
 def fingerprint(role: str, verifier: str) -> str:
@@ -242,17 +279,24 @@ def _role_changes(
                         sql.SQL("ALTER ROLE {} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS").format(role),
                     )
                 )
-        if spec.login and verifiers is not None:
-            verifier = verifiers[spec.name]
-            wanted_comment = COMMENT_PREFIX + fingerprint(spec.name, verifier)
-            if comment != wanted_comment:
-                changes.append(_set_password(spec.name, verifier))
-                changes.append(
-                    Change(
-                        f"record password fingerprint of {spec.name}",
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(wanted_comment)),
-                    )
+        verifier = verifiers.get(spec.name) if spec.login and verifiers is not None else None
+        if verifier is not None:
+            if comment != COMMENT_PREFIX + fingerprint(spec.name, verifier):
+                changes += password_changes(spec.name, verifier)
+        elif not spec.login and comment.startswith(COMMENT_PREFIX):
+            # A login role of the single-user layout, a NOLOGIN role now: its old password goes too.
+            changes.append(
+                Change(
+                    f"clear the password of {spec.name} (a NOLOGIN role now; its users log in)",
+                    sql.SQL("ALTER ROLE {} PASSWORD NULL").format(role),
                 )
+            )
+            changes.append(
+                Change(
+                    f"clear password fingerprint of {spec.name}",
+                    sql.SQL("COMMENT ON ROLE {} IS NULL").format(role),
+                )
+            )
         current_settings = dict(item.split("=", 1) for item in config)
         for name, value in sorted(spec.settings.items()):
             if current_settings.get(name) != value:
@@ -453,8 +497,9 @@ def foreign_owned(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
 def plan(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str] | None) -> list[Change]:
     """The changes that bring roles and privileges to the desired state (empty: no drift).
 
-    verifiers maps each login role to the SCRAM verifier to set; None skips the password check (status
-    without credentials).
+    verifiers maps login users (spike_migrator, spike_app_a, …) to the SCRAM verifier to set; a user left
+    out keeps its password (the inactive user of a pooled role, whose verifier only a rotation knows). None
+    skips the password check (status without credentials).
     """
     return _role_changes(conn, verifiers) + _privilege_changes(conn)
 

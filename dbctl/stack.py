@@ -108,14 +108,18 @@ def read_secret_json(client: SecretsManagerClient, arn: str) -> dict[str, Any]:
 
 
 def role_verifiers(client: SecretsManagerClient, target: StackTarget) -> dict[str, str]:
-    """{login role: SCRAM verifier} from each role's secret; the plaintext password is not used."""
-    found: dict[str, str] = {}
+    """{login user: SCRAM verifier} from each role's secret (AWSCURRENT: its username names a pooled role's
+    active user); the plaintext password is not used."""
+    found: dict[str, object] = {}
     for role, arn in target.role_secret_arns.items():
         data = read_secret_json(client, arn)
         verifier = data.get(names.SECRET_VERIFIER_KEY)
         if not isinstance(verifier, str) or not verifier:
             raise DbctlError(f"secret {arn} (role {role}) has no {names.SECRET_VERIFIER_KEY!r}")
-        found[role] = verifier
+        username = data.get(names.SECRET_USERNAME_KEY)
+        found[role] = {names.SECRET_VERIFIER_KEY: verifier} | (
+            {names.SECRET_USERNAME_KEY: username} if username is not None else {}
+        )
     return verifiers_from_mapping(found, f"stack {target.stack!r} role secrets")
 
 

@@ -117,7 +117,14 @@ class FreshDatabase:
         return self.cluster.admin_url(self.name)
 
     def conninfo(self, user: str, password: str) -> str:
-        return self.cluster.conninfo(user, password, self.name)
+        """A login as user; a pooled role's name logs in as its _a user (the one secret_shaped's verifier,
+        which names no username, is for)."""
+        return self.cluster.conninfo(login_user(user), password, self.name)
+
+
+def login_user(role: str) -> str:
+    """The user a test logs in as for role: a pooled role's first (_a) user, else the role itself."""
+    return names.login_users(role)[0] if role in names.LOGIN_ROLES else role
 
 
 @pytest.fixture

@@ -150,8 +150,13 @@ def test_env_has_exactly_the_seed_variables_and_private_files(stack: LocalStack)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     creds = json.loads(stack.paths.credentials_file.read_text())
     for role in names.LOGIN_ROLES:
-        assert creds[role][names.SECRET_USERNAME_KEY] == role
+        # A new stack's pooled roles start on their _a user (a rotation switches to _b).
+        assert creds[role][names.SECRET_USERNAME_KEY] == names.login_users(role)[0]
         assert is_scram_verifier(creds[role][names.SECRET_VERIFIER_KEY])
+    assert (
+        f"//{names.APP_ROLE}_a:" in env["DATABASE_URL"]
+        and f"//{names.READONLY_ROLE}_a:" in env["DATABASE_READ_URL"]
+    )
 
 
 @pytest.mark.integration
@@ -171,7 +176,10 @@ def test_userlist_holds_verifiers_only(stack: LocalStack) -> None:
     creds = json.loads(stack.paths.credentials_file.read_text())
     for role, secret in creds.items():
         assert secret[names.SECRET_PASSWORD_KEY] not in userlist, role
-    assert f'"{names.APP_ROLE}" "SCRAM-SHA-256$' in userlist
+    assert f'"{names.APP_ROLE}_a" "SCRAM-SHA-256$' in userlist
+    # The NOLOGIN role that holds the privileges is in no userlist; its _b user has no password before a
+    # rotation prepares one.
+    assert f'"{names.APP_ROLE}" ' not in userlist and f'"{names.APP_ROLE}_b" ' not in userlist
 
 
 # ---------------------------------------------------------------- each role, with the right privileges
@@ -211,7 +219,7 @@ def test_migrator_connects_direct_and_owns_the_schema(stack: LocalStack) -> None
 
 @pytest.mark.integration
 def test_psql_opens_as_the_chosen_role(stack: LocalStack) -> None:
-    for role, expected in (("readonly", names.READONLY_ROLE), ("migrator", names.MIGRATOR_ROLE)):
+    for role, expected in (("readonly", f"{names.READONLY_ROLE}_a"), ("migrator", names.MIGRATOR_ROLE)):
         result = dbctl_local(stack.root, "psql", "--role", role, "-AtXc", "select session_user")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected

@@ -38,10 +38,11 @@ SECRET_ENV = {
     "PGPASSWORD": "leaked-pgpassword-secret",
     "PGUSER": "leaked_pguser",
 }
+# The login user each URL names (a new stack's pooled roles start on their _a user).
 ROLE_OF = {
-    "DATABASE_URL": names.APP_ROLE,
+    "DATABASE_URL": f"{names.APP_ROLE}_a",
     "DIRECT_URL": names.MIGRATOR_ROLE,
-    "DATABASE_READ_URL": names.READONLY_ROLE,
+    "DATABASE_READ_URL": f"{names.READONLY_ROLE}_a",
     "SHADOW_DATABASE_URL": names.MIGRATOR_ROLE,
 }
 NODE_DIR = Path(__file__).with_name("node_pg")
@@ -277,7 +278,7 @@ def test_app_and_readonly_cannot_reach_the_shadow_database(stack: LocalStack) ->
                 host="127.0.0.1",
                 port=stack.pg_port,
                 dbname=local.SHADOW_DATABASE,
-                user=role,
+                user=creds[role]["username"],
                 password=creds[role]["password"],
                 sslmode="verify-full",
                 sslrootcert=str(stack.paths.ca_dir / "ca.crt"),

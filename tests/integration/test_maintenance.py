@@ -17,7 +17,7 @@ from dbctl import cluster as cluster_module
 from dbctl import deploy, maintenance, names
 from dbctl.cluster import Cluster, throwaway_cluster
 from dbctl.credentials import verifiers_from_mapping
-from tests.integration.conftest import FreshDatabase, secret_shaped
+from tests.integration.conftest import FreshDatabase, login_user, secret_shaped
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_monitor_reads_jobs_only_through_the_function(
     cron_cluster: Cluster, role_passwords: dict[str, str]
 ) -> None:
     migrate(cron_cluster.admin_conninfo(), role_passwords)
-    monitor = cron_cluster.conninfo(names.MONITOR_ROLE, role_passwords[names.MONITOR_ROLE])
+    monitor = cron_cluster.conninfo(login_user(names.MONITOR_ROLE), role_passwords[names.MONITOR_ROLE])
     with psycopg.connect(monitor, autocommit=True) as conn:
         report = maintenance.job_report(conn)
         assert [j["jobname"] for j in report["jobs"]] == [maintenance.LO_JOB_NAME, maintenance.JOB_NAME]
@@ -91,7 +91,7 @@ def test_monitor_reads_jobs_only_through_the_function(
             conn.execute("SELECT * FROM cron.job")
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("SELECT cron.schedule('x', '* * * * *', 'SELECT 1')")
-    app = cron_cluster.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])
+    app = cron_cluster.conninfo(login_user(names.APP_ROLE), role_passwords[names.APP_ROLE])
     with psycopg.connect(app, autocommit=True) as conn, pytest.raises(errors.InsufficientPrivilege):
         conn.execute(f"SELECT * FROM {maintenance.SCHEMA}.{maintenance.JOBS_FUNCTION}()")  # noqa: S608
 

@@ -37,6 +37,7 @@ from dbctl.pgbouncer import (
 )
 from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
 from dbctl.scram import SALT_BYTES, scram_verifier
+from tests.integration.conftest import login_user
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,12 @@ CROWD = "pgbouncer-crowd"
 
 @pytest.fixture(scope="module")
 def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
-    """A SCRAM verifier per login role, from the session's passwords (as the role secrets hold them)."""
-    return {role: scram_verifier(role_passwords[role], os.urandom(SALT_BYTES)) for role in names.LOGIN_ROLES}
+    """A SCRAM verifier per login role's user (a pooled role's _a), from the session's passwords (as the
+    role secrets hold them)."""
+    return {
+        login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
+        for role in names.LOGIN_ROLES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
 
 def pooled(verifiers: dict[str, str]) -> dict[str, str]:
     """userlist.txt holds the pooled roles only; the migrator never goes through PgBouncer."""
-    return {role: verifiers[role] for role in POOLED_ROLES}
+    return {login_user(role): verifiers[login_user(role)] for role in POOLED_ROLES}
 
 
 def base_settings(cluster: Cluster, database: str, port: int) -> dict[str, object]:
@@ -92,7 +97,7 @@ class Bouncer:
         return make_conninfo(
             host="127.0.0.1",
             port=str(self.config.listen_port),
-            user=user,
+            user=login_user(user),
             password=password,
             dbname=dbname,
             sslmode="verify-full",
@@ -152,10 +157,14 @@ def test_app_reads_and_writes_through_pgbouncer_over_scram_and_tls(
             sql.SQL("SELECT count(*) FROM {} WHERE name = %s").format(sql.Identifier(TABLE)), (note,)
         ).fetchone()
         assert row == (1,)
+        assert conn.execute("SELECT current_user").fetchone() == (names.APP_ROLE,)
+        # The session acts as spike_app (role=), which may not read its login user's pg_stat_ssl row: look
+        # as the login user (SET LOCAL: this transaction only, on the pooled server connection).
+        conn.execute("SET LOCAL ROLE NONE")
         user, server_tls = conn.execute(
             "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         ).fetchone() or (None, None)
-        assert user == names.APP_ROLE
+        assert user == login_user(names.APP_ROLE)
         assert server_tls is True  # PgBouncer -> PostgreSQL leg is TLS (verify-full)
         assert conn.pgconn.ssl_in_use  # client -> PgBouncer leg is TLS too
 
@@ -184,7 +193,7 @@ def test_readonly_uses_the_read_pool_and_cannot_write(
         cur = conn.execute("SHOW POOLS")
         columns = [c.name for c in cur.description or []]
         pools = {(r[columns.index("database")], r[columns.index("user")]) for r in cur.fetchall()}
-    assert (names.READ_POOL_DATABASE, names.READONLY_ROLE) in pools
+    assert (names.READ_POOL_DATABASE, login_user(names.READONLY_ROLE)) in pools
 
 
 def test_wrong_password_and_unknown_user_are_refused(
@@ -232,7 +241,7 @@ def _pool_counts(conninfo: str) -> tuple[int, int]:
         columns = [c.name for c in cur.description or []]
         for values in cur.fetchall():
             row = dict(zip(columns, values, strict=True))
-            if row["database"] == names.DATABASE_NAME and row["user"] == names.APP_ROLE:
+            if row["database"] == names.DATABASE_NAME and row["user"] == login_user(names.APP_ROLE):
                 clients = int(row["cl_active"]) + int(row["cl_waiting"])
                 servers = sum(
                     int(row[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
@@ -301,7 +310,7 @@ def _backends(cluster: Cluster, database: str) -> int:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = %s AND usename = %s AND application_name = %s",
-            (database, names.APP_ROLE, CROWD),
+            (database, login_user(names.APP_ROLE), CROWD),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -379,7 +388,7 @@ def test_a_config_rendered_for_a_newer_version_is_caught_by_the_binary(
             console = make_conninfo(
                 host="127.0.0.1",
                 port=str(for_121.listen_port),
-                user=names.MONITOR_ROLE,
+                user=login_user(names.MONITOR_ROLE),
                 password=role_passwords[names.MONITOR_ROLE],
                 dbname="pgbouncer",
                 sslmode="require",

@@ -20,7 +20,7 @@ from psycopg import sql
 from dbctl import deploy, migrate, names
 from dbctl.cluster import Cluster, find_binary, throwaway_cluster
 from dbctl.errors import DbctlError
-from tests.integration.conftest import REPO_ROOT, migrate_command, secret_shaped, verifier_of
+from tests.integration.conftest import REPO_ROOT, login_user, migrate_command, secret_shaped, verifier_of
 from tests.integration.test_pgbouncer import Bouncer, _cleanup, _start
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ RECOVERY_BOUND_S = 6.0
 @pytest.fixture(scope="module")
 def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
     """The verifiers the role secrets (and so PgBouncer's userlist) hold."""
-    return {role: verifier_of(role, pw) for role, pw in role_passwords.items()}
+    return {login_user(role): verifier_of(role, pw) for role, pw in role_passwords.items()}
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_the_runner_ends_an_idle_pooled_role_session_holding_the_migration_lock(
 ) -> None:
     """Whatever way a pooled role got the lock (a pool without the reset, a direct login), it is no run."""
     holder = psycopg.connect(
-        pg_cluster.conninfo(names.READONLY_ROLE, role_passwords[names.READONLY_ROLE], database),
+        pg_cluster.conninfo(login_user(names.READONLY_ROLE), role_passwords[names.READONLY_ROLE], database),
         autocommit=True,
     )
     try:
@@ -144,7 +144,7 @@ def test_the_runner_ends_an_idle_pooled_role_session_holding_the_migration_lock(
         pid = holder.info.backend_pid
         report = deploy.run_migrate(pg_cluster.admin_url(database), verifiers, lock_wait=30)
         lock_step = next(step for step in report.steps if step.step == "lock")
-        assert f"ended session {pid} of spike_readonly" in lock_step.detail
+        assert f"ended session {pid} of spike_readonly_a" in lock_step.detail
         with pytest.raises(psycopg.OperationalError):
             holder.execute("SELECT 1")
     finally:

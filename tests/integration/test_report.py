@@ -70,7 +70,8 @@ def test_json_has_the_eight_sections_and_maintenance(stack: LocalStack) -> None:
     assert list(data) == [*EIGHT, "maintenance", "large_objects"]
     conns = data["connections"]
     assert isinstance(conns, list)
-    assert any(c["user"] == names.MONITOR_ROLE and c["application"] == "dbctl report" for c in conns)
+    monitor_user = f"{names.MONITOR_ROLE}_a"  # the login user (a new stack's first)
+    assert any(c["user"] == monitor_user and c["application"] == "dbctl report" for c in conns)
     tables = {t["table"] for t in data["table_sizes"]}  # type: ignore[attr-defined]
     assert {"User", "Session", "_prisma_migrations"} <= tables
     assert all(
@@ -117,7 +118,7 @@ def test_human_form_is_one_titled_table_per_section(stack: LocalStack) -> None: 
     out = result.stdout
     titles = [line for line in out.splitlines() if line.startswith("== ")]
     assert titles == [f"== {key} ==" for key in (*EIGHT, "maintenance", "large_objects")]
-    assert f"report for {names.MONITOR_ROLE}@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}" in out
+    assert f"report for {names.MONITOR_ROLE}_a@127.0.0.1:{stack.pg_port}/{names.DATABASE_NAME}" in out
     assert "method: pgstattuple_approx" in out
     assert "spike_local_replica" in out and "streaming" in out  # the local replica, in the replication table
     # A table: a header line, a dashed rule under it, then rows.

@@ -13,7 +13,7 @@ from psycopg import errors, sql
 from dbctl import deploy, names, roles, scram
 from dbctl.cluster import Cluster
 from dbctl.credentials import verifiers_from_mapping
-from tests.integration.conftest import FreshDatabase, RunMigrate, secret_shaped
+from tests.integration.conftest import FreshDatabase, RunMigrate, login_user, secret_shaped
 from tests.integration.helpers import migrate_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
@@ -92,7 +92,7 @@ def test_monitor_sees_activity_and_statements_but_no_data(
         with connect_as(migrated, names.MONITOR_ROLE, role_passwords) as conn:
             row = conn.execute(
                 "SELECT query FROM pg_stat_activity WHERE usename = %s AND datname = current_database()",
-                (names.APP_ROLE,),
+                (login_user(names.APP_ROLE),),
             ).fetchone()
             assert row is not None and "marker_for_monitor" in str(row[0])
             statements = conn.execute(
@@ -135,7 +135,10 @@ def test_a_verifier_from_dbctl_scram_logs_in_with_its_password(
     deploy.run_migrate(fresh_db.admin_conninfo, verifiers_from_mapping(given, "test"))
     for role in (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE, names.MIGRATOR_ROLE):
         with connect_as(fresh_db, role, role_passwords) as conn:
-            assert conn.execute("SELECT session_user").fetchone() == (role,)
+            # A pooled role's user logs in, and its session acts as the role (role=).
+            assert conn.execute("SELECT session_user").fetchone() == (login_user(role),)
+            current = names.OWNER_ROLE if role == names.MIGRATOR_ROLE else role
+            assert conn.execute("SELECT current_user").fetchone() == (current,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(fresh_db.conninfo(names.APP_ROLE, "not-the-password")).close()
 
@@ -154,9 +157,10 @@ def test_hand_made_grants_are_taken_back(
             "GRANT spike_rw TO spike_readonly",
             "GRANT CREATE ON SCHEMA public TO PUBLIC",
             "GRANT CREATE ON SCHEMA public TO spike_rw",
-            "ALTER ROLE spike_app SET work_mem = '1GB'",
-            "ALTER ROLE spike_app SET statement_timeout = '0'",
-            "ALTER ROLE spike_app CONNECTION LIMIT 3 CREATEDB",
+            "ALTER ROLE spike_app_a SET work_mem = '1GB'",
+            "ALTER ROLE spike_app_a SET statement_timeout = '0'",
+            "ALTER ROLE spike_app_a CONNECTION LIMIT 3 CREATEDB",
+            "ALTER ROLE spike_app_b RESET role",
             "ALTER DEFAULT PRIVILEGES FOR ROLE spike_owner IN SCHEMA public"
             " GRANT TRUNCATE ON TABLES TO spike_rw",
         ):
@@ -187,8 +191,9 @@ def test_hand_made_grants_are_taken_back(
             " has_database_privilege('spike_monitor', current_database(), 'TEMPORARY')"
         ).fetchone()
         app = admin.execute(
-            "SELECT rolconnlimit, rolcreatedb, rolconfig FROM pg_roles WHERE rolname = 'spike_app'"
+            "SELECT rolconnlimit, rolcreatedb, rolconfig FROM pg_roles WHERE rolname = 'spike_app_a'"
         ).fetchone()
+        app_b = admin.execute("SELECT rolconfig FROM pg_roles WHERE rolname = 'spike_app_b'").fetchone()
         public_acl = admin.execute(
             "SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a"
             " WHERE d.datname = current_database() AND a.grantee = 0"
@@ -196,7 +201,9 @@ def test_hand_made_grants_are_taken_back(
     assert checks == (False,) * 10
     assert app is not None
     assert app[0] == 200 and app[1] is False
-    assert sorted(app[2]) == ["idle_in_transaction_session_timeout=60s", "statement_timeout=30s"]
+    wanted = ["idle_in_transaction_session_timeout=60s", "role=spike_app", "statement_timeout=30s"]
+    assert sorted(app[2]) == wanted
+    assert app_b is not None and sorted(app_b[0]) == wanted
     assert public_acl == (0,)
 
     again = run_migrate("migrate", "--json")

@@ -36,16 +36,32 @@ def problems(data: object) -> list[str]:
 
 
 def test_a_verifier_is_passed_through_unchanged() -> None:
+    """A bare verifier of a pooled role is its _a user's (the single-user layout's upgrade)."""
     given = full()
-    assert verifiers_from_mapping(given, "x") == given
+    assert verifiers_from_mapping(given, "x") == {names.login_users(r)[0]: v for r, v in given.items()}
+
+
+def test_the_secret_username_names_the_user_the_verifier_is_for() -> None:
+    """After a rotation spike_app's secret names spike_app_b; spike_app itself (the old layout) means _a."""
+    b, legacy = verifier(), verifier()
+    got = verifiers_from_mapping(
+        full(
+            spike_app={"username": "spike_app_b", "scram_verifier": b},
+            spike_readonly={"username": "spike_readonly", "scram_verifier": legacy},
+        ),
+        "x",
+    )
+    assert got["spike_app_b"] == b and "spike_app_a" not in got and got["spike_readonly_a"] == legacy
+    (line,) = problems(full(spike_app={"username": "spike_readonly_a", "scram_verifier": b}))
+    assert "spike_app.username names another role; it must be 'spike_app_a' or 'spike_app_b'" in line
 
 
 def test_a_secret_shaped_entry_gives_its_own_verifier() -> None:
     """The shape of a role secret and of .local/credentials.json: the verifier PgBouncer's userlist holds."""
     pooled = verifier()
     entry = {"username": names.APP_ROLE, "password": PASSWORD, "scram_verifier": pooled}
-    assert verifiers_from_mapping(full(spike_app=entry), "x")[names.APP_ROLE] == pooled
-    assert verifiers_from_mapping(full(spike_app={"scram_verifier": pooled}), "x")[names.APP_ROLE] == pooled
+    assert verifiers_from_mapping(full(spike_app=entry), "x")["spike_app_a"] == pooled
+    assert verifiers_from_mapping(full(spike_app={"scram_verifier": pooled}), "x")["spike_app_a"] == pooled
 
 
 def test_a_plaintext_password_is_refused_with_the_reason() -> None:
@@ -120,7 +136,7 @@ def test_file_errors_are_one_line_and_never_quote_the_contents(tmp_path: Path) -
     with pytest.raises(DbctlError, match="cannot read credentials file"):
         load_credentials_file(tmp_path / "missing.json")
     path.write_text(json.dumps(full()))
-    assert set(load_credentials_file(path)) == set(names.LOGIN_ROLES)
+    assert set(load_credentials_file(path)) == {names.login_users(r)[0] for r in names.LOGIN_ROLES}
 
 
 def test_a_non_utf8_file_is_one_line(tmp_path: Path) -> None:

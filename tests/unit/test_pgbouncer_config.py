@@ -14,6 +14,7 @@ from dbctl.names import (
     MONITOR_ROLE,
     READ_POOL_DATABASE,
     READONLY_ROLE,
+    login_users,
 )
 from dbctl.pgbouncer import (
     POOLED_ROLES,
@@ -48,7 +49,9 @@ def parse(text: str) -> configparser.ConfigParser:
 
 @pytest.fixture(scope="module")
 def verifiers() -> dict[str, str]:
-    return {role: scram_verifier(f"pw-{role}", os.urandom(16)) for role in POOLED_ROLES}
+    """Both users of every pooled role (a rotation's overlap)."""
+    users = [user for role in POOLED_ROLES for user in login_users(role)]
+    return {user: scram_verifier(f"pw-{user}", os.urandom(16)) for user in users}
 
 
 def test_seed_settings_and_auth_are_rendered() -> None:
@@ -67,7 +70,7 @@ def test_seed_settings_and_auth_are_rendered() -> None:
         "server_idle_timeout": "600",
     }
     assert {key: ini[key] for key in seed} == seed
-    assert ini["stats_users"] == MONITOR_ROLE
+    assert ini["stats_users"] == f"{MONITOR_ROLE}_a,{MONITOR_ROLE}_b"
     assert "admin_users" not in ini
 
 
@@ -207,25 +210,35 @@ def test_bad_settings_fail_with_the_field_named(overrides: dict[str, object], me
 def test_userlist_holds_verifiers_of_the_pooled_roles(verifiers: dict[str, str]) -> None:
     text = render_userlist(verifiers)
     lines = text.splitlines()
-    assert [line.split(" ")[0] for line in lines] == [
-        f'"{r}"' for r in (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
-    ]
-    for line, role in zip(lines, POOLED_ROLES, strict=True):
-        assert line == f'"{role}" "{verifiers[role]}"'
+    users = [f"{r}{s}" for r in (APP_ROLE, READONLY_ROLE, MONITOR_ROLE) for s in ("_a", "_b")]
+    assert [line.split(" ")[0] for line in lines] == [f'"{u}"' for u in users]
+    for line, user in zip(lines, users, strict=True):
+        assert line == f'"{user}" "{verifiers[user]}"'
     assert text.endswith("\n")
+
+
+def test_userlist_needs_one_user_per_pooled_role_only(verifiers: dict[str, str]) -> None:
+    """Outside a rotation the inactive user may have no verifier yet (a new stack): it is left out."""
+    active = {user: v for user, v in verifiers.items() if not user.endswith("_b")}
+    assert [line.split(" ")[0] for line in render_userlist(active).splitlines()] == [
+        f'"{r}_a"' for r in (APP_ROLE, READONLY_ROLE, MONITOR_ROLE)
+    ]
 
 
 def test_userlist_refuses_a_plaintext_password_without_echoing_it(verifiers: dict[str, str]) -> None:
     with pytest.raises(PgBouncerConfigError, match="not a SCRAM-SHA-256 verifier") as caught:
-        render_userlist({**verifiers, APP_ROLE: "hunter2-plaintext"})
+        render_userlist({**verifiers, f"{APP_ROLE}_b": "hunter2-plaintext"})
     assert "hunter2" not in str(caught.value)
 
 
 def test_userlist_refuses_missing_and_unpooled_roles(verifiers: dict[str, str]) -> None:
     with pytest.raises(PgBouncerConfigError, match=f"no verifier for {READONLY_ROLE}"):
-        render_userlist({k: v for k, v in verifiers.items() if k != READONLY_ROLE})
+        render_userlist({k: v for k, v in verifiers.items() if not k.startswith(READONLY_ROLE)})
     with pytest.raises(PgBouncerConfigError, match=f"{MIGRATOR_ROLE} do not connect through PgBouncer"):
-        render_userlist({**verifiers, MIGRATOR_ROLE: verifiers[APP_ROLE]})
+        render_userlist({**verifiers, MIGRATOR_ROLE: verifiers[f"{APP_ROLE}_a"]})
+    # The NOLOGIN role itself never logs in: its name in the userlist is refused too.
+    with pytest.raises(PgBouncerConfigError, match=f"{APP_ROLE} do not connect through PgBouncer"):
+        render_userlist({**verifiers, APP_ROLE: verifiers[f"{APP_ROLE}_a"]})
 
 
 def test_recovery_and_reset_settings_are_rendered_with_reasons() -> None:

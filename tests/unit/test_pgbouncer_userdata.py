@@ -191,9 +191,17 @@ def test_shellcheck_passes(tmp_path: Path, client_tls: bool) -> None:
 # ---- the auth-file helper --------------------------------------------------------------------------------
 
 
-def secret_document(role: str, password: str) -> dict[str, str]:
+# The stand-in `aws` has one version per secret, AWSCURRENT: others are not found, as the real CLI says.
+AWS_STUB_STAGES = (
+    'case "$*" in *AWSCURRENT*) ;; *) echo "An error occurred (ResourceNotFoundException) when calling the '
+    "GetSecretValue operation: Secrets Manager can't find the specified secret value for staging label\" >&2;"
+    " exit 254;; esac\n"
+)
+
+
+def secret_document(role: str, password: str, username: str | None = None) -> dict[str, str]:
     return {
-        names.SECRET_USERNAME_KEY: role,
+        names.SECRET_USERNAME_KEY: username or role,
         names.SECRET_PASSWORD_KEY: password,
         names.SECRET_VERIFIER_KEY: scram_verifier(password, salt=role.encode().ljust(16, b"s")),
     }
@@ -212,8 +220,11 @@ def secretsmanager() -> Iterator[tuple[helper.SecretFetcher, dict[str, str], dic
             )
             arns[role] = made["ARN"]
 
-        def fetch(arn: str) -> str:
-            return client.get_secret_value(SecretId=arn)["SecretString"]
+        def fetch(arn: str, stage: str) -> str | None:
+            try:
+                return str(client.get_secret_value(SecretId=arn, VersionStage=stage)["SecretString"])
+            except client.exceptions.ResourceNotFoundException:
+                return None
 
         yield fetch, arns, passwords
 
@@ -225,7 +236,7 @@ def test_helper_writes_only_verifiers_from_secrets_manager(
     text = helper.render(list(arns.items()), fetch)
     for role in ROLES:
         verifier = secret_document(role, passwords[role])[names.SECRET_VERIFIER_KEY]
-        assert f'"{role}" "{verifier}"\n' in text
+        assert f'"{role}_a" "{verifier}"\n' in text  # its username is the role: the single-user layout
         assert passwords[role] not in text
     auth_file = tmp_path / "userlist.txt"
     owner = Path.home().owner()
@@ -241,8 +252,8 @@ def test_helper_refuses_a_plaintext_in_the_verifier_key(
 ) -> None:
     fetch, arns, _ = secretsmanager
 
-    def tampered(arn: str) -> str:
-        doc = json.loads(fetch(arn))
+    def tampered(arn: str, stage: str) -> str | None:
+        doc = json.loads(fetch(arn, stage) or "{}")
         doc[names.SECRET_VERIFIER_KEY] = "hunter2-plaintext"
         return json.dumps(doc)
 
@@ -258,12 +269,49 @@ def test_helper_refuses_a_secret_without_a_verifier(
 ) -> None:
     _, arns, _ = secretsmanager
 
-    def password_only(arn: str) -> str:
+    def password_only(arn: str, stage: str) -> str:
         return json.dumps({names.SECRET_USERNAME_KEY: "x", names.SECRET_PASSWORD_KEY: "hunter2"})
 
     with pytest.raises(helper.AuthFileError, match="no SCRAM-SHA-256 verifier") as caught:
         helper.render(list(arns.items()), password_only)
     assert "hunter2" not in str(caught.value)
+
+
+def test_helper_holds_every_user_of_a_rotation_under_way(
+    secretsmanager: tuple[helper.SecretFetcher, dict[str, str], dict[str, str]],
+) -> None:
+    """Prepared (AWSPENDING) before the switch, still there (AWSPREVIOUS) after it: both users log in."""
+    fetch, arns, passwords = secretsmanager
+    client = boto3.client("secretsmanager", region_name=REGION)
+    arn = arns[names.APP_ROLE]
+    current = secret_document(names.APP_ROLE, passwords[names.APP_ROLE], f"{names.APP_ROLE}_a")
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(current))
+    pending = secret_document(names.APP_ROLE, "the-new-password", f"{names.APP_ROLE}_b")
+    version = client.put_secret_value(
+        SecretId=arn, SecretString=json.dumps(pending), VersionStages=["AWSPENDING"]
+    )["VersionId"]
+
+    def app_lines() -> list[str]:
+        text = helper.render(list(arns.items()), fetch)
+        return [line for line in text.splitlines() if line.startswith(f'"{names.APP_ROLE}_')]
+
+    verifier = names.SECRET_VERIFIER_KEY
+    expected = [
+        f'"{names.APP_ROLE}_a" "{current[verifier]}"',
+        f'"{names.APP_ROLE}_b" "{pending[verifier]}"',
+    ]
+    assert app_lines() == expected
+    old = client.describe_secret(SecretId=arn)["VersionIdsToStages"]
+    current_id = next(v for v, stages in old.items() if "AWSCURRENT" in stages)
+    client.update_secret_version_stage(
+        SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=version, RemoveFromVersionId=current_id
+    )
+    assert app_lines() == expected  # switched: _b current, _a previous
+    # A version naming another role's user is refused by name, not written.
+    wrong = secret_document(names.APP_ROLE, "x", f"{names.READONLY_ROLE}_a")
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(wrong), VersionStages=["AWSPENDING"])
+    with pytest.raises(helper.AuthFileError, match="names user 'spike_readonly_a', not spike_app_a or"):
+        helper.render(list(arns.items()), fetch)
 
 
 def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
@@ -284,6 +332,7 @@ def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
     (bin_dir / "aws").write_text(
         "#!/bin/bash\n"
         f'printf "aws %s\\n" "$*" >> {calls}\n'
+        f"{AWS_STUB_STAGES}"
         "name=${6##*:}\n"
         f'cat "{secrets_dir}/${{name//\\//_}}"\n'
     )
@@ -304,7 +353,8 @@ def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
     assert auth_file.read_text().count("SCRAM-SHA-256$") == len(ROLES)
     assert "pw-" not in auth_file.read_text() and "pw-" not in first.stdout + first.stderr
     log = calls.read_text()
-    assert log.count("aws secretsmanager get-secret-value") == len(ROLES)
+    # Each role secret's three staging labels (previous and pending: not found, skipped).
+    assert log.count("aws secretsmanager get-secret-value") == 3 * len(ROLES)
     assert "systemctl reload" in log  # the stand-in says the unit is active, and the file is new
 
     calls.write_text("")
@@ -355,7 +405,9 @@ def test_embedded_helper_writes_the_client_tls_files_0600_and_never_prints_them(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.log"
-    (bin_dir / "aws").write_text(f'#!/bin/bash\nname=${{6##*:}}\ncat "{secrets_dir}/${{name//\\//_}}"\n')
+    (bin_dir / "aws").write_text(
+        f'#!/bin/bash\n{AWS_STUB_STAGES}name=${{6##*:}}\ncat "{secrets_dir}/${{name//\\//_}}"\n'
+    )
     (bin_dir / "systemctl").write_text(f'#!/bin/bash\nprintf "systemctl %s\\n" "$*" >> {calls}\n')
     for tool in ("aws", "systemctl"):
         (bin_dir / tool).chmod(0o755)
@@ -399,7 +451,7 @@ def test_embedded_helper_writes_the_client_tls_files_0600_and_never_prints_them(
 )
 def test_helper_refuses_a_tls_secret_without_a_pem_key_and_certificate(document: dict[str, str]) -> None:
     with pytest.raises(helper.AuthFileError) as e:
-        helper.render_tls(TLS_ARN, lambda _arn: json.dumps(document))
+        helper.render_tls(TLS_ARN, lambda _arn, _stage: json.dumps(document))
     assert TLS_ARN in str(e.value)
     assert "BEGIN" not in str(e.value) and "not a key" not in str(e.value)
 

@@ -80,7 +80,9 @@ class FakeRun:
     def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         self.calls.append((argv, kw))
         if argv[:2] == ["aws", "secretsmanager"]:
-            return subprocess.CompletedProcess(argv, 0, json.dumps({"password": "pw-secret-1"}), "")
+            # After a rotation the secret names spike_monitor_b: the run logs in as the user it names.
+            secret = {"username": "spike_monitor_b", "password": "pw-secret-1"}
+            return subprocess.CompletedProcess(argv, 0, json.dumps(secret), "")
         if argv[0] == "psql":
             rows = POOLS if "SHOW POOLS" in argv else STATS
             text = ",".join(rows[1]) + "\n" + "\n".join(",".join(r.get(k, "") for k in rows[1]) for r in rows)
@@ -91,7 +93,7 @@ class FakeRun:
 
 ARGS = argparse.Namespace(
     stack="prod", region="eu-west-1", namespace="SpikeLandDb/prod", monitor_secret="arn:x",
-    user="spike_monitor", port=6543, host="h1",
+    port=6543, host="h1",
 )  # fmt: skip
 
 
@@ -105,7 +107,7 @@ def test_one_run_reads_as_spike_monitor_and_keeps_the_password_off_command_lines
         assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGDATABASE"]) == (
             "127.0.0.1",
             "6543",
-            "spike_monitor",
+            "spike_monitor_b",
             "pgbouncer",
         )
         assert env["PGPASSWORD"] == "pw-secret-1"

@@ -27,7 +27,7 @@ def result(stack: str) -> RunResult:
 
 
 def function(r: RunResult) -> Resource:
-    return one(r.resources, FUNCTION)
+    return named(of_type(r.resources, FUNCTION), "restore-validation-fn")
 
 
 def plan(r: RunResult) -> Resource:
@@ -49,7 +49,9 @@ def test_a_completed_restore_of_this_stacks_plan_runs_the_function(stack: str) -
     )
     fn = function(r)
     assert target.inputs["arn"] == fn.state["arn"]
-    permission = one(r.resources, "aws:lambda/permission:Permission")
+    permission = named(
+        of_type(r.resources, "aws:lambda/permission:Permission"), "restore-validation-from-events"
+    )
     assert permission.inputs["principal"] == "events.amazonaws.com"
     assert permission.inputs["sourceArn"] == rule.state["arn"]
 

@@ -19,6 +19,9 @@ LIMITS = {spec.name: spec.connection_limit for spec in ROLES}
 def test_pooled_role_limit_covers_every_hosts_pool(stack: str, role: str) -> None:
     pgb = settings_for(stack).pgbouncer
     per_server = pgb.host_count * (pgb.default_pool_size + pgb.reserve_pool_size)
-    assert LIMITS[role] >= per_server, (
-        f"{role} connection limit {LIMITS[role]} < {per_server} that the {stack} PgBouncer tier may open"
-    )
+    # Each login user alone may hold the whole pool (max_db_connections caps it across both users).
+    for user in names.login_users(role):
+        assert LIMITS[user] >= per_server, (
+            f"{user} connection limit {LIMITS[user]} < {per_server} that the {stack} PgBouncer tier may open"
+        )
+    assert LIMITS[role] == -1  # the NOLOGIN role that holds the privileges: nobody logs in as it

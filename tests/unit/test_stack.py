@@ -70,9 +70,10 @@ def secrets() -> Iterator[tuple[SecretsManagerClient, stack.StackTarget, dict[st
         arns = {}
         for role in names.LOGIN_ROLES:
             verifier = scram.scram_verifier(f"pw-{role}", os.urandom(16))
-            verifiers[role] = verifier
+            user = names.login_users(role)[-1]  # a pooled role's secret after a rotation names its _b user
+            verifiers[user] = verifier
             secret = {
-                names.SECRET_USERNAME_KEY: role,
+                names.SECRET_USERNAME_KEY: user,
                 names.SECRET_PASSWORD_KEY: f"pw-{role}",
                 names.SECRET_VERIFIER_KEY: verifier,
             }

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import scramp
 
+from components.credentials import INITIAL_STAGE
 from components.database import replica_zones
 from components.settings import SettingsError
 from dbctl import names
@@ -201,6 +202,8 @@ def test_database_admits_5432_only_from_pgbouncer_and_configured_sources(stack: 
     expected = {
         r.outputs["pgbouncer_security_group_id"],
         validator,  # the restore validation function (components/restore_validation.py)
+        # the credential rotation function (components/rotation.py): sets the new passwords
+        named(of_type(r.resources, EGRESS), "rotation-fn-to-db").inputs["securityGroupId"],
         *s.allowed_security_group_ids,
         *s.allowed_cidrs,
     }
@@ -280,11 +283,13 @@ def test_role_secrets_hold_username_password_and_a_verifier_of_that_password(sta
     arns = r.outputs["role_secret_arns"]
     assert set(arns) == set(names.LOGIN_ROLES)
     for role in names.LOGIN_ROLES:
-        version = named(of_type(r.resources, SECRET_VERSION), f"credentials-{role}")
+        version = named(of_type(r.resources, SECRET_VERSION), f"credentials-{role}-v2")
         assert version.inputs["secretId"] == arns[role]
         assert "secretString" in version.secret_inputs
+        # Pulumi's first version keeps a label of its own, so rotation's garbage collection never drops it.
+        assert version.inputs["versionStages"] == ["AWSCURRENT", INITIAL_STAGE]
         body = json.loads(version.inputs["secretString"])
-        assert body[names.SECRET_USERNAME_KEY] == role
+        assert body[names.SECRET_USERNAME_KEY] == names.login_users(role)[0]  # a pooled role: its _a user
         password, verifier = body[names.SECRET_PASSWORD_KEY], body[names.SECRET_VERIFIER_KEY]
         assert is_scram_verifier(verifier)
         salt = named(r.resources, f"credentials-{role}-salt").state["base64"]
@@ -314,7 +319,7 @@ def _scram_login_ok(verifier: str, password: str) -> bool:
 @pytest.mark.parametrize("stack", STACKS)
 def test_master_secret_is_standard_rds_json_with_the_host(stack: str) -> None:
     r = result(stack)
-    version = named(of_type(r.resources, SECRET_VERSION), "database-master")
+    version = named(of_type(r.resources, SECRET_VERSION), "database-master-v2")
     assert "secretString" in version.secret_inputs
     assert version.inputs["secretId"] == r.outputs["master_secret_arn"]
     body = json.loads(version.inputs["secretString"])

@@ -23,9 +23,10 @@ test("the read client sees what the write client committed, as spike_readonly", 
     found.apps.map((a) => a.name),
     ["Readable"],
   );
-  const [who] = await read.$queryRaw<{ session_user: string; read_only: string }[]>`
-    SELECT session_user::text, current_setting('default_transaction_read_only') AS read_only`;
-  assert.deepEqual(who, { session_user: "spike_readonly", read_only: "on" });
+  // The login is one of the role's two users (credentials rotate); the session acts as the role.
+  const [who] = await read.$queryRaw<{ current_user: string; session_user: string; read_only: string }[]>`
+    SELECT current_user::text, session_user::text, current_setting('default_transaction_read_only') AS read_only`;
+  assert.deepEqual(who, { current_user: "spike_readonly", session_user: "spike_readonly_a", read_only: "on" });
 });
 
 test("writes through the read client are refused by the database", async () => {

@@ -1,0 +1,265 @@
+"""Credential rotation: one Secrets Manager rotation function and a schedule on every secret it rotates.
+
+- Schedules: `aws.secretsmanager.SecretRotation` on the master secret (single user: the master logs in
+  with its current password and sets the new one on itself; RDS-managed passwords are not an option with
+  read replicas, docs/operations.md) and on each pooled role's secret (alternating users `<role>_a`/`_b`),
+  every `rotation.scheduleDays` (default 90, the seed's quarter). `rotate_immediately=False`: the first
+  rotation comes on the schedule, not in the middle of the `pulumi up` that enables it (the post-deploy
+  step must have created the `_a`/`_b` users first).
+- Function: lambdas/rotation/handler.py, python3.13 on arm64 in the private subnets with its own security
+  group: 5432 to the database group, 6543 to the PgBouncer NLB's group (testSecret logs in through
+  PgBouncer), 443 to the interface endpoints (Secrets Manager's is the network's) or, without them, out.
+  Code: the handler, dbctl's names/roles/rotation/scram modules, the RDS CA bundle and the locked arm64
+  dependencies (psycopg, scramp) from lambdas/build.py.
+- IAM: DescribeSecret / GetSecretValue / PutSecretValue / UpdateSecretVersionStage on exactly the secrets
+  it rotates (GetSecretValue on the master secret too, which role rotations log in with), kms:Decrypt and
+  kms:GenerateDataKey on the stack key through Secrets Manager only, VPC/logs basics. Secrets Manager may
+  invoke it only for those secrets (a `lambda.Permission` per secret, source ARN and account scoped).
+- Timeout 600 s: testSecret waits up to 420 s for the PgBouncer hosts' auth-file refresh (every 5 min).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pulumi
+import pulumi_aws as aws
+
+from components.pgbouncer import ca_bundle_url
+from components.settings import StackSettings
+from components.sg_rules import allow_tcp
+from dbctl.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
+from lambdas import build
+
+HTTPS: Final = 443
+TIMEOUT_S: Final = 600
+TEST_TIMEOUT_S: Final = 420
+MEMORY_MB: Final = 256
+LOG_RETENTION_DAYS: Final = 90
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+HANDLER: Final = REPO_ROOT / "lambdas" / "rotation" / "handler.py"
+# The dbctl modules the handler imports (dbctl/rotation.py and what it needs), nothing else of the package.
+DBCTL_MODULES: Final = ("__init__.py", "names.py", "roles.py", "rotation.py", "scram.py")
+
+
+def code_archive(region: str) -> pulumi.Archive:
+    """handler.py, dbctl's rotation modules, the RDS CA bundle, the locked dependencies (BuildError)."""
+    deps = build.current_build() / "deps"
+    entries: dict[str, pulumi.Asset | pulumi.Archive] = {
+        "handler.py": pulumi.FileAsset(str(HANDLER)),
+        "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),
+        "dbctl": pulumi.AssetArchive(
+            {m: pulumi.FileAsset(str(REPO_ROOT / "dbctl" / m)) for m in DBCTL_MODULES}
+        ),
+    }
+    for path in sorted(deps.iterdir()):
+        if path.name in ("bin", "__pycache__"):
+            continue
+        entries[path.name] = pulumi.FileArchive(str(path)) if path.is_dir() else pulumi.FileAsset(str(path))
+    return pulumi.AssetArchive(entries)
+
+
+@dataclass(frozen=True)
+class RotationArgs:
+    settings: StackSettings
+    provider: aws.Provider
+    code: pulumi.Archive
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[str]]
+    db_security_group_id: pulumi.Input[str]
+    pgbouncer_nlb_security_group_id: pulumi.Input[str]
+    endpoints_security_group_id: pulumi.Input[str] | None  # None: the VPC gives egress another way
+    master_secret_arn: pulumi.Input[str]
+    role_secret_arns: Mapping[str, pulumi.Input[str]]  # every login role; the pooled ones rotate
+    kms_key_arn: pulumi.Input[str]
+    primary_address: pulumi.Input[str]
+    primary_port: pulumi.Input[int]
+    pgbouncer_endpoint: pulumi.Input[str]
+    pgbouncer_ca_pem: pulumi.Input[str] | None
+
+
+class Rotation(pulumi.ComponentResource):
+    function_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: RotationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("spike-land-db:index:Rotation", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
+        partition = aws.get_partition(opts=invoke).partition
+        account = aws.get_caller_identity(opts=invoke).account_id
+        prefix = f"spike-land-{s.stack}"
+        missing = [role for role in ALTERNATING_ROLES if role not in args.role_secret_arns]
+        if missing:
+            raise ValueError(f"RotationArgs.role_secret_arns lacks {', '.join(missing)}")
+        role_arns = {role: args.role_secret_arns[role] for role in ALTERNATING_ROLES}
+        rotated = [args.master_secret_arn, *role_arns.values()]
+
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-fn",
+            vpc_id=args.vpc_id,
+            description=f"{prefix} credential rotation function",
+            tags={"Name": f"{prefix}-rotation"},
+            opts=child,
+        )
+        allow_tcp(
+            port=POSTGRES_PORT,
+            source=sg.id,
+            target=args.db_security_group_id,
+            egress=(f"{name}-fn-to-db", "the primary: set the new password"),
+            ingress=(f"{name}-db-from-fn", "credential rotation function"),
+            opts=child,
+        )
+        allow_tcp(
+            port=PGBOUNCER_PORT,
+            source=sg.id,
+            target=args.pgbouncer_nlb_security_group_id,
+            egress=(f"{name}-fn-to-pgbouncer", "PgBouncer: log in as the pending user (testSecret)"),
+            ingress=(f"{name}-pgbouncer-from-fn", "credential rotation function (testSecret)"),
+            opts=child,
+        )
+        if args.endpoints_security_group_id is not None:
+            allow_tcp(
+                port=HTTPS,
+                source=sg.id,
+                target=args.endpoints_security_group_id,
+                egress=(f"{name}-fn-to-endpoints", "Secrets Manager through its interface endpoint"),
+                ingress=(f"{name}-endpoints-from-fn", "credential rotation function"),
+                opts=child,
+            )
+        else:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-fn-https",
+                security_group_id=sg.id,
+                ip_protocol="tcp",
+                from_port=HTTPS,
+                to_port=HTTPS,
+                cidr_ipv4="0.0.0.0/0",
+                description="Secrets Manager through the VPC egress (NAT or endpoints)",
+                opts=child,
+            )
+
+        role = aws.iam.Role(
+            f"{name}-fn",
+            name_prefix=f"{prefix}-rotation-"[:38],
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-fn-vpc",
+            role=role.name,
+            policy_arn=f"arn:{partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-fn",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "RotatedSecrets",
+                            "Effect": "Allow",
+                            "Action": [
+                                "secretsmanager:DescribeSecret",
+                                "secretsmanager:GetSecretValue",
+                                "secretsmanager:PutSecretValue",
+                                "secretsmanager:UpdateSecretVersionStage",
+                            ],
+                            "Resource": rotated,
+                        },
+                        {
+                            "Sid": "SecretKeyViaSecretsManager",
+                            "Effect": "Allow",
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                            "Resource": args.kms_key_arn,
+                            "Condition": {
+                                "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
+                            },
+                        },
+                    ],
+                }
+            ),
+            opts=child,
+        )
+
+        function_name = f"{prefix}-rotation"
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-fn",
+            name=f"/aws/lambda/{function_name}",
+            retention_in_days=LOG_RETENTION_DAYS,
+            opts=child,
+        )
+        role_secrets = pulumi.Output.all(*role_arns.values()).apply(
+            lambda arns: json.dumps(dict(zip(arns, ALTERNATING_ROLES, strict=True)))
+        )
+        function = aws.lambda_.Function(
+            f"{name}-fn",
+            name=function_name,
+            description=f"{prefix}: rotates the master and pooled-role passwords (Secrets Manager)",
+            role=role.arn,
+            runtime=build.RUNTIME,
+            architectures=["arm64"],
+            handler="handler.handler",
+            code=args.code,
+            timeout=TIMEOUT_S,
+            memory_size=MEMORY_MB,
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
+                subnet_ids=args.subnet_ids, security_group_ids=[sg.id]
+            ),
+            environment=aws.lambda_.FunctionEnvironmentArgs(
+                variables={
+                    "MASTER_SECRET_ARN": args.master_secret_arn,
+                    "ROLE_SECRETS": role_secrets,
+                    "DB_HOST": args.primary_address,
+                    "DB_PORT": pulumi.Output.from_input(args.primary_port).apply(str),
+                    "DB_NAME": s.database_name,
+                    "PGBOUNCER_HOST": args.pgbouncer_endpoint,
+                    "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
+                    "TEST_TIMEOUT_S": str(TEST_TIMEOUT_S),
+                    "PGBOUNCER_CA_PEM": args.pgbouncer_ca_pem or "",
+                }
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_group])),
+        )
+
+        keys = {"master": args.master_secret_arn, **role_arns}
+        for key, arn in keys.items():
+            permission = aws.lambda_.Permission(
+                f"{name}-from-secretsmanager-{key}",
+                action="lambda:InvokeFunction",
+                function=function.name,
+                principal="secretsmanager.amazonaws.com",
+                source_arn=arn,
+                source_account=account,
+                opts=child,
+            )
+            aws.secretsmanager.SecretRotation(
+                f"{name}-{key}",
+                secret_id=arn,
+                rotation_lambda_arn=function.arn,
+                rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(
+                    automatically_after_days=s.rotation.schedule_days
+                ),
+                rotate_immediately=False,
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[permission])),
+            )
+
+        self.function_arn = function.arn
+        self.register_outputs({"function_arn": self.function_arn})
