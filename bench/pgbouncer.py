@@ -159,6 +159,7 @@ class Bench:
     """What every run needs: pgbench, the app's credential, the CA, whose CPU is PostgreSQL's."""
 
     pgbench: Path
+    user: str  # the app role's active login user (spike_app_a or _b)
     password: str
     ca_file: Path
     postmaster_pid: int
@@ -179,7 +180,7 @@ class Bench:
             else math.ceil(1.5 * self.connect_seconds.get(path.label, 0) * clients + 1)
         )
         length = ["-t", str(transactions)] if transactions else ["-T", str(duration)]
-        conninfo = f"host={local.HOST} port={path.port} dbname={names.DATABASE_NAME} user={names.APP_ROLE}"
+        conninfo = f"host={local.HOST} port={path.port} dbname={names.DATABASE_NAME} user={self.user}"
         env = {
             **os.environ,
             "PGPASSWORD": self.password,
@@ -634,6 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
         bench = Bench(
             pgbench,
+            stack.creds[names.APP_ROLE].username,
             stack.creds[names.APP_ROLE].password,
             stack.authority.cert_file,
             postmaster,

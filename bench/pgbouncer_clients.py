@@ -152,14 +152,15 @@ def run_row(row: Row, cluster: Cluster, verifiers: dict[str, str], password: str
     conninfo = make_conninfo(
         host="127.0.0.1",
         port=str(port),
-        user=names.APP_ROLE,
+        user=names.login_users(names.APP_ROLE)[0],
         password=password,
         dbname=names.DATABASE_NAME,
         sslmode="verify-full",
         sslrootcert=str(cluster.ca_file),
         connect_timeout="60",
     )
-    server.start(config, {role: verifiers[role] for role in POOLED_ROLES})
+    users = [names.login_users(role)[0] for role in POOLED_ROLES]
+    server.start(config, {user: verifiers[user] for user in users})
     try:
         started = time.monotonic()
         conns, errors = asyncio.run(_hold(conninfo, row.clients, in_flight))
@@ -198,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = measure.raise_fd_limit(max(r.clients for r in rows) + 512)
     print(f"==> {os.cpu_count()} CPUs, RLIMIT_NOFILE {limit}; TLS + SCRAM per client", file=sys.stderr)
     passwords = {role: os.urandom(18).hex() for role in names.LOGIN_ROLES}
-    verifiers = {role: scram_verifier(pw, os.urandom(SALT_BYTES)) for role, pw in passwords.items()}
+    # Keyed by each role's first login user (a pooled role's _a: dbctl.names.login_users), as the secrets are.
+    verifiers = {
+        names.login_users(role)[0]: scram_verifier(pw, os.urandom(SALT_BYTES))
+        for role, pw in passwords.items()
+    }
     outcomes = []
     with throwaway_cluster("dbctl-bench-clients-pg-") as cluster:
         deploy.run_migrate(cluster.admin_url(names.DATABASE_NAME), verifiers)

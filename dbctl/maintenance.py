@@ -45,11 +45,16 @@ JOB_COMMAND = "VACUUM (ANALYZE)"
 # before 1.5), which bounds what a reader can store to a minute's worth; the report counts them by owner.
 LO_JOB_NAME = "spike-large-object-cleanup"
 LO_JOB_SCHEDULE = "* * * * *"
-LO_OWNERS = (names.READONLY_ROLE, names.MONITOR_ROLE)
+# The roles and their login users (<role>_a/_b: a session that RESETs its role creates objects as the user).
+LO_OWNERS = tuple(
+    owner
+    for role in (names.READONLY_ROLE, names.MONITOR_ROLE)
+    for owner in dict.fromkeys((role, *names.login_users(role)))
+)
 # The role names are this module's constants, not input.
 LO_JOB_COMMAND = (
     "SELECT pg_catalog.lo_unlink(m.oid) FROM pg_catalog.pg_largeobject_metadata m"  # noqa: S608
-    f" WHERE m.lomowner::regrole::text IN ('{names.READONLY_ROLE}', '{names.MONITOR_ROLE}')"
+    f" WHERE m.lomowner::regrole::text IN ({', '.join(repr(owner) for owner in LO_OWNERS)})"
 )
 JOBS = ((JOB_NAME, JOB_SCHEDULE, JOB_COMMAND), (LO_JOB_NAME, LO_JOB_SCHEDULE, LO_JOB_COMMAND))
 JOBS_FUNCTION = "cron_jobs"

@@ -163,11 +163,19 @@ def test_a_readers_large_objects_are_unlinked_by_the_cleanup_job(
     migrate(cron_cluster.admin_conninfo(), role_passwords)
     made = {}
     for role in (names.READONLY_ROLE, names.MONITOR_ROLE, names.APP_ROLE):
-        with psycopg.connect(cron_cluster.conninfo(role, role_passwords[role])) as conn:
+        with psycopg.connect(cron_cluster.conninfo(login_user(role), role_passwords[role])) as conn:
             conn.execute("SET TRANSACTION READ WRITE")
-            row = conn.execute("SELECT lo_from_bytea(0, 'smuggled')").fetchone()
+            row = conn.execute("SELECT lo_from_bytea(0, 'smuggled')").fetchone()  # owned by the role
             assert row is not None
             made[role] = row[0]
+    # A session that drops its role (SET ROLE NONE) creates one owned by its login user.
+    reader = login_user(names.READONLY_ROLE)
+    with psycopg.connect(cron_cluster.conninfo(reader, role_passwords[names.READONLY_ROLE])) as conn:
+        conn.execute("SET ROLE NONE")
+        conn.execute("SET TRANSACTION READ WRITE")
+        row = conn.execute("SELECT lo_from_bytea(0, 'smuggled'), current_user").fetchone()
+        assert row is not None and row[1] == reader
+        made[reader] = row[0]
     with psycopg.connect(cron_cluster.admin_conninfo(), autocommit=True) as conn:
         row = conn.execute(
             "SELECT command FROM cron.job WHERE jobname = %s AND username = current_user",
@@ -178,10 +186,10 @@ def test_a_readers_large_objects_are_unlinked_by_the_cleanup_job(
         left = {
             int(oid) for (oid,) in conn.execute("SELECT oid::int FROM pg_largeobject_metadata").fetchall()
         }
-    app = cron_cluster.conninfo(names.APP_ROLE, role_passwords[names.APP_ROLE])
+    app = cron_cluster.conninfo(login_user(names.APP_ROLE), role_passwords[names.APP_ROLE])
     with psycopg.connect(app, autocommit=True) as conn:
         conn.execute("SELECT lo_unlink(%s)", (made[names.APP_ROLE],))  # not the job's: the app may write
-    assert made[names.READONLY_ROLE] not in left and made[names.MONITOR_ROLE] not in left
+    assert not {made[names.READONLY_ROLE], made[names.MONITOR_ROLE], made[reader]} & left
     assert made[names.APP_ROLE] in left
 
 

@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from dbctl import names
 from dbctl.cluster import Cluster
+from tests.integration.conftest import login_user
 from tests.integration.test_pgbouncer import Bouncer, _cleanup, _start, database, verifiers
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ def console(bouncer: Bouncer, peer_id: int, password: str) -> psycopg.Connection
         make_conninfo(
             host=bouncer.config.socket_dir(peer_id),
             port=str(bouncer.config.listen_port),
-            user=names.MONITOR_ROLE,
+            user=login_user(names.MONITOR_ROLE),
             password=password,
             dbname="pgbouncer",
         ),
@@ -51,7 +52,7 @@ def app_clients(bouncer: Bouncer, monitor_password: str) -> dict[int, int]:
         with console(bouncer, peer_id, monitor_password) as conn:
             cur = conn.execute("SHOW CLIENTS")
             user = [c.name for c in cur.description or []].index("user")
-            counts[peer_id] = sum(1 for row in cur.fetchall() if row[user] == names.APP_ROLE)
+            counts[peer_id] = sum(1 for row in cur.fetchall() if row[user] == login_user(names.APP_ROLE))
     return counts
 
 
@@ -60,7 +61,7 @@ def server_backends(cluster: Cluster, database: str) -> int:
     with psycopg.connect(cluster.admin_conninfo("postgres"), autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
-            (names.APP_ROLE, database),
+            (login_user(names.APP_ROLE), database),
         ).fetchone()
     assert row is not None
     return int(row[0])

@@ -27,6 +27,7 @@ from dbctl.deploy import run_migrate
 from dbctl.pgbouncer import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer_server import PgBouncerServer
 from dbctl.scram import SALT_BYTES, scram_verifier
+from tests.integration.conftest import login_user
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +57,13 @@ def client_protocol(conn: psycopg.Connection[tuple[object, ...]]) -> str:
 def setup(pg_cluster: Cluster, role_passwords: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     """A database prepared by the post-deploy step, and the pooled roles' verifiers."""
     verifiers = {
-        role: scram_verifier(role_passwords[role], os.urandom(SALT_BYTES)) for role in names.LOGIN_ROLES
+        login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
+        for role in names.LOGIN_ROLES
     }
     name = f"pgbtls_{uuid.uuid4().hex[:10]}"
     pg_cluster.create_database(name)
     run_migrate(pg_cluster.admin_url(name), verifiers)
-    yield name, {role: verifiers[role] for role in POOLED_ROLES}
+    yield name, {login_user(role): verifiers[login_user(role)] for role in POOLED_ROLES}
     with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -109,7 +111,7 @@ def connect(
     conninfo = make_conninfo(
         host="127.0.0.1",
         port=str(port),
-        user=names.APP_ROLE,
+        user=login_user(names.APP_ROLE),
         password=password,
         dbname=names.DATABASE_NAME,
         sslmode="verify-full",
@@ -126,7 +128,7 @@ def server_leg_versions(cluster: Cluster, database: str) -> set[str]:
         rows = conn.execute(
             "SELECT s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
             " WHERE a.usename = %s AND a.datname = current_database()",
-            (names.APP_ROLE,),
+            (login_user(names.APP_ROLE),),
         ).fetchall()
     return {str(version) for (version,) in rows}
 
