@@ -199,7 +199,8 @@ def test_one_run_reads_each_process_over_its_socket_dir() -> None:
 
     def fake(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         if argv[:2] == ["aws", "secretsmanager"]:
-            return subprocess.CompletedProcess(argv, 0, json.dumps({"password": "pw-x"}), "")
+            secret = {"username": "spike_monitor_b", "password": "pw-x"}
+            return subprocess.CompletedProcess(argv, 0, json.dumps(secret), "")
         if argv[0] == "psql":
             calls.append(kw["env"])
             rows = (
@@ -215,12 +216,12 @@ def test_one_run_reads_each_process_over_its_socket_dir() -> None:
 
     args = argparse.Namespace(
         stack="prod", region="eu-west-1", namespace="SpikeLandDb/prod", monitor_secret="arn:x",
-        user="spike_monitor", port=6543, host="h1", socket_dir=["/run/pgbouncer-1", "/run/pgbouncer-2"],
+        port=6543, host="h1", socket_dir=["/run/pgbouncer-1", "/run/pgbouncer-2"],
     )  # fmt: skip
     assert pool_metrics.run_once(args, fake) > 0
-    assert [(env["PGHOST"], env["PGPORT"]) for env in calls] == [
-        ("/run/pgbouncer-1", "6543"),
-        ("/run/pgbouncer-1", "6543"),
-        ("/run/pgbouncer-2", "6543"),
-        ("/run/pgbouncer-2", "6543"),
+    assert [(env["PGHOST"], env["PGPORT"], env["PGUSER"]) for env in calls] == [
+        ("/run/pgbouncer-1", "6543", "spike_monitor_b"),  # the user the secret names (rotation)
+        ("/run/pgbouncer-1", "6543", "spike_monitor_b"),
+        ("/run/pgbouncer-2", "6543", "spike_monitor_b"),
+        ("/run/pgbouncer-2", "6543", "spike_monitor_b"),
     ]
