@@ -26,7 +26,7 @@ import pulumi_aws as aws
 
 from components.pgbouncer import assets_bucket_prefix
 from components.settings import StackSettings
-from components.sg_rules import allow_tcp
+from components.sg_rules import allow_tcp, https_out
 from components.subnets import private_subnet_cidrs
 from dbctl.names import POSTGRES_PORT
 
@@ -199,13 +199,9 @@ class Network(pulumi.ComponentResource):
             endpoints_sg = self._endpoints(name, s, vpc_id, subnet_ids, route_table_id, pgb_sg, child)
             self.endpoints_security_group_id = endpoints_sg.id
         elif s.network.mode == "existing":
-            aws.vpc.SecurityGroupEgressRule(
+            https_out(
                 f"{name}-pgbouncer-https",
-                security_group_id=pgb_sg.id,
-                ip_protocol="tcp",
-                from_port=HTTPS,
-                to_port=HTTPS,
-                cidr_ipv4="0.0.0.0/0",
+                source=pgb_sg.id,
                 description="AWS APIs (SSM, Secrets Manager, KMS, CloudWatch) and packages via the VPC NAT",
                 opts=child,
             )

@@ -29,9 +29,10 @@ from typing import Final
 import pulumi
 import pulumi_aws as aws
 
+from components.lambda_role import vpc_function_role
 from components.pgbouncer import ca_bundle_url
 from components.settings import StackSettings
-from components.sg_rules import allow_tcp
+from components.sg_rules import allow_tcp, https_out
 from dbctl.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
 from lambdas import build
 
@@ -132,40 +133,14 @@ class Rotation(pulumi.ComponentResource):
                 opts=child,
             )
         else:
-            aws.vpc.SecurityGroupEgressRule(
+            https_out(
                 f"{name}-fn-https",
-                security_group_id=sg.id,
-                ip_protocol="tcp",
-                from_port=HTTPS,
-                to_port=HTTPS,
-                cidr_ipv4="0.0.0.0/0",
+                source=sg.id,
                 description="Secrets Manager through the VPC egress (NAT or endpoints)",
                 opts=child,
             )
 
-        role = aws.iam.Role(
-            f"{name}-fn",
-            name_prefix=f"{prefix}-rotation-"[:38],
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-            opts=child,
-        )
-        aws.iam.RolePolicyAttachment(
-            f"{name}-fn-vpc",
-            role=role.name,
-            policy_arn=f"arn:{partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
-            opts=child,
-        )
+        role = vpc_function_role(name, f"{prefix}-rotation-", partition, child)
         aws.iam.RolePolicy(
             f"{name}-fn",
             role=role.id,

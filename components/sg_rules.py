@@ -1,4 +1,5 @@
-"""One TCP port from one security group to another: the source's egress rule and the target's ingress rule.
+"""One TCP port from one security group to another: the source's egress rule and the target's ingress rule;
+and HTTPS from a group to anywhere (`https_out`).
 
 Both halves are needed (every group here starts with no egress), so they are declared together. Each half
 keeps its own resource name and description, as the callers had them, so their URNs do not change.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import pulumi
 import pulumi_aws as aws
+
+HTTPS = 443
 
 
 def allow_tcp(
@@ -39,5 +42,22 @@ def allow_tcp(
         to_port=port,
         referenced_security_group_id=source,
         description=ingress_description,
+        opts=opts,
+    )
+
+
+def https_out(
+    name: str, *, source: pulumi.Input[str], description: str, opts: pulumi.ResourceOptions
+) -> None:
+    """HTTPS from a group to anywhere: AWS APIs through the VPC's own egress (NAT or endpoints), for an
+    adopted VPC whose interface endpoints this stack does not manage."""
+    aws.vpc.SecurityGroupEgressRule(
+        name,
+        security_group_id=source,
+        ip_protocol="tcp",
+        from_port=HTTPS,
+        to_port=HTTPS,
+        cidr_ipv4="0.0.0.0/0",
+        description=description,
         opts=opts,
     )
