@@ -403,6 +403,15 @@ def _check_reachable(path: Path) -> None:
             )
 
 
+def hide_secret_statements(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """For a bootstrap-superuser session about to run `CREATE/ALTER ROLE … PASSWORD '<verifier>'` as a
+    literal: keep it out of pg_stat_statements (which spike_monitor reads through pg_monitor) and out of the
+    server log. Both settings are superuser-only, as the bootstrap user is; dbctl's own roles step, which
+    must work as RDS's admin, sends verifiers by COPY instead (dbctl.roles)."""
+    conn.execute("SET pg_stat_statements.track_utility = off")
+    conn.execute("SET log_statement = 'none'")
+
+
 @dataclass
 class Cluster:
     """One PostgreSQL cluster in base_dir, listening on 127.0.0.1:port. See the module docstring."""
@@ -821,6 +830,7 @@ class Cluster:
     def _make_rds_like(self) -> None:
         admin_verifier = scram.scram_verifier(self.admin_password, os.urandom(scram.SALT_BYTES))
         with psycopg.connect(self.superuser_conninfo("postgres"), autocommit=True) as conn:
+            hide_secret_statements(conn)
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(RDS_SUPERUSER)))
             conn.execute(
                 sql.SQL("GRANT pg_monitor TO {} WITH ADMIN OPTION").format(sql.Identifier(RDS_SUPERUSER))

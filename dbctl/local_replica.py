@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from components.db_parameters import primary_parameters, replica_parameters
 from components.settings import AlarmSettings
-from dbctl.cluster import Cluster, service_owner
+from dbctl.cluster import Cluster, hide_secret_statements, service_owner
 from dbctl.local_state import Credential, Paths, load_or_create_replication_credential
 from dbctl.tls import write_file
 
@@ -57,6 +57,7 @@ def ensure_role_and_slot(primary: Cluster, cred: Credential, slot: str = SLOT) -
     changed = primary.allow_replication(REPLICATION_ROLE)
     role, verifier = sql.Identifier(REPLICATION_ROLE), sql.Literal(cred.scram_verifier)
     with psycopg.connect(primary.superuser_conninfo("postgres"), autocommit=True) as conn:
+        hide_secret_statements(conn)
         row = conn.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (REPLICATION_ROLE,)
         ).fetchone()

@@ -384,3 +384,19 @@ def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None
     finally:
         dbctl_local(root, "down")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_no_bootstrap_verifier_reaches_pg_stat_statements(stack: LocalStack) -> None:
+    # The stack's own CREATE ROLE … PASSWORD '<verifier>' (the admin, the replicator) run as the bootstrap
+    # superuser; spike_monitor reads every statement's text through pg_monitor.
+    s = local.existing_stack(stack.paths)
+    monitor = s.creds[names.MONITOR_ROLE]
+    conninfo = s.cluster.conninfo(monitor.username, monitor.password, names.DATABASE_NAME)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        recorded = conn.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
+        leaked = conn.execute(
+            "SELECT left(query, 40) FROM pg_stat_statements WHERE query ILIKE %s", ("%SCRAM-SHA-256$%",)
+        ).fetchall()
+    assert recorded is not None and recorded[0] > 0  # it does record (the view is not empty)
+    assert leaked == []
