@@ -28,6 +28,7 @@ import pulumi_aws as aws
 
 from components import alarm_rules
 from components.kms import key_policy
+from components.provider import account_of
 from components.settings import StackSettings
 
 RDS_EVENT_CATEGORIES: Final = ("backup", "failure", "failover", "low storage", "maintenance", "notification")
@@ -73,9 +74,7 @@ class Alarms(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:Alarms", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
-        partition = aws.get_partition(opts=invoke).partition
-        account = aws.get_caller_identity(opts=invoke).account_id
+        partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
         if len(args.replica_identifiers) != s.replica_count:
             raise ValueError(

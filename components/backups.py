@@ -34,6 +34,7 @@ import pulumi_random as random
 
 from components import backup_rules
 from components.kms import key_policy
+from components.provider import account_of
 from components.settings import StackSettings
 
 BACKUP_POLICY: Final = "policy/service-role/AWSBackupServiceRolePolicyForBackup"
@@ -72,9 +73,7 @@ class Backups(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:Backups", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
-        partition = aws.get_partition(opts=invoke).partition
-        account = aws.get_caller_identity(opts=invoke).account_id
+        partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
         rules = backup_rules.rules(s)
 

@@ -27,6 +27,7 @@ import pulumi_random as random
 
 from components.flow_logs import flow_log_group_name
 from components.kms import key_policy
+from components.provider import account_of
 from components.settings import StackSettings
 from dbctl import names
 from dbctl.scram import SALT_BYTES, scram_verifier
@@ -91,10 +92,8 @@ class Credentials(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:Credentials", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
         prefix = f"spike-land-{s.stack}"
-        account = aws.get_caller_identity(opts=invoke).account_id
-        partition = aws.get_partition(opts=invoke).partition
+        partition, account = account_of(args.provider)
 
         # The account administers the key and IAM policies grant its use (RDS, Secrets Manager and
         # Performance Insights use it through grants on behalf of those principals).

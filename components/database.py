@@ -16,6 +16,7 @@ import pulumi_random as random
 from components.credentials import INITIAL_STAGE, Credentials, first_version_options
 from components.db_parameters import Parameter, primary_parameters, replica_parameters
 from components.network import Network
+from components.provider import account_of
 from components.settings import StackSettings
 from dbctl.names import POSTGRES_PORT
 
@@ -63,9 +64,7 @@ class Database(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:Database", name, None, opts)
         s, net, creds = args.settings, args.network, args.credentials
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
-        partition = aws.get_partition(opts=invoke).partition
-        account = aws.get_caller_identity(opts=invoke).account_id
+        partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
         self.max_connections = s.effective_max_connections
 

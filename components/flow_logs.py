@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components.provider import account_of
 from components.settings import StackSettings
 
 # Aggregate flows over 10 minutes (the default, and the cheaper of the two intervals EC2 offers).
@@ -40,9 +41,7 @@ class FlowLogs(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:FlowLogs", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
-        partition = aws.get_partition(opts=invoke).partition
-        account = aws.get_caller_identity(opts=invoke).account_id
+        partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
 
         group = aws.cloudwatch.LogGroup(

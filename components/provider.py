@@ -1,5 +1,8 @@
 """The explicit AWS provider every component uses: region from settings, tags through default_tags."""
 
+import functools
+from typing import NamedTuple
+
 import pulumi
 import pulumi_aws as aws
 
@@ -18,3 +21,16 @@ def make_provider(settings: StackSettings) -> aws.Provider:
         default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(settings)),
         opts=pulumi.ResourceOptions(),
     )
+
+
+class Account(NamedTuple):
+    partition: str
+    account_id: str
+
+
+@functools.cache
+def account_of(provider: aws.Provider) -> Account:
+    """The partition and account the provider deploys into, asked of AWS once per provider (two calls),
+    not once per component that builds ARNs."""
+    invoke = pulumi.InvokeOptions(provider=provider)
+    return Account(aws.get_partition(opts=invoke).partition, aws.get_caller_identity(opts=invoke).account_id)

@@ -29,6 +29,7 @@ import pulumi_aws as aws
 
 from components.lambda_role import vpc_function_role
 from components.pgbouncer import ca_bundle_url
+from components.provider import account_of
 from components.settings import StackSettings
 from components.sg_rules import allow_tcp, https_out
 from dbctl.names import POSTGRES_PORT
@@ -92,9 +93,7 @@ class RestoreValidation(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:RestoreValidation", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        invoke = pulumi.InvokeOptions(parent=self, provider=args.provider)
-        partition = aws.get_partition(opts=invoke).partition
-        account = aws.get_caller_identity(opts=invoke).account_id
+        partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
 
         sg = aws.ec2.SecurityGroup(
