@@ -185,23 +185,14 @@ def plan(conn: Conn) -> Plan:
                 sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(function, monitor),
             )
         )
-    # lo_unlink needs the owner's privileges: the admin takes the two roles' privileges (INHERIT, never SET).
-    pg16 = int(_one(conn, "SELECT current_setting('server_version_num')")) >= 160000
+    # lo_unlink needs the owner's privileges: the admin takes those roles' privileges (INHERIT, never SET).
     for owner in LO_OWNERS:
-        if not _one(
+        changes += roles.grant_to_admin(
             conn,
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)"
-            " AND pg_has_role(current_user, %s, 'USAGE')",
             owner,
-            owner,
-        ):
-            grant = "GRANT {} TO CURRENT_USER" + (" WITH INHERIT TRUE, SET FALSE" if pg16 else "")
-            changes.append(
-                roles.Change(
-                    f"grant {owner}'s privileges to the admin (to unlink its large objects)",
-                    sql.SQL(grant).format(sql.Identifier(owner)),
-                )
-            )
+            set_role=False,
+            description=f"grant {owner}'s privileges to the admin (to unlink its large objects)",
+        )
     has_jobs = _one(conn, "SELECT to_regclass('cron.job') IS NOT NULL")
     database = _one(conn, "SELECT current_database()")
     for name, schedule, command in JOBS:

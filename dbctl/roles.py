@@ -330,23 +330,34 @@ def _role_changes(
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role),
                 )
             )
-    # PostgreSQL 16+ gives a CREATEROLE creator an ADMIN-only membership (no SET, no INHERIT) in the roles
-    # it creates, so there "member" is not enough: the admin must be able to SET ROLE spike_owner.
+    # The admin must be able to SET ROLE spike_owner.
+    changes += grant_to_admin(
+        conn,
+        names.OWNER_ROLE,
+        set_role=True,
+        description=f"grant {names.OWNER_ROLE} to the admin (to create objects as it)",
+    )
+    return changes
+
+
+def grant_to_admin(
+    conn: psycopg.Connection[tuple[object, ...]], role: str, *, set_role: bool, description: str
+) -> list[Change]:
+    """`GRANT role TO CURRENT_USER` (the admin) unless it already has what it needs of role: SET ROLE to it
+    (set_role) or, otherwise, its privileges (INHERIT, never SET). PostgreSQL 16+ gives a CREATEROLE creator
+    an ADMIN-only membership (no SET, no INHERIT) in the roles it creates, so there "member" is not enough
+    and the grant names its options; before 16 a membership is both."""
     version = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
     pg16 = bool(version and int(str(version[0])) >= 160000)
-    can_set = conn.execute(
+    needed = ("SET" if pg16 else "MEMBER") if set_role else "USAGE"
+    has = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, %s)",
-        (names.OWNER_ROLE, names.OWNER_ROLE, "SET" if pg16 else "MEMBER"),
+        (role, role, needed),
     ).fetchone()
-    if not (can_set and can_set[0]):
-        grant = "GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET TRUE" if pg16 else "GRANT {} TO CURRENT_USER"
-        changes.append(
-            Change(
-                f"grant {names.OWNER_ROLE} to the admin (to create objects as it)",
-                sql.SQL(grant).format(sql.Identifier(names.OWNER_ROLE)),
-            )
-        )
-    return changes
+    if has and has[0]:
+        return []
+    options = f" WITH INHERIT TRUE, SET {'TRUE' if set_role else 'FALSE'}" if pg16 else ""
+    return [Change(description, sql.SQL("GRANT {} TO CURRENT_USER" + options).format(sql.Identifier(role)))]
 
 
 def _acl_rows(
