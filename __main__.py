@@ -8,6 +8,7 @@ import pulumi
 
 from components.alarms import Alarms, AlarmsArgs
 from components.backups import Backups, BackupsArgs
+from components.config import from_pulumi_config
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.flow_logs import FlowLogs, FlowLogsArgs
@@ -18,8 +19,7 @@ from components.provider import make_provider
 from components.restore_validation import RestoreValidation, RestoreValidationArgs, code_archive
 from components.rotation import Rotation, RotationArgs
 from components.rotation import code_archive as rotation_code_archive
-from components.settings import from_pulumi_config
-from dbctl.names import MIGRATOR_ROLE
+from dbctl.core.names import MIGRATOR_ROLE
 
 settings = from_pulumi_config()  # validated before anything is declared
 pgbouncer_source = verified_source(settings.pgbouncer.version)  # the hosts' pinned source, checked here too

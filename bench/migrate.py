@@ -31,10 +31,11 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dbctl import deploy, names  # noqa: E402
-from dbctl.cluster import throwaway_cluster  # noqa: E402
-from dbctl.credentials import verifiers_from_mapping  # noqa: E402
-from dbctl.scram import scram_verifier  # noqa: E402
+from dbctl.core import names  # noqa: E402
+from dbctl.core.scram import scram_verifier  # noqa: E402
+from dbctl.postgres.cluster import throwaway_cluster  # noqa: E402
+from dbctl.schema import deploy  # noqa: E402
+from dbctl.schema.credentials import verifiers_from_mapping  # noqa: E402
 
 
 def timed(func: Callable[[], object]) -> float:

@@ -54,11 +54,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import measure
-from dbctl import local, names
-from dbctl.cluster import find_binary, free_port, service_owner
-from dbctl.pgbouncer import PgBouncerConfig, render_ini
-from dbctl.pgbouncer_server import PgBouncerServer
-from dbctl.tls import CertificateAuthority, write_file
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
+from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.cluster import find_binary, free_port, service_owner
+from dbctl.postgres.tls import CertificateAuthority, write_file
 
 # What Prisma sends: the extended protocol.
 PROTOCOL = "extended"

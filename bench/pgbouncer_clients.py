@@ -38,11 +38,12 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from bench import measure
-from dbctl import deploy, names
-from dbctl.cluster import Cluster, free_port, throwaway_cluster
-from dbctl.pgbouncer import POOLED_ROLES, ClientTls, ServerTls
-from dbctl.pgbouncer_server import PgBouncerServer
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import SALT_BYTES, scram_verifier
+from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
+from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.cluster import Cluster, free_port, throwaway_cluster
+from dbctl.schema import deploy
 
 DEFAULT_ROWS = "1:1000:1000,2:1000:2000,2:1100:2000"
 _ROW = re.compile(r"(\d+):(\d+):(\d+)")

@@ -26,11 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbctl import deploy, names
-from dbctl.cluster import find_binary, free_port, throwaway_cluster
-from dbctl.pgbouncer import POOLED_ROLES, ClientTls, ServerTls
-from dbctl.pgbouncer_server import PgBouncerServer
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import SALT_BYTES, scram_verifier
+from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
+from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.cluster import find_binary, free_port, throwaway_cluster
+from dbctl.schema import deploy
 
 SCRIPTS = {
     "select-1": "SELECT 1;\n",

@@ -29,7 +29,8 @@ import pulumi_aws as aws
 from components import alarm_rules
 from components.kms import key_policy
 from components.provider import account_of
-from components.settings import StackSettings
+from dbctl.stackconfig import slow_query
+from dbctl.stackconfig.settings import StackSettings
 
 RDS_EVENT_CATEGORIES: Final = ("backup", "failure", "failover", "low storage", "maintenance", "notification")
 BACKUP_FAILED_STATES: Final = ("FAILED", "ABORTED", "EXPIRED")
@@ -163,7 +164,7 @@ class Alarms(pulumi.ComponentResource):
             f"{name}-slow-queries",
             name=f"{prefix}-slow-queries",
             log_group_name=pulumi.Output.concat("/aws/rds/instance/", args.primary_identifier, "/postgresql"),
-            pattern=alarm_rules.SLOW_QUERY_FILTER_PATTERN,
+            pattern=slow_query.SLOW_QUERY_FILTER_PATTERN,
             metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
                 name=alarm_rules.SLOW_QUERY_METRIC,
                 namespace=alarm_rules.custom_namespace(s.stack),
@@ -181,7 +182,7 @@ class Alarms(pulumi.ComponentResource):
             }
 
         def dimensions(target: str) -> dict[str, pulumi.Input[str]] | None:
-            if target.startswith(alarm_rules.POOL_TARGET_PREFIX):  # dbctl/pool_metrics.py's (Stack, Pool)
+            if target.startswith(alarm_rules.POOL_TARGET_PREFIX):  # hosts/pool_metrics.py's (Stack, Pool)
                 return {"Stack": s.stack, "Pool": target.removeprefix(alarm_rules.POOL_TARGET_PREFIX)}
             if target == "primary":
                 return {"DBInstanceIdentifier": args.primary_identifier}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from components.settings import StackSettings, _maint_minutes, _spans, _window_minutes
+from dbctl.stackconfig.settings import StackSettings, _maint_minutes, _spans, _window_minutes
 
 DAY: Final = 1440
 WEEK: Final = 7 * DAY

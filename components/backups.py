@@ -35,7 +35,7 @@ import pulumi_random as random
 from components import backup_rules
 from components.kms import key_policy
 from components.provider import account_of
-from components.settings import StackSettings
+from dbctl.stackconfig.settings import StackSettings
 
 BACKUP_POLICY: Final = "policy/service-role/AWSBackupServiceRolePolicyForBackup"
 RESTORE_POLICY: Final = "policy/service-role/AWSBackupServiceRolePolicyForRestores"

@@ -28,9 +28,9 @@ import pulumi_random as random
 from components.flow_logs import flow_log_group_name
 from components.kms import key_policy
 from components.provider import account_of
-from components.settings import StackSettings
-from dbctl import names
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import SALT_BYTES, scram_verifier
+from dbctl.stackconfig.settings import StackSettings
 
 MASTER_USERNAME = "spike_admin"
 PASSWORD_LENGTH = 40

@@ -14,11 +14,11 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.credentials import INITIAL_STAGE, Credentials, first_version_options
-from components.db_parameters import Parameter, primary_parameters, replica_parameters
 from components.network import Network
 from components.provider import account_of
-from components.settings import StackSettings
-from dbctl.names import POSTGRES_PORT
+from dbctl.core.names import POSTGRES_PORT
+from dbctl.stackconfig.parameters import Parameter, primary_parameters, replica_parameters
+from dbctl.stackconfig.settings import StackSettings
 
 ENGINE = "postgres"
 CA_CERT = "rds-ca-rsa2048-g1"

@@ -15,7 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.provider import account_of
-from components.settings import StackSettings
+from dbctl.stackconfig.settings import StackSettings
 
 # Aggregate flows over 10 minutes (the default, and the cheaper of the two intervals EC2 offers).
 AGGREGATION_SECONDS = 600

@@ -25,10 +25,10 @@ import pulumi
 import pulumi_aws as aws
 
 from components.pgbouncer import assets_bucket_prefix
-from components.settings import StackSettings
 from components.sg_rules import allow_tcp, https_out
 from components.subnets import private_subnet_cidrs
-from dbctl.names import POSTGRES_PORT
+from dbctl.core.names import POSTGRES_PORT
+from dbctl.stackconfig.settings import StackSettings
 
 HTTPS = 443
 # Interface endpoints the PgBouncer hosts use: SSM agent (session manager, run command), Secrets Manager

@@ -34,10 +34,17 @@ from components.alarm_rules import custom_namespace
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
-from components.settings import StackSettings
 from components.sg_rules import allow_tcp
-from dbctl.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
-from dbctl.pgbouncer import POOLED_ROLES, ClientTls, PgBouncerConfig, ServerTls, parse_version, render_ini
+from dbctl.core.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
+from dbctl.pgbouncer.config import (
+    POOLED_ROLES,
+    ClientTls,
+    PgBouncerConfig,
+    ServerTls,
+    parse_version,
+    render_ini,
+)
+from dbctl.stackconfig.settings import StackSettings
 
 # Amazon Linux 2023, arm64 (Graviton), kept current by AWS.
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
@@ -168,7 +175,7 @@ class PgBouncerTier(pulumi.ComponentResource):
         if missing:
             raise ValueError(f"PgBouncerTier needs the secret ARNs of {', '.join(missing)}")
         # The connection budget (dbctl.capacity.check_pool_budget) is checked with the settings, before any
-        # resource: components/settings.py, StackSettings.pool_targets.
+        # resource: dbctl/stackconfig/settings.py, StackSettings.pool_targets.
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
         prefix = f"spike-pgb-{s.stack}"[:24]
@@ -260,7 +267,7 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Resource": [args.role_secret_arns[r] for r in POOLED_ROLES],
             },
             {
-                # dbctl/pool_metrics.py, every 60 s: only into this stack's own namespace.
+                # hosts/pool_metrics.py, every 60 s: only into this stack's own namespace.
                 "Sid": "PutPoolMetrics",
                 "Effect": "Allow",
                 "Action": ["cloudwatch:PutMetricData"],

@@ -24,7 +24,7 @@ KEY_CURVE = "P256"
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_VALIDITY_HOURS = 365 * 24
 SERVER_EARLY_RENEWAL_HOURS = 60 * 24
-# The secret's JSON keys (components/pgbouncer_authfile.py reads them on the host).
+# The secret's JSON keys (hosts/pgbouncer_authfile.py reads them on the host).
 SECRET_KEY_FIELD = "private_key_pem"  # noqa: S105 (a JSON key, not a secret)
 SECRET_CERT_FIELD = "certificate_pem"  # noqa: S105
 

@@ -14,7 +14,7 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
 3. writes /etc/pgbouncer/pgbouncer-<peer id>.ini, one per PgBouncer process (not secret: rendered by
    `dbctl.pgbouncer`, embedded verbatim; several processes share port 6543 with so_reuseport and [peers]);
 4. (client TLS is the helper's: see 5);
-5. installs `components/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
+5. installs `hosts/pgbouncer_authfile.py` as a oneshot service that builds the auth file on tmpfs
    (/run/pgbouncer-auth, mode 0600) from the login roles' `scram_verifier` keys in Secrets Manager and,
    with client TLS on, writes the key and certificate that the stack's CA signed for the NLB
    (`components/pgbouncer_tls.py`, from their own secret) beside it, key 0600; it runs before PgBouncer at
@@ -25,7 +25,7 @@ What the script does on an Amazon Linux 2023 arm64 host, as root, once at first 
    max_client_conn (per process), Restart=on-failure, after the auth file; spike-pgbouncer.target wants them
    all; the bootstrap checks that every one runs and answers on its socket, and an instance that keeps
    failing stops the target (spike-pgbouncer-down), so the NLB's health check takes the host out;
-7. with `metrics` given, installs psql and `dbctl/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
+7. with `metrics` given, installs psql and `hosts/pool_metrics.py`, run by a systemd timer every 60 s: SHOW
    POOLS / SHOW STATS as spike_monitor over 127.0.0.1 (several processes: each one's socket, summed),
    published to the stack's CloudWatch namespace; a failure is a journal line, never a stop of PgBouncer.
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.pgbouncer_source import PINS_FILE, PinnedSource, is_release_of
-from dbctl.names import PGBOUNCER_PORT
+from dbctl.core.names import PGBOUNCER_PORT
 
 # PgBouncer's install (section 1): built from the pinned source into this prefix, run as this user.
 PREFIX = "/usr/local"
@@ -106,8 +106,9 @@ USER_DATA_LIMIT = 16 * 1024
 # Beyond 2 x max_client_conn (each client can pull a server socket): log, TLS, admin and spare.
 NOFILE_MARGIN = 1024
 
-_HELPER_SOURCE = Path(__file__).with_name("pgbouncer_authfile.py")
-_METRICS_SOURCE = Path(__file__).resolve().parent.parent / "dbctl" / "pool_metrics.py"
+_HOSTS_DIR = Path(__file__).resolve().parent.parent / "hosts"
+_HELPER_SOURCE = _HOSTS_DIR / "pgbouncer_authfile.py"
+_METRICS_SOURCE = _HOSTS_DIR / "pool_metrics.py"
 METRICS_PATH = "/usr/local/sbin/spike-pool-metrics"
 METRICS_UNIT = "spike-pool-metrics"
 METRICS_INTERVAL = "60s"
@@ -286,7 +287,7 @@ def _metrics_section(m: PoolMetrics | None, processes: int) -> str:
     args += "".join(f" --socket-dir {d}" for d in socket_dirs(processes))
     script = _heredoc(METRICS_PATH, _METRICS_SOURCE.read_text(encoding="utf-8"), "SPIKE_POOL_METRICS")
     return f"""
-# 7. Pool metrics to CloudWatch every {METRICS_INTERVAL} (dbctl/pool_metrics.py): psql as spike_monitor on
+# 7. Pool metrics to CloudWatch every {METRICS_INTERVAL} (hosts/pool_metrics.py): psql as spike_monitor on
 #    127.0.0.1; a failure is a journal line (journalctl -u {METRICS_UNIT}); PgBouncer is never touched.
 dnf install -y -q {PSQL_PACKAGE}
 {script}chmod 0755 {METRICS_PATH}

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import pulumi
 import pulumi_aws as aws
 
-from components.settings import PROJECT, StackSettings
+from dbctl.stackconfig.settings import PROJECT, StackSettings
 
 
 def default_tags(settings: StackSettings) -> dict[str, str]:

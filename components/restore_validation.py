@@ -30,9 +30,9 @@ import pulumi_aws as aws
 from components.lambda_role import vpc_function_role
 from components.pgbouncer import ca_bundle_url
 from components.provider import account_of
-from components.settings import StackSettings
 from components.sg_rules import allow_tcp, https_out
-from dbctl.names import POSTGRES_PORT
+from dbctl.core.names import POSTGRES_PORT
+from dbctl.stackconfig.settings import StackSettings
 from lambdas import build
 
 HTTPS: Final = 443

@@ -32,9 +32,9 @@ import pulumi_aws as aws
 from components.lambda_role import vpc_function_role
 from components.pgbouncer import ca_bundle_url
 from components.provider import account_of
-from components.settings import StackSettings
 from components.sg_rules import allow_tcp, https_out
-from dbctl.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
+from dbctl.core.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
+from dbctl.stackconfig.settings import StackSettings
 from lambdas import build
 
 HTTPS: Final = 443
@@ -44,8 +44,9 @@ MEMORY_MB: Final = 256
 LOG_RETENTION_DAYS: Final = 90
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 HANDLER: Final = REPO_ROOT / "lambdas" / "rotation" / "handler.py"
-# The dbctl modules the handler imports (dbctl/rotation.py and what it needs), nothing else of the package.
-DBCTL_MODULES: Final = ("__init__.py", "names.py", "roles.py", "rotation.py", "scram.py")
+# The handler imports dbctl.core (rotation and what it needs), which imports nothing else of dbctl: the
+# package's __init__.py and core/, nothing else of it.
+DBCTL_CORE: Final = REPO_ROOT / "dbctl" / "core"
 
 
 def code_archive(region: str) -> pulumi.Archive:
@@ -55,7 +56,12 @@ def code_archive(region: str) -> pulumi.Archive:
         "handler.py": pulumi.FileAsset(str(HANDLER)),
         "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),
         "dbctl": pulumi.AssetArchive(
-            {m: pulumi.FileAsset(str(REPO_ROOT / "dbctl" / m)) for m in DBCTL_MODULES}
+            {
+                "__init__.py": pulumi.FileAsset(str(REPO_ROOT / "dbctl" / "__init__.py")),
+                "core": pulumi.AssetArchive(
+                    {m.name: pulumi.FileAsset(str(m)) for m in sorted(DBCTL_CORE.glob("*.py"))}
+                ),
+            }
         ),
     }
     for path in sorted(deps.iterdir()):

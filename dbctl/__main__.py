@@ -1,3 +1,3 @@
-from dbctl.cli import main
+from dbctl.cli.main import main
 
 main()

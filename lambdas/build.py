@@ -1,8 +1,9 @@
 """Build the Lambdas' dependencies from locked versions: `python -m lambdas.build`.
 
 One build serves both functions (components/restore_validation.py and components/rotation.py package it
-beside their handler): psycopg (binary) and, for the rotation function's verifiers (dbctl/scram.py), scramp,
-the `restore-validation` dependency group in pyproject.toml. Its exact versions and hashes come from uv.lock:
+beside their handler): psycopg (binary) and, for the rotation function's verifiers (dbctl/core/scram.py),
+scramp, the `restore-validation` dependency group in pyproject.toml. Its exact versions and hashes come from
+uv.lock:
 
     uv export --frozen --only-group restore-validation --no-emit-project      (pins + sha256 hashes)
     uv pip install --target <deps> --python-platform aarch64-manylinux_2_28 --python-version 3.13

@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from dbctl import names, rotation
+from dbctl.core import names, rotation
 
 STAGES = ("AWSCURRENT", "AWSPENDING")
 DEFAULT_TEST_TIMEOUT_S = 420  # > the hosts' 5 min refresh + 30 s jitter, < the function's 600 s timeout

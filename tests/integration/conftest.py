@@ -31,8 +31,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl import names, scram
-from dbctl.cluster import (
+from dbctl.core import names, scram
+from dbctl.postgres.cluster import (
     Cluster,
     ClusterError,
     PostgresInstall,

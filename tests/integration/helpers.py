@@ -7,8 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from dbctl import deploy
-from dbctl.credentials import verifiers_from_mapping
+from dbctl.schema import deploy
+from dbctl.schema.credentials import verifiers_from_mapping
 from tests.integration.conftest import FreshDatabase, secret_shaped
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl import deploy, local
-from dbctl.cluster import free_port
+from dbctl.cli import local
+from dbctl.postgres.cluster import free_port
+from dbctl.schema import deploy
 from tests.integration.helpers import node_tool
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@ and the slow-query metric filter still counts that statement once, not twice.
 
 A cluster of its own with RDS's log_line_prefix and the stack's log_min_duration_statement (100 ms); the
 throwaway cluster preloads auto_explain with the alarm's threshold (dbctl.cluster), as the parameter group
-does (components/db_parameters.py).
+does (dbctl/stackconfig/parameters.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.alarm_rules import SLOW_QUERY_FILTER_PATTERN, SLOW_QUERY_THRESHOLD_MS, filter_pattern_matches
-from dbctl.cluster import AUTO_EXPLAIN_MIN_DURATION_MS, Cluster, preload_libraries, throwaway_cluster
+from dbctl.postgres.cluster import AUTO_EXPLAIN_MIN_DURATION_MS, Cluster, preload_libraries, throwaway_cluster
+from dbctl.stackconfig.slow_query import (
+    SLOW_QUERY_FILTER_PATTERN,
+    SLOW_QUERY_THRESHOLD_MS,
+    filter_pattern_matches,
+)
 from tests.integration.test_slow_query_filter import RDS_LOG_LINE_PREFIX
 
 pytestmark = pytest.mark.integration

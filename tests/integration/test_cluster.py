@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from dbctl import names
-from dbctl.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free, wheel_install
-from dbctl.tls import CertificateAuthority
+from dbctl.core import names
+from dbctl.postgres.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free, wheel_install
+from dbctl.postgres.tls import CertificateAuthority
 
 pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 

@@ -25,11 +25,13 @@ import pytest
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from dbctl import local, migrate, names
-from dbctl.cluster import free_port
-from dbctl.pgbouncer import PREPARED_STATEMENTS_SINCE
-from dbctl.pgbouncer_server import detect_version, find_pgbouncer
-from dbctl.scram import is_scram_verifier
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.core.scram import is_scram_verifier
+from dbctl.pgbouncer.config import PREPARED_STATEMENTS_SINCE
+from dbctl.pgbouncer.process import detect_version, find_pgbouncer
+from dbctl.postgres.cluster import free_port
+from dbctl.schema import migrate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import local, local_backup, migrate
+from dbctl.cli import local
+from dbctl.local import backup as local_backup
+from dbctl.schema import migrate
 from tests.integration.test_local import LocalStack, dbctl_local, running_stack
 
 

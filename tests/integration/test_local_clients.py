@@ -24,9 +24,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl import local, migrate, names
-from dbctl.cluster import find_binary, free_port, port_is_free
-from dbctl.tls import CertificateAuthority
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import find_binary, free_port, port_is_free
+from dbctl.postgres.tls import CertificateAuthority
+from dbctl.schema import migrate
 from tests.integration.helpers import node_tool
 from tests.integration.test_cluster import time_wait_on
 from tests.integration.test_local import REPO_ROOT, LocalStack, dbctl_local, new_root, server_pids

@@ -16,8 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl import local, names
-from dbctl.cluster import free_port, port_is_free
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import free_port, port_is_free
 from tests.integration.test_local import REPO_ROOT, dbctl_local, new_root
 
 pytestmark = pytest.mark.integration

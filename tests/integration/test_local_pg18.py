@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from dbctl import local, names
-from dbctl.cluster import free_port, system_install
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import free_port, system_install
 from tests.integration.test_local import (
     LocalStack,
     dbctl_local,

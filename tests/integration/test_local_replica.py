@@ -25,10 +25,12 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dbctl import local, local_replica, names
-from dbctl.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
-from dbctl.pgbouncer import PgBouncerConfig, ServerTls, render_ini
-from dbctl.pgbouncer_server import PgBouncerServer, detect_version, find_pgbouncer
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.local import replica as local_replica
+from dbctl.pgbouncer.config import PgBouncerConfig, ServerTls, render_ini
+from dbctl.pgbouncer.process import PgBouncerServer, detect_version, find_pgbouncer
+from dbctl.postgres.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
 from tests.integration.test_local import (
     LocalStack,
     dbctl_local,

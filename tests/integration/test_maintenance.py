@@ -13,10 +13,11 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from dbctl import cluster as cluster_module
-from dbctl import deploy, maintenance, names
-from dbctl.cluster import Cluster, throwaway_cluster
-from dbctl.credentials import verifiers_from_mapping
+from dbctl.core import names
+from dbctl.postgres import cluster as cluster_module
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.schema import deploy, maintenance
+from dbctl.schema.credentials import verifiers_from_mapping
 from tests.integration.conftest import FreshDatabase, login_user, secret_shaped
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl import deploy, migrate
-from dbctl.credentials import verifiers_from_mapping
-from dbctl.errors import DbctlError
+from dbctl.core.errors import DbctlError
+from dbctl.schema import deploy, migrate
+from dbctl.schema.credentials import verifiers_from_mapping
 from tests.integration.conftest import (
     FreshDatabase,
     RunMigrate,

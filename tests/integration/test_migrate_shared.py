@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from dbctl import names
+from dbctl.core import names
 from tests.integration.conftest import FreshDatabase, RunMigrate
 from tests.integration.test_migrate import INIT, add_migration, copy_migrations, history, table_exists
 

@@ -23,11 +23,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from components.settings import PgBouncerSettings
-from dbctl import names
-from dbctl.cluster import Cluster, free_port
-from dbctl.deploy import run_migrate
-from dbctl.pgbouncer import (
+from dbctl.core import names
+from dbctl.core.scram import SALT_BYTES, scram_verifier
+from dbctl.pgbouncer.config import (
     POOLED_ROLES,
     PREPARED_STATEMENTS_SINCE,
     ClientTls,
@@ -35,8 +33,10 @@ from dbctl.pgbouncer import (
     ServerTls,
     parse_version,
 )
-from dbctl.pgbouncer_server import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.pgbouncer.process import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
+from dbctl.postgres.cluster import Cluster, free_port
+from dbctl.schema.deploy import run_migrate
+from dbctl.stackconfig.settings import PgBouncerSettings
 from tests.integration.conftest import login_user
 
 pytestmark = pytest.mark.integration

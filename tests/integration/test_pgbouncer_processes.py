@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from dbctl import names
-from dbctl.cluster import Cluster
+from dbctl.core import names
+from dbctl.postgres.cluster import Cluster
 from tests.integration.conftest import login_user
 from tests.integration.test_pgbouncer import Bouncer, _cleanup, _start, database, verifiers
 

@@ -21,12 +21,12 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from dbctl import names
-from dbctl.cluster import Cluster, free_port
-from dbctl.deploy import run_migrate
-from dbctl.pgbouncer import POOLED_ROLES, ClientTls, ServerTls
-from dbctl.pgbouncer_server import PgBouncerServer
-from dbctl.scram import SALT_BYTES, scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import SALT_BYTES, scram_verifier
+from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
+from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.cluster import Cluster, free_port
+from dbctl.schema.deploy import run_migrate
 from tests.integration.conftest import login_user
 
 pytestmark = pytest.mark.integration

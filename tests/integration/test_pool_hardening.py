@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl import deploy, migrate, names
-from dbctl.cluster import Cluster, find_binary, throwaway_cluster
-from dbctl.errors import DbctlError
+from dbctl.core import names
+from dbctl.core.errors import DbctlError
+from dbctl.postgres.cluster import Cluster, find_binary, throwaway_cluster
+from dbctl.schema import deploy, migrate
 from tests.integration.conftest import REPO_ROOT, login_user, migrate_command, secret_shaped, verifier_of
 from tests.integration.test_pgbouncer import Bouncer, _cleanup, _start
 

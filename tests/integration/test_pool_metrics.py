@@ -1,4 +1,4 @@
-"""dbctl/pool_metrics.py as the PgBouncer host runs it: a standalone script, real psql against a real
+"""hosts/pool_metrics.py as the PgBouncer host runs it: a standalone script, real psql against a real
 PgBouncer (the local stack) as spike_monitor, and a stub `aws` on PATH standing in for Secrets Manager and
 CloudWatch. The request it sends is checked against botocore's model of PutMetricData (Stubber)."""
 
@@ -15,8 +15,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from dbctl import local, names, pool_metrics
-from dbctl.cluster import find_binary, free_port
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import find_binary, free_port
+from hosts import pool_metrics
 from tests.integration.test_local import LocalStack, stack  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 from moto import mock_aws
 
-from dbctl import names, scram, snapshots, stack
-from dbctl.cli import cli
+from dbctl.aws import snapshots, stack
+from dbctl.cli.main import cli
+from dbctl.core import names, scram
 from tests.integration.conftest import FreshDatabase
 
 REGION = "eu-west-1"

@@ -15,8 +15,10 @@ import uuid
 import psycopg
 import pytest
 
-from dbctl import local, maintenance, names, report
-from dbctl.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER, free_port
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER, free_port
+from dbctl.schema import maintenance, report
 from tests.integration.test_local import REPO_ROOT, LocalStack, stack  # noqa: F401 - the module's fixture
 
 EIGHT = (

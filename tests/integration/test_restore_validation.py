@@ -23,9 +23,11 @@ import pytest
 from botocore.stub import ANY, Stubber
 from psycopg import sql
 
-from dbctl import deploy, local_backup, names
-from dbctl.cluster import Cluster, free_port, throwaway_cluster
-from dbctl.credentials import verifiers_from_mapping
+from dbctl.core import names
+from dbctl.local import backup as local_backup
+from dbctl.postgres.cluster import Cluster, free_port, throwaway_cluster
+from dbctl.schema import deploy
+from dbctl.schema.credentials import verifiers_from_mapping
 from lambdas.restore_validation import handler
 from tests.integration.conftest import secret_shaped
 

@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dbctl import deploy, names, roles, scram
-from dbctl.cluster import Cluster
-from dbctl.credentials import verifiers_from_mapping
+from dbctl.core import names, roles, scram
+from dbctl.postgres.cluster import Cluster
+from dbctl.schema import deploy
+from dbctl.schema.credentials import verifiers_from_mapping
 from tests.integration.conftest import FreshDatabase, RunMigrate, login_user, secret_shaped
 from tests.integration.helpers import migrate_in_process
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl import local, names
-from dbctl.cluster import free_port
+from dbctl.cli import local
+from dbctl.core import names
+from dbctl.postgres.cluster import free_port
 from tests.integration.test_local import (
     REPO_ROOT,
     LocalStack,

@@ -3,7 +3,7 @@
 moto holds the secrets (versions, staging labels, AWSPREVIOUS moving with AWSCURRENT); a thin wrapper adds
 what the Secrets Manager service does before it calls the function (rotation enabled, the new version's
 token staged AWSPENDING). The PgBouncer "host refresh" is the real auth-file helper
-(components/pgbouncer_authfile.py) reading the stubbed secrets, then a reload of the local PgBouncer.
+(hosts/pgbouncer_authfile.py) reading the stubbed secrets, then a reload of the local PgBouncer.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from components import pgbouncer_authfile
-from dbctl import local, names, rotation
-from dbctl.cluster import DEFAULT_ADMIN_USER
-from dbctl.pgbouncer_server import PgBouncerServer
+from dbctl.cli import local
+from dbctl.core import names, rotation
+from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.cluster import DEFAULT_ADMIN_USER
+from hosts import pgbouncer_authfile
 from lambdas.rotation import handler
 from tests.integration.test_local import LocalStack, running_stack
 

@@ -1,7 +1,7 @@
 """Verifiers never reach what a low-privilege role can read, nor the server log (issue 11, item 2).
 
 The server runs with the production parameter group's pg_stat_statements and log_statement settings, taken
-from components/db_parameters.py, so a setting dropped there fails here.
+from dbctl/stackconfig/parameters.py, so a setting dropped there fails here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.db_parameters import primary_parameters
-from dbctl import names
-from dbctl.cluster import Cluster
+from dbctl.core import names
+from dbctl.postgres.cluster import Cluster
+from dbctl.stackconfig.parameters import primary_parameters
 from tests.integration.conftest import FreshDatabase, RunMigrate, secret_shaped
 
 pytestmark = pytest.mark.integration

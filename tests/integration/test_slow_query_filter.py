@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.alarm_rules import SLOW_QUERY_FILTER_PATTERN, filter_pattern_matches
-from dbctl.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.stackconfig.slow_query import SLOW_QUERY_FILTER_PATTERN, filter_pattern_matches
 
 RDS_LOG_LINE_PREFIX = "%t:%r:%u@%d:[%p]:"
 

@@ -51,7 +51,7 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from components.settings import PROJECT, REGION_KEY, StackSettings, load_settings
+from dbctl.stackconfig.settings import PROJECT, REGION_KEY, StackSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"

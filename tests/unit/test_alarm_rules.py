@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from components import alarm_rules
-from components.alarm_rules import (
-    SLOW_QUERY_FILTER_PATTERN,
-    alarm_specs,
-    filter_pattern_matches,
-    thresholds,
-    tokenize_log_event,
-)
-from dbctl import capacity
+from components.alarm_rules import alarm_specs, thresholds
+from dbctl.pgbouncer import capacity
+from dbctl.stackconfig.slow_query import SLOW_QUERY_FILTER_PATTERN, filter_pattern_matches, tokenize_log_event
 from tests.unit.harness import settings_for
 
 GIB = 1024**3

@@ -10,7 +10,8 @@ import pytest
 
 from components import alarm_rules
 from components.alarms import BACKUP_FAILED_STATES, RDS_EVENT_CATEGORIES
-from dbctl import capacity
+from dbctl.pgbouncer import capacity
+from dbctl.stackconfig import slow_query
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
 
 STACKS = ["dev", "prod"]
@@ -157,7 +158,7 @@ def test_slow_query_filter_counts_the_primary_postgresql_log(stack: str) -> None
     ).inputs
     log_group = f"/aws/rds/instance/{r.outputs['primary_instance_id']}/postgresql"
     assert f["logGroupName"] == log_group
-    assert f["pattern"] == alarm_rules.SLOW_QUERY_FILTER_PATTERN
+    assert f["pattern"] == slow_query.SLOW_QUERY_FILTER_PATTERN
     declared = {g.inputs["name"]: g.inputs for g in of_type(r.resources, "aws:cloudwatch/logGroup:LogGroup")}
     assert declared[log_group]["kmsKeyId"] == r.outputs["kms_key_arn"]
     assert declared[log_group]["retentionInDays"] == settings_for(stack).log_retention_days
@@ -174,7 +175,7 @@ def test_slow_query_logging_reaches_the_filter() -> None:
         of_type(result("prod").resources, "aws:rds/parameterGroup:ParameterGroup"), "database-primary"
     )
     values = {p["name"]: p["value"] for p in params.inputs["parameters"]}
-    assert 0 <= int(values["log_min_duration_statement"]) <= alarm_rules.SLOW_QUERY_THRESHOLD_MS
+    assert 0 <= int(values["log_min_duration_statement"]) <= slow_query.SLOW_QUERY_THRESHOLD_MS
 
 
 @pytest.mark.parametrize("stack", STACKS)

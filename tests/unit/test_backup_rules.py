@@ -7,7 +7,7 @@ import re
 import pytest
 
 from components import backup_rules
-from components.settings import SettingsError
+from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import settings_for
 
 

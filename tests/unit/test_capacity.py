@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbctl.capacity import (
+from dbctl.pgbouncer.capacity import (
     DEFAULT_HEADROOM,
     GIB,
     INSTANCE_MEMORY_GIB,

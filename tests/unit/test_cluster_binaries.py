@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import cluster
+from dbctl.postgres import cluster
 
 
 def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import names, scram
-from dbctl.credentials import MAX_FILE_BYTES, load_credentials_file, verifiers_from_mapping
-from dbctl.errors import DbctlError
+from dbctl.core import names, scram
+from dbctl.core.errors import DbctlError
+from dbctl.schema.credentials import MAX_FILE_BYTES, load_credentials_file, verifiers_from_mapping
 
 PASSWORD = "correct-horse-battery-staple"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.settings import SettingsError
+from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import settings_for
 
 

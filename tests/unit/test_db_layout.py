@@ -2,8 +2,8 @@
 
 import pytest
 
-from components.db_parameters import primary_parameters, replica_parameters
 from components.subnets import private_subnet_cidrs
+from dbctl.stackconfig.parameters import primary_parameters, replica_parameters
 
 
 def test_private_subnets_are_disjoint_blocks_of_the_vpc() -> None:

@@ -1,4 +1,4 @@
-"""dbctl.local_backup's pure parts: backup names and the seed's retention tiers on synthetic file lists."""
+"""dbctl.local.backup's pure parts: backup names and the seed's retention tiers on synthetic file lists."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import local, local_backup
-from dbctl.local_backup import Backup, backup_name, parse_backup, plan_retention
+from dbctl.cli import local
+from dbctl.local import backup as local_backup
+from dbctl.local.backup import Backup, backup_name, parse_backup, plan_retention
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)  # a Tuesday
 

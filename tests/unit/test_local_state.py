@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dbctl.local_state import LocalError, Paths, State
+from dbctl.local.state import LocalError, Paths, State
 
 
 def write_state(tmp_path: Path, data: object) -> Paths:

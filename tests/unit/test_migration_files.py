@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from dbctl import migrate, roles
-from dbctl.connection import connect, parse_target
-from dbctl.errors import DbctlError
+from dbctl.core import roles
+from dbctl.core.errors import DbctlError
+from dbctl.schema import migrate
+from dbctl.schema.connection import connect, parse_target
 
 
 def write(directory: Path, name: str, text: str) -> None:
@@ -133,8 +134,8 @@ def test_comments_and_strings_still_count_as_sql(tmp_path: Path) -> None:
 
 
 def test_the_stray_lock_roles_are_the_pooled_roles() -> None:
-    from dbctl.names import login_users
-    from dbctl.pgbouncer import POOLED_ROLES
+    from dbctl.core.names import login_users
+    from dbctl.pgbouncer.config import POOLED_ROLES
 
     pooled_users = {user for role in POOLED_ROLES for user in login_users(role)}
     assert set(migrate.NOT_MIGRATORS) == set(POOLED_ROLES) | pooled_users

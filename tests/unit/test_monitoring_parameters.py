@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from components.alarm_rules import SLOW_QUERY_FILTER_PATTERN, SLOW_QUERY_THRESHOLD_MS, filter_pattern_matches
-from components.db_parameters import primary_parameters
-from components.settings import MonitoringSettings, SettingsError
+from dbctl.stackconfig.parameters import primary_parameters
+from dbctl.stackconfig.settings import MonitoringSettings, SettingsError
+from dbctl.stackconfig.slow_query import (
+    SLOW_QUERY_FILTER_PATTERN,
+    SLOW_QUERY_THRESHOLD_MS,
+    filter_pattern_matches,
+)
 from tests.unit.harness import Resource, named, of_type, run, settings_for
 
 STACKS = ("dev", "prod")

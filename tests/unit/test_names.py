@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from components.settings import STACK_NAME, STACK_NAME_MAX
+from dbctl.stackconfig.settings import STACK_NAME, STACK_NAME_MAX
 from tests.unit.harness import Resource, run
 
 UNIQUE_SUFFIX = 26

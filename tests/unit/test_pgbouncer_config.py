@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from dbctl.names import (
+from dbctl.core.names import (
     APP_ROLE,
     DATABASE_NAME,
     MIGRATOR_ROLE,
@@ -16,7 +16,8 @@ from dbctl.names import (
     READONLY_ROLE,
     login_users,
 )
-from dbctl.pgbouncer import (
+from dbctl.core.scram import scram_verifier
+from dbctl.pgbouncer.config import (
     POOLED_ROLES,
     ClientTls,
     PgBouncerConfig,
@@ -26,7 +27,6 @@ from dbctl.pgbouncer import (
     render_ini,
     render_userlist,
 )
-from dbctl.scram import scram_verifier
 
 
 def config(**overrides: object) -> PgBouncerConfig:

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from dbctl.pgbouncer import PgBouncerConfig, PgBouncerConfigError, ServerTls, render_ini
+from dbctl.pgbouncer.config import PgBouncerConfig, PgBouncerConfigError, ServerTls, render_ini
 from tests.unit.test_pgbouncer_config import parse
 
 PER_PROCESS = {"so_reuseport", "peer_id", "unix_socket_dir", "pidfile", "logfile"}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from components import pgbouncer_userdata as ud
-from dbctl import pool_metrics
+from hosts import pool_metrics
 from tests.unit.harness import RunResult, one, run, settings_for
 from tests.unit.test_pgbouncer_config import parse
 from tests.unit.test_pgbouncer_userdata import _shellcheck
@@ -153,7 +153,7 @@ def test_the_embedded_helper_reloads_each_unit_it_is_given(tmp_path: Path) -> No
 
 
 def _verifier() -> str:
-    from dbctl.scram import scram_verifier
+    from dbctl.core.scram import scram_verifier
 
     return scram_verifier("pw", os.urandom(16))
 

@@ -3,8 +3,8 @@ stack files (tests/unit/harness.py), refused before any resource when wrong."""
 
 import pytest
 
-from components.settings import SettingsError
-from dbctl import capacity
+from dbctl.pgbouncer import capacity
+from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import failing_run, settings_for
 
 

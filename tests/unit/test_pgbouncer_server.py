@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import pgbouncer_server
-from dbctl.pgbouncer_server import (
+from dbctl.pgbouncer import process as pgbouncer_server
+from dbctl.pgbouncer.process import (
     PgBouncerNotFoundError,
     PgBouncerServerError,
     detect_version,

@@ -24,7 +24,7 @@ from components.pgbouncer import (
     ini_config,
 )
 from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, PGBOUNCER_BIN, nofile_limit
-from dbctl import names
+from dbctl.core import names
 from tests.unit.harness import Resource, RunResult, of_type, one, run, run_fresh, settings_for
 
 STACKS = ("dev", "prod")

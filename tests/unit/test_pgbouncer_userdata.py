@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
-from components import pgbouncer_authfile as helper
 from components import pgbouncer_source
 from components import pgbouncer_userdata as ud
-from dbctl import names
-from dbctl.scram import scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import scram_verifier
+from hosts import pgbouncer_authfile as helper
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

@@ -1,4 +1,4 @@
-"""dbctl/pool_metrics.py's pure parts: rows to CloudWatch MetricData (checked against botocore's own model
+"""hosts/pool_metrics.py's pure parts: rows to CloudWatch MetricData (checked against botocore's own model
 of PutMetricData with a Stubber), publishing and its failure, and that the file stays a standalone
 Python 3.9 script (the PgBouncer host runs it as is)."""
 
@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from dbctl import pool_metrics
+from hosts import pool_metrics
 
 SOURCE = Path(pool_metrics.__file__)
 NOW = datetime.datetime(2026, 12, 1, 9, 0, tzinfo=datetime.timezone.utc)  # noqa: UP017

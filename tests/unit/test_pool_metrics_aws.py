@@ -13,7 +13,7 @@ import pytest
 
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
-from components.settings import SettingsError
+from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import RunResult, of_type, one, run, settings_for
 
 STACKS = ("dev", "prod")

@@ -22,13 +22,13 @@ from botocore.stub import Stubber
 from click.testing import CliRunner
 from moto import mock_aws
 
-from components.alarm_rules import SLOW_QUERY_FILTER_PATTERN
-from components.db_parameters import replica_parameters
-from components.settings import SettingsError, StackSettings, stack_file_settings
-from dbctl import preflight
-from dbctl import preflight_cli as cli
-from dbctl.cli import cli as dbctl_cli
-from dbctl.cluster import find_binary
+from dbctl.aws import preflight
+from dbctl.cli import preflight as cli
+from dbctl.cli.main import cli as dbctl_cli
+from dbctl.postgres.cluster import find_binary
+from dbctl.stackconfig.parameters import replica_parameters
+from dbctl.stackconfig.settings import SettingsError, StackSettings, stack_file_settings
+from dbctl.stackconfig.slow_query import SLOW_QUERY_FILTER_PATTERN
 from tests.unit.harness import ROOT, settings_for
 
 DUMMY = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # stub credentials
@@ -128,11 +128,11 @@ def test_a_static_parameter_sent_immediate_an_unknown_and_a_fixed_one_fail() -> 
     )
     assert check.status == "fail"
     assert check.detail == (
-        "track_io_timing is not a postgres17 parameter; "  # in the order of components/db_parameters.py
+        "track_io_timing is not a postgres17 parameter; "  # in the order of dbctl/stackconfig/parameters.py
         "log_statement is static but sent with apply_method immediate; "
         "log_lock_waits is not modifiable in postgres17"
     )
-    assert "pending-reboot" in check.fix and "components/db_parameters.py" in check.fix
+    assert "pending-reboot" in check.fix and "dbctl/stackconfig/parameters.py" in check.fix
 
 
 def test_the_family_follows_the_engine_version() -> None:

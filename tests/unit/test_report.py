@@ -1,4 +1,4 @@
-"""dbctl.report's pure parts: literal redaction and the human tables."""
+"""dbctl.schema.report's pure parts: literal redaction and the human tables."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
 
-from dbctl import names, report_cli, stack
-from dbctl.cli import cli
-from dbctl.report import SECTIONS, redact_literals, render, table
+from dbctl.aws import stack
+from dbctl.cli import report as report_cli
+from dbctl.cli.main import cli
+from dbctl.core import names
+from dbctl.schema.report import SECTIONS, redact_literals, render, table
 from tests.unit.test_stack import outputs
 
 

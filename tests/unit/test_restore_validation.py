@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from components.restore_validation import completed_restore_pattern
-from components.settings import SettingsError
-from dbctl import names
+from dbctl.core import names
+from dbctl.stackconfig.settings import SettingsError
 from lambdas import build
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, run_fresh, settings_for
 

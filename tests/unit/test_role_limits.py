@@ -7,8 +7,8 @@ would make PostgreSQL refuse the pool's last connections under load ("too many c
 
 import pytest
 
-from dbctl import names
-from dbctl.roles import ROLES
+from dbctl.core import names
+from dbctl.core.roles import ROLES
 from tests.unit.harness import settings_for
 
 LIMITS = {spec.name: spec.connection_limit for spec in ROLES}

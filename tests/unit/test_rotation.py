@@ -12,10 +12,10 @@ import pulumi
 import pytest
 
 from components import credentials as credentials_component
-from components.rotation import DBCTL_MODULES, HANDLER, REPO_ROOT, TEST_TIMEOUT_S, TIMEOUT_S
-from components.settings import SettingsError
-from dbctl import names, rotation, scram
-from dbctl.pgbouncer import POOLED_ROLES
+from components.rotation import DBCTL_CORE, HANDLER, TEST_TIMEOUT_S, TIMEOUT_S
+from dbctl.core import names, rotation, scram
+from dbctl.pgbouncer.config import POOLED_ROLES
+from dbctl.stackconfig.settings import SettingsError
 from lambdas import build
 from lambdas.rotation.handler import Config
 from tests.unit.harness import Resource, RunResult, named, of_type, run, run_fresh, settings_for
@@ -149,16 +149,17 @@ def test_pulumi_writes_a_rotated_secrets_first_version_only() -> None:
 
 def test_the_package_ships_the_handler_and_the_dbctl_modules_it_imports() -> None:
     assert HANDLER.is_file()
-    for module in DBCTL_MODULES:
-        assert (REPO_ROOT / "dbctl" / module).is_file()
+    shipped = sorted(DBCTL_CORE.glob("*.py"))
+    assert {"names.py", "roles.py", "rotation.py", "scram.py"} <= {m.name for m in shipped}
     imported = {
         line.split()[1]
-        for path in [HANDLER, *(REPO_ROOT / "dbctl" / m for m in DBCTL_MODULES)]
+        for path in [HANDLER, *shipped]
         for line in path.read_text().splitlines()
-        if line.startswith(("from dbctl", "import dbctl"))
+        if line.lstrip().startswith(("from dbctl", "import dbctl"))
     }
-    assert imported <= {"dbctl", *(f"dbctl.{m.removesuffix('.py')}" for m in DBCTL_MODULES)}, imported
-    assert "scramp" in build.export_requirements()  # dbctl/scram.py's dependency is in the Lambda build
+    assert imported, "the handler imports dbctl.core"
+    assert imported <= {"dbctl", "dbctl.core", *(f"dbctl.core.{m.stem}" for m in shipped)}, imported
+    assert "scramp" in build.export_requirements()  # dbctl/core/scram.py's dependency is in the Lambda build
 
 
 # ---------------------------------------------------------------- dbctl.rotation, pure

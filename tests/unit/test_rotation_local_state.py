@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dbctl import names
-from dbctl.local_state import (
+from dbctl.core import names
+from dbctl.local.state import (
     WANTED_ROLES,
     Credential,
     LocalError,

@@ -1,4 +1,4 @@
-"""dbctl/scram.py: the verifier format, and a SCRAM client with the password authenticates against it."""
+"""dbctl/core/scram.py: the verifier format, and a SCRAM client with the password authenticates against it."""
 
 import base64
 import hashlib
@@ -8,8 +8,8 @@ import os
 import pytest
 import scramp
 
-from dbctl import scram
-from dbctl.scram import DEFAULT_ITERATIONS, is_scram_verifier, scram_verifier
+from dbctl.core import scram
+from dbctl.core.scram import DEFAULT_ITERATIONS, is_scram_verifier, scram_verifier
 
 SALT = bytes(range(16))
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from components.settings import SettingsError, load_settings
-from dbctl import capacity
+from dbctl.pgbouncer import capacity
+from dbctl.stackconfig.settings import SettingsError, load_settings
 from tests.unit.harness import failing_run, run, settings_for
 
 

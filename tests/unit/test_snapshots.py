@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import WaiterError
 from moto import mock_aws
 
-from dbctl.snapshots import SnapshotError, snapshot_identifier, take_pre_migration_snapshot
+from dbctl.aws.snapshots import SnapshotError, snapshot_identifier, take_pre_migration_snapshot
 
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient

@@ -16,8 +16,9 @@ import pytest
 from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
 
-from dbctl import names, scram, stack
-from dbctl.errors import DbctlError
+from dbctl.aws import stack
+from dbctl.core import names, scram
+from dbctl.core.errors import DbctlError
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -129,7 +130,7 @@ def test_reading_outputs_without_the_pulumi_cli_is_one_clear_error(
 def test_stack_flow_resolves_url_verifiers_and_the_pre_migration_hook(
     secrets: tuple[SecretsManagerClient, stack.StackTarget, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dbctl import migrate_cli
+    from dbctl.cli import migrate as migrate_cli
 
     _, target, verifiers = secrets
     fake = outputs(master_secret_arn=target.master_secret_arn, role_secret_arns=dict(target.role_secret_arns))

@@ -14,9 +14,9 @@ import scramp
 
 from components.credentials import INITIAL_STAGE
 from components.database import replica_zones
-from components.settings import SettingsError
-from dbctl import names
-from dbctl.scram import is_scram_verifier
+from dbctl.core import names
+from dbctl.core.scram import is_scram_verifier
+from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
 
 STACKS = ("dev", "prod")
