@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
 
+from dbctl.cli.errors import errors
 from dbctl.core.errors import DbctlError
 from dbctl.schema import deploy, migrate
 from dbctl.schema.connection import connect
 from dbctl.schema.credentials import load_credentials_file
-
-EXIT_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -69,30 +66,6 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """A DbctlError becomes one `error: …` line (or a JSON object) and exit 2; never a traceback."""
-    try:
-        yield
-    except DbctlError as exc:
-        _fail(str(exc), as_json)
-    except psycopg.Error as exc:
-        # Unexpected database errors: the server's primary message only (it never holds our secrets).
-        primary = exc.diag.message_primary or str(exc).splitlines()[0]
-        _fail(f"database error ({type(exc).__name__}, SQLSTATE {exc.sqlstate}): {primary}", as_json)
-
-
-def _fail(message: str, as_json: bool) -> None:
-    """One `error: …` line per problem (a message may list several), or one JSON object."""
-    lines = [line for line in message.splitlines() if line.strip()] or ["unknown error"]
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": "; ".join(lines), "errors": lines}))
-    else:
-        for line in lines:
-            click.echo(f"error: {line}", err=True)
-    sys.exit(EXIT_ERROR)
 
 
 def _before_pending_migrations(target: Any) -> deploy.BeforeApply:
@@ -181,7 +154,7 @@ def migrate_command(
     """Apply pending schema migrations and converge the least-privilege roles (the post-deploy step)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _errors(as_json):
+    with errors(as_json):
         conn = _resolve_connection(database_url, credentials, stack_name, via, ssl_root_cert, True)
         assert conn.verifiers is not None
         report = deploy.run_migrate(
@@ -217,7 +190,7 @@ def resolve_command(
     ssl_root_cert: str | None,
 ) -> None:
     """Mark a failed migration as rolled back (like `prisma migrate resolve --rolled-back`)."""
-    with _errors(False):
+    with errors(False):
         target = _resolve_connection(database_url, None, stack_name, via, ssl_root_cert, False)
         conn, where = connect(target.url, application_name="dbctl migrate resolve")
         with conn:
@@ -240,7 +213,7 @@ def status_command(
 
     Without --credentials (or --stack), passwords are not compared.
     """
-    with _errors(as_json):
+    with errors(as_json):
         conn = _resolve_connection(database_url, credentials, stack_name, via, ssl_root_cert, False)
         report = deploy.status(
             conn.url, conn.verifiers, migrations_dir=migrations_dir, echo=_echo_step(as_json)

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from dbctl.aws import preflight
-from dbctl.cli.migrate import _fail  # one `error: …` line (or JSON) and exit 2, as migrate and status do
+from dbctl.cli.errors import fail
 
 EXIT_FAILED = 1
 
@@ -55,7 +55,7 @@ def preflight_command(
         workflow = project_dir / ".github" / "workflows" / "deploy-stack.yml"
         checks = preflight.run_checks(settings, make_client_factory(profile), deploy_role, workflow)
     except (SettingsError, preflight.PreflightError) as e:
-        _fail(str(e), as_json)
+        fail(str(e), as_json)
     failed = [c for c in checks if c.status == "fail"]
     if as_json:
         click.echo(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dbctl.cli.migrate import _errors
+from dbctl.cli.errors import errors
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
 from dbctl.schema import report
@@ -83,7 +83,7 @@ def report_command(
 ) -> None:
     """The seed's monitoring queries: connections, slow queries, sizes, indexes, bloat, replication, pools,
     maintenance jobs. Read-only, as spike_monitor; query texts never show the values they ran with."""
-    with _errors(as_json):
+    with errors(as_json):
         chosen = [flag for flag, on in (("--local", use_local), ("--stack", bool(stack_name))) if on]
         if len(chosen) > 1 or (chosen and database_url):
             raise DbctlError("pass one of --local, --stack NAME or --database-url / MONITOR_DATABASE_URL")
