@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dbctl.core.errors import DbctlError
 from dbctl.stackconfig.parameters import Parameter, replica_parameters
 from dbctl.stackconfig.settings import StackSettings
 from dbctl.stackconfig.slow_query import (
@@ -78,7 +79,7 @@ class Check:
         return f"{label} {self.name}: {self.detail}{fix}"
 
 
-class PreflightError(ValueError):
+class PreflightError(DbctlError, ValueError):
     """Preflight cannot start (the workflow file is unreadable...): one line, no check ran."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import psycopg
 
 from dbctl.core import names, roles
+from dbctl.core.errors import DbctlError
 from dbctl.core.scram import SALT_BYTES, scram_verifier
 
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 URL-safe characters, 192 bits
@@ -43,7 +44,7 @@ POOL_DATABASE = {
 }
 
 
-class RotationError(RuntimeError):
+class RotationError(DbctlError, RuntimeError):
     """A rotation step failed; the message names the step and the fix, never a secret."""
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dbctl.core.errors import DbctlError
 from dbctl.core.names import (
     APP_ROLE,
     DATABASE_NAME,
@@ -74,7 +75,7 @@ _ABSOLUTE_PATH = re.compile(r"^/[^\n\r;#]*$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 
 
-class PgBouncerConfigError(ValueError):
+class PgBouncerConfigError(DbctlError, ValueError):
     """Settings or verifiers the renderer refuses; the message names the problem and the fix."""
 
 

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from dbctl.core.errors import DbctlError
 from dbctl.pgbouncer.config import (
     PEER_ID_PLACEHOLDER,
     PgBouncerConfig,
@@ -71,7 +72,7 @@ SIGQUIT_SHUTDOWN_SINCE: Version = (1, 23)
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
-class PgBouncerServerError(RuntimeError):
+class PgBouncerServerError(DbctlError, RuntimeError):
     """PgBouncer could not be found, started, reloaded or stopped. The message says why and what to do."""
 
 

@@ -86,6 +86,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names, scram
+from dbctl.core.errors import DbctlError
 from dbctl.postgres.tls import CertificateAuthority, Owner
 
 HOST = "127.0.0.1"
@@ -104,7 +105,7 @@ DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 MAX_CONNECTIONS = 200
 
 
-class ClusterError(RuntimeError):
+class ClusterError(DbctlError, RuntimeError):
     """A local cluster could not be created, started or stopped. The message says why and what to do."""
 
 

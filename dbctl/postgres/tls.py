@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dbctl.core.errors import DbctlError
+
 CA_VALID = datetime.timedelta(days=3650)
 # 825 days: the longest lifetime Apple's clients accept for a TLS server certificate; `up` renews earlier.
 SERVER_VALID = datetime.timedelta(days=825)
@@ -42,7 +44,7 @@ SERVER_IPS = (ipaddress.ip_address("127.0.0.1"),)
 Owner = tuple[int, int] | None
 
 
-class TlsError(RuntimeError):
+class TlsError(DbctlError, RuntimeError):
     """The CA or a certificate is unusable. The message says which file and what to do."""
 
 

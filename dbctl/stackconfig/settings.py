@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from dbctl.core import names
+from dbctl.core.errors import DbctlError
 from dbctl.pgbouncer import capacity
 from dbctl.pgbouncer import config as pgbouncer_config
 
@@ -115,7 +116,7 @@ Int = Annotated[int, BeforeValidator(_config_int)]
 Float = Annotated[float, BeforeValidator(_config_float)]
 
 
-class SettingsError(ValueError):
+class SettingsError(DbctlError, ValueError):
     """A stack config value is invalid; the message names the key, the value and what is allowed."""
 
 
