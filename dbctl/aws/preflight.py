@@ -18,6 +18,10 @@ boto3 client, and returns a `Check`: ok, fail (with what to do) or skip (does no
 
 An API error (no credentials, AccessDenied, throttling) fails only its own check, naming the IAM action
 the caller needs. Nothing here creates, changes or deletes anything.
+
+``preflight(stack_name, project_dir, ...)`` is the verb `dbctl preflight` calls: it reads
+`Pulumi.<stack>.yaml` through dbctl/stackconfig/settings.py (the validation `pulumi up` runs, without the
+Pulumi CLI) and runs every check.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dbctl.core.errors import DbctlError
 from dbctl.stackconfig.parameters import Parameter, replica_parameters
-from dbctl.stackconfig.settings import StackSettings
+from dbctl.stackconfig.settings import StackSettings, stack_file_settings
 from dbctl.stackconfig.slow_query import (
     SLOW_QUERY_FILTER_PATTERN,
     SLOW_QUERY_THRESHOLD_MS,
@@ -81,6 +85,19 @@ class Check:
 
 class PreflightError(DbctlError, ValueError):
     """Preflight cannot start (the workflow file is unreadable...): one line, no check ran."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The checks run for one stack in one region."""
+
+    stack: str
+    region: str
+    checks: list[Check]
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
 
 
 def _api_failure(name: str, action: str, error: Exception) -> Check:
@@ -344,6 +361,21 @@ def run_checks(
             continue
         checks.extend(result if isinstance(result, list) else [result])
     return checks
+
+
+def preflight(
+    stack_name: str,
+    project_dir: Path = REPO_ROOT,
+    *,
+    region: str | None = None,
+    deploy_role: str | None = None,
+    profile: str | None = None,
+) -> Outcome:
+    """Validate project_dir's Pulumi.<stack>.yaml, then run every check with the profile's clients."""
+    settings = stack_file_settings(stack_name, project_dir, region=region)
+    workflow = project_dir / ".github" / "workflows" / "deploy-stack.yml"
+    checks = run_checks(settings, boto3_factory(profile), deploy_role, workflow)
+    return Outcome(settings.stack, settings.region, checks)
 
 
 def boto3_factory(profile: str | None = None) -> ClientFactory:

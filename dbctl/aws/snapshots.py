@@ -12,17 +12,23 @@ API
 - ``take_pre_migration_snapshot(rds_client, instance_id, migration_name) -> str``: create, wait, return
   the id. Raises ``SnapshotError`` (one message naming the problem and the fix) when RDS refuses or
   the wait fails.
+- ``before_pending_migrations(target, say) -> BeforeApply``: the `dbctl migrate --stack` hook that takes
+  the snapshot when the stack's output pre_migration_snapshot says so (on in prod).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError, WaiterError
 
+from dbctl.aws.stack import StackTarget
 from dbctl.core.errors import DbctlError
+from dbctl.schema.deploy import BeforeApply
+from dbctl.schema.migrate import Migration
 
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
@@ -109,3 +115,29 @@ def take_pre_migration_snapshot(
             "re-run the migration."
         ) from None
     return snapshot_id
+
+
+def before_pending_migrations(target: StackTarget, say: Callable[[str], None]) -> BeforeApply:
+    """The --stack flow's pre-migration hook: runs once, only when migrations are pending, before any change.
+
+    When the stack says so (output pre_migration_snapshot, on in prod), take a manual RDS snapshot of the
+    primary named after the first pending migration (the database as it was just before it) and wait until
+    it is available; `say` hears progress. A failure stops the run before anything is applied.
+    """
+
+    def hook(pending: list[Migration]) -> None:
+        if not target.pre_migration_snapshot:
+            return
+        if not target.instance_id:
+            raise DbctlError(
+                f"stack {target.stack!r} wants a pre-migration snapshot but has no output "
+                "primary_instance_id; run `pulumi up` for it first"
+            )
+        import boto3
+
+        client = boto3.client("rds", region_name=target.region or None)
+        say(f"taking pre-migration snapshot of {target.instance_id} (waits until available)")
+        snapshot_id = take_pre_migration_snapshot(client, target.instance_id, pending[0].name)
+        say(f"pre-migration snapshot {snapshot_id} is available; it is kept until deleted by hand")
+
+    return hook

@@ -10,10 +10,13 @@
   secret; ``via=HOST:PORT`` connects through a tunnel (e.g. an SSM port-forward) while TLS still verifies
   the RDS host name (libpq ``hostaddr``).
 - ``role_verifiers(client, target)``: each login role's SCRAM verifier from its secret (never the password).
+- ``load(stack_name)``, ``admin_access(target, ...)``, ``monitor_url(stack_name, ...)``: the above put
+  together, with a Secrets Manager client in the stack's region (what `--stack` resolves to).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Mapping
@@ -159,3 +162,29 @@ def admin_url(
     if ssl_root_cert:
         params["sslrootcert"] = ssl_root_cert
     return make_conninfo(**params)
+
+
+def load(stack_name: str) -> StackTarget:
+    """The deployed stack's outputs, validated."""
+    return parse_outputs(stack_name, read_outputs(stack_name))
+
+
+def _secrets_client(target: StackTarget) -> SecretsManagerClient:
+    import boto3
+
+    return boto3.client("secretsmanager", region_name=target.region or None)
+
+
+def admin_access(
+    target: StackTarget, *, via: str | None = None, ssl_root_cert: str | None = None
+) -> tuple[str, dict[str, str]]:
+    """The master user's conninfo and each login user's verifier, from the stack's secrets."""
+    client = _secrets_client(target)
+    return admin_url(client, target, via=via, ssl_root_cert=ssl_root_cert), role_verifiers(client, target)
+
+
+def monitor_url(stack_name: str, *, via: str | None = None, ssl_root_cert: str | None = None) -> str:
+    """spike_monitor's conninfo from its own secret, built as admin_url builds the master's."""
+    target = load(stack_name)
+    monitor = dataclasses.replace(target, master_secret_arn=target.role_secret_arns[names.MONITOR_ROLE])
+    return admin_url(_secrets_client(target), monitor, via=via, ssl_root_cert=ssl_root_cert)

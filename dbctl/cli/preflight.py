@@ -1,9 +1,8 @@
-"""`dbctl preflight --stack NAME`: click wiring around dbctl.preflight.
+"""`dbctl preflight --stack NAME`: options and output around dbctl/aws/preflight.py's `preflight`.
 
-Reads `Pulumi.<stack>.yaml` through dbctl/stackconfig/settings.py (the validation `pulumi up` runs, without
-the
-Pulumi CLI), asks AWS the read-only questions and prints one line per check. Exit 0 when nothing failed
-(skipped checks do not apply to the stack), 1 when a check failed, 2 when preflight could not start.
+It reads `Pulumi.<stack>.yaml` (the validation `pulumi up` runs, without the Pulumi CLI) and asks AWS the
+read-only questions; this prints one line per check. Exit 0 when nothing failed (skipped checks do not
+apply to the stack), 1 when a check failed, 2 when preflight could not start.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 import click
 
 from dbctl.aws import preflight
-from dbctl.cli.errors import fail
+from dbctl.cli.errors import errors
 
 EXIT_FAILED = 1
 
@@ -48,22 +47,22 @@ def preflight_command(
     as_json: bool,
 ) -> None:
     """Ask the AWS account what a first `pulumi up` would hit (read-only calls only)."""
-    from dbctl.stackconfig.settings import SettingsError, stack_file_settings
-
-    try:
-        settings = stack_file_settings(stack_name, project_dir, region=region)
-        workflow = project_dir / ".github" / "workflows" / "deploy-stack.yml"
-        checks = preflight.run_checks(settings, make_client_factory(profile), deploy_role, workflow)
-    except (SettingsError, preflight.PreflightError) as e:
-        fail(str(e), as_json)
-    failed = [c for c in checks if c.status == "fail"]
+    with errors(as_json):
+        outcome = preflight.preflight(
+            stack_name,
+            project_dir,
+            region=region,
+            deploy_role=deploy_role,
+            profile=profile,
+        )
+    checks, failed = outcome.checks, outcome.failed
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "ok": not failed,
-                    "stack": settings.stack,
-                    "region": settings.region,
+                    "stack": outcome.stack,
+                    "region": outcome.region,
                     "checks": [dataclasses.asdict(c) for c in checks],
                 }
             )
@@ -76,8 +75,3 @@ def preflight_command(
             + (f"; {len(failed)} failed" if failed else "")
         )
     sys.exit(EXIT_FAILED if failed else 0)
-
-
-def make_client_factory(profile: str | None) -> preflight.ClientFactory:
-    """boto3 clients for the checks (tests replace this with stubbed clients)."""
-    return preflight.boto3_factory(profile)

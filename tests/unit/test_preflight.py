@@ -23,7 +23,6 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from dbctl.aws import preflight
-from dbctl.cli import preflight as cli
 from dbctl.cli.main import cli as dbctl_cli
 from dbctl.postgres.cluster import find_binary
 from dbctl.stackconfig.parameters import replica_parameters
@@ -478,7 +477,7 @@ def test_the_command_prints_one_line_per_check_and_exits_0_when_all_pass(
 ) -> None:
     arn = make_role(iam, "deploy-prod", 7200)
     clients = healthy_account(iam, settings_for("prod"))
-    monkeypatch.setattr(cli, "make_client_factory", lambda profile: only(clients))
+    monkeypatch.setattr(preflight, "boto3_factory", lambda profile: only(clients))
     result = CliRunner().invoke(dbctl_cli, ["preflight", "--stack", "prod", "--deploy-role", arn])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -500,7 +499,7 @@ def test_a_failed_check_exits_1_with_its_fix_and_the_others_still_run(
     make_role(iam, "deploy-dev", 3600)
     clients = healthy_account(iam, settings_for("dev"))
     clients["backup", "eu-west-1"] = region_settings_client("eu-west-1", False)
-    monkeypatch.setattr(cli, "make_client_factory", lambda profile: only(clients))
+    monkeypatch.setattr(preflight, "boto3_factory", lambda profile: only(clients))
     monkeypatch.setenv("AWS_DEPLOY_ROLE_ARN", "deploy-dev")
     result = CliRunner().invoke(dbctl_cli, ["preflight", "--stack", "dev"])
     assert result.exit_code == 1, result.output
@@ -519,7 +518,7 @@ def test_json_output_and_a_bad_stack_file_is_one_line_before_any_call(
     iam: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clients = healthy_account(iam, settings_for("dev"))
-    monkeypatch.setattr(cli, "make_client_factory", lambda profile: only(clients))
+    monkeypatch.setattr(preflight, "boto3_factory", lambda profile: only(clients))
     result = CliRunner().invoke(dbctl_cli, ["preflight", "--stack", "dev", "--json"])
     payload = json.loads(result.output)
     assert payload["ok"] is True and payload["stack"] == "dev"
@@ -528,7 +527,7 @@ def test_json_output_and_a_bad_stack_file_is_one_line_before_any_call(
     def no_clients(profile: str | None) -> preflight.ClientFactory:
         raise AssertionError("no AWS client may be made for a stack file that does not validate")
 
-    monkeypatch.setattr(cli, "make_client_factory", no_clients)
+    monkeypatch.setattr(preflight, "boto3_factory", no_clients)
     for args in (["--stack", "staging"], ["--stack", "dev", "--region", "Ireland"]):
         result = CliRunner().invoke(dbctl_cli, ["preflight", *args])
         assert result.exit_code == 2, result.output

@@ -11,7 +11,6 @@ from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
 
 from dbctl.aws import stack
-from dbctl.cli import report as report_cli
 from dbctl.cli.main import cli
 from dbctl.core import names
 from dbctl.schema.report import SECTIONS, redact_literals, render, table
@@ -66,7 +65,7 @@ def test_stack_connects_as_spike_monitor_from_its_own_secret(monkeypatch: pytest
             for role in names.LOGIN_ROLES
         }
         monkeypatch.setattr(stack, "read_outputs", lambda name: outputs(role_secret_arns=arns))
-        url = conninfo_to_dict(report_cli._stack_url("prod", "localhost:15432", None))
+        url = conninfo_to_dict(stack.monitor_url("prod", via="localhost:15432"))
     assert (url["user"], url["password"]) == (names.MONITOR_ROLE, f"pw {names.MONITOR_ROLE}")
     assert (url["hostaddr"], url["port"], url["sslmode"]) == ("127.0.0.1", "15432", "verify-full")
     assert str(url["host"]).endswith(".rds.amazonaws.com")

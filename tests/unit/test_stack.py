@@ -130,14 +130,14 @@ def test_reading_outputs_without_the_pulumi_cli_is_one_clear_error(
 def test_stack_flow_resolves_url_verifiers_and_the_pre_migration_hook(
     secrets: tuple[SecretsManagerClient, stack.StackTarget, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dbctl.cli import migrate as migrate_cli
+    from dbctl.cli import targets
 
     _, target, verifiers = secrets
     fake = outputs(master_secret_arn=target.master_secret_arn, role_secret_arns=dict(target.role_secret_arns))
     monkeypatch.setattr(stack, "read_outputs", lambda name, work_dir=stack.REPO_ROOT: fake)
-    conn = migrate_cli._resolve_connection(None, None, "prod", "127.0.0.1:15432", None, True)
+    conn = targets.admin_database(None, None, "prod", "127.0.0.1:15432", None)
     assert conn.verifiers == verifiers
     assert conninfo_to_dict(conn.url)["hostaddr"] == "127.0.0.1"
     assert conn.before_apply is not None
     with pytest.raises(DbctlError, match="drop --credentials"):
-        migrate_cli._resolve_connection(None, stack.REPO_ROOT, "prod", None, None, True)
+        targets.admin_database(None, stack.REPO_ROOT, "prod", None, None)

@@ -1,0 +1,91 @@
+"""The verbs behind `dbctl migrate`, `dbctl migrate resolve`, `dbctl status` and `dbctl report`.
+
+Plain functions, as alembic's command.py: each takes where to connect and its flags as plain values,
+returns data or raises DbctlError (or psycopg.Error). dbctl/cli/ parses the options, calls one, prints what
+it returns and sets the exit code; dbctl/cli/targets.py turns --database-url / --stack / --credentials into
+the `Database` they take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dbctl.core import names
+from dbctl.core.errors import DbctlError
+from dbctl.schema import deploy
+from dbctl.schema.connection import Target, connect
+from dbctl.schema.migrate import MIGRATIONS_DIR, resolve_rolled_back
+from dbctl.schema.report import DEFAULT_TOP_N, PoolsReader, collect, show_pools
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where to connect as the admin, the login users' verifiers to set, and what to run before applying."""
+
+    url: str
+    verifiers: dict[str, str] | None
+    before_apply: deploy.BeforeApply | None = None
+
+
+def migrate(
+    database: Database,
+    *,
+    migrations_dir: Path = MIGRATIONS_DIR,
+    dry_run: bool = False,
+    lock_wait: float = 60.0,
+    echo: deploy.Echo | None = None,
+) -> deploy.Report:
+    """Apply pending migrations and converge roles and maintenance (the post-deploy step)."""
+    if database.verifiers is None:
+        raise DbctlError("pass --credentials FILE (each login role's SCRAM verifier)")
+    return deploy.run_migrate(
+        database.url,
+        database.verifiers,
+        migrations_dir=migrations_dir,
+        dry_run=dry_run,
+        lock_wait=lock_wait,
+        before_apply=database.before_apply,
+        echo=echo,
+    )
+
+
+def status(
+    database: Database, *, migrations_dir: Path = MIGRATIONS_DIR, echo: deploy.Echo | None = None
+) -> deploy.Report:
+    """Applied, pending and failed migrations and drift (passwords unchecked without verifiers)."""
+    return deploy.status(database.url, database.verifiers, migrations_dir=migrations_dir, echo=echo)
+
+
+def resolve(database: Database, rolled_back: str) -> Target:
+    """Mark the failed migration `rolled_back` as rolled back; return where (no password)."""
+    conn, where = connect(database.url, application_name="dbctl migrate resolve")
+    with conn:
+        resolve_rolled_back(conn, rolled_back)
+    return where
+
+
+def report(
+    conninfo: str,
+    *,
+    pgbouncer_url: str | None = None,
+    pools: PoolsReader | None = None,
+    top_n: int = DEFAULT_TOP_N,
+    note: Say | None = None,
+) -> tuple[Target, dict[str, Any]]:
+    """The monitoring sections, read-only, with SHOW POOLS from pgbouncer_url (else `pools`)."""
+    if pgbouncer_url:
+        url = pgbouncer_url
+        pools = lambda: show_pools(url)  # noqa: E731
+    conn, where = connect(conninfo, application_name="dbctl report")
+    with conn:
+        # Said before the queries run: a failure as another role is then explained.
+        if note and where.user and names.role_of_user(where.user) != names.MONITOR_ROLE:
+            note(
+                f"note: connected as {where.user}, not {names.MONITOR_ROLE}: other roles' rows may be hidden"
+            )
+        return where, collect(conn, pools=pools, top_n=top_n)
