@@ -59,7 +59,8 @@ NOT_CHECKED: dict[str, str] = {
     "findMany": "a Prisma Client method",
     "createMany": "a Prisma Client method",
     "skipDuplicates": "a Prisma Client option",
-    "prismaWrite": "the app's Prisma client, in a code example",
+    "prismaWrite": "the app's write client, in a code example",
+    "prismaRead": "the app's read client, in a code example",
     "rejectUnauthorized": "a node-postgres TLS option",
     # snake_case named like a stack output
     "max_db_connections": "a PgBouncer setting",
