@@ -347,7 +347,7 @@ def path_problem(word: str, t: Truth, *, whole_token: bool) -> str | None:
     """Rule 9 for one word."""
     if word in NOT_CHECKED or not _PATH_WORD.fullmatch(word) or _NETWORK.fullmatch(word):
         return None
-    if word.startswith(("@", "/", "~", "-")) or is_ignored(word, t.ignored):
+    if _PLACEHOLDER.search(word) or word.startswith(("@", "/", "~", "-")) or is_ignored(word, t.ignored):
         return None
     name = word.rsplit("/", 1)[-1]
     if "/" not in word and not ("." in name and name.rsplit(".", 1)[-1] in REPO_TYPES):

@@ -45,7 +45,7 @@ BOGUS_DOC = """\
 Run `./dev local up --bogus-flag` or `dbctl migrate --stack prod --no-such-option`, then `dbctl locl up`.
 Also `python -m dbctl local status`, `up --replica-port N --frobnicate`, alone `--not-a-flag`.
 Set `pgbouncer.defaultPoolSise` and `alarms.*Percent` and `multiAZ`; read `primary_endpoint` and
-`replica_endpoint`. See `dbctl/local.py`, `components/settings.py`, `dbctl/schema/deploy.py`,
+`replica_endpoint`. See `dbctl/local.py`, `components/settings.py`, `dbctl/core/names.py`,
 `tests/integration/test_{cluster,nope}.py`, `.local/tls/ca.crt`, `Pulumi.<stack>.yaml` and `nope.py`.
 Code: `dbctl.pgbouncer.config.render_ini`, `dbctl.pgbouncer.config.render_nothing`, `dbctl.nowhere.x`.
 
