@@ -193,7 +193,8 @@ def slow_query_filter(logs: CloudWatchLogsClient) -> Check:
             name,
             "fail",
             f"CloudWatch matched {matched} of the sample lines, the program expects {expected}",
-            "fix slow_query_filter_pattern in components/alarm_rules.py (and filter_pattern_matches with it)",
+            "fix slow_query_filter_pattern in dbctl/stackconfig/slow_query.py "
+            "(and filter_pattern_matches with it)",
         )
     return Check(name, "ok", f"CloudWatch accepts {SLOW_QUERY_FILTER_PATTERN} and counts only the slow line")
 

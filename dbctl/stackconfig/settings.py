@@ -432,7 +432,7 @@ class StackSettings(_Model):
 
     @property
     def pool_targets(self) -> list[capacity.PoolTarget]:
-        """Each instance PgBouncer's pools point at (dbctl.capacity.pool_targets: every replica)."""
+        """Each instance PgBouncer's pools point at (dbctl.pgbouncer.capacity.pool_targets: every replica)."""
         replicas = [self.replica_max_connections] * self.replica_count
         return capacity.pool_targets(self.effective_max_connections, replicas)
 

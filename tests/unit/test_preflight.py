@@ -231,7 +231,7 @@ def test_cloudwatch_must_count_exactly_the_slow_line(matched: list[str], status:
     check = preflight.slow_query_filter(logs)
     assert check.status == status, check.line()
     if status == "fail":
-        assert "components/alarm_rules.py" in check.fix
+        assert "dbctl/stackconfig/slow_query.py" in check.fix
     stub.assert_no_pending_responses()
 
 
