@@ -1,5 +1,5 @@
-"""The local stack's lifecycle: `up` (PostgreSQL, its replica, migrations and roles, the shadow database,
-PgBouncer, `.env`), `down`, and `reset`'s wipe; psql's environment.
+"""The local stack's lifecycle: `up` (PostgreSQL, its replica, migrations and roles through
+dbctl.local.migrations, the shadow database, PgBouncer, `.env`), `down`, `reset`; psql's environment.
 
 Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`
 (dbctl.local.stack), `up(stack, echo) -> bool` (False: was already up, nothing changed), `down(stack, echo)`.
