@@ -54,8 +54,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import measure
-from dbctl.cli import local
 from dbctl.core import names
+from dbctl.local.bouncer import pgbouncer_config, pgbouncer_version, pooled_verifiers
+from dbctl.local.lifecycle import down, up
+from dbctl.local.stack import Stack, open_stack
+from dbctl.local.state import HOST, Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import find_binary, free_port, service_owner
@@ -181,7 +184,7 @@ class Bench:
             else math.ceil(1.5 * self.connect_seconds.get(path.label, 0) * clients + 1)
         )
         length = ["-t", str(transactions)] if transactions else ["-T", str(duration)]
-        conninfo = f"host={local.HOST} port={path.port} dbname={names.DATABASE_NAME} user={self.user}"
+        conninfo = f"host={HOST} port={path.port} dbname={names.DATABASE_NAME} user={self.user}"
         env = {
             **os.environ,
             "PGPASSWORD": self.password,
@@ -394,22 +397,22 @@ def machine(started: time.struct_time) -> str:
 
 
 @contextmanager
-def scratch_stack() -> Iterator[local.Stack]:
+def scratch_stack() -> Iterator[Stack]:
     """`dbctl local up --no-replica` in a temp dir on free ports; torn down afterwards."""
     root = Path(tempfile.mkdtemp(prefix="dbctl-bench-"))
     root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
-    stack = local.open_stack(local.Paths(root), free_port(), free_port(), replica=False)
+    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
     try:
         # Not durable (fsync off): the figures are about pooling, and fsync on a shared disk would only add
         # noise to both sides.
-        local.up(stack, say, durable=False)
+        up(stack, say, durable=False)
         yield stack
     finally:
-        local.down(stack, lambda m: None)
+        down(stack, lambda m: None)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def prepare(stack: local.Stack, pgbench: Path, scale: int) -> None:
+def prepare(stack: Stack, pgbench: Path, scale: int) -> None:
     """pgbench's tables, owned by spike_owner (so spike_app gets DML by default privileges)."""
     migrator = stack.creds[names.MIGRATOR_ROLE]
     env = {
@@ -419,9 +422,7 @@ def prepare(stack: local.Stack, pgbench: Path, scale: int) -> None:
         "PGSSLROOTCERT": str(stack.authority.cert_file),
         "PGOPTIONS": f"-c role={names.OWNER_ROLE}",
     }
-    conninfo = (
-        f"host={local.HOST} port={stack.state.pg_port} dbname={names.DATABASE_NAME} user={migrator.username}"
-    )
+    conninfo = f"host={HOST} port={stack.state.pg_port} dbname={names.DATABASE_NAME} user={migrator.username}"
     say(f"pgbench -i -s {scale} as {names.MIGRATOR_ROLE} (role {names.OWNER_ROLE}) ...")
     subprocess.run(
         [str(pgbench), "-i", "-q", "-s", str(scale), conninfo], env=env, check=True, capture_output=True
@@ -445,16 +446,16 @@ class ExtraSettingsServer(PgBouncerServer):
 
 @contextmanager
 def extra_pgbouncer(
-    stack: local.Stack, updates: Mapping[str, object], extra: Mapping[str, str] | None = None
+    stack: Stack, updates: Mapping[str, object], extra: Mapping[str, str] | None = None
 ) -> Iterator[tuple[PgBouncerServer, int]]:
     """A second PgBouncer on the stack's PostgreSQL: the local stack's config with `updates` (validated
     again) and `extra` ini lines, on a free port. Yields (server, port)."""
     directory = Path(tempfile.mkdtemp(prefix="pgb-", dir=stack.paths.root))
     server = ExtraSettingsServer(directory, extra or {})
-    base = local.pgbouncer_config(stack, server)
+    base = pgbouncer_config(stack, server)
     port = free_port()
     config = PgBouncerConfig.model_validate({**base.model_dump(), "listen_port": port, **updates})
-    server.start(config, local.pooled_verifiers(stack.creds))
+    server.start(config, pooled_verifiers(stack.creds))
     try:
         yield server, port
     finally:
@@ -510,7 +511,7 @@ def workloads(scripts_dir: Path) -> dict[str, Workload]:
     }
 
 
-def main_tables(bench: Bench, stack: local.Stack, args: argparse.Namespace) -> str:
+def main_tables(bench: Bench, stack: Stack, args: argparse.Namespace) -> str:
     loads = workloads(bench.scripts_dir)
     pgbouncer_pid = int(PgBouncerServer(stack.pgbouncer_dir).pid_path.read_text().split()[0])
     direct = Route("direct", stack.state.pg_port)
@@ -545,12 +546,12 @@ def main_tables(bench: Bench, stack: local.Stack, args: argparse.Namespace) -> s
 Variant = tuple[str, Mapping[str, object], Mapping[str, str], Mapping[str, str]]
 
 
-def compare_settings(bench: Bench, stack: local.Stack, args: argparse.Namespace) -> str:
+def compare_settings(bench: Bench, stack: Stack, args: argparse.Namespace) -> str:
     """Each variant is a fresh PgBouncer per run (the rendered config plus one change) on the same
     PostgreSQL, so no variant's idle server connections crowd max_connections; `as rendered` is one too."""
     loads = workloads(bench.scripts_dir)
     rsa_cert, rsa_key = issue_rsa_certificate(stack.authority, stack.pgbouncer_tls_dir)
-    client_tls = local.pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)).client_tls.model_dump()
+    client_tls = pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)).client_tls.model_dump()
     tls12 = {"client_tls": {**client_tls, "protocols": "tlsv1.2"}}
     variants: dict[str, Variant] = {
         "as rendered": ("connect-per-tx", {}, {}, {}),
@@ -644,8 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(scripts),
         )
         body = (compare_settings if args.compare_settings else main_tables)(bench, stack, args)
-        config = render_ini(local.pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)))
-    bouncer = ".".join(map(str, local.pgbouncer_version()))
+        config = render_ini(pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)))
+    bouncer = ".".join(map(str, pgbouncer_version()))
     tls = ", ".join(
         line
         for line in config.splitlines()

@@ -18,14 +18,9 @@ from typing import NoReturn
 import click
 import psycopg
 
-from dbctl.core.errors import DbctlError
+from dbctl.core.errors import DbctlError, one_line
 
 EXIT_ERROR = 2
-
-
-def one_line(e: BaseException) -> str:
-    """An error as one line (libpq's messages span several)."""
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def database_error(exc: psycopg.Error) -> str:

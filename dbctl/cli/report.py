@@ -16,13 +16,15 @@ from dbctl.schema import commands, report
 
 def _local_target(root: Path) -> tuple[str, report.PoolsReader]:
     """The local stack's spike_monitor: direct to its PostgreSQL, and SHOW POOLS through dbctl.local."""
-    from dbctl.cli import local
+    from dbctl.local.bouncer import show_pools
+    from dbctl.local.stack import existing_stack
+    from dbctl.local.state import Paths
 
-    stack = local.existing_stack(local.Paths(root.resolve()))
+    stack = existing_stack(Paths(root.resolve()))
     monitor = stack.creds[names.MONITOR_ROLE]
 
     def pools() -> list[report.Row]:
-        header, *rows = local.show_pools(stack)
+        header, *rows = show_pools(stack)
         return [dict(zip(header, row, strict=True)) for row in rows]
 
     return stack.cluster.conninfo(monitor.username, monitor.password), pools

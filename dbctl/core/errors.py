@@ -3,3 +3,8 @@
 
 class DbctlError(Exception):
     """A problem the user can fix. The message names the problem and the fix; it never holds a secret."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line (libpq's messages span several)."""
+    return " ".join(str(e).split()) or type(e).__name__

@@ -20,22 +20,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from collections.abc import Callable
 
 import psycopg
 
-from dbctl.cli.local import (
-    HOST,
-    Stack,
-    pgbouncer_running,
-    pgbouncer_version,
-    reload_pgbouncer,
-    write_env,
-)
 from dbctl.core import names, rotation
-from dbctl.local.state import Credential, LocalError, save_credentials
+from dbctl.local.bouncer import pgbouncer_running, pgbouncer_version, reload_pgbouncer
+from dbctl.local.lifecycle import write_env
+from dbctl.local.stack import Echo, Stack
+from dbctl.local.state import HOST, Credential, LocalError, save_credentials
 
-Echo = Callable[[str], None]
 STEPS = ("create", "set", "test", "finish")
 POOL_DATABASE = rotation.POOL_DATABASE
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
 from dbctl.core import names
+from dbctl.core.errors import DbctlError
 from dbctl.core.scram import SALT_BYTES, is_scram_verifier, scram_verifier
 from dbctl.postgres.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.postgres.tls import write_file
@@ -32,7 +31,11 @@ LOCK_TIMEOUT_S = 600
 RESET_HINT = "`dbctl local reset --yes` (WARNING: This deletes all data!)"
 
 
-class LocalError(click.ClickException):
+# Every server of the local stack listens on this address only, and every URL of `.env` names it.
+HOST = "127.0.0.1"
+
+
+class LocalError(DbctlError):
     """One clear line: what is wrong and how to fix it."""
 
 

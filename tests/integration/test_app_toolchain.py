@@ -24,7 +24,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl.cli import local
+from dbctl.local.env import libpq_url, read_env
+from dbctl.local.lifecycle import down, up
+from dbctl.local.migrations import login_verifiers
+from dbctl.local.stack import Stack, open_stack
+from dbctl.local.state import Paths
 from dbctl.postgres.cluster import free_port
 from dbctl.schema import deploy
 from tests.integration.helpers import node_tool
@@ -69,17 +73,17 @@ def install_e2e_packages() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[local.Stack]:
+def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="dbctl-test-e2e-"))
     root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
     # replica=False: the e2e suite's read tests (read.test.ts) expect a write to show at once through the
     # read client and a permission error on writes there, i.e. the read pool on the primary.
-    stack = local.open_stack(local.Paths(root), free_port(), free_port(), replica=False)
+    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
     try:
-        local.up(stack, lambda message: None, durable=False)  # throwaway: fsync off, as the benchmark does
+        up(stack, lambda message: None, durable=False)  # throwaway: fsync off, as the benchmark does
         yield stack
     finally:
-        local.down(stack, lambda message: None)
+        down(stack, lambda message: None)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -89,9 +93,9 @@ def node_summary(output: str) -> dict[str, int]:
 
 
 @pytest.mark.timeout(900)  # npm ci on a cold cache, then the Node suite (about a minute on a quiet machine)
-def test_the_apps_toolchain_against_a_local_stack(stack: local.Stack, tmp_path: Path) -> None:
+def test_the_apps_toolchain_against_a_local_stack(stack: Stack, tmp_path: Path) -> None:
     install_e2e_packages()
-    dotenv = local.read_env(stack.paths)
+    dotenv = read_env(stack.paths)
     work = tmp_path / "e2e"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "NODE_", "PRISMA_"))},
@@ -112,12 +116,12 @@ def test_the_apps_toolchain_against_a_local_stack(stack: local.Stack, tmp_path: 
     added = sorted(p.name for p in migrations.iterdir() if p.name.endswith("_add_note"))
     assert len(added) == 1, sorted(p.name for p in migrations.iterdir())
     admin = stack.cluster.admin_url()
-    verifiers = local.login_verifiers(stack.creds)
+    verifiers = login_verifiers(stack.creds)
     report = deploy.run_migrate(admin, verifiers, migrations_dir=migrations)
     assert report.applied == added
     status = deploy.status(admin, verifiers, migrations_dir=migrations)
     assert not status.changed, status.as_dict()  # Prisma's and dbctl's objects all belong to spike_owner
-    with psycopg.connect(local.libpq_url(dotenv["DATABASE_URL"])) as app:
+    with psycopg.connect(libpq_url(dotenv["DATABASE_URL"])) as app:
         app.execute('INSERT INTO "Note" (id, body) VALUES (%s, %s)', ("n1", "applied by dbctl"))
         assert app.execute('SELECT body FROM "Note"').fetchall() == [("applied by dbctl",)]
 

@@ -25,9 +25,13 @@ import pytest
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from dbctl.cli import local
+from dbctl.cli.local import ROOT_ENV_VAR
 from dbctl.core import names
 from dbctl.core.scram import is_scram_verifier
+from dbctl.local import env as local_env
+from dbctl.local.env import env_urls, libpq_url, read_env
+from dbctl.local.stack import server_dir
+from dbctl.local.state import Credential, Paths, State, new_credential, write_private
 from dbctl.pgbouncer.config import PREPARED_STATEMENTS_SINCE
 from dbctl.pgbouncer.process import detect_version, find_pgbouncer
 from dbctl.postgres.cluster import free_port
@@ -41,7 +45,7 @@ def dbctl_local(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m dbctl local --root ROOT ARGS` with our environment less PG* (plus `env`, when given)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    base.pop(local.ROOT_ENV_VAR, None)
+    base.pop(ROOT_ENV_VAR, None)
     env = {**base, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "dbctl", "local", "--root", str(root), *args],
@@ -69,16 +73,16 @@ class LocalStack:
     up_output: str
 
     @property
-    def paths(self) -> local.Paths:
-        return local.Paths(self.root)
+    def paths(self) -> Paths:
+        return Paths(self.root)
 
     def env(self) -> dict[str, str]:
-        return local.read_env(self.paths)
+        return read_env(self.paths)
 
     def connect(self, key: str) -> psycopg.Connection[tuple[object, ...]]:
         """Connect with one of .env's URLs, as an application would (libpq drops nothing: we strip
         Prisma's own `pgbouncer=true`, which libpq rejects)."""
-        return psycopg.connect(local.libpq_url(self.env()[key]), autocommit=True, connect_timeout=10)
+        return psycopg.connect(libpq_url(self.env()[key]), autocommit=True, connect_timeout=10)
 
 
 @contextlib.contextmanager
@@ -126,7 +130,7 @@ def user_exists(conn: psycopg.Connection[tuple[object, ...]], user_id: str) -> b
 
 def server_pids(s: LocalStack) -> tuple[str, str]:
     """(postmaster pid, pgbouncer pid) from their pid files."""
-    base = local.server_dir(s.paths)
+    base = server_dir(s.paths)
     postmaster = (base / "postgres" / "data" / "postmaster.pid").read_text().split("\n", 1)[0]
     pgbouncer = (base / "pgbouncer" / "pgbouncer.pid").read_text().strip()
     return postmaster, pgbouncer
@@ -174,7 +178,7 @@ def test_up_shows_progress_and_never_a_secret(stack: LocalStack) -> None:
 
 @pytest.mark.integration
 def test_userlist_holds_verifiers_only(stack: LocalStack) -> None:
-    userlist = (local.server_dir(stack.paths) / "pgbouncer" / "userlist.txt").read_text()
+    userlist = (server_dir(stack.paths) / "pgbouncer" / "userlist.txt").read_text()
     creds = json.loads(stack.paths.credentials_file.read_text())
     for role, secret in creds.items():
         assert secret[names.SECRET_PASSWORD_KEY] not in userlist, role
@@ -316,26 +320,26 @@ def test_reset_with_yes_wipes_data_and_comes_back_up(stack: LocalStack) -> None:
 
 
 def test_url_percent_encodes_the_password_and_puts_pgbouncer_last() -> None:
-    cred = local.Credential("spike_app", "p@ss/w:rd?&=", "SCRAM-SHA-256$4096:x$y:z")
+    cred = Credential("spike_app", "p@ss/w:rd?&=", "SCRAM-SHA-256$4096:x$y:z")
     ca = Path("/home/me/my repo/.local/tls/ca.crt")
-    url = local.url(cred, 6543, "spike_land", ca_file=ca, extra={"pgbouncer": "true"})
+    url = local_env.url(cred, 6543, "spike_land", ca_file=ca, extra={"pgbouncer": "true"})
     assert url == (
         "postgresql://spike_app:p%40ss%2Fw%3Ard%3F%26%3D@127.0.0.1:6543/spike_land"
         "?sslmode=verify-full&sslrootcert=/home/me/my%20repo/.local/tls/ca.crt&pgbouncer=true"
     )
-    assert local.libpq_url(url).endswith(
+    assert libpq_url(url).endswith(
         "/spike_land?sslmode=verify-full&sslrootcert=/home/me/my%20repo/.local/tls/ca.crt"
     )
     # libpq reads the same parameters back, the path decoded.
-    params = conninfo_to_dict(local.libpq_url(url))
+    params = conninfo_to_dict(libpq_url(url))
     assert params["sslrootcert"] == str(ca) and params["password"] == "p@ss/w:rd?&="
 
 
 def test_pgbouncer_flag_only_before_1_21() -> None:
-    creds = {role: local.new_credential(role) for role in names.LOGIN_ROLES}
-    state = local.State(5432, 6543)
-    old = local.env_urls(creds, state, (1, 18), Path("/ca.crt"))
-    new = local.env_urls(creds, state, (1, 21), Path("/ca.crt"))
+    creds = {role: new_credential(role) for role in names.LOGIN_ROLES}
+    state = State(5432, 6543)
+    old = env_urls(creds, state, (1, 18), Path("/ca.crt"))
+    new = env_urls(creds, state, (1, 21), Path("/ca.crt"))
     assert old["DATABASE_URL"].endswith("pgbouncer=true")
     assert "pgbouncer" not in new["DATABASE_URL"] + new["DATABASE_READ_URL"]
 
@@ -344,7 +348,7 @@ def test_write_private_is_0600_even_under_a_permissive_umask(tmp_path: Path) -> 
     old = os.umask(0)
     try:
         path = tmp_path / "secret.json"
-        local.write_private(path, "{}")
+        write_private(path, "{}")
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from dbctl.cli import local
 from dbctl.local import backup as local_backup
+from dbctl.local.migrations import apply_migrations
+from dbctl.local.stack import existing_stack
 from dbctl.schema import migrate
 from tests.integration.test_local import LocalStack, dbctl_local, running_stack
 
@@ -65,7 +66,8 @@ def scratch_databases(s: LocalStack) -> list[str]:
 @pytest.mark.integration
 def test_restore_test_without_a_backup_is_one_clear_line(stack: LocalStack) -> None:
     result = dbctl_local(stack.root, "restore-test")
-    assert result.returncode == 1
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
     assert "no backup in" in result.stderr and "dbctl local backup" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -135,7 +137,7 @@ def test_pg_dump_and_pg_restore_get_the_password_only_in_their_environment(
         return real_run(args, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     monkeypatch.setattr(subprocess, "run", recording_run)
-    s = local.existing_stack(stack.paths)
+    s = existing_stack(stack.paths)
     backup_dir = Path(stack.paths.state_dir / "backups-env-test")
     local_backup.take_backup(s.cluster, backup_dir, dt.datetime.now(dt.UTC))
     local_backup.restore_test(s.cluster, backup_dir)
@@ -161,8 +163,8 @@ def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them
     new.mkdir()
     (new / "migration.sql").write_text('CREATE TABLE "BackupProbe" ("id" TEXT PRIMARY KEY);\n')
     lines: list[str] = []
-    s = local.existing_stack(stack.paths)
-    local.apply_migrations(s, lines.append, migrations_dir=migrations)
+    s = existing_stack(stack.paths)
+    apply_migrations(s, lines.append, migrations_dir=migrations)
 
     dumps = [b for b in local_backup.list_backups(stack.paths.backup_dir) if b.pre_migration]
     assert [b.migration for b in dumps] == [new.name]
@@ -178,7 +180,7 @@ def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them
         assert conn.execute("SELECT to_regclass('public.\"BackupProbe\"')").fetchone() != (None,)
 
     # Nothing pending now: no second dump. A later `backup` keeps the pre-migration dump.
-    local.apply_migrations(s, lines.append, migrations_dir=migrations)
+    apply_migrations(s, lines.append, migrations_dir=migrations)
     assert len([b for b in local_backup.list_backups(stack.paths.backup_dir) if b.pre_migration]) == 1
     result = dbctl_local(stack.root, "backup")
     assert result.returncode == 0, result.stderr
@@ -196,9 +198,7 @@ def test_a_failed_pre_migration_dump_applies_nothing(stack: LocalStack, tmp_path
     stack.paths.backup_dir.write_text("a file where the backup directory should be\n")
     try:
         with pytest.raises(local_backup.BackupError, match="make it a writable directory"):
-            local.apply_migrations(
-                local.existing_stack(stack.paths), lambda _: None, migrations_dir=migrations
-            )
+            apply_migrations(existing_stack(stack.paths), lambda _: None, migrations_dir=migrations)
     finally:
         stack.paths.backup_dir.unlink()
         moved.rename(stack.paths.backup_dir)
@@ -215,7 +215,7 @@ def test_backup_of_a_stopped_stack_says_to_start_it(stack: LocalStack) -> None:
     assert dbctl_local(stack.root, "down").returncode == 0
     try:
         result = dbctl_local(stack.root, "backup")
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert "not running" in result.stderr and "dbctl local up" in result.stderr
     finally:
         assert dbctl_local(stack.root, "up").returncode == 0

@@ -24,8 +24,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbctl.cli import local
 from dbctl.core import names
+from dbctl.local.env import SHADOW_DATABASE, libpq_url
+from dbctl.local.lifecycle import ensure_shadow_database
+from dbctl.local.stack import existing_stack, server_dir
+from dbctl.local.state import write_private
 from dbctl.postgres.cluster import find_binary, free_port, port_is_free
 from dbctl.postgres.tls import CertificateAuthority
 from dbctl.schema import migrate
@@ -89,10 +92,10 @@ def test_every_url_is_verify_full_with_the_stacks_ca(stack: LocalStack) -> None:
         assert query["sslrootcert"] == [str(ca)], key
         assert Path(query["sslrootcert"][0]).is_absolute()
     assert CertificateAuthority(stack.paths.ca_dir).signed(
-        local.server_dir(stack.paths) / "postgres/tls/server.crt"
+        server_dir(stack.paths) / "postgres/tls/server.crt"
     )
     assert CertificateAuthority(stack.paths.ca_dir).signed(
-        local.server_dir(stack.paths) / "pgbouncer/tls/server.crt"
+        server_dir(stack.paths) / "pgbouncer/tls/server.crt"
     )
 
 
@@ -101,7 +104,7 @@ def test_the_ca_key_is_private_and_stays_in_local_tls(stack: LocalStack) -> None
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert key.stat().st_uid == os.geteuid()  # not the servers' user
     ca_key = key.read_bytes()
-    places = {stack.root, local.server_dir(stack.paths)}
+    places = {stack.root, server_dir(stack.paths)}
     copies = [
         p
         for place in places
@@ -110,7 +113,7 @@ def test_the_ca_key_is_private_and_stays_in_local_tls(stack: LocalStack) -> None
     ]
     assert copies == []
     for server_key in ("postgres/tls/server.key", "pgbouncer/tls/server.key"):
-        assert stat.S_IMODE((local.server_dir(stack.paths) / server_key).stat().st_mode) == 0o600
+        assert stat.S_IMODE((server_dir(stack.paths) / server_key).stat().st_mode) == 0o600
 
 
 def test_psycopg_connects_with_every_url_and_verifies(stack: LocalStack) -> None:
@@ -125,7 +128,7 @@ def test_psql_and_pgbench_take_every_url_as_written(stack: LocalStack) -> None:
     which libpq rejects while the local PgBouncer is older than 1.21)."""
     psql, pgbench = find_binary("psql"), find_binary("pgbench")
     for key, role in ROLE_OF.items():
-        url, password = split_password(local.libpq_url(stack.env()[key]))
+        url, password = split_password(libpq_url(stack.env()[key]))
         result = subprocess.run(
             [
                 str(psql),
@@ -195,7 +198,7 @@ def test_node_postgres_connects_with_every_url_as_written(stack: LocalStack) -> 
     code, results = run_node_check(work, stack.paths.env_file)
     assert code == 0, results
     assert {key: r["user"] for key, r in results.items()} == ROLE_OF
-    assert results["SHADOW_DATABASE_URL"]["db"] == local.SHADOW_DATABASE
+    assert results["SHADOW_DATABASE_URL"]["db"] == SHADOW_DATABASE
 
 
 def test_node_postgres_refuses_a_server_the_ca_did_not_sign(stack: LocalStack, tmp_path: Path) -> None:
@@ -205,7 +208,7 @@ def test_node_postgres_refuses_a_server_the_ca_did_not_sign(stack: LocalStack, t
     other.ensure()
     text = stack.paths.env_file.read_text().replace(str(stack.paths.ca_dir / "ca.crt"), str(other.cert_file))
     env_file = tmp_path / "other.env"
-    local.write_private(env_file, text)
+    write_private(env_file, text)
     code, results = run_node_check(work, env_file)
     assert code != 0
     for key, r in results.items():
@@ -239,7 +242,7 @@ def test_durable_by_default_and_unsafe_only_when_asked(stack: LocalStack) -> Non
 
 
 def test_direct_connections_without_tls_are_refused(stack: LocalStack) -> None:
-    url = local.libpq_url(stack.env()["DIRECT_URL"]).replace("sslmode=verify-full", "sslmode=disable")
+    url = libpq_url(stack.env()["DIRECT_URL"]).replace("sslmode=verify-full", "sslmode=disable")
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
         psycopg.connect(url, connect_timeout=10).close()
 
@@ -259,12 +262,12 @@ def prisma_reset_and_replay(conn: psycopg.Connection[tuple[object, ...]]) -> Non
 def test_the_migrator_may_reset_the_shadow_database(stack: LocalStack, as_owner: bool) -> None:
     """Either way the migrator's sessions start. Each case starts from the shadow database as `up` makes
     it (a reset as spike_migrator leaves a schema spike_owner does not own: a stack sticks to one way)."""
-    live = local.existing_stack(stack.paths)
+    live = existing_stack(stack.paths)
     with psycopg.connect(live.cluster.admin_conninfo("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(local.SHADOW_DATABASE)))
-    assert local.ensure_shadow_database(live)
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(SHADOW_DATABASE)))
+    assert ensure_shadow_database(live)
     with stack.connect("SHADOW_DATABASE_URL") as conn:
-        assert conn.info.dbname == local.SHADOW_DATABASE
+        assert conn.info.dbname == SHADOW_DATABASE
         if as_owner:  # as after `ALTER ROLE spike_migrator SET role spike_owner`
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
         prisma_reset_and_replay(conn)
@@ -279,7 +282,7 @@ def test_app_and_readonly_cannot_reach_the_shadow_database(stack: LocalStack) ->
             psycopg.connect(
                 host="127.0.0.1",
                 port=stack.pg_port,
-                dbname=local.SHADOW_DATABASE,
+                dbname=SHADOW_DATABASE,
                 user=creds[role]["username"],
                 password=creds[role]["password"],
                 sslmode="verify-full",
@@ -292,9 +295,9 @@ def test_shadow_database_survives_down_up_up(stack: LocalStack) -> None:
         result = dbctl_local(stack.root, *args)
         assert result.returncode == 0, result.stderr
     with stack.connect("SHADOW_DATABASE_URL") as conn:
-        assert conn.execute("SELECT current_database()").fetchone() == (local.SHADOW_DATABASE,)
+        assert conn.execute("SELECT current_database()").fetchone() == (SHADOW_DATABASE,)
     with stack.connect("DIRECT_URL") as conn:
-        count = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (local.SHADOW_DATABASE,))
+        count = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (SHADOW_DATABASE,))
         assert count.fetchone() == (1,)
 
 
@@ -344,7 +347,7 @@ def test_stale_pid_files_never_point_at_another_process(stack: LocalStack) -> No
     """After `down`, both pid files name a live process that is not ours (its command line even says
     pgbouncer and the ini's name): status says stopped, down leaves it alone, up starts the real servers."""
     assert dbctl_local(stack.root, "down").returncode == 0
-    base = local.server_dir(stack.paths)
+    base = server_dir(stack.paths)
     decoy = subprocess.Popen(
         [
             sys.executable,
@@ -381,10 +384,10 @@ def test_every_status_failure_is_one_line(stack: LocalStack) -> None:
     for role in (names.MONITOR_ROLE, "spike_admin"):
         creds[role]["password"] = "not-the-password"
     try:
-        local.write_private(creds_file, json.dumps(creds))
+        write_private(creds_file, json.dumps(creds))
         result = dbctl_local(stack.root, "status")
     finally:
-        local.write_private(creds_file, original.decode())
+        write_private(creds_file, original.decode())
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     failures = [line for line in result.stdout.splitlines() if "authentication failed" in line]
@@ -411,7 +414,7 @@ def test_up_makes_a_new_ca_for_a_stack_without_one(stack: LocalStack) -> None:
             assert conn.pgconn.ssl_in_use
     stale = stack.paths.root / "old-ca.crt"
     stale.write_bytes(saved_old)
-    url = local.libpq_url(stack.env()["DIRECT_URL"]).replace(str(old_ca), str(stale))
+    url = libpq_url(stack.env()["DIRECT_URL"]).replace(str(old_ca), str(stale))
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         psycopg.connect(url, connect_timeout=10).close()
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl.cli import local
 from dbctl.core import names
+from dbctl.local.env import libpq_url, read_env
+from dbctl.local.stack import server_dir
+from dbctl.local.state import Paths, State
 from dbctl.postgres.cluster import free_port, port_is_free
 from tests.integration.test_local import REPO_ROOT, dbctl_local, new_root
 
@@ -32,7 +34,7 @@ def root() -> Iterator[Path]:
     finally:
         dbctl_local(path, "down")
         shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(local.server_dir(local.Paths(path)), ignore_errors=True)
+        shutil.rmtree(server_dir(Paths(path)), ignore_errors=True)
 
 
 def start_up(root: Path, *args: str) -> subprocess.Popen[str]:
@@ -49,8 +51,8 @@ def start_up(root: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def connect_direct(root: Path) -> psycopg.Connection[tuple[object, ...]]:
-    url = local.read_env(local.Paths(root))["DIRECT_URL"]
-    return psycopg.connect(local.libpq_url(url), connect_timeout=10)
+    url = read_env(Paths(root))["DIRECT_URL"]
+    return psycopg.connect(libpq_url(url), connect_timeout=10)
 
 
 # ---------------------------------------------------------------- item 10: two `up` at once
@@ -80,8 +82,8 @@ def test_two_ups_at_once_make_one_stack(root: Path) -> None:
 def test_a_damaged_credentials_file_is_one_error_and_left_untouched(
     root: Path, content: bytes, command: str
 ) -> None:
-    paths = local.Paths(root)
-    local.State(free_port(), free_port()).save(paths)
+    paths = Paths(root)
+    State(free_port(), free_port()).save(paths)
     paths.credentials_file.write_bytes(content)
     result = dbctl_local(root, command)
     assert result.returncode != 0
@@ -98,7 +100,7 @@ def test_a_missing_credentials_file_beside_a_cluster_is_refused(root: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert dbctl_local(root, "down").returncode == 0
-    paths = local.Paths(root)
+    paths = Paths(root)
     saved = paths.credentials_file.read_bytes()
     paths.credentials_file.unlink()
     again = dbctl_local(root, "up")
@@ -121,8 +123,8 @@ def _wait_for(predicate: object, timeout: float = 120) -> None:
 
 @pytest.mark.parametrize("moment", ["initdb", "server-started"])
 def test_an_interrupted_first_up_leaves_nothing_half_made(root: Path, moment: str) -> None:
-    paths = local.Paths(root)
-    base = local.server_dir(paths) / "postgres"
+    paths = Paths(root)
+    base = server_dir(paths) / "postgres"
     pg_port, pgbouncer_port = free_port(), free_port()
     proc = start_up(root, "--pg-port", str(pg_port), "--pgbouncer-port", str(pgbouncer_port))
     marker = "data/global" if moment == "initdb" else "data/postmaster.pid"

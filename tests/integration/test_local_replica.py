@@ -25,9 +25,12 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dbctl.cli import local
 from dbctl.core import names
 from dbctl.local import replica as local_replica
+from dbctl.local.bouncer import pooled_verifiers
+from dbctl.local.env import libpq_url, read_env
+from dbctl.local.stack import Stack, existing_stack
+from dbctl.local.state import HOST, Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, ServerTls, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer, detect_version, find_pgbouncer
 from dbctl.postgres.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
@@ -52,8 +55,8 @@ def stack() -> Iterator[LocalStack]:
         yield s
 
 
-def opened(stack: LocalStack) -> local.Stack:
-    return local.existing_stack(stack.paths)
+def opened(stack: LocalStack) -> Stack:
+    return existing_stack(stack.paths)
 
 
 def wait_for_replay(primary: Cluster, replica: Cluster) -> None:
@@ -133,7 +136,7 @@ def test_the_read_pool_refuses_writes_because_the_server_is_in_recovery(stack: L
     """As spike_app, which may INSERT (it does on the primary), with read-only switched off in the session:
     the read pool's server still refuses, and says recovery is why."""
     app = stack.env()["DATABASE_URL"]
-    via_read_pool = local.libpq_url(app).replace(f"/{names.DATABASE_NAME}?", f"/{names.READ_POOL_DATABASE}?")
+    via_read_pool = libpq_url(app).replace(f"/{names.DATABASE_NAME}?", f"/{names.READ_POOL_DATABASE}?")
     with psycopg.connect(via_read_pool, connect_timeout=10) as conn:
         conn.execute("SET default_transaction_read_only = off")
         settings = conn.execute(
@@ -280,11 +283,11 @@ def test_the_read_pool_spreads_connections_over_two_replicas(
     server = PgBouncerServer(directory / "pgbouncer")
     hosts = tuple(r.host for r in socket_replicas)
     config: PgBouncerConfig = server.config(
-        primary_host=local.HOST,
+        primary_host=HOST,
         primary_port=s.state.pg_port,
         read_hosts=hosts,
         read_port=socket_replicas[0].port,
-        listen_addr=local.HOST,
+        listen_addr=HOST,
         listen_port=free_port(),
         min_pool_size=0,
         # No TLS on a Unix socket (PgBouncer and libpq never negotiate it there); the TLS side of a host list
@@ -297,11 +300,11 @@ def test_the_read_pool_spreads_connections_over_two_replicas(
     readonly = s.creds[names.READONLY_ROLE]
     clients: list[Conn] = []
     try:
-        server.start(config, local.pooled_verifiers(s.creds))
+        server.start(config, pooled_verifiers(s.creds))
         # Eight clients inside a transaction at once: eight server connections, opened one after another.
         for _ in range(8):
             conn = psycopg.connect(
-                host=local.HOST,
+                host=HOST,
                 port=config.listen_port,
                 dbname=names.READ_POOL_DATABASE,
                 user=readonly.username,
@@ -332,15 +335,13 @@ def test_the_read_pool_spreads_connections_over_two_replicas(
 
 
 def in_recovery(root: Path) -> bool:
-    env = local.read_env(local.Paths(root))
-    with psycopg.connect(
-        local.libpq_url(env["DATABASE_READ_URL"]), autocommit=True, connect_timeout=10
-    ) as conn:
+    env = read_env(Paths(root))
+    with psycopg.connect(libpq_url(env["DATABASE_READ_URL"]), autocommit=True, connect_timeout=10) as conn:
         row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])
 
 
-def slots(s: local.Stack) -> list[object]:
+def slots(s: Stack) -> list[object]:
     with psycopg.connect(s.cluster.superuser_conninfo("postgres"), autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
 
@@ -348,13 +349,13 @@ def slots(s: local.Stack) -> list[object]:
 @pytest.mark.integration
 def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None:
     root = new_root()
-    paths = local.Paths(root)
+    paths = Paths(root)
     ports = ["--pg-port", str(free_port()), "--pgbouncer-port", str(free_port())]
     replica_port = str(free_port())
     try:
         light = dbctl_local(root, "up", *ports, "--no-replica", "--replica-port", replica_port)
         assert light.returncode == 0, light.stderr
-        s = local.existing_stack(paths)
+        s = existing_stack(paths)
         assert not s.state.replica and not s.replica.base_dir.exists() and slots(s) == []
         assert not in_recovery(root)  # the read pool on the primary
         assert "Replica     none (--no-replica)" in dbctl_local(root, "status").stdout
@@ -363,7 +364,7 @@ def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None
         on = dbctl_local(root, "up", "--replica")
         assert on.returncode == 0, on.stderr
         assert "pg_basebackup" in on.stderr and "restarting PgBouncer" in on.stderr
-        s = local.existing_stack(paths)
+        s = existing_stack(paths)
         assert s.state.replica and s.replica.port == int(replica_port) and in_recovery(root)
         assert slots(s) == [local_replica.SLOT]
 
@@ -381,7 +382,7 @@ def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None
 
         off = dbctl_local(root, "up", "--no-replica")
         assert off.returncode == 0 and "removing the replica" in off.stderr
-        s = local.existing_stack(paths)
+        s = existing_stack(paths)
         assert not s.replica.base_dir.exists() and slots(s) == [] and not in_recovery(root)
     finally:
         dbctl_local(root, "down")
@@ -392,7 +393,7 @@ def test_no_replica_is_remembered_and_down_up_reset_handle_the_replica() -> None
 def test_no_bootstrap_verifier_reaches_pg_stat_statements(stack: LocalStack) -> None:
     # The stack's own CREATE ROLE … PASSWORD '<verifier>' (the admin, the replicator) run as the bootstrap
     # superuser; spike_monitor reads every statement's text through pg_monitor.
-    s = local.existing_stack(stack.paths)
+    s = existing_stack(stack.paths)
     monitor = s.creds[names.MONITOR_ROLE]
     conninfo = s.cluster.conninfo(monitor.username, monitor.password, names.DATABASE_NAME)
     with psycopg.connect(conninfo, autocommit=True) as conn:

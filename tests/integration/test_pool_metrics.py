@@ -15,8 +15,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from dbctl.cli import local
 from dbctl.core import names
+from dbctl.local.stack import existing_stack
 from dbctl.postgres.cluster import find_binary, free_port
 from hosts import pool_metrics
 from tests.integration.test_local import LocalStack, stack  # noqa: F401 - the module's fixture
@@ -46,7 +46,7 @@ def run_publisher(
     aws.chmod(aws.stat().st_mode | stat.S_IXUSR)
     if not (bin_dir / "psql").exists():
         (bin_dir / "psql").symlink_to(find_binary("psql"))
-    monitor = local.existing_stack(s.paths).creds[names.MONITOR_ROLE]
+    monitor = existing_stack(s.paths).creds[names.MONITOR_ROLE]
     secret = tmp_path / "secret.json"
     secret.write_text(json.dumps(monitor.as_secret()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -85,7 +85,7 @@ def test_publishes_the_real_pools_as_a_valid_put_metric_data(stack: LocalStack, 
     active = [d for d in land if d["MetricName"] == "ServersActive" or d["MetricName"] == "ServersIdle"]
     assert sum(d["Value"] for d in active) >= 2  # the app's server connection, counted in both dimension sets
     assert not [d for d in request["MetricData"] if {"Name": "Pool", "Value": "pgbouncer"} in d["Dimensions"]]
-    password = local.existing_stack(stack.paths).creds[names.MONITOR_ROLE].password
+    password = existing_stack(stack.paths).creds[names.MONITOR_ROLE].password
     assert password not in result.stdout + result.stderr + json.dumps(request)
 
 
@@ -93,7 +93,7 @@ def test_a_refused_publish_is_logged_and_not_fatal(stack: LocalStack, tmp_path: 
     result = run_publisher(stack, tmp_path, rc=255)
     assert result.returncode == 0
     assert "could not publish" in result.stderr and "AccessDenied" in result.stderr
-    assert local.existing_stack(stack.paths).creds[names.MONITOR_ROLE].password not in result.stderr
+    assert existing_stack(stack.paths).creds[names.MONITOR_ROLE].password not in result.stderr
 
 
 def test_an_unreachable_pgbouncer_is_logged_and_not_fatal(stack: LocalStack, tmp_path: Path) -> None:  # noqa: F811

@@ -15,8 +15,9 @@ import uuid
 import psycopg
 import pytest
 
-from dbctl.cli import local
+from dbctl.cli.local import ROOT_ENV_VAR
 from dbctl.core import names
+from dbctl.local.stack import existing_stack
 from dbctl.postgres.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER, free_port
 from dbctl.schema import maintenance, report
 from tests.integration.test_local import REPO_ROOT, LocalStack, stack  # noqa: F401 - the module's fixture
@@ -37,7 +38,7 @@ def dbctl_report(
     s: LocalStack, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "MONITOR_"))}
-    base.pop(local.ROOT_ENV_VAR, None)
+    base.pop(ROOT_ENV_VAR, None)
     return subprocess.run(
         [sys.executable, "-m", "dbctl", "report", "--root", str(s.root), *args],
         capture_output=True,
@@ -58,7 +59,7 @@ def report_json(s: LocalStack, *args: str) -> dict[str, object]:
 
 
 def admin_conn(s: LocalStack, user: str = DEFAULT_ADMIN_USER) -> psycopg.Connection[tuple[object, ...]]:
-    stack_ = local.existing_stack(s.paths)
+    stack_ = existing_stack(s.paths)
     return psycopg.connect(
         stack_.cluster.conninfo(user, stack_.creds[user].password, names.DATABASE_NAME), autocommit=True
     )
@@ -194,7 +195,7 @@ def test_large_objects_are_counted_by_owner(stack: LocalStack) -> None:  # noqa:
 @pytest.mark.integration
 def test_pgbouncer_unreachable_is_said_and_the_rest_still_reports(stack: LocalStack) -> None:  # noqa: F811
     closed = free_port()
-    stack_ = local.existing_stack(stack.paths)
+    stack_ = existing_stack(stack.paths)
     monitor = stack_.creds[names.MONITOR_ROLE]
     url = f"host=127.0.0.1 port={closed} dbname=pgbouncer user={monitor.username} password={monitor.password}"
     result = dbctl_report(stack, "--local", "--json", env={"MONITOR_PGBOUNCER_URL": url})
@@ -208,7 +209,7 @@ def test_pgbouncer_unreachable_is_said_and_the_rest_still_reports(stack: LocalSt
 
 @pytest.mark.integration
 def test_database_url_as_spike_monitor(stack: LocalStack) -> None:  # noqa: F811
-    stack_ = local.existing_stack(stack.paths)
+    stack_ = existing_stack(stack.paths)
     monitor = stack_.creds[names.MONITOR_ROLE]
     url = stack_.cluster.url(monitor.username, monitor.password)
     result = dbctl_report(stack, "--json", env={"MONITOR_DATABASE_URL": url})

@@ -26,8 +26,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl.cli import local
+from dbctl.cli.local import ROOT_ENV_VAR
 from dbctl.core import names
+from dbctl.local import env as local_env
+from dbctl.local.env import libpq_url
+from dbctl.local.stack import existing_stack
+from dbctl.local.state import Credential
 from dbctl.postgres.cluster import free_port
 from tests.integration.test_local import (
     REPO_ROOT,
@@ -57,7 +61,7 @@ def creds(s: LocalStack) -> dict[str, dict[str, object]]:
 
 
 def connect_url(url: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(local.libpq_url(url), autocommit=True, connect_timeout=10)
+    return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
 
 
 class Client(threading.Thread):
@@ -189,8 +193,8 @@ def test_a_rotation_killed_between_prepare_and_switch_keeps_both_working_and_a_r
     with connect_url(old_url) as conn:
         assert conn.execute("SELECT session_user").fetchone() == (active[names.SECRET_USERNAME_KEY],)
     # The prepared user logs in through PgBouncer already (server and userlist both have it).
-    prepared = local.Credential(str(pending["username"]), str(pending["password"]), "")
-    prepared_url = local.url(
+    prepared = Credential(str(pending["username"]), str(pending["password"]), "")
+    prepared_url = local_env.url(
         prepared, stack.pgbouncer_port, names.DATABASE_NAME, ca_file=stack.paths.ca_dir / "ca.crt"
     )
     with connect_url(prepared_url) as conn:
@@ -215,9 +219,9 @@ def test_rotate_refuses_a_stopped_stack_in_one_line() -> None:
     root = Path(tempfile.mkdtemp(prefix="dbctl-test-rotate-"))
     try:
         result = dbctl_local(root, "rotate")
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
-            f"Error: no local stack in {root / '.local'}; create it with `dbctl local up`"
+            f"error: no local stack in {root / '.local'}; create it with `dbctl local up`"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -260,7 +264,7 @@ def test_a_stack_built_by_the_single_user_code_upgrades_with_its_data_and_passwo
         "--replica-port",
         str(free_port()),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != local.ROOT_ENV_VAR}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != ROOT_ENV_VAR}
     try:
         old = subprocess.run(
             [sys.executable, "-m", "dbctl", "local", "--root", str(root), "up", *ports],
@@ -297,9 +301,7 @@ def test_a_stack_built_by_the_single_user_code_upgrades_with_its_data_and_passwo
         with s.connect("DATABASE_READ_URL") as conn:
             assert conn.execute("SELECT session_user").fetchone() == (f"{names.READONLY_ROLE}_a",)
         # The old login is a NOLOGIN role now, its password gone; nothing left to converge.
-        with psycopg.connect(
-            local.existing_stack(s.paths).cluster.admin_conninfo(), autocommit=True
-        ) as admin:
+        with psycopg.connect(existing_stack(s.paths).cluster.admin_conninfo(), autocommit=True) as admin:
             row = admin.execute(
                 "SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
                 (names.APP_ROLE,),

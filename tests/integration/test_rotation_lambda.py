@@ -18,8 +18,10 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from dbctl.cli import local
 from dbctl.core import names, rotation
+from dbctl.local.bouncer import pgbouncer_config, pgbouncer_pid
+from dbctl.local.stack import existing_stack
+from dbctl.local.state import HOST, write_private
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import DEFAULT_ADMIN_USER
 from hosts import pgbouncer_authfile
@@ -64,7 +66,7 @@ def aws(stack: LocalStack) -> Iterator[tuple[SecretsManager, handler.Config]]:
         admin = creds[DEFAULT_ADMIN_USER]
         master = {
             "engine": "postgres",
-            "host": local.HOST,
+            "host": HOST,
             "port": stack.pg_port,
             "dbname": names.DATABASE_NAME,
             "username": admin["username"],
@@ -79,10 +81,10 @@ def aws(stack: LocalStack) -> Iterator[tuple[SecretsManager, handler.Config]]:
         cfg = handler.Config(
             master_secret_arn=master_arn,
             role_secrets={arn: role for role, arn in role_arns.items()},
-            db_host=local.HOST,
+            db_host=HOST,
             db_port=stack.pg_port,
             db_name=names.DATABASE_NAME,
-            pgbouncer_host=local.HOST,
+            pgbouncer_host=HOST,
             pgbouncer_port=stack.pgbouncer_port,
             test_timeout_s=1,
             ssl_root_cert=ca,
@@ -110,17 +112,17 @@ def refresh_pgbouncer_hosts(stack: LocalStack, sm: SecretsManager, cfg: handler.
 
     text = pgbouncer_authfile.render([(role, arn) for arn, role in cfg.role_secrets.items()], fetch)
     verifiers = dict(line.replace('"', "").split(" ", 1) for line in text.splitlines())
-    s = local.existing_stack(stack.paths)
+    s = existing_stack(stack.paths)
     server = PgBouncerServer(s.pgbouncer_dir)
-    pid = local._pgbouncer_pid(s)
+    pid = pgbouncer_pid(s)
     assert pid is not None
-    server.reload_pid(pid, local.pgbouncer_config(s, server), verifiers)
+    server.reload_pid(pid, pgbouncer_config(s, server), verifiers)
     return text
 
 
 def pooled(stack: LocalStack, secret: dict[str, Any]) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(
-        host=local.HOST,
+        host=HOST,
         port=stack.pgbouncer_port,
         dbname=names.DATABASE_NAME,
         user=secret["username"],
@@ -198,7 +200,7 @@ def test_the_master_password_rotates_on_the_same_user(
 
     def direct(password: str) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
-            host=local.HOST,
+            host=HOST,
             port=stack.pg_port,
             dbname=names.DATABASE_NAME,
             user=DEFAULT_ADMIN_USER,
@@ -225,7 +227,7 @@ def test_the_master_password_rotates_on_the_same_user(
     creds = json.loads(stack.paths.credentials_file.read_text())
     creds[DEFAULT_ADMIN_USER]["password"] = after["password"]
     creds[DEFAULT_ADMIN_USER]["scram_verifier"] = rotation.verifier_for(after["password"])
-    local.write_private(stack.paths.credentials_file, json.dumps(creds))
+    write_private(stack.paths.credentials_file, json.dumps(creds))
     assert after["password"] not in capsys.readouterr().out
 
 

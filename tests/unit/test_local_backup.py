@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dbctl.cli import local
 from dbctl.local import backup as local_backup
 from dbctl.local.backup import Backup, backup_name, parse_backup, plan_retention
+from dbctl.local.lifecycle import wipe
+from dbctl.local.state import Paths
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)  # a Tuesday
 
@@ -106,11 +107,11 @@ def test_list_backups_ignores_other_files(tmp_path: Path) -> None:
 
 
 def test_reset_keeps_the_backups(tmp_path: Path) -> None:
-    paths = local.Paths(tmp_path)
+    paths = Paths(tmp_path)
     paths.backup_dir.mkdir(parents=True)
     (paths.backup_dir / backup_name(NOW)).write_text("dump")
     (paths.state_dir / "state.json").write_text("{}")
-    local._wipe(paths)
+    wipe(paths)
     assert (paths.backup_dir / backup_name(NOW)).read_text() == "dump"
     assert not (paths.state_dir / "state.json").exists()
 
