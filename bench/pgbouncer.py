@@ -58,7 +58,8 @@ from dbctl.cli import local
 from dbctl.core import names
 from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import find_binary, free_port, service_owner
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port, service_owner
 from dbctl.postgres.tls import CertificateAuthority, write_file
 
 # What Prisma sends: the extended protocol.

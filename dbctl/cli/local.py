@@ -80,21 +80,14 @@ from dbctl.pgbouncer.process import (
     find_pgbouncer,
     immediate_shutdown_signal,
 )
-from dbctl.postgres.cluster import (
-    BOOTSTRAP_SUPERUSER,
-    DEFAULT_ADMIN_USER,
-    MAX_CONNECTIONS,
-    SERVICE_OS_USER,
-    Cluster,
-    ClusterError,
-    find_binary,
-    find_install,
-    port_is_free,
-    service_owner,
-    system_install,
-)
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.config import MAX_CONNECTIONS
+from dbctl.postgres.errors import ClusterError
+from dbctl.postgres.install import find_binary, find_install, system_install
+from dbctl.postgres.osproc import SERVICE_OS_USER, port_is_free, service_owner
+from dbctl.postgres.spec import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.postgres.tls import CertificateAuthority, TlsError, write_file
-from dbctl.schema import deploy, migrate
+from dbctl.schema import deploy, maintenance, migrate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_ENV_VAR = "DBCTL_LOCAL_ROOT"
@@ -661,7 +654,7 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     if not exists:
         echo(f"initdb: a new {cluster.install.describe()} cluster in {cluster.base_dir} (a few seconds) ...")
         started = time.monotonic()
-        cluster.init(durable=durable)
+        cluster.init(durable=durable, pgstattuple_schema=maintenance.SCHEMA)
         echo(f"initdb: done in {time.monotonic() - started:.1f} s; PostgreSQL on {HOST}:{cluster.port}")
         changed = True
     elif not pg_running:

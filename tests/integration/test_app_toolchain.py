@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from dbctl.cli import local
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from dbctl.schema import deploy
 from tests.integration.helpers import node_tool
 

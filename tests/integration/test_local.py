@@ -30,7 +30,7 @@ from dbctl.core import names
 from dbctl.core.scram import is_scram_verifier
 from dbctl.pgbouncer.config import PREPARED_STATEMENTS_SINCE
 from dbctl.pgbouncer.process import detect_version, find_pgbouncer
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from dbctl.schema import migrate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,8 @@ from psycopg import sql
 
 from dbctl.cli import local
 from dbctl.core import names
-from dbctl.postgres.cluster import find_binary, free_port, port_is_free
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port, port_is_free
 from dbctl.postgres.tls import CertificateAuthority
 from dbctl.schema import migrate
 from tests.integration.helpers import node_tool

@@ -18,7 +18,7 @@ import pytest
 
 from dbctl.cli import local
 from dbctl.core import names
-from dbctl.postgres.cluster import free_port, port_is_free
+from dbctl.postgres.osproc import free_port, port_is_free
 from tests.integration.test_local import REPO_ROOT, dbctl_local, new_root
 
 pytestmark = pytest.mark.integration

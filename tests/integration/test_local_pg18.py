@@ -15,7 +15,8 @@ import pytest
 
 from dbctl.cli import local
 from dbctl.core import names
-from dbctl.postgres.cluster import free_port, system_install
+from dbctl.postgres.install import system_install
+from dbctl.postgres.osproc import free_port
 from tests.integration.test_local import (
     LocalStack,
     dbctl_local,

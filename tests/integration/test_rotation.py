@@ -28,7 +28,7 @@ import pytest
 
 from dbctl.cli import local
 from dbctl.core import names
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from tests.integration.test_local import (
     REPO_ROOT,
     LocalStack,

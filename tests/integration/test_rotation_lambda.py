@@ -21,7 +21,7 @@ from moto import mock_aws
 from dbctl.cli import local
 from dbctl.core import names, rotation
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import DEFAULT_ADMIN_USER
+from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from hosts import pgbouncer_authfile
 from lambdas.rotation import handler
 from tests.integration.test_local import LocalStack, running_stack
