@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from dbctl.core import names  # noqa: E402
 from dbctl.core.scram import scram_verifier  # noqa: E402
 from dbctl.postgres.cluster import throwaway_cluster  # noqa: E402
-from dbctl.schema import deploy  # noqa: E402
+from dbctl.schema import deploy, maintenance  # noqa: E402
 from dbctl.schema.credentials import verifiers_from_mapping  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     }
     verifiers = verifiers_from_mapping(secrets_json, "bench")
     figures: dict[str, list[float]] = {"baseline": [], "fresh": [], "no-op": [], "cli": []}
-    with throwaway_cluster("dbctl-bench-") as cluster:
+    with throwaway_cluster("dbctl-bench-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
         credentials = cluster.base_dir / "credentials.json"
         credentials.write_text(json.dumps(secrets_json))
         for i in range(args.repeat):

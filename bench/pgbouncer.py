@@ -61,7 +61,8 @@ from dbctl.local.stack import Stack, open_stack
 from dbctl.local.state import HOST, Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import find_binary, free_port, service_owner
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port, service_owner
 from dbctl.postgres.tls import CertificateAuthority, write_file
 
 # What Prisma sends: the extended protocol.

@@ -42,8 +42,9 @@ from dbctl.core import names
 from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import Cluster, free_port, throwaway_cluster
-from dbctl.schema import deploy
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.osproc import free_port
+from dbctl.schema import deploy, maintenance
 
 DEFAULT_ROWS = "1:1000:1000,2:1000:2000,2:1100:2000"
 _ROW = re.compile(r"(\d+):(\d+):(\d+)")
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for role, pw in passwords.items()
     }
     outcomes = []
-    with throwaway_cluster("dbctl-bench-clients-pg-") as cluster:
+    with throwaway_cluster("dbctl-bench-clients-pg-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
         deploy.run_migrate(cluster.admin_url(names.DATABASE_NAME), verifiers)
         for row in rows:
             print(f"==> {row.processes} process(es), {row.clients} clients ...", file=sys.stderr)

@@ -30,8 +30,10 @@ from dbctl.core import names
 from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import find_binary, free_port, throwaway_cluster
-from dbctl.schema import deploy
+from dbctl.postgres.cluster import throwaway_cluster
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port
+from dbctl.schema import deploy, maintenance
 
 SCRIPTS = {
     "select-1": "SELECT 1;\n",
@@ -108,7 +110,7 @@ def main() -> None:
     try:
         for name, text in SCRIPTS.items():
             (scratch / f"{name}.sql").write_text(text)
-        with throwaway_cluster("dbctl-bench-reset-pg-") as cluster:
+        with throwaway_cluster("dbctl-bench-reset-pg-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
             deploy.run_migrate(cluster.admin_url(names.DATABASE_NAME), verifiers)
             servers: dict[str, tuple[PgBouncerServer, int]] = {}
             for mode, (always, query) in MODES.items():

@@ -35,7 +35,8 @@ from psycopg import sql
 
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
-from dbctl.postgres.cluster import Cluster, find_binary
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.install import find_binary
 
 CRITICAL_TABLES: Final = ("User", "App", "Requirement")
 PRE_MIGRATION: Final = "pre-migration"

@@ -32,7 +32,7 @@ from dbctl.pgbouncer.process import (
     find_pgbouncer,
     immediate_shutdown_signal,
 )
-from dbctl.postgres.cluster import service_owner
+from dbctl.postgres.osproc import service_owner
 from dbctl.postgres.tls import write_file
 
 # SHOW POOLS' columns that `local status` and `dbctl report --local` show, in this order.

@@ -16,7 +16,7 @@ from dbctl.local import lifecycle
 from dbctl.local import rotation as local_rotation
 from dbctl.local.stack import Echo, Stack, existing_stack, no_replica_reason, open_stack, running_stack
 from dbctl.local.state import Credential, LocalError, Paths, stack_lock
-from dbctl.postgres.cluster import find_binary, find_install
+from dbctl.postgres.install import find_binary, find_install
 
 
 def check_major(postgres_major: int | None) -> None:

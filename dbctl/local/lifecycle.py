@@ -33,14 +33,12 @@ from dbctl.local.env import SHADOW_DATABASE, env_urls, render_env
 from dbctl.local.migrations import apply_migrations
 from dbctl.local.stack import Echo, Stack, no_replica_reason, open_stack, require_free_port, server_dir
 from dbctl.local.state import HOST, LocalError, Paths, State, write_private
-from dbctl.postgres.cluster import (
-    DEFAULT_ADMIN_USER,
-    MAX_CONNECTIONS,
-    Cluster,
-    ClusterError,
-    find_install,
-    system_install,
-)
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.config import MAX_CONNECTIONS
+from dbctl.postgres.errors import ClusterError
+from dbctl.postgres.install import find_install, system_install
+from dbctl.postgres.spec import DEFAULT_ADMIN_USER
+from dbctl.schema import maintenance
 
 RESET_WARNING = "WARNING: This deletes all data!"
 
@@ -137,7 +135,7 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
     if not exists:
         echo(f"initdb: a new {cluster.install.describe()} cluster in {cluster.base_dir} (a few seconds) ...")
         started = time.monotonic()
-        cluster.init(durable=durable)
+        cluster.init(durable=durable, pgstattuple_schema=maintenance.SCHEMA)
         echo(f"initdb: done in {time.monotonic() - started:.1f} s; PostgreSQL on {HOST}:{cluster.port}")
         changed = True
     elif not pg_running:

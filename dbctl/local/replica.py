@@ -23,7 +23,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl.local.state import Credential, Paths, load_or_create_replication_credential
-from dbctl.postgres.cluster import Cluster, hide_secret_statements, service_owner
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.osproc import service_owner
+from dbctl.postgres.rds import hide_secret_statements
 from dbctl.postgres.tls import write_file
 from dbctl.stackconfig.parameters import primary_parameters, replica_parameters
 from dbctl.stackconfig.settings import AlarmSettings

@@ -26,14 +26,10 @@ from dbctl.local.state import (
     load_credentials,
     load_or_create_credentials,
 )
-from dbctl.postgres.cluster import (
-    BOOTSTRAP_SUPERUSER,
-    DEFAULT_ADMIN_USER,
-    SERVICE_OS_USER,
-    Cluster,
-    find_install,
-    port_is_free,
-)
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.install import find_install
+from dbctl.postgres.osproc import SERVICE_OS_USER, port_is_free
+from dbctl.postgres.spec import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.postgres.tls import CertificateAuthority
 
 Echo = Callable[[str], None]

@@ -23,7 +23,7 @@ from typing import Any
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
 from dbctl.core.scram import SALT_BYTES, is_scram_verifier, scram_verifier
-from dbctl.postgres.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
+from dbctl.postgres.spec import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.postgres.tls import write_file
 from dbctl.schema.credentials import login_user
 

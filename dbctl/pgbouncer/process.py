@@ -53,7 +53,7 @@ from dbctl.pgbouncer.config import (
     render_ini,
     render_userlist,
 )
-from dbctl.postgres.cluster import port_is_free, runnable_by_service_user, server_environment
+from dbctl.postgres.osproc import port_is_free, runnable_by_service_user, server_environment
 
 PACKAGE = "pgbouncer"
 SERVICE_OS_USER = "postgres"

@@ -32,14 +32,10 @@ import pytest
 from psycopg import sql
 
 from dbctl.core import names, scram
-from dbctl.postgres.cluster import (
-    Cluster,
-    ClusterError,
-    PostgresInstall,
-    system_install,
-    throwaway_cluster,
-    wheel_install,
-)
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.errors import ClusterError
+from dbctl.postgres.install import PostgresInstall, system_install, wheel_install
+from dbctl.schema import maintenance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_MAJORS = "all_majors"
@@ -99,7 +95,11 @@ def pg_install(request: pytest.FixtureRequest) -> PostgresInstall:
 
 @pytest.fixture(scope="session")
 def pg_cluster(pg_install: PostgresInstall) -> Iterator[Cluster]:
-    with throwaway_cluster(f"dbctl-test-pg{pg_install.major}-", postgres_major=pg_install.major) as cluster:
+    with throwaway_cluster(
+        f"dbctl-test-pg{pg_install.major}-",
+        postgres_major=pg_install.major,
+        pgstattuple_schema=maintenance.SCHEMA,
+    ) as cluster:
         yield cluster
 
 

@@ -29,7 +29,7 @@ from dbctl.local.lifecycle import down, up
 from dbctl.local.migrations import login_verifiers
 from dbctl.local.stack import Stack, open_stack
 from dbctl.local.state import Paths
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from dbctl.schema import deploy
 from tests.integration.helpers import node_tool
 

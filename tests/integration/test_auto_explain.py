@@ -15,7 +15,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from dbctl.postgres.cluster import AUTO_EXPLAIN_MIN_DURATION_MS, Cluster, preload_libraries, throwaway_cluster
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.config import AUTO_EXPLAIN_MIN_DURATION_MS
+from dbctl.postgres.install import preload_libraries
 from dbctl.stackconfig.slow_query import (
     SLOW_QUERY_FILTER_PATTERN,
     SLOW_QUERY_THRESHOLD_MS,

@@ -17,8 +17,11 @@ import pytest
 from cryptography import x509
 
 from dbctl.core import names
-from dbctl.postgres.cluster import SERVICE_OS_USER, Cluster, free_port, port_is_free, wheel_install
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.install import wheel_install
+from dbctl.postgres.osproc import SERVICE_OS_USER, free_port, port_is_free
 from dbctl.postgres.tls import CertificateAuthority
+from dbctl.schema import maintenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.all_majors]
 
@@ -40,6 +43,20 @@ def test_admin_connects_with_verified_tls_and_is_not_superuser(pg_cluster: Clust
     assert owner == (pg_cluster.admin_user,)
     assert ext == (1,)
     assert dbname == names.DATABASE_NAME
+
+
+def test_pgstattuple_is_in_the_schema_the_caller_named(pg_cluster: Cluster) -> None:
+    """The fixture names dbctl.schema.maintenance's schema (the cluster itself knows no app schema): the
+    bootstrap superuser creates pgstattuple there, in a schema the admin owns, as RDS's rds_superuser may."""
+    with psycopg.connect(pg_cluster.admin_conninfo()) as conn:
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pgstattuple'"
+        ).fetchone()
+        row = conn.execute(
+            "SELECT n.nspname, pg_get_userbyid(n.nspowner) FROM pg_extension e"
+            " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple'"
+        ).fetchone()
+    assert row == ((maintenance.SCHEMA, pg_cluster.admin_user) if available else None)
 
 
 def test_wrong_password_is_refused(pg_cluster: Cluster) -> None:

@@ -34,7 +34,7 @@ from dbctl.local.stack import server_dir
 from dbctl.local.state import Credential, Paths, State, new_credential, write_private
 from dbctl.pgbouncer.config import PREPARED_STATEMENTS_SINCE
 from dbctl.pgbouncer.process import detect_version, find_pgbouncer
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from dbctl.schema import migrate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,8 @@ from dbctl.local.env import SHADOW_DATABASE, libpq_url
 from dbctl.local.lifecycle import ensure_shadow_database
 from dbctl.local.stack import existing_stack, server_dir
 from dbctl.local.state import write_private
-from dbctl.postgres.cluster import find_binary, free_port, port_is_free
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port, port_is_free
 from dbctl.postgres.tls import CertificateAuthority
 from dbctl.schema import migrate
 from tests.integration.helpers import node_tool

@@ -20,7 +20,7 @@ from dbctl.core import names
 from dbctl.local.env import libpq_url, read_env
 from dbctl.local.stack import server_dir
 from dbctl.local.state import Paths, State
-from dbctl.postgres.cluster import free_port, port_is_free
+from dbctl.postgres.osproc import free_port, port_is_free
 from tests.integration.test_local import REPO_ROOT, dbctl_local, new_root
 
 pytestmark = pytest.mark.integration

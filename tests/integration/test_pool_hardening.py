@@ -19,8 +19,10 @@ from psycopg import sql
 
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
-from dbctl.postgres.cluster import Cluster, find_binary, throwaway_cluster
-from dbctl.schema import deploy, migrate
+from dbctl.postgres import postmaster
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.install import find_binary
+from dbctl.schema import deploy, maintenance, migrate
 from tests.integration.conftest import REPO_ROOT, login_user, migrate_command, secret_shaped, verifier_of
 from tests.integration.test_pgbouncer import Bouncer, _cleanup, _start
 
@@ -166,7 +168,7 @@ def test_a_migration_run_holding_the_lock_is_still_waited_for(
 @pytest.fixture
 def own_cluster() -> Iterator[Cluster]:
     """A PostgreSQL of this test's own: it gets restarted."""
-    with throwaway_cluster("dbctl-test-restart-") as cluster:
+    with throwaway_cluster("dbctl-test-restart-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
         yield cluster
 
 
@@ -207,9 +209,9 @@ def test_pooled_queries_work_again_soon_after_a_restart_under_load(
             thread.start()
         time.sleep(1)
         before = own_cluster.postmaster_pid()
-        restart = own_cluster._run(  # one pg_ctl restart, as a minor-version patch or a crash recovery does
-            [str(find_binary("pg_ctl")), "restart", "--pgdata", str(own_cluster.data_dir), "-m", "fast", "-w"]
-        )
+        # One pg_ctl restart, as a minor-version patch or a crash recovery does.
+        restart_args = ["restart", "--pgdata", str(own_cluster.data_dir), "-m", "fast", "-w"]
+        restart = postmaster.run(own_cluster, [str(find_binary("pg_ctl")), *restart_args])
         assert restart.returncode == 0
         own_cluster.wait_ready()
         ready = time.monotonic()

@@ -17,7 +17,8 @@ from botocore.stub import Stubber
 
 from dbctl.core import names
 from dbctl.local.stack import existing_stack
-from dbctl.postgres.cluster import find_binary, free_port
+from dbctl.postgres.install import find_binary
+from dbctl.postgres.osproc import free_port
 from hosts import pool_metrics
 from tests.integration.test_local import LocalStack, stack  # noqa: F401 - the module's fixture
 

@@ -18,7 +18,8 @@ import pytest
 from dbctl.cli.local import ROOT_ENV_VAR
 from dbctl.core import names
 from dbctl.local.stack import existing_stack
-from dbctl.postgres.cluster import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER, free_port
+from dbctl.postgres.osproc import free_port
+from dbctl.postgres.spec import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.schema import maintenance, report
 from tests.integration.test_local import REPO_ROOT, LocalStack, stack  # noqa: F401 - the module's fixture
 

@@ -25,8 +25,9 @@ from psycopg import sql
 
 from dbctl.core import names
 from dbctl.local import backup as local_backup
-from dbctl.postgres.cluster import Cluster, free_port, throwaway_cluster
-from dbctl.schema import deploy
+from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.osproc import free_port
+from dbctl.schema import deploy, maintenance
 from dbctl.schema.credentials import verifiers_from_mapping
 from lambdas.restore_validation import handler
 from tests.integration.conftest import secret_shaped
@@ -87,7 +88,7 @@ def source(
 @pytest.fixture(scope="module")
 def restore_cluster(role_passwords: dict[str, str]) -> Iterator[Cluster]:
     """The "restored instance": the same roles and passwords as the source's cluster."""
-    with throwaway_cluster("dbctl-test-restored-") as cluster:
+    with throwaway_cluster("dbctl-test-restored-", pgstattuple_schema=maintenance.SCHEMA) as cluster:
         deploy.run_migrate(
             cluster.admin_conninfo(names.DATABASE_NAME),
             verifiers_from_mapping(secret_shaped(role_passwords), "t"),

@@ -32,7 +32,7 @@ from dbctl.local import env as local_env
 from dbctl.local.env import libpq_url
 from dbctl.local.stack import existing_stack
 from dbctl.local.state import Credential
-from dbctl.postgres.cluster import free_port
+from dbctl.postgres.osproc import free_port
 from tests.integration.test_local import (
     REPO_ROOT,
     LocalStack,

@@ -23,7 +23,7 @@ from dbctl.local.bouncer import pgbouncer_config, pgbouncer_pid
 from dbctl.local.stack import existing_stack
 from dbctl.local.state import HOST, write_private
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.cluster import DEFAULT_ADMIN_USER
+from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from hosts import pgbouncer_authfile
 from lambdas.rotation import handler
 from tests.integration.test_local import LocalStack, running_stack

@@ -24,7 +24,7 @@ from moto import mock_aws
 
 from dbctl.aws import preflight
 from dbctl.cli.main import cli as dbctl_cli
-from dbctl.postgres.cluster import find_binary
+from dbctl.postgres.install import find_binary
 from dbctl.stackconfig.parameters import replica_parameters
 from dbctl.stackconfig.settings import SettingsError, StackSettings, stack_file_settings
 from dbctl.stackconfig.slow_query import SLOW_QUERY_FILTER_PATTERN
