@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import pulumi
@@ -51,9 +52,9 @@ def completed_restore_pattern(plan_arn: str) -> dict[str, object]:
     }
 
 
-def code_archive(region: str) -> pulumi.Archive:
-    """handler.py, the region's RDS CA bundle and the locked dependencies (BuildError when not built)."""
-    return vpc_function.code_archive(build.HANDLER, region)
+def code_archive(region: str, deps: Path) -> pulumi.Archive:
+    """handler.py, the region's RDS CA bundle and the locked dependencies."""
+    return vpc_function.code_archive(build.HANDLER, region, deps)
 
 
 @dataclass(frozen=True)

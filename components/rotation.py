@@ -47,8 +47,8 @@ HANDLER: Final = REPO_ROOT / "lambdas" / "rotation" / "handler.py"
 DBCTL_CORE: Final = REPO_ROOT / "dbctl" / "core"
 
 
-def code_archive(region: str) -> pulumi.Archive:
-    """handler.py, dbctl's rotation modules, the RDS CA bundle, the locked dependencies (BuildError)."""
+def code_archive(region: str, deps: Path) -> pulumi.Archive:
+    """handler.py, dbctl's rotation modules, the RDS CA bundle, the locked dependencies."""
     dbctl = pulumi.AssetArchive(
         {
             "__init__.py": pulumi.FileAsset(str(REPO_ROOT / "dbctl" / "__init__.py")),
@@ -57,7 +57,7 @@ def code_archive(region: str) -> pulumi.Archive:
             ),
         }
     )
-    return vpc_function.code_archive(HANDLER, region, {"dbctl": dbctl})
+    return vpc_function.code_archive(HANDLER, region, deps, {"dbctl": dbctl})
 
 
 @dataclass(frozen=True)

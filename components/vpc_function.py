@@ -12,7 +12,8 @@ logical name (`<name>`, `<name>-vpc` for the role's attachment, where `<name>` i
 and its physical names, and carries an alias to the caller (`moved_from`) as its old parent, so the engine
 matches it with the resource the deployed stack has instead of replacing it.
 
-`code_archive` packages a handler with the region's RDS CA bundle and the locked dependencies.
+`code_archive` packages a handler with the region's RDS CA bundle and the locked dependencies (one build
+serves both functions: lambdas/build.py).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ ROLE_NAME_PREFIX_MAX: Final = 38  # IAM's name_prefix limit
 
 
 def code_archive(
-    handler: Path, region: str, extra: Mapping[str, pulumi.Asset | pulumi.Archive] | None = None
+    handler: Path,
+    region: str,
+    deps: Path,
+    extra: Mapping[str, pulumi.Asset | pulumi.Archive] | None = None,
 ) -> pulumi.Archive:
-    """handler.py, the region's RDS CA bundle, `extra` and the locked dependencies (BuildError when the
-    build is missing or stale)."""
-    deps = build.current_build() / "deps"
+    """handler.py, the region's RDS CA bundle, `extra` and the locked dependencies in `deps` (the build's
+    `deps/`, `lambdas.build.current_build()`)."""
     entries: dict[str, pulumi.Asset | pulumi.Archive] = {
         "handler.py": pulumi.FileAsset(str(handler)),
         "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),

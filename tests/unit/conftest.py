@@ -3,7 +3,8 @@
 The Pulumi program packages the restore-validation function from `python -m lambdas.build`'s output, which
 needs PyPI; unit tests run offline under mocks, which never read an archive. So the whole session points the
 build dir (lambdas.build.BUILD_DIR_ENV) at a temp dir that holds a manifest of the current lock and an
-empty deps dir: `code_archive()`'s staleness check runs for real against uv.lock, only the wheels are absent.
+empty deps dir: the program's staleness check (`build.current_build()`) runs for real against uv.lock, only
+the wheels are absent.
 
 PgBouncer's pinned source (components/pgbouncer_source.py) is real: `./dev test` fetches it into
 `.tools/pgbouncer-src/` first. Only a program that asks for a release the repository does not pin (two
