@@ -101,7 +101,7 @@ def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> d
     path = stack_file(stack)
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = yaml.load(path.read_text(), Loader=yaml.CSafeLoader) or {}  # libyaml: read on every run()
     config: dict[str, Any] = dict(loaded.get("config") or {})
     for key, value in (overrides or {}).items():
         full = key if ":" in key else f"{PROJECT}:{key}"
