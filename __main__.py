@@ -20,9 +20,11 @@ from components.restore_validation import RestoreValidation, RestoreValidationAr
 from components.rotation import Rotation, RotationArgs
 from components.rotation import code_archive as rotation_code_archive
 from dbctl.core.names import MIGRATOR_ROLE
+from lambdas.build import current_build
 
 settings = from_pulumi_config()  # validated before anything is declared
 pgbouncer_source = verified_source(settings.pgbouncer.version)  # the hosts' pinned source, checked here too
+lambda_deps = current_build() / "deps"  # both Lambdas' locked dependencies; missing or stale: BuildError
 provider = make_provider(settings)
 
 network = Network("network", NetworkArgs(settings=settings, provider=provider))
@@ -79,7 +81,7 @@ restore_validation = RestoreValidation(
     RestoreValidationArgs(
         settings=settings,
         provider=provider,
-        code=code_archive(settings.region),
+        code=code_archive(settings.region, lambda_deps),
         vpc_id=network.vpc_id,
         subnet_ids=network.subnet_ids,
         db_security_group_id=network.db_security_group_id,
@@ -98,7 +100,7 @@ rotation = Rotation(
     RotationArgs(
         settings=settings,
         provider=provider,
-        code=rotation_code_archive(settings.region),
+        code=rotation_code_archive(settings.region, lambda_deps),
         vpc_id=network.vpc_id,
         subnet_ids=network.subnet_ids,
         db_security_group_id=network.db_security_group_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -51,6 +52,60 @@ def _parameter_args(params: list[Parameter]) -> list[aws.rds.ParameterGroupParam
         aws.rds.ParameterGroupParameterArgs(name=p.name, value=p.value, apply_method=p.apply_method)
         for p in params
     ]
+
+
+class _InstanceArgs(TypedDict):
+    """The arguments the primary and each read replica share (aws.rds.Instance's keywords)."""
+
+    maintenance_window: str
+    storage_type: str
+    publicly_accessible: bool
+    vpc_security_group_ids: list[pulumi.Input[str]]
+    max_allocated_storage: int
+    database_insights_mode: str
+    performance_insights_enabled: bool
+    performance_insights_kms_key_id: pulumi.Input[str]
+    performance_insights_retention_period: int
+    monitoring_interval: int
+    monitoring_role_arn: pulumi.Input[str]
+    enabled_cloudwatch_logs_exports: list[str]
+    ca_cert_identifier: str
+    iam_database_authentication_enabled: bool
+    auto_minor_version_upgrade: bool
+    allow_major_version_upgrade: bool
+    copy_tags_to_snapshot: bool
+    apply_immediately: bool
+    port: int
+
+
+def _instance_args(
+    s: StackSettings, net: Network, creds: Credentials, monitoring_role_arn: pulumi.Input[str]
+) -> _InstanceArgs:
+    """What the primary and its replicas are given alike: private gp3 storage in the database SG, the
+    same insights, monitoring, logs, CA, IAM auth, upgrade policy, maintenance window and port."""
+    return _InstanceArgs(
+        maintenance_window=s.maintenance_window,
+        storage_type="gp3",
+        publicly_accessible=False,
+        vpc_security_group_ids=[net.db_security_group_id],
+        max_allocated_storage=s.max_allocated_storage_gb,
+        # Explicit: since Performance Insights' end of life RDS defaults instances to Database Insights
+        # Standard; saying so keeps `pulumi preview` free of a surprise diff.
+        database_insights_mode=s.database_insights_mode,
+        performance_insights_enabled=True,
+        performance_insights_kms_key_id=creds.kms_key_arn,
+        performance_insights_retention_period=s.performance_insights_retention_days,
+        monitoring_interval=s.monitoring_interval_seconds,
+        monitoring_role_arn=monitoring_role_arn,
+        enabled_cloudwatch_logs_exports=LOG_EXPORTS,
+        ca_cert_identifier=CA_CERT,
+        iam_database_authentication_enabled=True,
+        auto_minor_version_upgrade=True,
+        allow_major_version_upgrade=False,
+        copy_tags_to_snapshot=True,
+        apply_immediately=s.apply_immediately,
+        port=POSTGRES_PORT,
+    )
 
 
 class Database(pulumi.ComponentResource):
@@ -131,6 +186,7 @@ class Database(pulumi.ComponentResource):
                 for export in LOG_EXPORTS
             ]
 
+        shared = _instance_args(s, net, creds, monitoring_role.arn)
         self.primary = aws.rds.Instance(
             f"{name}-primary",
             identifier=self.identifier,
@@ -148,7 +204,6 @@ class Database(pulumi.ComponentResource):
             multi_az=s.multi_az,
             backup_retention_period=s.backup_retention_days,
             backup_window=s.backup_window,
-            maintenance_window=s.maintenance_window,
             # Keep automated backups after a deletion (until their retention ends): a recovery path.
             delete_automated_backups=False,
             skip_final_snapshot=s.skip_final_snapshot,
@@ -164,29 +219,10 @@ class Database(pulumi.ComponentResource):
                     ignore_changes=["password"],
                 ),
             ),
-            storage_type="gp3",
             storage_encrypted=True,
             kms_key_id=creds.kms_key_arn,
-            publicly_accessible=False,
-            vpc_security_group_ids=[net.db_security_group_id],
-            max_allocated_storage=s.max_allocated_storage_gb,
-            # Explicit: since Performance Insights' end of life RDS defaults instances to Database
-            # Insights Standard; saying so keeps `pulumi preview` free of a surprise diff.
-            database_insights_mode=s.database_insights_mode,
-            performance_insights_enabled=True,
-            performance_insights_kms_key_id=creds.kms_key_arn,
-            performance_insights_retention_period=s.performance_insights_retention_days,
-            monitoring_interval=s.monitoring_interval_seconds,
-            monitoring_role_arn=monitoring_role.arn,
-            enabled_cloudwatch_logs_exports=LOG_EXPORTS,
-            ca_cert_identifier=CA_CERT,
-            iam_database_authentication_enabled=True,
-            auto_minor_version_upgrade=True,
-            allow_major_version_upgrade=False,
-            copy_tags_to_snapshot=True,
-            apply_immediately=s.apply_immediately,
-            port=POSTGRES_PORT,
             deletion_protection=s.deletion_protection,
+            **shared,
         )
 
         self.replicas = []
@@ -226,7 +262,6 @@ class Database(pulumi.ComponentResource):
                     # Replicas are rebuilt from the primary, not restored: no backups, no final snapshot.
                     backup_retention_period=0,
                     skip_final_snapshot=True,
-                    maintenance_window=s.maintenance_window,
                     opts=pulumi.ResourceOptions.merge(
                         child,
                         pulumi.ResourceOptions(
@@ -235,29 +270,12 @@ class Database(pulumi.ComponentResource):
                             ignore_changes=["availability_zone"],
                         ),
                     ),
-                    storage_type="gp3",
+                    # A replica holds nothing the primary lacks; protection would block lowering replicaCount.
+                    deletion_protection=False,
                     # No storage_encrypted / kms_key_id: a same-region replica is always encrypted with
                     # the source's key, and CreateDBInstanceReadReplica refuses a KmsKeyId here
                     # (InvalidParameterCombination). The policy pack's encryption check skips replicas.
-                    publicly_accessible=False,
-                    vpc_security_group_ids=[net.db_security_group_id],
-                    max_allocated_storage=s.max_allocated_storage_gb,
-                    database_insights_mode=s.database_insights_mode,
-                    performance_insights_enabled=True,
-                    performance_insights_kms_key_id=creds.kms_key_arn,
-                    performance_insights_retention_period=s.performance_insights_retention_days,
-                    monitoring_interval=s.monitoring_interval_seconds,
-                    monitoring_role_arn=monitoring_role.arn,
-                    enabled_cloudwatch_logs_exports=LOG_EXPORTS,
-                    ca_cert_identifier=CA_CERT,
-                    iam_database_authentication_enabled=True,
-                    auto_minor_version_upgrade=True,
-                    allow_major_version_upgrade=False,
-                    copy_tags_to_snapshot=True,
-                    apply_immediately=s.apply_immediately,
-                    port=POSTGRES_PORT,
-                    # A replica holds nothing the primary lacks; protection would block lowering replicaCount.
-                    deletion_protection=False,
+                    **shared,
                 )
                 self.replicas.append(replica)
 

@@ -1,6 +1,6 @@
 """The explicit AWS provider every component uses: region from settings, tags through default_tags."""
 
-import functools
+import weakref
 from typing import NamedTuple
 
 import pulumi
@@ -28,9 +28,19 @@ class Account(NamedTuple):
     account_id: str
 
 
-@functools.cache
+# Weak keys: the cache must not keep a provider (and through it everything its program declared) alive
+# after the program is done, as many programs run in one process under test.
+_ACCOUNTS: weakref.WeakKeyDictionary[aws.Provider, Account] = weakref.WeakKeyDictionary()
+
+
 def account_of(provider: aws.Provider) -> Account:
     """The partition and account the provider deploys into, asked of AWS once per provider (two calls),
     not once per component that builds ARNs."""
-    invoke = pulumi.InvokeOptions(provider=provider)
-    return Account(aws.get_partition(opts=invoke).partition, aws.get_caller_identity(opts=invoke).account_id)
+    account = _ACCOUNTS.get(provider)
+    if account is None:
+        invoke = pulumi.InvokeOptions(provider=provider)
+        account = Account(
+            aws.get_partition(opts=invoke).partition, aws.get_caller_identity(opts=invoke).account_id
+        )
+        _ACCOUNTS[provider] = account
+    return account

@@ -22,15 +22,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import pulumi
 import pulumi_aws as aws
 
-from components.lambda_role import vpc_function_role
-from components.pgbouncer import ca_bundle_url
+from components import vpc_function
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
+from components.vpc_function import VpcFunction, VpcFunctionArgs
 from dbctl.core.names import POSTGRES_PORT
 from dbctl.stackconfig.settings import StackSettings
 from lambdas import build
@@ -39,7 +40,6 @@ HTTPS: Final = 443
 API_ENDPOINT_SERVICES: Final = ("backup", "rds")
 TIMEOUT_S: Final = 300
 MEMORY_MB: Final = 256
-LOG_RETENTION_DAYS: Final = 90
 FAILED_METRIC: Final = "RestoreValidationFailed"
 METRIC_NAMESPACE: Final = "SpikeLandDb"
 
@@ -52,18 +52,9 @@ def completed_restore_pattern(plan_arn: str) -> dict[str, object]:
     }
 
 
-def code_archive(region: str) -> pulumi.Archive:
-    """handler.py, the region's RDS CA bundle and the locked dependencies (BuildError when not built)."""
-    deps = build.current_build() / "deps"
-    entries: dict[str, pulumi.Asset | pulumi.Archive] = {
-        "handler.py": pulumi.FileAsset(str(build.HANDLER)),
-        "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),
-    }
-    for path in sorted(deps.iterdir()):
-        if path.name in ("bin", "__pycache__"):
-            continue
-        entries[path.name] = pulumi.FileArchive(str(path)) if path.is_dir() else pulumi.FileAsset(str(path))
-    return pulumi.AssetArchive(entries)
+def code_archive(region: str, deps: Path) -> pulumi.Archive:
+    """handler.py, the region's RDS CA bundle and the locked dependencies."""
+    return vpc_function.code_archive(build.HANDLER, region, deps)
 
 
 @dataclass(frozen=True)
@@ -96,16 +87,74 @@ class RestoreValidation(pulumi.ComponentResource):
         partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
 
-        sg = aws.ec2.SecurityGroup(
+        function = VpcFunction(
             f"{name}-fn",
-            vpc_id=args.vpc_id,
-            description=f"{prefix} restore validation function",
-            tags={"Name": f"{prefix}-restore-validation"},
-            opts=child,
+            VpcFunctionArgs(
+                provider=args.provider,
+                function_name=f"{prefix}-restore-validation",
+                description=f"{prefix}: checks each restore test's instance against the source",
+                security_group_description=f"{prefix} restore validation function",
+                role_name_prefix=f"{prefix}-restore-val-",
+                policy=pulumi.Output.json_dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "RestoreJobs",
+                                "Effect": "Allow",
+                                "Action": ["backup:DescribeRestoreJob", "backup:PutRestoreValidationResult"],
+                                "Resource": f"arn:{partition}:backup:{s.region}:{account}:restore-job:*",
+                            },
+                            {
+                                "Sid": "RestoredInstance",
+                                "Effect": "Allow",
+                                "Action": ["rds:DescribeDBInstances"],
+                                "Resource": f"arn:{partition}:rds:{s.region}:{account}:db:*",
+                            },
+                            {
+                                "Sid": "MigratorSecret",
+                                "Effect": "Allow",
+                                "Action": ["secretsmanager:GetSecretValue"],
+                                "Resource": args.migrator_secret_arn,
+                            },
+                            {
+                                "Sid": "SecretKeyViaSecretsManager",
+                                "Effect": "Allow",
+                                "Action": ["kms:Decrypt"],
+                                "Resource": args.kms_key_arn,
+                                "Condition": {
+                                    "StringEquals": {
+                                        "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"
+                                    }
+                                },
+                            },
+                        ],
+                    }
+                ),
+                code=args.code,
+                timeout=TIMEOUT_S,
+                memory_size=MEMORY_MB,
+                vpc_id=args.vpc_id,
+                subnet_ids=args.subnet_ids,
+                environment={
+                    "RESTORE_TESTING_PLAN_ARN": args.restore_testing_plan_arn,
+                    "CREDENTIALS_SECRET_ARN": args.migrator_secret_arn,
+                    "SOURCE_HOST": args.source_address,
+                    "SOURCE_PORT": pulumi.Output.from_input(args.source_port).apply(str),
+                    "DATABASE_NAME": s.database_name,
+                    "MIN_ROW_FRACTION": str(s.backups.restore_validation_min_fraction),
+                },
+                moved_from=self,
+                # What it logs names tables and counts: the stack key, as the rest.
+                log_kms_key_arn=args.kms_key_arn,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
         )
+        sg_id = function.security_group_id
+
         allow_tcp(
             port=POSTGRES_PORT,
-            source=sg.id,
+            source=sg_id,
             target=args.db_security_group_id,
             egress=(
                 f"{name}-fn-to-db",
@@ -117,7 +166,7 @@ class RestoreValidation(pulumi.ComponentResource):
         if args.endpoints_security_group_id is not None:
             allow_tcp(
                 port=HTTPS,
-                source=sg.id,
+                source=sg_id,
                 target=args.endpoints_security_group_id,
                 egress=(f"{name}-fn-to-endpoints", "AWS APIs through the interface endpoints"),
                 ingress=(f"{name}-endpoints-from-fn", "restore validation function"),
@@ -142,86 +191,10 @@ class RestoreValidation(pulumi.ComponentResource):
         else:
             https_out(
                 f"{name}-fn-https",
-                source=sg.id,
+                source=sg_id,
                 description="AWS APIs through the VPC egress (NAT or endpoints)",
                 opts=child,
             )
-
-        role = vpc_function_role(name, f"{prefix}-restore-val-", partition, child)
-        aws.iam.RolePolicy(
-            f"{name}-fn",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "RestoreJobs",
-                            "Effect": "Allow",
-                            "Action": ["backup:DescribeRestoreJob", "backup:PutRestoreValidationResult"],
-                            "Resource": f"arn:{partition}:backup:{s.region}:{account}:restore-job:*",
-                        },
-                        {
-                            "Sid": "RestoredInstance",
-                            "Effect": "Allow",
-                            "Action": ["rds:DescribeDBInstances"],
-                            "Resource": f"arn:{partition}:rds:{s.region}:{account}:db:*",
-                        },
-                        {
-                            "Sid": "MigratorSecret",
-                            "Effect": "Allow",
-                            "Action": ["secretsmanager:GetSecretValue"],
-                            "Resource": args.migrator_secret_arn,
-                        },
-                        {
-                            "Sid": "SecretKeyViaSecretsManager",
-                            "Effect": "Allow",
-                            "Action": ["kms:Decrypt"],
-                            "Resource": args.kms_key_arn,
-                            "Condition": {
-                                "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
-                            },
-                        },
-                    ],
-                }
-            ),
-            opts=child,
-        )
-
-        function_name = f"{prefix}-restore-validation"
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-fn",
-            name=f"/aws/lambda/{function_name}",
-            retention_in_days=LOG_RETENTION_DAYS,
-            kms_key_id=args.kms_key_arn,  # what it logs names tables and counts: the stack key, as the rest
-            opts=child,
-        )
-        function = aws.lambda_.Function(
-            f"{name}-fn",
-            name=function_name,
-            description=f"{prefix}: checks each restore test's instance against the source",
-            role=role.arn,
-            runtime=build.RUNTIME,
-            architectures=["arm64"],
-            handler="handler.handler",
-            code=args.code,
-            timeout=TIMEOUT_S,
-            memory_size=MEMORY_MB,
-            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
-                subnet_ids=args.subnet_ids, security_group_ids=[sg.id]
-            ),
-            environment=aws.lambda_.FunctionEnvironmentArgs(
-                variables={
-                    "RESTORE_TESTING_PLAN_ARN": args.restore_testing_plan_arn,
-                    "CREDENTIALS_SECRET_ARN": args.migrator_secret_arn,
-                    "SOURCE_HOST": args.source_address,
-                    "SOURCE_PORT": pulumi.Output.from_input(args.source_port).apply(str),
-                    "DATABASE_NAME": s.database_name,
-                    "MIN_ROW_FRACTION": str(s.backups.restore_validation_min_fraction),
-                }
-            ),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_group])),
-        )
 
         rule = aws.cloudwatch.EventRule(
             f"{name}-completed",
@@ -232,11 +205,11 @@ class RestoreValidation(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        aws.cloudwatch.EventTarget(f"{name}-completed", rule=rule.name, arn=function.arn, opts=child)
+        aws.cloudwatch.EventTarget(f"{name}-completed", rule=rule.name, arn=function.function_arn, opts=child)
         aws.lambda_.Permission(
             f"{name}-from-events",
             action="lambda:InvokeFunction",
-            function=function.name,
+            function=function.function_name,
             principal="events.amazonaws.com",
             source_arn=rule.arn,
             opts=child,
@@ -244,7 +217,7 @@ class RestoreValidation(pulumi.ComponentResource):
 
         aws.cloudwatch.LogMetricFilter(
             f"{name}-failed",
-            log_group_name=log_group.name,
+            log_group_name=function.log_group_name,
             pattern='{ $.validationStatus = "FAILED" }',
             metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
                 name=FAILED_METRIC, namespace=METRIC_NAMESPACE, value="1", unit="Count"
@@ -284,9 +257,9 @@ class RestoreValidation(pulumi.ComponentResource):
             "the restore validation function crashed or timed out before reporting",
             "AWS/Lambda",
             "Errors",
-            {"FunctionName": function.name},
+            {"FunctionName": function.function_name},
         )
 
-        self.function_arn = function.arn
+        self.function_arn = function.function_arn
         self.rule_arn = rule.arn
         self.register_outputs({"function_arn": self.function_arn, "rule_arn": self.rule_arn})

@@ -29,19 +29,17 @@ from typing import Final
 import pulumi
 import pulumi_aws as aws
 
-from components.lambda_role import vpc_function_role
-from components.pgbouncer import ca_bundle_url
+from components import vpc_function
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
+from components.vpc_function import VpcFunction, VpcFunctionArgs
 from dbctl.core.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
 from dbctl.stackconfig.settings import StackSettings
-from lambdas import build
 
 HTTPS: Final = 443
 TIMEOUT_S: Final = 600
 TEST_TIMEOUT_S: Final = 420
 MEMORY_MB: Final = 256
-LOG_RETENTION_DAYS: Final = 90
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 HANDLER: Final = REPO_ROOT / "lambdas" / "rotation" / "handler.py"
 # The handler imports dbctl.core (rotation and what it needs), which imports nothing else of dbctl: the
@@ -49,26 +47,17 @@ HANDLER: Final = REPO_ROOT / "lambdas" / "rotation" / "handler.py"
 DBCTL_CORE: Final = REPO_ROOT / "dbctl" / "core"
 
 
-def code_archive(region: str) -> pulumi.Archive:
-    """handler.py, dbctl's rotation modules, the RDS CA bundle, the locked dependencies (BuildError)."""
-    deps = build.current_build() / "deps"
-    entries: dict[str, pulumi.Asset | pulumi.Archive] = {
-        "handler.py": pulumi.FileAsset(str(HANDLER)),
-        "rds-ca-bundle.pem": pulumi.RemoteAsset(ca_bundle_url(region)),
-        "dbctl": pulumi.AssetArchive(
-            {
-                "__init__.py": pulumi.FileAsset(str(REPO_ROOT / "dbctl" / "__init__.py")),
-                "core": pulumi.AssetArchive(
-                    {m.name: pulumi.FileAsset(str(m)) for m in sorted(DBCTL_CORE.glob("*.py"))}
-                ),
-            }
-        ),
-    }
-    for path in sorted(deps.iterdir()):
-        if path.name in ("bin", "__pycache__"):
-            continue
-        entries[path.name] = pulumi.FileArchive(str(path)) if path.is_dir() else pulumi.FileAsset(str(path))
-    return pulumi.AssetArchive(entries)
+def code_archive(region: str, deps: Path) -> pulumi.Archive:
+    """handler.py, dbctl's rotation modules, the RDS CA bundle, the locked dependencies."""
+    dbctl = pulumi.AssetArchive(
+        {
+            "__init__.py": pulumi.FileAsset(str(REPO_ROOT / "dbctl" / "__init__.py")),
+            "core": pulumi.AssetArchive(
+                {m.name: pulumi.FileAsset(str(m)) for m in sorted(DBCTL_CORE.glob("*.py"))}
+            ),
+        }
+    )
+    return vpc_function.code_archive(HANDLER, region, deps, {"dbctl": dbctl})
 
 
 @dataclass(frozen=True)
@@ -97,7 +86,7 @@ class Rotation(pulumi.ComponentResource):
         super().__init__("spike-land-db:index:Rotation", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        partition, account = account_of(args.provider)
+        _, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
         missing = [role for role in ALTERNATING_ROLES if role not in args.role_secret_arns]
         if missing:
@@ -105,106 +94,52 @@ class Rotation(pulumi.ComponentResource):
         role_arns = {role: args.role_secret_arns[role] for role in ALTERNATING_ROLES}
         rotated = [args.master_secret_arn, *role_arns.values()]
 
-        sg = aws.ec2.SecurityGroup(
-            f"{name}-fn",
-            vpc_id=args.vpc_id,
-            description=f"{prefix} credential rotation function",
-            tags={"Name": f"{prefix}-rotation"},
-            opts=child,
-        )
-        allow_tcp(
-            port=POSTGRES_PORT,
-            source=sg.id,
-            target=args.db_security_group_id,
-            egress=(f"{name}-fn-to-db", "the primary: set the new password"),
-            ingress=(f"{name}-db-from-fn", "credential rotation function"),
-            opts=child,
-        )
-        allow_tcp(
-            port=PGBOUNCER_PORT,
-            source=sg.id,
-            target=args.pgbouncer_nlb_security_group_id,
-            egress=(f"{name}-fn-to-pgbouncer", "PgBouncer: log in as the pending user (testSecret)"),
-            ingress=(f"{name}-pgbouncer-from-fn", "credential rotation function (testSecret)"),
-            opts=child,
-        )
-        if args.endpoints_security_group_id is not None:
-            allow_tcp(
-                port=HTTPS,
-                source=sg.id,
-                target=args.endpoints_security_group_id,
-                egress=(f"{name}-fn-to-endpoints", "Secrets Manager through its interface endpoint"),
-                ingress=(f"{name}-endpoints-from-fn", "credential rotation function"),
-                opts=child,
-            )
-        else:
-            https_out(
-                f"{name}-fn-https",
-                source=sg.id,
-                description="Secrets Manager through the VPC egress (NAT or endpoints)",
-                opts=child,
-            )
-
-        role = vpc_function_role(name, f"{prefix}-rotation-", partition, child)
-        aws.iam.RolePolicy(
-            f"{name}-fn",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "RotatedSecrets",
-                            "Effect": "Allow",
-                            "Action": [
-                                "secretsmanager:DescribeSecret",
-                                "secretsmanager:GetSecretValue",
-                                "secretsmanager:PutSecretValue",
-                                "secretsmanager:UpdateSecretVersionStage",
-                            ],
-                            "Resource": rotated,
-                        },
-                        {
-                            "Sid": "SecretKeyViaSecretsManager",
-                            "Effect": "Allow",
-                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-                            "Resource": args.kms_key_arn,
-                            "Condition": {
-                                "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
-                            },
-                        },
-                    ],
-                }
-            ),
-            opts=child,
-        )
-
-        function_name = f"{prefix}-rotation"
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-fn",
-            name=f"/aws/lambda/{function_name}",
-            retention_in_days=LOG_RETENTION_DAYS,
-            opts=child,
-        )
         role_secrets = pulumi.Output.all(*role_arns.values()).apply(
             lambda arns: json.dumps(dict(zip(arns, ALTERNATING_ROLES, strict=True)))
         )
-        function = aws.lambda_.Function(
+        function = VpcFunction(
             f"{name}-fn",
-            name=function_name,
-            description=f"{prefix}: rotates the master and pooled-role passwords (Secrets Manager)",
-            role=role.arn,
-            runtime=build.RUNTIME,
-            architectures=["arm64"],
-            handler="handler.handler",
-            code=args.code,
-            timeout=TIMEOUT_S,
-            memory_size=MEMORY_MB,
-            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
-                subnet_ids=args.subnet_ids, security_group_ids=[sg.id]
-            ),
-            environment=aws.lambda_.FunctionEnvironmentArgs(
-                variables={
+            VpcFunctionArgs(
+                provider=args.provider,
+                function_name=f"{prefix}-rotation",
+                description=f"{prefix}: rotates the master and pooled-role passwords (Secrets Manager)",
+                security_group_description=f"{prefix} credential rotation function",
+                role_name_prefix=f"{prefix}-rotation-",
+                policy=pulumi.Output.json_dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "RotatedSecrets",
+                                "Effect": "Allow",
+                                "Action": [
+                                    "secretsmanager:DescribeSecret",
+                                    "secretsmanager:GetSecretValue",
+                                    "secretsmanager:PutSecretValue",
+                                    "secretsmanager:UpdateSecretVersionStage",
+                                ],
+                                "Resource": rotated,
+                            },
+                            {
+                                "Sid": "SecretKeyViaSecretsManager",
+                                "Effect": "Allow",
+                                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                                "Resource": args.kms_key_arn,
+                                "Condition": {
+                                    "StringEquals": {
+                                        "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"
+                                    }
+                                },
+                            },
+                        ],
+                    }
+                ),
+                code=args.code,
+                timeout=TIMEOUT_S,
+                memory_size=MEMORY_MB,
+                vpc_id=args.vpc_id,
+                subnet_ids=args.subnet_ids,
+                environment={
                     "MASTER_SECRET_ARN": args.master_secret_arn,
                     "ROLE_SECRETS": role_secrets,
                     "DB_HOST": args.primary_address,
@@ -214,17 +149,52 @@ class Rotation(pulumi.ComponentResource):
                     "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
                     "TEST_TIMEOUT_S": str(TEST_TIMEOUT_S),
                     "PGBOUNCER_CA_PEM": args.pgbouncer_ca_pem or "",
-                }
+                },
+                moved_from=self,
             ),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_group])),
+            opts=pulumi.ResourceOptions(parent=self),
         )
+        sg_id = function.security_group_id
+
+        allow_tcp(
+            port=POSTGRES_PORT,
+            source=sg_id,
+            target=args.db_security_group_id,
+            egress=(f"{name}-fn-to-db", "the primary: set the new password"),
+            ingress=(f"{name}-db-from-fn", "credential rotation function"),
+            opts=child,
+        )
+        allow_tcp(
+            port=PGBOUNCER_PORT,
+            source=sg_id,
+            target=args.pgbouncer_nlb_security_group_id,
+            egress=(f"{name}-fn-to-pgbouncer", "PgBouncer: log in as the pending user (testSecret)"),
+            ingress=(f"{name}-pgbouncer-from-fn", "credential rotation function (testSecret)"),
+            opts=child,
+        )
+        if args.endpoints_security_group_id is not None:
+            allow_tcp(
+                port=HTTPS,
+                source=sg_id,
+                target=args.endpoints_security_group_id,
+                egress=(f"{name}-fn-to-endpoints", "Secrets Manager through its interface endpoint"),
+                ingress=(f"{name}-endpoints-from-fn", "credential rotation function"),
+                opts=child,
+            )
+        else:
+            https_out(
+                f"{name}-fn-https",
+                source=sg_id,
+                description="Secrets Manager through the VPC egress (NAT or endpoints)",
+                opts=child,
+            )
 
         keys = {"master": args.master_secret_arn, **role_arns}
         for key, arn in keys.items():
             permission = aws.lambda_.Permission(
                 f"{name}-from-secretsmanager-{key}",
                 action="lambda:InvokeFunction",
-                function=function.name,
+                function=function.function_name,
                 principal="secretsmanager.amazonaws.com",
                 source_arn=arn,
                 source_account=account,
@@ -233,7 +203,7 @@ class Rotation(pulumi.ComponentResource):
             aws.secretsmanager.SecretRotation(
                 f"{name}-{key}",
                 secret_id=arn,
-                rotation_lambda_arn=function.arn,
+                rotation_lambda_arn=function.function_arn,
                 rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(
                     automatically_after_days=s.rotation.schedule_days
                 ),
@@ -241,5 +211,5 @@ class Rotation(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[permission])),
             )
 
-        self.function_arn = function.arn
+        self.function_arn = function.function_arn
         self.register_outputs({"function_arn": self.function_arn})

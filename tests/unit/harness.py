@@ -17,7 +17,8 @@ before it as `declared_resources` (see `failing_run`).
 Output values resolved, secrets unwrapped), and `provider` (the provider reference `urn::id`, or "" for
 the default provider).
 Its `state` holds the inputs plus the mock's computed outputs (ids, ARNs, endpoints), and
-`secret_inputs` names the top-level inputs that reached the engine as secrets.
+`secret_inputs` names the top-level inputs that reached the engine as secrets; `urn`, `parent` (its URN)
+and `aliases` (the URNs its aliases resolve to) are what the engine would match against a deployed stack.
 Helpers: `of_type(resources, "aws:rds/instance:Instance")`, `one(resources, typ)`, `named(resources, name)`.
 
 The mocks answer the invokes the program makes (availability zones, caller identity, region, partition,
@@ -31,6 +32,7 @@ import asyncio
 import base64
 import contextvars
 import datetime
+import gc
 import hashlib
 import json
 import runpy
@@ -70,6 +72,11 @@ class Resource:
     secret_inputs: frozenset[str] = frozenset()
     # Resource options the engine sees (mocks do not act on them).
     protect: bool = False
+    # The URN the engine would give it, its parent's ("" under the stack) and the URNs its aliases name
+    # (what a stack deployed before a move knows it by: the engine adopts that resource, not replaces it).
+    urn: str = ""
+    parent: str = ""
+    aliases: frozenset[str] = frozenset()
 
     @property
     def provider_name(self) -> str:
@@ -94,7 +101,7 @@ def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> d
     path = stack_file(stack)
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = yaml.load(path.read_text(), Loader=yaml.CSafeLoader) or {}  # libyaml: read on every run()
     config: dict[str, Any] = dict(loaded.get("config") or {})
     for key, value in (overrides or {}).items():
         full = key if ":" in key else f"{PROJECT}:{key}"
@@ -165,16 +172,46 @@ def _secret_keys(struct: Any) -> frozenset[str]:
     return frozenset(keys)
 
 
+@dataclass(frozen=True)
+class _Registration:
+    """What the monitor sees of a registration that `Mocks.new_resource` is not given."""
+
+    secret_inputs: frozenset[str]
+    protect: bool
+    urn: str
+    parent: str
+    aliases: frozenset[str]
+
+
 class _Monitor(pulumi_mocks.MockMonitor):
-    """The stock mock monitor, noting which inputs arrive as secrets before they are unwrapped."""
+    """The stock mock monitor, noting which inputs arrive as secrets before they are unwrapped, the URN,
+    the parent and the aliases."""
 
     def __init__(self, mocks: _Mocks) -> None:
         super().__init__(mocks)
         self._mocks = mocks
 
+    def _alias_urn(self, request: Any, alias: Any) -> str:
+        """The URN an alias names: a URN as it is, or a spec's parts defaulting to the resource's own."""
+        if alias.urn:
+            return str(alias.urn)
+        spec = alias.spec
+        parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+        urn = self.make_urn(parent, spec.type or request.type, spec.name or request.name)
+        head, project, rest = urn.split("::", 2)
+        stack = head.removeprefix("urn:pulumi:")
+        return f"urn:pulumi:{spec.stack or stack}::{spec.project or project}::{rest}"
+
     def RegisterResource(self, request: Any) -> Any:
-        self._mocks.pending_secrets[(request.type, request.name)] = _secret_keys(request.object)
-        self._mocks.pending_protect[(request.type, request.name)] = bool(request.protect)
+        self._mocks.pending[(request.type, request.name)] = _Registration(
+            secret_inputs=_secret_keys(request.object),
+            protect=bool(request.protect),
+            urn=self.make_urn(request.parent, request.type, request.name),
+            parent=str(request.parent),
+            aliases=frozenset(
+                [self._alias_urn(request, a) for a in request.aliases] + list(request.aliasURNs)
+            ),
+        )
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
@@ -182,8 +219,7 @@ class _Mocks(pulumi.runtime.Mocks):
     def __init__(self, region: str) -> None:
         self.region = region
         self.resources: list[Resource] = []
-        self.pending_secrets: dict[tuple[str, str], frozenset[str]] = {}
-        self.pending_protect: dict[tuple[str, str], bool] = {}
+        self.pending: dict[tuple[str, str], _Registration] = {}
 
     def _arn(self, service: str, resource: str, regional: bool = True) -> str:
         region = self.region if regional else ""
@@ -194,7 +230,7 @@ class _Mocks(pulumi.runtime.Mocks):
         typ, name = args.typ, args.name
         rid, extra = self._computed(typ, name, inputs)
         state = {**inputs, **extra}
-        secrets = self.pending_secrets.pop((typ, name), frozenset())
+        seen = self.pending.pop((typ, name), None)
         self.resources.append(
             Resource(
                 typ=typ,
@@ -202,8 +238,11 @@ class _Mocks(pulumi.runtime.Mocks):
                 inputs=inputs,
                 provider=args.provider or "",
                 state=state,
-                secret_inputs=secrets,
-                protect=self.pending_protect.pop((typ, name), False),
+                secret_inputs=seen.secret_inputs if seen else frozenset(),
+                protect=seen.protect if seen else False,
+                urn=seen.urn if seen else "",
+                parent=seen.parent if seen else "",
+                aliases=seen.aliases if seen else frozenset(),
             )
         )
         return rid, state
@@ -509,6 +548,28 @@ def _run_isolated(stack: str, config: dict[str, Any]) -> RunResult:
     return RunResult(resources=list(mocks.resources), outputs=outputs, secret_outputs=frozenset(secrets))
 
 
+def _run_in_own_context(stack: str, config: dict[str, Any]) -> RunResult:
+    # A fresh contextvars context per run: Pulumi keeps settings, config and the root Stack in them.
+    result = contextvars.copy_context().run(_run_isolated, stack, config)
+    _keep_out_of_later_collections()
+    return result
+
+
+def _keep_out_of_later_collections() -> None:
+    """Collect the finished program's garbage, then freeze what is left out of the collector's later passes.
+
+    A program run leaves tens of thousands of objects in reference cycles (Pulumi's outputs, tasks and
+    resources), which only a full collection frees, and each full collection walks every object alive: the
+    modules the first program imports (pulumi_aws's generated classes, about 350,000 objects) and every
+    memoised result. Left to itself the collector walked them again and again, a third of the unit suite's
+    time. What is alive right after a run and this collection (modules, results) is frozen: cycles among
+    those objects are never reclaimed, no loss for modules and memoised results. Not after a failed run:
+    its traceback still holds the program's objects.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run(
     stack: str, overrides: Mapping[str, object] | None = None, stack_name: str | None = None
 ) -> RunResult:
@@ -526,8 +587,7 @@ def run(
     key = (name, json.dumps(config, sort_keys=True, default=str))
     cached = _RUNS.get(key)
     if cached is None:
-        # A fresh contextvars context per run: Pulumi keeps settings, config and the root Stack in them.
-        cached = contextvars.copy_context().run(_run_isolated, name, config)
+        cached = _run_in_own_context(name, config)
         _RUNS[key] = cached
     return cached
 
@@ -538,7 +598,7 @@ _RUNS: dict[tuple[str, str], RunResult] = {}
 def run_fresh(stack: str, overrides: Mapping[str, object] | None = None) -> RunResult:
     """Like `run`, but always a new run (not memoised)."""
     config = stack_config(stack, overrides)
-    return contextvars.copy_context().run(_run_isolated, stack, config)
+    return _run_in_own_context(stack, config)
 
 
 def run_program(stack: str, overrides: Mapping[str, object] | None = None) -> list[Resource]:
