@@ -27,7 +27,10 @@ def help_texts() -> dict[str, str]:
         result = CliRunner().invoke(cli, [*path, "--help"], prog_name="dbctl", terminal_width=100)
         assert result.exit_code == 0, (path, result.output)
         texts[" ".join(path) or "(root)"] = result.output.replace(str(ROOT), "<repo>")
-        ctx = click.Context(command, info_name=path[-1] if path else "dbctl", parent=parent)
+        # With the command's own context settings (-h), as click's make_context applies them: a bare
+        # Context would make get_params() cache a help option without -h for every later caller.
+        info_name = path[-1] if path else "dbctl"
+        ctx = click.Context(command, info_name=info_name, parent=parent, **command.context_settings)
         if isinstance(command, click.Group):
             for name in command.list_commands(ctx):
                 sub = command.get_command(ctx, name)

@@ -86,9 +86,9 @@ def cli_commands() -> dict[tuple[str, ...], Command]:
             assert isinstance(command, click.Group)
             sub = command.get_command(ctx, name)
             assert sub is not None, f"dbctl {' '.join(path)} lists {name} but has no such command"
-            walk(sub, (*path, name), click.Context(sub, parent=ctx, info_name=name))
+            walk(sub, (*path, name), click.Context(sub, parent=ctx, info_name=name, **sub.context_settings))
 
-    walk(cli, (), click.Context(cli, info_name="dbctl"))
+    walk(cli, (), click.Context(cli, info_name="dbctl", **cli.context_settings))
     return found
 
 
