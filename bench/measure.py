@@ -1,6 +1,6 @@
 """What a benchmark run cost: CPU from /proc around it, latency percentiles from pgbench's --log files.
 
-Pure parsing (unit-tested in tests/unit/test_bench_measure.py) plus the few reads of /proc that feed it.
+Pure parsing (unit-tested in tests/unit/bench/test_bench_measure.py) plus the few reads of /proc that feed it.
 
 - Machine CPU: the first line of /proc/stat, in USER_HZ ticks. Busy = every state except idle and iowait
   (user, nice, system, irq, softirq, steal); guest and guest_nice are left out because the kernel already

@@ -54,9 +54,9 @@ class RoleSpec:
 
 # The pooled roles: (the NOLOGIN role holding the privileges, its connection limit per login user, settings).
 # The pooled roles' limits must cover every PgBouncer host's pool on one server:
-# hosts x (default_pool_size + reserve_pool_size), 2 x 25 in prod (tests/unit/test_role_limits.py). Each of
-# the two users gets the whole limit: PgBouncer's max_db_connections caps a database's pool across users, so
-# both together never hold more than one user alone could, and either may hold all of it.
+# hosts x (default_pool_size + reserve_pool_size), 2 x 25 in prod (tests/unit/core/test_role_limits.py).
+# Each of the two users gets the whole limit: PgBouncer's max_db_connections caps a database's pool across
+# users, so both together never hold more than one user alone could, and either may hold all of it.
 _POOLED: tuple[tuple[str, frozenset[str], int, Mapping[str, str]], ...] = (
     (
         names.APP_ROLE,

@@ -63,7 +63,7 @@ def primary_parameters(
         Parameter("pg_stat_statements.track", "all"),
         # Not utility statements: with track=all it records the ALTER ROLE … PASSWORD '<verifier>' that
         # dbctl runs nested in a DO block, and spike_monitor reads it through pg_monitor (superuser-only
-        # GUC, so RDS's admin cannot turn it off per session; tests/integration/test_secrets.py).
+        # GUC, so RDS's admin cannot turn it off per session; tests/integration/schema/test_secrets.py).
         Parameter("pg_stat_statements.track_utility", "0"),
         # Keep more distinct statements than the default 5000 before evicting (static).
         Parameter("pg_stat_statements.max", "10000", "pending-reboot"),

@@ -46,7 +46,7 @@ Run `./dev local up --bogus-flag` or `dbctl migrate --stack prod --no-such-optio
 Also `python -m dbctl local status`, `up --replica-port N --frobnicate`, alone `--not-a-flag`.
 Set `pgbouncer.defaultPoolSise` and `alarms.*Percent` and `multiAZ`; read `primary_endpoint` and
 `replica_endpoint`. See `dbctl/local.py`, `components/settings.py`, `dbctl/core/names.py`,
-`tests/integration/test_{cluster,nope}.py`, `.local/tls/ca.crt`, `Pulumi.<stack>.yaml` and `nope.py`.
+`tests/integration/postgres/test_{cluster,nope}.py`, `.local/tls/ca.crt`, `Pulumi.<stack>.yaml` and `nope.py`.
 Code: `dbctl.pgbouncer.config.render_ini`, `dbctl.pgbouncer.config.render_nothing`, `dbctl.nowhere.x`.
 
 ```bash
@@ -74,7 +74,7 @@ def test_the_check_reports_each_mistake_with_its_doc_line_and_token() -> None:
         (6, "replica_endpoint"),
         (6, "dbctl/local.py"),
         (6, "components/settings.py"),
-        (7, "tests/integration/test_{cluster,nope}.py"),
+        (7, "tests/integration/postgres/test_{cluster,nope}.py"),
         (7, "nope.py"),
         (8, "dbctl.pgbouncer.config.render_nothing"),
         (8, "dbctl.nowhere.x"),
@@ -92,7 +92,7 @@ def test_the_check_reports_each_mistake_with_its_doc_line_and_token() -> None:
     assert "`dbctl` has no command 'locl'" in text
     assert "no setting pgbouncer.defaultPoolSise" in text
     assert "no stack output regoin" in text
-    assert "no tests/integration/test_nope.py in the repository" in text
+    assert "no tests/integration/postgres/test_nope.py in the repository" in text
 
 
 @pytest.mark.parametrize(
