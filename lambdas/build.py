@@ -15,7 +15,8 @@ Amazon Linux 2023 (glibc 2.34), which they need at most.
 
 The result is `<build dir>/deps/` plus `manifest.json` (the sha256 of the exported requirements). The Pulumi
 program (`__main__.py`) calls `current_build()` once, before any resource, which refuses a missing or stale
-build with one line saying to run this module; it never downloads anything itself. `BUILD_DIR_ENV` moves the build dir (tests use a temp dir).
+build with one line saying to run this module; it never downloads anything itself. `BUILD_DIR_ENV` moves
+the build dir (tests use a temp dir).
 """
 
 from __future__ import annotations
