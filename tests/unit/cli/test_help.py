@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 from click.testing import CliRunner
 
 from dbctl.cli.main import cli
+from tests.unit.cli import tree
 
 ROOT = Path(__file__).resolve().parents[3]
 REFERENCE = Path(__file__).with_name("help_before_the_split.json")
@@ -22,22 +22,10 @@ REFERENCE = Path(__file__).with_name("help_before_the_split.json")
 def help_texts() -> dict[str, str]:
     """Command path ("" for the root, "local up", ...) -> its --help output, the repo's path as `<repo>`."""
     texts: dict[str, str] = {}
-
-    def walk(command: click.Command, path: list[str], parent: click.Context | None) -> None:
+    for path, _, _ in tree.walk():
         result = CliRunner().invoke(cli, [*path, "--help"], prog_name="dbctl", terminal_width=100)
         assert result.exit_code == 0, (path, result.output)
         texts[" ".join(path) or "(root)"] = result.output.replace(str(ROOT), "<repo>")
-        # With the command's own context settings (-h), as click's make_context applies them: a bare
-        # Context would make get_params() cache a help option without -h for every later caller.
-        info_name = path[-1] if path else "dbctl"
-        ctx = click.Context(command, info_name=info_name, parent=parent, **command.context_settings)
-        if isinstance(command, click.Group):
-            for name in command.list_commands(ctx):
-                sub = command.get_command(ctx, name)
-                assert sub is not None, f"{' '.join([*path, name])} is listed but cannot be loaded"
-                walk(sub, [*path, name], ctx)
-
-    walk(cli, [], None)
     return texts
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import click
 from pydantic import BaseModel
 
+from tests.unit.cli import tree
+
 ROOT = Path(__file__).resolve().parents[3]
 CAMEL = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 # Directories that hold no file of the repository's own, besides what .gitignore names.
@@ -68,11 +70,8 @@ class Truth:
 
 
 def cli_commands() -> dict[tuple[str, ...], Command]:
-    from dbctl.cli.main import cli
-
     found: dict[tuple[str, ...], Command] = {}
-
-    def walk(command: click.Command, path: tuple[str, ...], ctx: click.Context) -> None:
+    for path, command, ctx in tree.walk():
         flags = {
             opt
             for param in command.get_params(ctx)
@@ -82,13 +81,6 @@ def cli_commands() -> dict[tuple[str, ...], Command]:
         subs = command.list_commands(ctx) if isinstance(command, click.Group) else []
         unknown = bool(command.context_settings.get("ignore_unknown_options"))
         found[path] = Command(frozenset(flags), frozenset(subs), unknown)
-        for name in subs:
-            assert isinstance(command, click.Group)
-            sub = command.get_command(ctx, name)
-            assert sub is not None, f"dbctl {' '.join(path)} lists {name} but has no such command"
-            walk(sub, (*path, name), click.Context(sub, parent=ctx, info_name=name, **sub.context_settings))
-
-    walk(cli, (), click.Context(cli, info_name="dbctl", **cli.context_settings))
     return found
 
 
