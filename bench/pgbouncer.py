@@ -58,11 +58,11 @@ from dbctl.core import names
 from dbctl.local.bouncer import pgbouncer_config, pgbouncer_version, pooled_verifiers
 from dbctl.local.lifecycle import down, up
 from dbctl.local.stack import Stack, open_stack
-from dbctl.local.state import HOST, Paths
+from dbctl.local.state import Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.install import find_binary
-from dbctl.postgres.osproc import free_port, service_owner
+from dbctl.postgres.osproc import HOST, free_port, service_owner
 from dbctl.postgres.tls import CertificateAuthority, write_file
 
 # What Prisma sends: the extended protocol.

@@ -41,7 +41,8 @@ from dbctl.local import commands
 from dbctl.local import status as local_status
 from dbctl.local.lifecycle import PSQL_ROLES
 from dbctl.local.stack import Stack, existing_stack
-from dbctl.local.state import HOST, Paths
+from dbctl.local.state import Paths
+from dbctl.postgres.osproc import HOST
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_ENV_VAR = "DBCTL_LOCAL_ROOT"

@@ -16,7 +16,7 @@ import psycopg
 
 from dbctl.core import names
 from dbctl.local.stack import Stack
-from dbctl.local.state import HOST, Credential, LocalError, State
+from dbctl.local.state import Credential, LocalError, State
 from dbctl.pgbouncer.config import (
     POOLED_ROLES,
     ClientTls,
@@ -32,7 +32,7 @@ from dbctl.pgbouncer.process import (
     find_pgbouncer,
     immediate_shutdown_signal,
 )
-from dbctl.postgres.osproc import service_owner
+from dbctl.postgres.osproc import HOST, service_owner
 from dbctl.postgres.tls import write_file
 
 # SHOW POOLS' columns that `local status` and `dbctl report --local` show, in this order.

@@ -12,8 +12,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from dbctl.core import names
-from dbctl.local.state import HOST, Credential, Paths, State
+from dbctl.local.state import Credential, Paths, State
 from dbctl.pgbouncer.config import PREPARED_STATEMENTS_SINCE
+from dbctl.postgres.osproc import HOST
 
 # The seed's variable names, in the order .env lists them.
 ENV_KEYS = ("DATABASE_URL", "DIRECT_URL", "DATABASE_READ_URL", "SHADOW_DATABASE_URL")

@@ -32,11 +32,12 @@ from dbctl.local.bouncer import (
 from dbctl.local.env import SHADOW_DATABASE, env_urls, render_env
 from dbctl.local.migrations import apply_migrations
 from dbctl.local.stack import Echo, Stack, no_replica_reason, open_stack, require_free_port, server_dir
-from dbctl.local.state import HOST, LocalError, Paths, State, write_private
+from dbctl.local.state import LocalError, Paths, State, write_private
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.config import MAX_CONNECTIONS
 from dbctl.postgres.errors import ClusterError
 from dbctl.postgres.install import find_install, system_install
+from dbctl.postgres.osproc import HOST
 from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from dbctl.schema import maintenance
 

@@ -27,7 +27,8 @@ from dbctl.core import names, rotation
 from dbctl.local.bouncer import pgbouncer_running, pgbouncer_version, reload_pgbouncer
 from dbctl.local.lifecycle import write_env
 from dbctl.local.stack import Echo, Stack
-from dbctl.local.state import HOST, Credential, LocalError, save_credentials
+from dbctl.local.state import Credential, LocalError, save_credentials
+from dbctl.postgres.osproc import HOST
 
 STEPS = ("create", "set", "test", "finish")
 POOL_DATABASE = rotation.POOL_DATABASE

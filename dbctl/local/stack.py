@@ -18,7 +18,6 @@ from pathlib import Path
 
 from dbctl.core import names
 from dbctl.local.state import (
-    HOST,
     Credential,
     LocalError,
     Paths,
@@ -28,7 +27,7 @@ from dbctl.local.state import (
 )
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.install import find_install
-from dbctl.postgres.osproc import SERVICE_OS_USER, port_is_free
+from dbctl.postgres.osproc import HOST, SERVICE_OS_USER, port_is_free
 from dbctl.postgres.spec import BOOTSTRAP_SUPERUSER, DEFAULT_ADMIN_USER
 from dbctl.postgres.tls import CertificateAuthority
 

@@ -31,10 +31,6 @@ LOCK_TIMEOUT_S = 600
 RESET_HINT = "`dbctl local reset --yes` (WARNING: This deletes all data!)"
 
 
-# Every server of the local stack listens on this address only, and every URL of `.env` names it.
-HOST = "127.0.0.1"
-
-
 class LocalError(DbctlError):
     """One clear line: what is wrong and how to fix it."""
 

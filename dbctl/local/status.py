@@ -21,7 +21,7 @@ from dbctl.local.bouncer import pgbouncer_binary, pgbouncer_running, show_pools
 from dbctl.local.lifecycle import UNSAFE_NOTE
 from dbctl.local.migrations import migration_status
 from dbctl.local.stack import Stack, no_replica_reason
-from dbctl.local.state import HOST
+from dbctl.postgres.osproc import HOST
 
 T = TypeVar("T")
 

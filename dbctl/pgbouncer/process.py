@@ -53,10 +53,9 @@ from dbctl.pgbouncer.config import (
     render_ini,
     render_userlist,
 )
-from dbctl.postgres.osproc import port_is_free, runnable_by_service_user, server_environment
+from dbctl.postgres.osproc import SERVICE_OS_USER, port_is_free, runnable_by_service_user, server_environment
 
 PACKAGE = "pgbouncer"
-SERVICE_OS_USER = "postgres"
 # Where ./dev builds production's PgBouncer when the system's is older (git-ignored).
 TOOLS_DIR = Path(__file__).resolve().parents[2] / ".tools"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")

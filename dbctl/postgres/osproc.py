@@ -34,7 +34,10 @@ from pathlib import Path
 from dbctl.postgres.errors import ClusterError
 from dbctl.postgres.tls import Owner
 
+# Every server here (the clusters, PgBouncer, the local stack) listens on this address only, and every URL
+# handed out for them names it.
 HOST = "127.0.0.1"
+# The OS user the servers run as when dbctl runs as root (PostgreSQL and PgBouncer both refuse root).
 SERVICE_OS_USER = "postgres"
 
 

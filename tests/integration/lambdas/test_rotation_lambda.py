@@ -21,8 +21,9 @@ from moto import mock_aws
 from dbctl.core import names, rotation
 from dbctl.local.bouncer import pgbouncer_config, pgbouncer_pid
 from dbctl.local.stack import existing_stack
-from dbctl.local.state import HOST, write_private
+from dbctl.local.state import write_private
 from dbctl.pgbouncer.process import PgBouncerServer
+from dbctl.postgres.osproc import HOST
 from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from hosts import pgbouncer_authfile
 from lambdas.rotation import handler

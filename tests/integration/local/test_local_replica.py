@@ -30,12 +30,12 @@ from dbctl.local import replica as local_replica
 from dbctl.local.bouncer import pooled_verifiers
 from dbctl.local.env import libpq_url, read_env
 from dbctl.local.stack import Stack, existing_stack
-from dbctl.local.state import HOST, Paths
+from dbctl.local.state import Paths
 from dbctl.pgbouncer.config import PgBouncerConfig, ServerTls, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer, detect_version, find_pgbouncer
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.config import MAX_CONNECTIONS
-from dbctl.postgres.osproc import free_port, service_owner
+from dbctl.postgres.osproc import HOST, free_port, service_owner
 from tests.integration.local.test_local import (
     LocalStack,
     dbctl_local,

@@ -19,7 +19,8 @@ from dbctl.local.env import (
     render_env,
     url,
 )
-from dbctl.local.state import HOST, Credential, Paths, State
+from dbctl.local.state import Credential, Paths, State
+from dbctl.postgres.osproc import HOST
 
 CA = Path("/home/me/my repo/.local/tls/ca.crt")
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
