@@ -2,7 +2,10 @@
 grant its use, and a key adds statements only for the services that must use it directly."""
 
 import json
+from collections.abc import Sequence
 from typing import Any
+
+import pulumi
 
 
 def key_policy(partition: str, account: str, *statements: dict[str, Any]) -> str:
@@ -16,3 +19,20 @@ def key_policy(partition: str, account: str, *statements: dict[str, Any]) -> str
         "Resource": "*",
     }
     return json.dumps({"Version": "2012-10-17", "Statement": [administers, *statements]})
+
+
+def use_via_secrets_manager(
+    key: pulumi.Input[str] | Sequence[pulumi.Input[str]],
+    region: str,
+    actions: Sequence[str],
+    sid: str = "SecretKeyViaSecretsManager",
+) -> dict[str, Any]:
+    """An IAM statement: `actions` on the stack key only when Secrets Manager in `region` asks for them (to
+    read or write a secret encrypted with it), never directly."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": list(actions),
+        "Resource": key,
+        "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}},
+    }

@@ -31,6 +31,7 @@ import pulumi_aws as aws
 
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
+from components.kms import use_via_secrets_manager
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
@@ -298,15 +299,12 @@ class PgBouncerTier(pulumi.ComponentResource):
             )
         if args.secrets_kms_key_arn is not None:
             statements.append(
-                {
-                    "Sid": "DecryptSecretsViaSecretsManager",
-                    "Effect": "Allow",
-                    "Action": ["kms:Decrypt"],
-                    "Resource": [args.secrets_kms_key_arn],
-                    "Condition": {
-                        "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"}
-                    },
-                }
+                use_via_secrets_manager(
+                    [args.secrets_kms_key_arn],
+                    s.region,
+                    ["kms:Decrypt"],
+                    sid="DecryptSecretsViaSecretsManager",
+                )
             )
         aws.iam.RolePolicy(
             f"{name}-host",

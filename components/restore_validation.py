@@ -29,6 +29,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import vpc_function
+from components.kms import use_via_secrets_manager
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
 from components.vpc_function import VpcFunction, VpcFunctionArgs
@@ -117,17 +118,7 @@ class RestoreValidation(pulumi.ComponentResource):
                                 "Action": ["secretsmanager:GetSecretValue"],
                                 "Resource": args.migrator_secret_arn,
                             },
-                            {
-                                "Sid": "SecretKeyViaSecretsManager",
-                                "Effect": "Allow",
-                                "Action": ["kms:Decrypt"],
-                                "Resource": args.kms_key_arn,
-                                "Condition": {
-                                    "StringEquals": {
-                                        "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"
-                                    }
-                                },
-                            },
+                            use_via_secrets_manager(args.kms_key_arn, s.region, ["kms:Decrypt"]),
                         ],
                     }
                 ),

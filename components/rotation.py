@@ -30,6 +30,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import vpc_function
+from components.kms import use_via_secrets_manager
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
 from components.vpc_function import VpcFunction, VpcFunctionArgs
@@ -120,17 +121,9 @@ class Rotation(pulumi.ComponentResource):
                                 ],
                                 "Resource": rotated,
                             },
-                            {
-                                "Sid": "SecretKeyViaSecretsManager",
-                                "Effect": "Allow",
-                                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-                                "Resource": args.kms_key_arn,
-                                "Condition": {
-                                    "StringEquals": {
-                                        "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"
-                                    }
-                                },
-                            },
+                            use_via_secrets_manager(
+                                args.kms_key_arn, s.region, ["kms:Decrypt", "kms:GenerateDataKey"]
+                            ),
                         ],
                     }
                 ),
