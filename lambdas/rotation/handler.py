@@ -14,7 +14,13 @@ idempotent, since Secrets Manager retries a failed rotation from the step that f
   the pending user, retrying for up to TEST_TIMEOUT_S: the PgBouncer hosts add AWSPENDING's user to their
   auth file on their refresh timer (components/pgbouncer_userdata.py: every 5 min, up to 30 s jitter), so
   the switch waits until they have; finishSecret moves AWSCURRENT to the new version (AWSPREVIOUS follows).
-  The user switched away from is untouched until the next rotation.
+  The user switched away from is untouched until the next rotation. setSecret logs in as the master
+  with its AWSCURRENT, else its AWSPENDING: the master's own rotation may be between its set and finish.
+- **The configuration test**: declaring a rotation with `RotateImmediately` false (every `pulumi up` that
+  creates one) makes Secrets Manager run testSecret once on an AWSPENDING version that no createSecret
+  wrote (no value, or AWSCURRENT's), then remove it. The function recognises it (`is_configuration_test`)
+  and checks only that the secret reads and has a rotation's shape: on a first `pulumi up` no `_a`/`_b`
+  user exists yet and the PgBouncer hosts may still be booting.
 
 Configuration (environment): MASTER_SECRET_ARN, ROLE_SECRETS (JSON {secret ARN: role}), DB_HOST, DB_PORT,
 DB_NAME, PGBOUNCER_HOST, PGBOUNCER_PORT, TEST_TIMEOUT_S (default 420), SSL_ROOT_CERT (the RDS CA bundle
@@ -134,6 +140,38 @@ def create_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
     return f"new version for {value[names.SECRET_USERNAME_KEY]}"
 
 
+def _master_connection(client: Any, cfg: Config) -> psycopg.Connection[Any]:
+    """A session as the master user, for a role's setSecret. Its AWSCURRENT first; when that fails to log
+    in, its AWSPENDING: the master's own rotation may be between its setSecret (the database has the
+    pending password) and its finishSecret (AWSCURRENT still names the old one). Each schedule runs on its
+    own, so a role's and the master's rotations can overlap."""
+    tried: set[str] = set()
+    problem = "no master secret version to log in with"
+    for stage in ("AWSCURRENT", "AWSPENDING", "AWSCURRENT"):  # the last: finishSecret moved it meanwhile
+        try:
+            master = _secret(client, cfg.master_secret_arn, stage)
+        except client.exceptions.ResourceNotFoundException:
+            continue  # no master rotation under way (AWSPENDING), or its test version carries no value
+        password = str(master.get(names.SECRET_PASSWORD_KEY, ""))
+        if not password or password in tried:
+            continue
+        tried.add(password)
+        try:
+            return _connect(
+                cfg.db_host,
+                cfg.db_port,
+                cfg.db_name,
+                str(master[names.SECRET_USERNAME_KEY]),
+                password,
+                cfg.ssl_root_cert,
+            )
+        except psycopg.OperationalError as e:
+            problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise RotationFailed(
+        f"set: cannot log in as the master user with its current or pending secret ({problem})"
+    )
+
+
 def set_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
     pending = _secret(client, arn, "AWSPENDING", token)
     user, password = str(pending[names.SECRET_USERNAME_KEY]), str(pending[names.SECRET_PASSWORD_KEY])
@@ -156,16 +194,7 @@ def set_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
         with conn:
             rotation.set_own_password(conn, verifier)
         return f"{user}'s password set"
-    master = _secret(client, cfg.master_secret_arn, "AWSCURRENT")
-    conn = _connect(
-        cfg.db_host,
-        cfg.db_port,
-        cfg.db_name,
-        str(master[names.SECRET_USERNAME_KEY]),
-        str(master[names.SECRET_PASSWORD_KEY]),
-        cfg.ssl_root_cert,
-    )
-    with conn:
+    with _master_connection(client, cfg) as conn:
         changed = rotation.set_password(conn, user, str(pending[names.SECRET_VERIFIER_KEY]))
     return f"{user}'s verifier {'set' if changed else 'already set'}"
 
@@ -211,6 +240,43 @@ def finish_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
     return "AWSCURRENT moved to the new version"
 
 
+def is_configuration_test(client: Any, arn: str, token: str) -> bool:
+    """Whether a testSecret call is Secrets Manager's configuration test, not a rotation's step.
+
+    With `RotateImmediately` false (components/rotation.py), RotateSecret "tests the rotation configuration
+    by running the testSecret step"; "the test creates an AWSPENDING version of the secret and then removes
+    it" (the RotateSecret API reference; pulumi_aws's `rotate_immediately` docstring). No createSecret ran
+    for that version, so it holds no value, or AWSCURRENT's. A rotation's testSecret always follows its
+    createSecret, whose version holds a new password: never AWSCURRENT's value, never none."""
+    try:
+        pending = client.get_secret_value(SecretId=arn, VersionId=token, VersionStage="AWSPENDING")
+    except client.exceptions.ResourceNotFoundException:
+        return True  # a version without a value (GetSecretValue: ResourceNotFoundException)
+    text = pending.get("SecretString")
+    if not text:
+        return True
+    current = client.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT").get("SecretString")
+    return bool(text == current)
+
+
+def configuration_test(client: Any, cfg: Config, arn: str) -> str:
+    """The configuration test's check: the function can read and decrypt the secret (IAM, the KMS key, the
+    endpoint) and its AWSCURRENT has the shape a rotation needs. It logs in nowhere: on a stack's first
+    `pulumi up` the post-deploy step has not created the `_a`/`_b` users yet and the PgBouncer hosts may
+    still be booting; the first scheduled rotation logs in for real."""
+    current = _secret(client, arn, "AWSCURRENT")
+    user, password = current.get(names.SECRET_USERNAME_KEY), current.get(names.SECRET_PASSWORD_KEY)
+    if not isinstance(user, str) or not user or not isinstance(password, str) or not password:
+        raise RotationFailed(f"secret {arn} (AWSCURRENT) lacks a username or a password")
+    if arn != cfg.master_secret_arn:
+        role = cfg.role_secrets[arn]
+        try:
+            user = rotation.inactive_user(role, _active_user(role, current))
+        except rotation.RotationError as e:
+            raise RotationFailed(str(e)) from None
+    return f"configuration test passed: the secret reads; the next rotation prepares {user}"
+
+
 STEPS = {
     "createSecret": create_secret,
     "setSecret": set_secret,
@@ -239,6 +305,8 @@ def handler(event: dict[str, Any], context: object, client: Any = None, cfg: Con
         outcome = "already current"
     elif "AWSPENDING" not in stages:
         raise RotationFailed(f"version {token} of {arn} is not AWSPENDING")
+    elif step == "testSecret" and is_configuration_test(client, arn, token):
+        outcome = configuration_test(client, cfg, arn)
     elif step not in STEPS:
         raise RotationFailed(f"unknown step {step!r}")
     else:

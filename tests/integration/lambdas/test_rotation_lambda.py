@@ -1,15 +1,15 @@
 """The rotation function (lambdas/rotation/handler.py) against a real local stack, Secrets Manager stubbed.
 
-moto holds the secrets (versions, staging labels, AWSPREVIOUS moving with AWSCURRENT); a thin wrapper adds
-what the Secrets Manager service does before it calls the function (rotation enabled, the new version's
-token staged AWSPENDING). The PgBouncer "host refresh" is the real auth-file helper
-(hosts/pgbouncer_authfile.py) reading the stubbed secrets, then a reload of the local PgBouncer.
+moto holds the secrets (versions, staging labels, AWSPREVIOUS moving with AWSCURRENT);
+tests/integration/lambdas/fake_secretsmanager.py adds what the Secrets Manager service does before it calls
+the function (rotation enabled, the new version staged AWSPENDING with no value until createSecret). The
+PgBouncer "host refresh" is the real auth-file helper (hosts/pgbouncer_authfile.py) reading the stubbed
+secrets, then a reload of the local PgBouncer.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,30 +27,11 @@ from dbctl.postgres.osproc import HOST
 from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from hosts import pgbouncer_authfile
 from lambdas.rotation import handler
+from tests.integration.lambdas.fake_secretsmanager import FakeSecretsManager
 from tests.integration.local.test_local import LocalStack, running_stack
 
 pytestmark = pytest.mark.integration
 REGION = "eu-west-1"
-
-
-class SecretsManager:
-    """moto's client, plus the service's side of a rotation: RotationEnabled and the pending token."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.exceptions = client.exceptions
-        self.tokens: dict[str, str] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def describe_secret(self, SecretId: str) -> dict[str, Any]:
-        metadata = dict(self.client.describe_secret(SecretId=SecretId))
-        versions = dict(metadata["VersionIdsToStages"])
-        token = self.tokens.get(SecretId)
-        if token is not None and token not in versions:
-            versions[token] = ["AWSPENDING"]
-        return {**metadata, "RotationEnabled": True, "VersionIdsToStages": versions}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +41,7 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def aws(stack: LocalStack) -> Iterator[tuple[SecretsManager, handler.Config]]:
+def aws(stack: LocalStack) -> Iterator[tuple[FakeSecretsManager, handler.Config]]:
     creds = json.loads(stack.paths.credentials_file.read_text())
     with mock_aws():
         client = boto3.client("secretsmanager", region_name=REGION)
@@ -91,18 +72,18 @@ def aws(stack: LocalStack) -> Iterator[tuple[SecretsManager, handler.Config]]:
             ssl_root_cert=ca,
             pgbouncer_ca_file=ca,
         )
-        yield SecretsManager(client), cfg
+        yield FakeSecretsManager(client), cfg
 
 
 def step(
-    sm: SecretsManager, cfg: handler.Config, arn: str, name: str, capsys: pytest.CaptureFixture[str]
+    sm: FakeSecretsManager, cfg: handler.Config, arn: str, name: str, capsys: pytest.CaptureFixture[str]
 ) -> str:
-    handler.handler({"SecretId": arn, "ClientRequestToken": sm.tokens[arn], "Step": name}, None, sm, cfg)
+    handler.handler({"SecretId": arn, "ClientRequestToken": sm.started[arn], "Step": name}, None, sm, cfg)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     return str(json.loads(line)["outcome"])
 
 
-def refresh_pgbouncer_hosts(stack: LocalStack, sm: SecretsManager, cfg: handler.Config) -> str:
+def refresh_pgbouncer_hosts(stack: LocalStack, sm: FakeSecretsManager, cfg: handler.Config) -> str:
     """What each PgBouncer host's timer does: the auth file from the secrets' versions, then a reload."""
 
     def fetch(arn: str, stage: str) -> str | None:
@@ -135,13 +116,13 @@ def pooled(stack: LocalStack, secret: dict[str, Any]) -> psycopg.Connection[tupl
 
 
 def test_a_role_rotation_prepares_the_inactive_user_waits_for_pgbouncer_then_switches(
-    stack: LocalStack, aws: tuple[SecretsManager, handler.Config], capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, aws: tuple[FakeSecretsManager, handler.Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
     sm, cfg = aws
     arn = next(a for a, role in cfg.role_secrets.items() if role == names.APP_ROLE)
     before = json.loads(sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"])
     held = pooled(stack, before)
-    sm.tokens[arn] = str(uuid.uuid4())
+    sm.start_rotation(arn)
 
     assert step(sm, cfg, arn, "createSecret", capsys) == f"new version for {names.APP_ROLE}_b"
     assert step(sm, cfg, arn, "createSecret", capsys) == "pending version exists"  # a retry: same version
@@ -184,12 +165,12 @@ def test_a_role_rotation_prepares_the_inactive_user_waits_for_pgbouncer_then_swi
 
 
 def test_the_master_password_rotates_on_the_same_user(
-    stack: LocalStack, aws: tuple[SecretsManager, handler.Config], capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, aws: tuple[FakeSecretsManager, handler.Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
     sm, cfg = aws
     arn = cfg.master_secret_arn
     before = json.loads(sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"])
-    sm.tokens[arn] = str(uuid.uuid4())
+    sm.start_rotation(arn)
     for name in ("createSecret", "setSecret", "testSecret", "finishSecret"):
         step(sm, cfg, arn, name, capsys)
     after = json.loads(sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"])
@@ -232,7 +213,7 @@ def test_the_master_password_rotates_on_the_same_user(
     assert after["password"] not in capsys.readouterr().out
 
 
-def test_a_secret_it_does_not_rotate_is_refused(aws: tuple[SecretsManager, handler.Config]) -> None:
+def test_a_secret_it_does_not_rotate_is_refused(aws: tuple[FakeSecretsManager, handler.Config]) -> None:
     sm, cfg = aws
     other = sm.create_secret(Name="other", SecretString="{}")["ARN"]
     with pytest.raises(handler.RotationFailed, match="is not one this function rotates"):
