@@ -113,6 +113,7 @@ rotation = Rotation(
         primary_port=database.primary.port,
         pgbouncer_endpoint=pgbouncer.endpoint,
         pgbouncer_ca_pem=pgbouncer.ca_certificate_pem,
+        first_versions={"master": database.master_secret_version, **credentials.role_secret_versions},
     ),
 )
 

@@ -87,6 +87,7 @@ class Credentials(pulumi.ComponentResource):
     master_secret: aws.secretsmanager.Secret
     role_secret_arns: dict[str, pulumi.Output[str]]
     role_secrets: dict[str, aws.secretsmanager.Secret]
+    role_secret_versions: dict[str, aws.secretsmanager.SecretVersion]  # each role secret's first version
 
     def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("spike-land-db:index:Credentials", name, None, opts)
@@ -146,6 +147,7 @@ class Credentials(pulumi.ComponentResource):
 
         self.role_secret_arns = {}
         self.role_secrets = {}
+        self.role_secret_versions = {}
         for role in names.LOGIN_ROLES:
             password = _password(f"{name}-{role}-password", self)
             salt = random.RandomBytes(
@@ -159,7 +161,7 @@ class Credentials(pulumi.ComponentResource):
                     lambda a: role_secret_json(str(a[0]), str(a[1]), str(a[2]))
                 )
             )
-            aws.secretsmanager.SecretVersion(
+            self.role_secret_versions[role] = aws.secretsmanager.SecretVersion(
                 # "-v2": the first version written under the rotation rules (the username changed from the
                 # role to its _a user, same password); the single-user layout's version goes with its name.
                 f"{name}-{role}-v2",

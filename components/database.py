@@ -114,6 +114,7 @@ class Database(pulumi.ComponentResource):
     identifier: pulumi.Output[str]
     max_connections: int
     monitoring_role_arn: pulumi.Output[str]
+    master_secret_version: aws.secretsmanager.SecretVersion  # the first; rotation waits for it
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("spike-land-db:index:Database", name, None, opts)
@@ -293,7 +294,7 @@ class Database(pulumi.ComponentResource):
                 }
             )
         )
-        aws.secretsmanager.SecretVersion(
+        self.master_secret_version = aws.secretsmanager.SecretVersion(
             # "-v2": written anew (same value) with INITIAL_STAGE, which ignore_changes would not add.
             f"{name}-master-v2",
             secret_id=creds.master_secret.id,

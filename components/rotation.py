@@ -5,7 +5,10 @@
   read replicas, docs/operations.md) and on each pooled role's secret (alternating users `<role>_a`/`_b`),
   every `rotation.scheduleDays` (default 90, the seed's quarter). `rotate_immediately=False`: the first
   rotation comes on the schedule, not in the middle of the `pulumi up` that enables it (the post-deploy
-  step must have created the `_a`/`_b` users first).
+  step must have created the `_a`/`_b` users first). Declaring it still runs Secrets Manager's
+  configuration test (testSecret on a throwaway AWSPENDING version, pulumi_aws's `rotate_immediately`
+  docstring), which the function recognises and passes without logging in (lambdas/rotation/handler.py);
+  each rotation waits for its secret's first version and the function's route to Secrets Manager.
 - Function: lambdas/rotation/handler.py, python3.13 on arm64 in the private subnets with its own security
   group: 5432 to the database group, 6543 to the PgBouncer NLB's group (testSecret logs in through
   PgBouncer), 443 to the interface endpoints (Secrets Manager's is the network's) or, without them, out.
@@ -78,6 +81,9 @@ class RotationArgs:
     primary_port: pulumi.Input[int]
     pgbouncer_endpoint: pulumi.Input[str]
     pgbouncer_ca_pem: pulumi.Input[str] | None
+    # Each rotated secret's first version ("master" and each pooled role): AWSCURRENT must exist before the
+    # configuration test that declaring the rotation runs.
+    first_versions: Mapping[str, pulumi.Resource]
 
 
 class Rotation(pulumi.ComponentResource):
@@ -149,6 +155,8 @@ class Rotation(pulumi.ComponentResource):
         )
         sg_id = function.security_group_id
 
+        # The configuration test needs the function to reach Secrets Manager: the rotations wait for the path.
+        path: list[pulumi.Resource] = []
         allow_tcp(
             port=POSTGRES_PORT,
             source=sg_id,
@@ -166,7 +174,7 @@ class Rotation(pulumi.ComponentResource):
             opts=child,
         )
         if args.endpoints_security_group_id is not None:
-            allow_tcp(
+            path += allow_tcp(
                 port=HTTPS,
                 source=sg_id,
                 target=args.endpoints_security_group_id,
@@ -175,7 +183,7 @@ class Rotation(pulumi.ComponentResource):
                 opts=child,
             )
         else:
-            https_out(
+            path += https_out(
                 f"{name}-fn-https",
                 source=sg_id,
                 description="Secrets Manager through the VPC egress (NAT or endpoints)",
@@ -183,6 +191,9 @@ class Rotation(pulumi.ComponentResource):
             )
 
         keys = {"master": args.master_secret_arn, **role_arns}
+        missing = [key for key in keys if key not in args.first_versions]
+        if missing:
+            raise ValueError(f"RotationArgs.first_versions lacks {', '.join(missing)}")
         for key, arn in keys.items():
             permission = aws.lambda_.Permission(
                 f"{name}-from-secretsmanager-{key}",
@@ -201,7 +212,9 @@ class Rotation(pulumi.ComponentResource):
                     automatically_after_days=s.rotation.schedule_days
                 ),
                 rotate_immediately=False,
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[permission])),
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[permission, args.first_versions[key], *path])
+                ),
             )
 
         self.function_arn = function.function_arn

@@ -21,10 +21,11 @@ def allow_tcp(
     egress: tuple[str, str],
     ingress: tuple[str, str],
     opts: pulumi.ResourceOptions,
-) -> None:
-    """`egress` and `ingress` are (resource name, rule description) for the source's and the target's rule."""
+) -> list[pulumi.Resource]:
+    """`egress` and `ingress` are (resource name, rule description) for the source's and the target's rule.
+    Returns both rules (something that must wait until the path is open depends on them)."""
     (egress_name, egress_description), (ingress_name, ingress_description) = egress, ingress
-    aws.vpc.SecurityGroupEgressRule(
+    out = aws.vpc.SecurityGroupEgressRule(
         egress_name,
         security_group_id=source,
         ip_protocol="tcp",
@@ -34,7 +35,7 @@ def allow_tcp(
         description=egress_description,
         opts=opts,
     )
-    aws.vpc.SecurityGroupIngressRule(
+    into = aws.vpc.SecurityGroupIngressRule(
         ingress_name,
         security_group_id=target,
         ip_protocol="tcp",
@@ -44,14 +45,15 @@ def allow_tcp(
         description=ingress_description,
         opts=opts,
     )
+    return [out, into]
 
 
 def https_out(
     name: str, *, source: pulumi.Input[str], description: str, opts: pulumi.ResourceOptions
-) -> None:
+) -> list[pulumi.Resource]:
     """HTTPS from a group to anywhere: AWS APIs through the VPC's own egress (NAT or endpoints), for an
     adopted VPC whose interface endpoints this stack does not manage."""
-    aws.vpc.SecurityGroupEgressRule(
+    rule = aws.vpc.SecurityGroupEgressRule(
         name,
         security_group_id=source,
         ip_protocol="tcp",
@@ -61,3 +63,4 @@ def https_out(
         description=description,
         opts=opts,
     )
+    return [rule]

@@ -132,7 +132,7 @@ class FakeSecretsManager:
         self.started[arn] = token
         return token
 
-    def _call(self, arn: str, token: str, step: str) -> None:
+    def run_step(self, arn: str, token: str, step: str) -> None:
         event = {"SecretId": arn, "ClientRequestToken": token, "Step": step}
         self.invocations.append(event)
         assert self.invoke is not None, "FakeSecretsManager(invoke=...) runs the rotation function"
@@ -145,7 +145,7 @@ class FakeSecretsManager:
         token = self.start_rotation(arn)
         if RotateImmediately:
             for step in STEPS:
-                self._call(arn, token, step)
+                self.run_step(arn, token, step)
             return {"ARN": arn, "VersionId": token}
         if test_version == "AWSCURRENT's value":
             current = self.client.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"]
@@ -153,7 +153,7 @@ class FakeSecretsManager:
             self.client.put_secret_value(
                 SecretId=arn, ClientRequestToken=token, SecretString=current, VersionStages=["AWSPENDING"]
             )
-        self._call(arn, token, "testSecret")  # raises: RotateSecret fails, AWSPENDING stays
+        self.run_step(arn, token, "testSecret")  # raises: RotateSecret fails, AWSPENDING stays
         if arn in self.empty:
             del self.empty[arn]
         else:

@@ -159,7 +159,7 @@ def test_a_role_rotates_while_the_masters_rotation_is_between_its_set_and_finish
         sm = FakeSecretsManager(client, lambda event: handler.handler(event, None, sm, cfg))
         token = sm.start_rotation(arns["master"])
         for step in ("createSecret", "setSecret"):
-            sm.invoke({"SecretId": arns["master"], "ClientRequestToken": token, "Step": step})
+            sm.run_step(arns["master"], token, step)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(cluster.admin_conninfo()).close()  # AWSCURRENT's password no longer logs in
 
@@ -168,5 +168,5 @@ def test_a_role_rotates_while_the_masters_rotation_is_between_its_set_and_finish
         assert app[names.SECRET_USERNAME_KEY] == f"{names.APP_ROLE}_b"
 
         for step in ("testSecret", "finishSecret"):  # the master's rotation completes as usual
-            sm.invoke({"SecretId": arns["master"], "ClientRequestToken": token, "Step": step})
+            sm.run_step(arns["master"], token, step)
         assert sm.pending_version(arns["master"]) is None

@@ -56,6 +56,29 @@ def test_every_rotated_secret_has_a_schedule_on_the_function(stack: str) -> None
 
 
 @pytest.mark.parametrize("stack", STACKS)
+def test_each_rotation_waits_for_its_secrets_first_version_and_the_functions_path_to_secrets_manager(
+    stack: str,
+) -> None:
+    """Declaring a rotation runs the function's testSecret on an AWSPENDING version (the configuration test:
+    lambdas/rotation/handler.py): the secret must have its AWSCURRENT and the function its route to
+    Secrets Manager (egress to the endpoints' group, and their ingress) by then."""
+    r = result(stack)
+    versions = {
+        v.inputs["secretId"]: v.urn
+        for v in of_type(r.resources, "aws:secretsmanager/secretVersion:SecretVersion")
+    }
+    path = {
+        res.urn
+        for res in r.resources
+        if res.name in ("rotation-fn-to-endpoints", "rotation-endpoints-from-fn", "rotation-fn-https")
+    }
+    assert len(path) == 2  # both stacks have the interface endpoints
+    for schedule in of_type(r.resources, ROTATION):
+        assert versions[schedule.inputs["secretId"]] in schedule.dependencies
+        assert path <= schedule.dependencies
+
+
+@pytest.mark.parametrize("stack", STACKS)
 def test_secrets_manager_may_invoke_the_function_for_those_secrets_only(stack: str) -> None:
     r = result(stack)
     fn = function(r)
