@@ -7,8 +7,9 @@
   it on 5432 (a rule added here), and it reaches AWS APIs through the interface endpoints (HTTPS to the
   endpoints SG, admitted here too). AWS Backup and RDS API endpoints are added here when the network creates
   endpoints (the network's list serves the PgBouncer hosts and has neither).
-- IAM: DescribeRestoreJob / PutRestoreValidationResult on this account's and region's restore jobs (a job
-  has no ARN before it exists; the function checks the job's plan), DescribeDBInstances, GetSecretValue on
+- IAM: DescribeRestoreJob / PutRestoreValidationResult on "*" in the stack's region (`aws:RequestedRegion`:
+  AWS Backup has no restore-job resource type to scope them to; the function checks the job's plan),
+  DescribeDBInstances, GetSecretValue on
   the migrator's secret only, kms:Decrypt on the stack key only through Secrets Manager, VPC/logs basics.
 - A FAILED validation reaches the alarm topic: a metric filter on the function's JSON result line
   (`validationStatus` FAILED) and an alarm on it; a second alarm on the function's Errors (crashed or timed
@@ -42,6 +43,8 @@ API_ENDPOINT_SERVICES: Final = ("backup", "rds")
 TIMEOUT_S: Final = 300
 MEMORY_MB: Final = 256
 FAILED_METRIC: Final = "RestoreValidationFailed"
+# Actions without resource-level permissions (no restore-job ARN type): granted on "*" in the stack's region.
+RESTORE_JOB_ACTIONS: Final = ("backup:DescribeRestoreJob", "backup:PutRestoreValidationResult")
 METRIC_NAMESPACE: Final = "SpikeLandDb"
 
 
@@ -101,10 +104,14 @@ class RestoreValidation(pulumi.ComponentResource):
                         "Version": "2012-10-17",
                         "Statement": [
                             {
+                                # AWS Backup defines no restore-job resource type: these two actions take
+                                # only "*" (Service Authorization Reference). The region condition bounds
+                                # them; the function checks each job's plan itself.
                                 "Sid": "RestoreJobs",
                                 "Effect": "Allow",
-                                "Action": ["backup:DescribeRestoreJob", "backup:PutRestoreValidationResult"],
-                                "Resource": f"arn:{partition}:backup:{s.region}:{account}:restore-job:*",
+                                "Action": list(RESTORE_JOB_ACTIONS),
+                                "Resource": "*",
+                                "Condition": {"StringEquals": {"aws:RequestedRegion": s.region}},
                             },
                             {
                                 "Sid": "RestoredInstance",

@@ -4,7 +4,8 @@ An EventBridge rule sends this function the `Restore Job State Change` events (s
 stack's restore testing plan. For each, it:
 
 1. reads the job (`backup:DescribeRestoreJob`) and ignores it unless it was created by this stack's plan
-   (`CreatedBy.RestoreTestingPlanArn`) and is COMPLETED;
+   (`CreatedBy.RestoreTestingPlanArn`) and is COMPLETED; when the job cannot be read, the event's own
+   `detail.restoreTestingPlanArn` (the rule matched it) decides, and the validation is FAILED with why;
 2. finds the restored instance (`rds:DescribeDBInstances` on `CreatedResourceArn`) and reads the migrator's
    credentials from Secrets Manager (the restored instance has the roles as they were at backup time);
 3. connects to the restored instance and to the source primary, both read-only and `verify-full` with the
@@ -149,20 +150,10 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def validate(
-    event: Mapping[str, Any], cfg: Config, backup: Any, rds: Any, secrets: Any, connect: Connect
-) -> dict[str, str]:
-    """Validate the restore job of one event and report the result; returns what was reported (or why not)."""
-    detail = event.get("detail") or {}
-    job_id = detail.get("restoreJobId")
-    if not job_id:
-        return {"result": "ignored", "reason": "no detail.restoreJobId in the event"}
-    job = backup.describe_restore_job(RestoreJobId=job_id)
-    plan = (job.get("CreatedBy") or {}).get("RestoreTestingPlanArn")
-    if plan != cfg.plan_arn:
-        return {"result": "ignored", "reason": f"restore job {job_id} is not from {cfg.plan_arn}"}
-    if job.get("Status") != "COMPLETED":
-        return {"result": "ignored", "reason": f"restore job {job_id} is {job.get('Status')}"}
+def _check(
+    job: Mapping[str, Any], cfg: Config, rds: Any, secrets: Any, connect: Connect
+) -> tuple[list[str], Snapshot | None]:
+    """The problems with the restored database (empty: a good copy) and its snapshot when it was read."""
     try:
         instances = rds.describe_db_instances(DBInstanceIdentifier=job["CreatedResourceArn"])["DBInstances"]
         endpoint = instances[0]["Endpoint"]
@@ -170,10 +161,39 @@ def validate(
         user, password = secret["username"], secret["password"]
         restored = _read(connect, endpoint["Address"], int(endpoint["Port"]), cfg, user, password)
         source = _read(connect, cfg.source_host, cfg.source_port, cfg, user, password)
-        found = problems(restored, source, job.get("RecoveryPointCreationDate"), cfg.min_row_fraction)
+        return problems(
+            restored, source, job.get("RecoveryPointCreationDate"), cfg.min_row_fraction
+        ), restored
     except Exception as e:  # any failure to check is a FAILED validation, and is reported
-        found = [f"validation could not run: {type(e).__name__}: {_one_line(e)}"]
-        restored = None
+        return [f"validation could not run: {type(e).__name__}: {_one_line(e)}"], None
+
+
+def validate(
+    event: Mapping[str, Any], cfg: Config, backup: Any, rds: Any, secrets: Any, connect: Connect
+) -> dict[str, str]:
+    """Validate the restore job of one event and report the result; returns what was reported (or why not).
+
+    The result line (`validationStatus`) is printed before the report, so a FAILED validation reaches the
+    alarm even when PutRestoreValidationResult itself fails (that failure is then raised: the Errors alarm,
+    EventBridge's retries and the dead-letter queue)."""
+    detail = event.get("detail") or {}
+    job_id = detail.get("restoreJobId")
+    if not job_id:
+        return {"result": "ignored", "reason": "no detail.restoreJobId in the event"}
+    restored: Snapshot | None = None
+    try:
+        job = backup.describe_restore_job(RestoreJobId=job_id)
+    except Exception as e:  # AccessDenied, throttling, ...: the rule matched this plan, so report it
+        if detail.get("restoreTestingPlanArn") != cfg.plan_arn:
+            return {"result": "ignored", "reason": f"restore job {job_id} is not from {cfg.plan_arn}"}
+        found = [f"validation could not run: DescribeRestoreJob failed: {type(e).__name__}: {_one_line(e)}"]
+    else:
+        plan = (job.get("CreatedBy") or {}).get("RestoreTestingPlanArn")
+        if plan != cfg.plan_arn:
+            return {"result": "ignored", "reason": f"restore job {job_id} is not from {cfg.plan_arn}"}
+        if job.get("Status") != "COMPLETED":
+            return {"result": "ignored", "reason": f"restore job {job_id} is {job.get('Status')}"}
+        found, restored = _check(job, cfg, rds, secrets, connect)
     if found:
         status, message = "FAILED", "; ".join(found)
     else:
@@ -181,10 +201,10 @@ def validate(
         counts = ", ".join(f"{t}={restored.counts[t]}" for t in CRITICAL_TABLES)
         status, message = "SUCCESSFUL", f"migrations and row counts match the source ({counts})"
     message = message[:MESSAGE_LIMIT]
+    print(json.dumps({"restoreJobId": job_id, "validationStatus": status, "message": message}))
     backup.put_restore_validation_result(
         RestoreJobId=job_id, ValidationStatus=status, ValidationStatusMessage=message
     )
-    print(json.dumps({"restoreJobId": job_id, "validationStatus": status, "message": message}))
     return {"result": status, "message": message}
 
 

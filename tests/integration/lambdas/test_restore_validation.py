@@ -143,7 +143,12 @@ def event(job_id: str = JOB_ID) -> dict[str, Any]:
     return {
         "source": "aws.backup",
         "detail-type": "Restore Job State Change",
-        "detail": {"restoreJobId": job_id, "status": "COMPLETED", "createdResourceArn": RESTORED_ARN},
+        "detail": {  # what the rule matches (components/restore_validation.py): the status and the plan
+            "restoreJobId": job_id,
+            "status": "COMPLETED",
+            "createdResourceArn": RESTORED_ARN,
+            "restoreTestingPlanArn": PLAN_ARN,
+        },
     }
 
 
@@ -324,3 +329,49 @@ def test_an_unreachable_instance_is_failed_without_the_password_in_the_message(
     result = run(aws, config(source, ca_bundle))
     assert result["message"].startswith("validation could not run: OperationalError:")
     assert password not in result["message"]
+
+
+BARE_CONFIG = handler.Config(PLAN_ARN, SECRET_ARN, "127.0.0.1", 5432, "spike_land", 0.5, "ca.pem")
+
+
+@pytest.mark.integration
+def test_a_restore_job_it_cannot_read_is_reported_failed_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DescribeRestoreJob denied (or throttled): the rule matched this stack's plan, so the job is FAILED
+    with the reason, and the result line reaches the FAILED alarm, instead of a crash and a TIMED_OUT."""
+    aws = Aws()
+    aws.stubs[0].add_client_error(
+        "describe_restore_job",
+        service_error_code="AccessDeniedException",
+        service_message="not authorized to perform: backup:DescribeRestoreJob",
+        http_status_code=403,
+        expected_params={"RestoreJobId": JOB_ID},
+    )
+    aws.expect_result("FAILED")
+    result = run(aws, BARE_CONFIG)
+    assert result["message"].startswith("validation could not run: DescribeRestoreJob failed: ClientError:")
+    assert "backup:DescribeRestoreJob" in result["message"]
+    assert json.loads(capsys.readouterr().out)["validationStatus"] == "FAILED"
+    # Another plan's event (a rule matching more than it should) is not reported on that plan's behalf.
+    aws = Aws()
+    aws.stubs[0].add_client_error("describe_restore_job", service_error_code="ThrottlingException")
+    other = {**event(), "detail": {**event()["detail"], "restoreTestingPlanArn": OTHER_PLAN_ARN}}
+    assert handler.validate(other, BARE_CONFIG, aws.backup, aws.rds, aws.secrets, psycopg.connect)[
+        "result"
+    ] == ("ignored")
+    aws.done()
+
+
+@pytest.mark.integration
+def test_a_report_that_fails_still_prints_the_failed_line_then_raises(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws = Aws()
+    aws.job()
+    aws.stubs[1].add_client_error("describe_db_instances", service_error_code="DBInstanceNotFound")
+    aws.stubs[0].add_client_error("put_restore_validation_result", service_error_code="AccessDeniedException")
+    with pytest.raises(aws.backup.exceptions.ClientError, match="AccessDenied"):
+        handler.validate(event(), BARE_CONFIG, aws.backup, aws.rds, aws.secrets, psycopg.connect)
+    aws.done()
+    assert json.loads(capsys.readouterr().out)["validationStatus"] == "FAILED"

@@ -378,6 +378,9 @@ _STAR_ONLY_ACTIONS = {
     "ssmmessages:OpenDataChannel",
     "ec2messages:*",
     "logs:DescribeLogGroups",
+    # AWS Backup defines no restore-job resource type (Service Authorization Reference, AWS Backup).
+    "backup:DescribeRestoreJob",
+    "backup:PutRestoreValidationResult",
 }
 
 
