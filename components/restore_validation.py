@@ -30,6 +30,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import vpc_function
+from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
@@ -45,7 +46,6 @@ MEMORY_MB: Final = 256
 FAILED_METRIC: Final = "RestoreValidationFailed"
 # Actions without resource-level permissions (no restore-job ARN type): granted on "*" in the stack's region.
 RESTORE_JOB_ACTIONS: Final = ("backup:DescribeRestoreJob", "backup:PutRestoreValidationResult")
-METRIC_NAMESPACE: Final = "SpikeLandDb"
 
 
 def completed_restore_pattern(plan_arn: str) -> dict[str, object]:
@@ -218,7 +218,12 @@ class RestoreValidation(pulumi.ComponentResource):
             log_group_name=function.log_group_name,
             pattern='{ $.validationStatus = "FAILED" }',
             metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
-                name=FAILED_METRIC, namespace=METRIC_NAMESPACE, value="1", unit="Count"
+                # The stack's own namespace: a constant one would be shared by every stack in the account
+                # (dev's failures firing prod's alarm), as the pool and slow-query metrics are not.
+                name=FAILED_METRIC,
+                namespace=custom_namespace(s.stack),
+                value="1",
+                unit="Count",
             ),
             opts=child,
         )
@@ -246,7 +251,7 @@ class RestoreValidation(pulumi.ComponentResource):
         alarm(
             "failed",
             "a restore test's validation FAILED (the restore job says why)",
-            METRIC_NAMESPACE,
+            custom_namespace(s.stack),
             FAILED_METRIC,
             {},
         )

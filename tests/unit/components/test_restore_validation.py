@@ -157,6 +157,7 @@ def test_a_failed_validation_and_a_crash_reach_the_alarm_topic(stack: str) -> No
     allowed = statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
     assert any(fnmatch.fnmatchcase(log_group.state["arn"], pattern) for pattern in allowed)
     transform = metric_filter.inputs["metricTransformation"]
+    assert transform["namespace"] == f"SpikeLandDb/{stack}"  # per stack: dev's failures never fire prod's
     alarms = of_type(r.resources, "aws:cloudwatch/metricAlarm:MetricAlarm")
     failed = named(alarms, "restore-validation-failed")
     assert (failed.inputs["namespace"], failed.inputs["metricName"]) == (
