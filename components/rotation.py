@@ -150,6 +150,8 @@ class Rotation(pulumi.ComponentResource):
                     "PGBOUNCER_CA_PEM": args.pgbouncer_ca_pem or "",
                 },
                 moved_from=self,
+                # What it logs names secrets and users (never a value): the stack key, as the rest.
+                log_kms_key_arn=args.kms_key_arn,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

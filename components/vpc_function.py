@@ -74,7 +74,8 @@ class VpcFunctionArgs:
     environment: Mapping[str, pulumi.Input[str]]
     # The component that declared these resources itself before this one existed: their old parent.
     moved_from: pulumi.Resource
-    log_kms_key_arn: pulumi.Input[str] | None = None  # None: CloudWatch Logs' own encryption
+    # The stack key (docs/verification.md: KMS on every log group); required, so no function forgets it.
+    log_kms_key_arn: pulumi.Input[str]
 
 
 class VpcFunction(pulumi.ComponentResource):

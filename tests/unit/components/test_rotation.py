@@ -3,6 +3,7 @@ first versions of the rotated secrets; the rotation step's pure parts (dbctl.rot
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from functools import cache
 from pathlib import Path
@@ -76,6 +77,18 @@ def test_each_rotation_waits_for_its_secrets_first_version_and_the_functions_pat
     for schedule in of_type(r.resources, ROTATION):
         assert versions[schedule.inputs["secretId"]] in schedule.dependencies
         assert path <= schedule.dependencies
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_functions_log_group_is_encrypted_with_the_stack_key_whose_policy_admits_it(stack: str) -> None:
+    r = result(stack)
+    group = named(of_type(r.resources, "aws:cloudwatch/logGroup:LogGroup"), "rotation-fn")
+    assert group.inputs["name"] == f"/aws/lambda/{function(r).inputs['name']}"
+    key = named(of_type(r.resources, "aws:kms/key:Key"), "credentials-key")
+    assert group.inputs["kmsKeyId"] == key.state["arn"] == r.outputs["kms_key_arn"]
+    statement = next(st for st in json.loads(key.inputs["policy"])["Statement"] if "Logs" in st["Sid"])
+    allowed = statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
+    assert any(fnmatch.fnmatchcase(group.state["arn"], pattern) for pattern in allowed)
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -43,7 +43,7 @@ CALLERS = {
         "credential rotation function",
         "rotation-",
         600,
-        False,
+        True,  # since issue 22: in place on a deployed stack (CloudWatch Logs AssociateKmsKey)
     ),
 }
 
