@@ -21,18 +21,29 @@ def key_policy(partition: str, account: str, *statements: dict[str, Any]) -> str
     return json.dumps({"Version": "2012-10-17", "Statement": [administers, *statements]})
 
 
+def use_via(
+    service: str,
+    key: pulumi.Input[str] | Sequence[pulumi.Input[str]],
+    region: str,
+    actions: Sequence[str],
+    sid: str,
+) -> dict[str, Any]:
+    """An IAM statement: `actions` on the stack key only when `service` (secretsmanager, sqs) in `region`
+    asks for them (to read or write something encrypted with it), never directly."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": list(actions),
+        "Resource": key,
+        "Condition": {"StringEquals": {"kms:ViaService": f"{service}.{region}.amazonaws.com"}},
+    }
+
+
 def use_via_secrets_manager(
     key: pulumi.Input[str] | Sequence[pulumi.Input[str]],
     region: str,
     actions: Sequence[str],
     sid: str = "SecretKeyViaSecretsManager",
 ) -> dict[str, Any]:
-    """An IAM statement: `actions` on the stack key only when Secrets Manager in `region` asks for them (to
-    read or write a secret encrypted with it), never directly."""
-    return {
-        "Sid": sid,
-        "Effect": "Allow",
-        "Action": list(actions),
-        "Resource": key,
-        "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}},
-    }
+    """`use_via` Secrets Manager: to read or write a secret encrypted with the stack key."""
+    return use_via("secretsmanager", key, region, actions, sid)

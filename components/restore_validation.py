@@ -12,8 +12,10 @@
   DescribeDBInstances, GetSecretValue on
   the migrator's secret only, kms:Decrypt on the stack key only through Secrets Manager, VPC/logs basics.
 - A FAILED validation reaches the alarm topic: a metric filter on the function's JSON result line
-  (`validationStatus` FAILED) and an alarm on it; a second alarm on the function's Errors (crashed or timed
-  out before it could report).
+  (`validationStatus` FAILED, in the stack's namespace `SpikeLandDb/<stack>`) and an alarm on it; a second
+  alarm on the function's Errors (crashed or timed out before it could report); a third on the
+  dead-letter queue (an SQS queue, stack key), where Lambda puts an event still failing after its two
+  asynchronous retries (`FunctionEventInvokeConfig` on-failure destination).
 - Code: handler.py, the RDS CA bundle (fetched at deploy, as the PgBouncer tier does) and psycopg from
   lambdas/build.py's locked arm64 build (`code_archive`).
 """
@@ -31,7 +33,7 @@ import pulumi_aws as aws
 
 from components import vpc_function
 from components.alarm_rules import custom_namespace
-from components.kms import use_via_secrets_manager
+from components.kms import use_via, use_via_secrets_manager
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
 from components.vpc_function import VpcFunction, VpcFunctionArgs
@@ -42,6 +44,8 @@ from lambdas import build
 HTTPS: Final = 443
 API_ENDPOINT_SERVICES: Final = ("backup", "rds")
 TIMEOUT_S: Final = 300
+ASYNC_RETRIES: Final = 2  # Lambda's own for an asynchronous invocation (EventBridge's), then the queue
+DEAD_LETTER_RETENTION_S: Final = 14 * 24 * 3600  # SQS's longest
 MEMORY_MB: Final = 256
 FAILED_METRIC: Final = "RestoreValidationFailed"
 # Actions without resource-level permissions (no restore-job ARN type): granted on "*" in the stack's region.
@@ -91,6 +95,16 @@ class RestoreValidation(pulumi.ComponentResource):
         partition, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
 
+        # An event the function still fails on after Lambda's retries (it crashed, timed out, or could not
+        # report) lands here instead of vanishing; an alarm says so. Lambda sends it with the function's
+        # role, encrypted with the stack key through SQS.
+        dead_letters = aws.sqs.Queue(
+            f"{name}-dead-letters",
+            name=f"{prefix}-restore-validation-dlq",
+            kms_master_key_id=args.kms_key_arn,
+            message_retention_seconds=DEAD_LETTER_RETENTION_S,
+            opts=child,
+        )
         function = VpcFunction(
             f"{name}-fn",
             VpcFunctionArgs(
@@ -126,6 +140,19 @@ class RestoreValidation(pulumi.ComponentResource):
                                 "Resource": args.migrator_secret_arn,
                             },
                             use_via_secrets_manager(args.kms_key_arn, s.region, ["kms:Decrypt"]),
+                            {
+                                "Sid": "DeadLetters",
+                                "Effect": "Allow",
+                                "Action": ["sqs:SendMessage"],
+                                "Resource": dead_letters.arn,
+                            },
+                            use_via(
+                                "sqs",
+                                args.kms_key_arn,
+                                s.region,
+                                ["kms:GenerateDataKey", "kms:Decrypt"],
+                                "DeadLetterKeyViaSqs",
+                            ),
                         ],
                     }
                 ),
@@ -149,6 +176,18 @@ class RestoreValidation(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         sg_id = function.security_group_id
+        aws.lambda_.FunctionEventInvokeConfig(
+            f"{name}-async",
+            function_name=function.function_name,
+            maximum_retry_attempts=ASYNC_RETRIES,
+            destination_config=aws.lambda_.FunctionEventInvokeConfigDestinationConfigArgs(
+                on_failure=aws.lambda_.FunctionEventInvokeConfigDestinationConfigOnFailureArgs(
+                    destination=dead_letters.arn
+                )
+            ),
+            # The role's SendMessage must exist first (Lambda checks the destination's permissions).
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[function])),
+        )
 
         allow_tcp(
             port=POSTGRES_PORT,
@@ -229,7 +268,12 @@ class RestoreValidation(pulumi.ComponentResource):
         )
 
         def alarm(
-            key: str, what: str, namespace: str, metric: str, dimensions: dict[str, pulumi.Input[str]]
+            key: str,
+            what: str,
+            namespace: str,
+            metric: str,
+            dimensions: dict[str, pulumi.Input[str]],
+            statistic: str = "Sum",
         ) -> None:
             aws.cloudwatch.MetricAlarm(
                 f"{name}-{key}",
@@ -238,7 +282,7 @@ class RestoreValidation(pulumi.ComponentResource):
                 namespace=namespace,
                 metric_name=metric,
                 dimensions=dimensions or None,
-                statistic="Sum",
+                statistic=statistic,
                 period=300,
                 evaluation_periods=1,
                 threshold=1,
@@ -261,6 +305,14 @@ class RestoreValidation(pulumi.ComponentResource):
             "AWS/Lambda",
             "Errors",
             {"FunctionName": function.function_name},
+        )
+        alarm(
+            "dead-letters",
+            "a restore-test event the function failed on after its retries is in the dead-letter queue",
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            {"QueueName": dead_letters.name},
+            statistic="Maximum",
         )
 
         self.function_arn = function.function_arn

@@ -47,6 +47,7 @@ NAME_LIMITS: dict[str, int] = {
     "aws:backup/selection:Selection": 50,
     "aws:backup/restoreTestingPlan:RestoreTestingPlan": 50,
     "aws:backup/restoreTestingSelection:RestoreTestingSelection": 50,
+    "aws:sqs/queue:Queue": 80,  # SQS API reference, CreateQueue QueueName
 }
 PREFIX_LIMITS = {"aws:lb/targetGroup:TargetGroup": 6, "aws:lb/loadBalancer:LoadBalancer": 6}
 # Other inputs that name something, with their own limits.

@@ -119,6 +119,8 @@ def test_the_role_reads_only_the_migrators_secret_and_reports_only_restore_jobs(
         "RestoredInstance",
         "MigratorSecret",
         "SecretKeyViaSecretsManager",
+        "DeadLetters",
+        "DeadLetterKeyViaSqs",
     }
     secret = statements["MigratorSecret"]
     assert secret["Action"] == ["secretsmanager:GetSecretValue"]
@@ -234,3 +236,39 @@ def test_a_min_fraction_outside_0_to_1_is_refused_before_any_resource(value: flo
 def test_the_min_fraction_setting_reaches_the_function() -> None:
     r = run("dev", {"backups.restoreValidationMinFraction": 0.8})
     assert function(r).inputs["environment"]["variables"]["MIN_ROW_FRACTION"] == "0.8"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_an_event_still_failing_after_lambdas_retries_lands_in_an_encrypted_queue_that_alarms(
+    stack: str,
+) -> None:
+    """EventBridge invokes the function asynchronously: after Lambda's two retries a failing event would be
+    dropped. The on-failure destination keeps it (the function's role sends it, through the stack key)."""
+    r = result(stack)
+    queue = one(r.resources, "aws:sqs/queue:Queue")
+    assert queue.inputs["name"] == f"spike-land-{stack}-restore-validation-dlq"
+    assert queue.inputs["kmsMasterKeyId"] == r.outputs["kms_key_arn"]
+    assert queue.inputs["messageRetentionSeconds"] == 14 * 24 * 3600
+    invoke = one(r.resources, "aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig")
+    assert invoke.inputs["functionName"] == function(r).state["name"]
+    assert invoke.inputs["maximumRetryAttempts"] == 2
+    assert invoke.inputs["destinationConfig"] == {"onFailure": {"destination": queue.state["arn"]}}
+    role_policy = named(of_type(r.resources, "aws:iam/rolePolicy:RolePolicy"), "restore-validation-fn")
+    assert role_policy.urn in invoke.dependencies  # Lambda checks the role may send to the destination
+    statements = policy_statements(r)
+    assert statements["DeadLetters"]["Action"] == ["sqs:SendMessage"]
+    assert statements["DeadLetters"]["Resource"] == queue.state["arn"]
+    key = statements["DeadLetterKeyViaSqs"]
+    assert key["Resource"] == r.outputs["kms_key_arn"]
+    assert key["Condition"] == {"StringEquals": {"kms:ViaService": "sqs.eu-west-1.amazonaws.com"}}
+    assert sorted(key["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    alarm = named(
+        of_type(r.resources, "aws:cloudwatch/metricAlarm:MetricAlarm"), "restore-validation-dead-letters"
+    )
+    assert (alarm.inputs["namespace"], alarm.inputs["metricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert alarm.inputs["dimensions"] == {"QueueName": queue.inputs["name"]}
+    assert alarm.inputs["statistic"] == "Maximum" and alarm.inputs["threshold"] == 1
+    assert alarm.inputs["alarmActions"] == [r.outputs["alarm_topic_arn"]]
