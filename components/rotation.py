@@ -2,7 +2,8 @@
 
 - Schedules: `aws.secretsmanager.SecretRotation` on the master secret (single user: the master logs in
   with its current password and sets the new one on itself; RDS-managed passwords are not an option with
-  read replicas, docs/operations.md) and on each pooled role's secret (alternating users `<role>_a`/`_b`),
+  read replicas, docs/operations.md), on each pooled role's secret (alternating users `<role>_a`/`_b`) and
+  on the migrator's (single user, set by the master: CI reads the secret at run time, docs/operations.md),
   every `rotation.scheduleDays` (default 90, the seed's quarter). `rotate_immediately=False`: the first
   rotation comes on the schedule, not in the middle of the `pulumi up` that enables it (the post-deploy
   step must have created the `_a`/`_b` users first). Declaring it still runs Secrets Manager's
@@ -37,7 +38,7 @@ from components.kms import use_via_secrets_manager
 from components.provider import account_of
 from components.sg_rules import allow_tcp, https_out
 from components.vpc_function import VpcFunction, VpcFunctionArgs
-from dbctl.core.names import ALTERNATING_ROLES, PGBOUNCER_PORT, POSTGRES_PORT
+from dbctl.core.names import ALTERNATING_ROLES, MIGRATOR_ROLE, PGBOUNCER_PORT, POSTGRES_PORT
 from dbctl.stackconfig.settings import StackSettings
 
 HTTPS: Final = 443
@@ -95,11 +96,12 @@ class Rotation(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         _, account = account_of(args.provider)
         prefix = f"spike-land-{s.stack}"
-        missing = [role for role in ALTERNATING_ROLES if role not in args.role_secret_arns]
+        missing = [role for role in (*ALTERNATING_ROLES, MIGRATOR_ROLE) if role not in args.role_secret_arns]
         if missing:
             raise ValueError(f"RotationArgs.role_secret_arns lacks {', '.join(missing)}")
         role_arns = {role: args.role_secret_arns[role] for role in ALTERNATING_ROLES}
-        rotated = [args.master_secret_arn, *role_arns.values()]
+        migrator_arn = args.role_secret_arns[MIGRATOR_ROLE]
+        rotated = [args.master_secret_arn, *role_arns.values(), migrator_arn]
 
         role_secrets = pulumi.Output.all(*role_arns.values()).apply(
             lambda arns: json.dumps(dict(zip(arns, ALTERNATING_ROLES, strict=True)))
@@ -109,7 +111,7 @@ class Rotation(pulumi.ComponentResource):
             VpcFunctionArgs(
                 provider=args.provider,
                 function_name=f"{prefix}-rotation",
-                description=f"{prefix}: rotates the master and pooled-role passwords (Secrets Manager)",
+                description=f"{prefix}: rotates the master, pooled-role and migrator passwords",
                 security_group_description=f"{prefix} credential rotation function",
                 role_name_prefix=f"{prefix}-rotation-",
                 policy=pulumi.Output.json_dumps(
@@ -140,6 +142,7 @@ class Rotation(pulumi.ComponentResource):
                 subnet_ids=args.subnet_ids,
                 environment={
                     "MASTER_SECRET_ARN": args.master_secret_arn,
+                    "MIGRATOR_SECRET_ARN": migrator_arn,
                     "ROLE_SECRETS": role_secrets,
                     "DB_HOST": args.primary_address,
                     "DB_PORT": pulumi.Output.from_input(args.primary_port).apply(str),
@@ -192,7 +195,7 @@ class Rotation(pulumi.ComponentResource):
                 opts=child,
             )
 
-        keys = {"master": args.master_secret_arn, **role_arns}
+        keys = {"master": args.master_secret_arn, **role_arns, MIGRATOR_ROLE: migrator_arn}
         missing = [key for key in keys if key not in args.first_versions]
         if missing:
             raise ValueError(f"RotationArgs.first_versions lacks {', '.join(missing)}")

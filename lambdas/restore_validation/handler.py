@@ -7,7 +7,8 @@ stack's restore testing plan. For each, it:
    (`CreatedBy.RestoreTestingPlanArn`) and is COMPLETED; when the job cannot be read, the event's own
    `detail.restoreTestingPlanArn` (the rule matched it) decides, and the validation is FAILED with why;
 2. finds the restored instance (`rds:DescribeDBInstances` on `CreatedResourceArn`) and reads the migrator's
-   credentials from Secrets Manager (the restored instance has the roles as they were at backup time);
+   credentials from Secrets Manager (the restored instance has the roles as they were at backup time: when
+   AWSCURRENT's password fails there, AWSPREVIOUS's, from before the migrator's last rotation);
 3. connects to the restored instance and to the source primary, both read-only and `verify-full` with the
    RDS CA bundle shipped beside this file, and checks:
    - `_prisma_migrations` has the source's latest migration finished before the recovery point was taken;
@@ -150,6 +151,11 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _password_refused(e: psycopg.OperationalError) -> bool:
+    """PostgreSQL refused the password (invalid_password, 28P01), as opposed to an unreachable server."""
+    return getattr(e, "sqlstate", None) == "28P01" or "password authentication failed" in str(e)
+
+
 def _check(
     job: Mapping[str, Any], cfg: Config, rds: Any, secrets: Any, connect: Connect
 ) -> tuple[list[str], Snapshot | None]:
@@ -159,7 +165,26 @@ def _check(
         endpoint = instances[0]["Endpoint"]
         secret = json.loads(secrets.get_secret_value(SecretId=cfg.secret_arn)["SecretString"])
         user, password = secret["username"], secret["password"]
-        restored = _read(connect, endpoint["Address"], int(endpoint["Port"]), cfg, user, password)
+        try:
+            restored = _read(connect, endpoint["Address"], int(endpoint["Port"]), cfg, user, password)
+        except psycopg.OperationalError as e:
+            # The migrator's password rotated after the recovery point: the restored instance has the one
+            # before, AWSPREVIOUS (none before the first rotation: the first error stands).
+            if not _password_refused(e):
+                raise
+            try:
+                value = secrets.get_secret_value(SecretId=cfg.secret_arn, VersionStage="AWSPREVIOUS")
+            except secrets.exceptions.ResourceNotFoundException:
+                raise e from None
+            previous = json.loads(value["SecretString"])
+            restored = _read(
+                connect,
+                endpoint["Address"],
+                int(endpoint["Port"]),
+                cfg,
+                previous["username"],
+                previous["password"],
+            )
         source = _read(connect, cfg.source_host, cfg.source_port, cfg, user, password)
         return problems(
             restored, source, job.get("RecoveryPointCreationDate"), cfg.min_row_fraction

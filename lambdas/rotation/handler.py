@@ -22,9 +22,13 @@ idempotent, since Secrets Manager retries a failed rotation from the step that f
   and checks only that the secret reads and has a rotation's shape: on a first `pulumi up` no `_a`/`_b`
   user exists yet and the PgBouncer hosts may still be booting.
 
-Configuration (environment): MASTER_SECRET_ARN, ROLE_SECRETS (JSON {secret ARN: role}), DB_HOST, DB_PORT,
-DB_NAME, PGBOUNCER_HOST, PGBOUNCER_PORT, TEST_TIMEOUT_S (default 420), SSL_ROOT_CERT (the RDS CA bundle
-beside this file), PGBOUNCER_CA_PEM (PgBouncer's CA certificate: verify-full; empty with
+- **The migrator's secret** (single user, MIGRATOR_SECRET_ARN): createSecret puts a new password and verifier
+  for the same user; setSecret sets the verifier as the master user (with its fingerprint, so `dbctl
+  migrate` then changes nothing); testSecret logs in to the primary (CI connects directly, not pooled).
+
+Configuration (environment): MASTER_SECRET_ARN, MIGRATOR_SECRET_ARN, ROLE_SECRETS (JSON {secret ARN: role}),
+DB_HOST, DB_PORT, DB_NAME, PGBOUNCER_HOST, PGBOUNCER_PORT, TEST_TIMEOUT_S (default 420), SSL_ROOT_CERT (the
+RDS CA bundle beside this file), PGBOUNCER_CA_PEM (PgBouncer's CA certificate: verify-full; empty with
 `pgbouncer.clientTls` off). No secret is ever logged.
 """
 
@@ -59,6 +63,7 @@ class Config:
     test_timeout_s: float
     ssl_root_cert: str
     pgbouncer_ca_file: str
+    migrator_secret_arn: str = ""  # single user, like the master's, but set by the master; "" = not rotated
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -82,7 +87,11 @@ class Config:
             test_timeout_s=float(e.get("TEST_TIMEOUT_S", DEFAULT_TEST_TIMEOUT_S)),
             ssl_root_cert=e.get("SSL_ROOT_CERT", str(RDS_CA_FILE)),
             pgbouncer_ca_file=ca,
+            migrator_secret_arn=e.get("MIGRATOR_SECRET_ARN", ""),
         )
+
+    def rotates(self, arn: str) -> bool:
+        return arn in (self.master_secret_arn, self.migrator_secret_arn) or arn in self.role_secrets
 
 
 class RotationFailed(RuntimeError):
@@ -131,6 +140,8 @@ def create_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
     if arn == cfg.master_secret_arn:
         new = rotation.new_secret(str(current[names.SECRET_USERNAME_KEY]))  # single user: the same one
         value = {**current, names.SECRET_PASSWORD_KEY: new.password}
+    elif arn == cfg.migrator_secret_arn:  # single user, with the verifier dbctl migrate compares
+        value = {**current, **rotation.new_secret(str(current[names.SECRET_USERNAME_KEY])).as_json()}
     else:
         role = cfg.role_secrets[arn]
         value = rotation.next_secret(role, _active_user(role, current)).as_json()
@@ -194,7 +205,7 @@ def set_secret(client: Any, cfg: Config, arn: str, token: str) -> str:
         with conn:
             rotation.set_own_password(conn, verifier)
         return f"{user}'s password set"
-    with _master_connection(client, cfg) as conn:
+    with _master_connection(client, cfg) as conn:  # a pooled role's inactive user, or the migrator
         changed = rotation.set_password(conn, user, str(pending[names.SECRET_VERIFIER_KEY]))
     return f"{user}'s verifier {'set' if changed else 'already set'}"
 
@@ -204,7 +215,7 @@ def test_secret(
 ) -> str:
     pending = _secret(client, arn, "AWSPENDING", token)
     user, password = str(pending[names.SECRET_USERNAME_KEY]), str(pending[names.SECRET_PASSWORD_KEY])
-    if arn == cfg.master_secret_arn:
+    if arn in (cfg.master_secret_arn, cfg.migrator_secret_arn):  # both connect to the primary directly
 
         def connect() -> psycopg.Connection[Any]:
             return _connect(cfg.db_host, cfg.db_port, cfg.db_name, user, password, cfg.ssl_root_cert)
@@ -268,7 +279,7 @@ def configuration_test(client: Any, cfg: Config, arn: str) -> str:
     user, password = current.get(names.SECRET_USERNAME_KEY), current.get(names.SECRET_PASSWORD_KEY)
     if not isinstance(user, str) or not user or not isinstance(password, str) or not password:
         raise RotationFailed(f"secret {arn} (AWSCURRENT) lacks a username or a password")
-    if arn != cfg.master_secret_arn:
+    if arn in cfg.role_secrets:
         role = cfg.role_secrets[arn]
         try:
             user = rotation.inactive_user(role, _active_user(role, current))
@@ -293,7 +304,7 @@ def handler(event: dict[str, Any], context: object, client: Any = None, cfg: Con
 
         client = boto3.client("secretsmanager")
     cfg = cfg or Config.from_env()
-    if arn != cfg.master_secret_arn and arn not in cfg.role_secrets:
+    if not cfg.rotates(arn):
         raise RotationFailed(f"secret {arn} is not one this function rotates")
     metadata = client.describe_secret(SecretId=arn)
     if not metadata.get("RotationEnabled"):

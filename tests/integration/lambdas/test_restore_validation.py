@@ -237,6 +237,36 @@ def test_a_faithful_restore_is_successful(
 
 
 @pytest.mark.integration
+def test_a_restore_from_before_the_migrators_rotation_logs_in_with_its_previous_password(
+    source: Source, restored: Cluster, ca_bundle: Path, role_passwords: dict[str, str]
+) -> None:
+    """The migrator's password rotates every quarter; a recovery point from before has the old verifier."""
+    before = secrets.token_urlsafe(16)
+    with psycopg.connect(restored.admin_conninfo(source.database), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(names.MIGRATOR_ROLE), before))
+    try:
+        aws = Aws()
+        aws.job()
+        aws.instance(restored.port)
+        aws.secret(role_passwords[names.MIGRATOR_ROLE])  # AWSCURRENT: the source's, since the rotation
+        value = json.dumps({"username": names.MIGRATOR_ROLE, "password": before, "scram_verifier": "x"})
+        aws.stubs[2].add_response(
+            "get_secret_value",
+            {"ARN": SECRET_ARN, "Name": "n", "SecretString": value},
+            {"SecretId": SECRET_ARN, "VersionStage": "AWSPREVIOUS"},
+        )
+        aws.expect_result("SUCCESSFUL")
+        assert run(aws, config(source, ca_bundle))["result"] == "SUCCESSFUL"
+    finally:
+        with psycopg.connect(restored.admin_conninfo(source.database), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(names.MIGRATOR_ROLE), role_passwords[names.MIGRATOR_ROLE]
+                )
+            )
+
+
+@pytest.mark.integration
 def test_an_emptied_restore_fails_with_the_reason(
     source: Source, restored: Cluster, ca_bundle: Path, role_passwords: dict[str, str]
 ) -> None:

@@ -59,7 +59,7 @@ def first_up(cluster: Cluster, client: Any) -> tuple[dict[str, str], dict[str, s
     }
     arns = {"master": client.create_secret(Name="master", SecretString=json.dumps(master))["ARN"]}
     passwords = {role: secrets.token_urlsafe(24) for role in names.LOGIN_ROLES}
-    for role in names.ALTERNATING_ROLES:
+    for role in (*names.ALTERNATING_ROLES, names.MIGRATOR_ROLE):
         value = {
             names.SECRET_USERNAME_KEY: names.login_users(role)[0],
             names.SECRET_PASSWORD_KEY: passwords[role],
@@ -81,6 +81,7 @@ def config(cluster: Cluster, arns: dict[str, str], pgbouncer_port: int) -> handl
         test_timeout_s=1,
         ssl_root_cert="",
         pgbouncer_ca_file="",
+        migrator_secret_arn=arns[names.MIGRATOR_ROLE],
     )
 
 
@@ -99,7 +100,7 @@ def test_the_first_up_passes_the_configuration_test_leaves_nothing_pending_and_t
         # `pulumi up`: one SecretRotation per secret, rotate_immediately=False.
         for arn in arns.values():
             sm.rotate_secret(SecretId=arn, RotateImmediately=False, test_version=test_version)
-        assert [e["Step"] for e in sm.invocations] == ["testSecret"] * 4
+        assert [e["Step"] for e in sm.invocations] == ["testSecret"] * 5
         outcomes = [json.loads(line)["outcome"] for line in capsys.readouterr().out.strip().splitlines()]
         assert all(o.startswith("configuration test passed") for o in outcomes), outcomes
         for key, arn in arns.items():
@@ -122,8 +123,22 @@ def test_the_first_up_passes_the_configuration_test_leaves_nothing_pending_and_t
         assert master["password"] != cluster.admin_password
         with psycopg.connect(cluster.conninfo(cluster.admin_user, master["password"])) as conn:
             assert conn.execute("SELECT session_user").fetchone() == (cluster.admin_user,)
+        # The migrator's: the same user, a new password, set by the master with its fingerprint (so the next
+        # `dbctl migrate` leaves it alone); CI reads the secret at run time.
+        sm.rotate_secret(SecretId=arns[names.MIGRATOR_ROLE])
+        migrator = json.loads(sm.get_secret_value(SecretId=arns[names.MIGRATOR_ROLE])["SecretString"])
+        assert (
+            migrator["username"] == names.MIGRATOR_ROLE
+            and migrator["password"] != passwords[names.MIGRATOR_ROLE]
+        )
+        with psycopg.connect(cluster.conninfo(names.MIGRATOR_ROLE, migrator["password"])) as conn:
+            assert conn.execute("SELECT session_user").fetchone() == (names.MIGRATOR_ROLE,)
+        with psycopg.connect(
+            cluster.conninfo(cluster.admin_user, master["password"]), autocommit=True
+        ) as conn:
+            assert not rotation.set_password(conn, names.MIGRATOR_ROLE, migrator["scram_verifier"])
         out = capsys.readouterr().out
-        assert app["password"] not in out and master["password"] not in out
+        assert all(v["password"] not in out for v in (app, master, migrator))
 
 
 def test_a_failed_configuration_test_fails_rotate_secret_and_blocks_the_next_one(
