@@ -81,15 +81,20 @@ class FlowLogs(pulumi.ComponentResource):
                 {
                     "Version": "2012-10-17",
                     "Statement": [
+                        # One statement per resource type the actions take (Service Authorization
+                        # Reference, CloudWatch Logs): CreateLogStream and PutLogEvents a log-stream,
+                        # DescribeLogStreams a log-group. `group.arn` has no ":*" (the provider strips it).
                         {
                             "Sid": "WriteFlowLogStreams",
                             "Effect": "Allow",
-                            "Action": [
-                                "logs:CreateLogStream",
-                                "logs:PutLogEvents",
-                                "logs:DescribeLogStreams",
-                            ],
-                            "Resource": [group.arn, pulumi.Output.concat(group.arn, ":*")],
+                            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                            "Resource": pulumi.Output.concat(group.arn, ":log-stream:*"),
+                        },
+                        {
+                            "Sid": "ListFlowLogStreams",
+                            "Effect": "Allow",
+                            "Action": ["logs:DescribeLogStreams"],
+                            "Resource": group.arn,
                         },
                         {
                             # Listing groups has no resource-level permission.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -64,10 +65,27 @@ def test_prod_logs_rejected_flows_to_an_encrypted_group_with_the_stacks_retentio
     assert trust["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
     assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT_ID}
     assert trust["Condition"]["ArnLike"]["aws:SourceArn"].endswith(f":{ACCOUNT_ID}:vpc-flow-log/*")
-    write = next(
-        st for st in json.loads(policy.inputs["policy"])["Statement"] if st["Sid"] == "WriteFlowLogStreams"
-    )
-    assert write["Resource"] == [group.state["arn"], group.state["arn"] + ":*"]
+    statements = {st["Sid"]: st for st in json.loads(policy.inputs["policy"])["Statement"]}
+    assert statements["WriteFlowLogStreams"]["Resource"] == group.state["arn"] + ":log-stream:*"
+    assert statements["ListFlowLogStreams"]["Resource"] == group.state["arn"]
+    # Each action only on ARNs of the resource type it takes (parliament's RESOURCE_MISMATCH otherwise).
+    for st in statements.values():
+        for action in st["Action"]:
+            pattern = LOGS_RESOURCE_TYPES[action]
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            assert all(re.fullmatch(pattern, arn) for arn in resources), (action, resources)
+
+
+# The ARN each CloudWatch Logs action the delivery role uses takes (Service Authorization Reference,
+# "Actions, resources, and condition keys for Amazon CloudWatch Logs": CreateLogStream and PutLogEvents
+# log-stream*, DescribeLogStreams log-group*, DescribeLogGroups none, so "*").
+_GROUP = r"arn:aws:logs:[a-z0-9-]+:\d{12}:log-group:[^:]+"
+LOGS_RESOURCE_TYPES = {
+    "logs:CreateLogStream": _GROUP + r":log-stream:[^:]+",
+    "logs:PutLogEvents": _GROUP + r":log-stream:[^:]+",
+    "logs:DescribeLogStreams": _GROUP,
+    "logs:DescribeLogGroups": r"\*",
+}
 
 
 def test_the_stack_key_lets_cloudwatch_logs_encrypt_the_flow_log_group() -> None:
