@@ -30,6 +30,8 @@ SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 VPC_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SECRETS_MANAGER_SECRET = "aws:secretsmanager/secret:Secret"  # noqa: S105 (a type token, not a password)
 SNS_TOPIC = "aws:sns/topic:Topic"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+SQS_QUEUE = "aws:sqs/queue:Queue"
 BACKUP_VAULT = "aws:backup/vault:Vault"
 SNAPSHOT_COPY = "aws:rds/snapshotCopy:SnapshotCopy"
 CLUSTER_SNAPSHOT_COPY = "aws:rds/clusterSnapshotCopy:ClusterSnapshotCopy"
@@ -112,6 +114,18 @@ def topic_encrypted(resource_type: str, inputs: Mapping[str, Any], prod: bool) -
     if resource_type != SNS_TOPIC or _is_set(inputs.get("kmsMasterKeyId")):
         return []
     return ["kmsMasterKeyId is not set: SNS topics are unencrypted at rest unless given a KMS key"]
+
+
+def log_group_encrypted(resource_type: str, inputs: Mapping[str, Any], prod: bool) -> list[str]:
+    if resource_type != LOG_GROUP or _is_set(inputs.get("kmsKeyId")):
+        return []
+    return ["kmsKeyId is not set: a log group names tables, users and secrets; encrypt it with the stack key"]
+
+
+def queue_encrypted(resource_type: str, inputs: Mapping[str, Any], prod: bool) -> list[str]:
+    if resource_type != SQS_QUEUE or _is_set(inputs.get("kmsMasterKeyId")):
+        return []
+    return ["kmsMasterKeyId is not set: encrypt the queue with the stack key, as everything else"]
 
 
 # --- exposure ---------------------------------------------------------------------------------------------
@@ -291,6 +305,10 @@ POLICIES: tuple[Policy, ...] = (
     ),
     Policy("secret-encrypted", "Secrets Manager secrets use a customer-managed KMS key.", secret_encrypted),
     Policy("topic-encrypted", "SNS topics are encrypted with a KMS key.", topic_encrypted),
+    Policy(
+        "log-group-encrypted", "CloudWatch Logs groups are encrypted with a KMS key.", log_group_encrypted
+    ),
+    Policy("queue-encrypted", "SQS queues are encrypted with a KMS key.", queue_encrypted),
     Policy("no-public-instance", "No database or instance is publicly accessible.", no_public_instance),
     Policy(
         "no-open-database-ingress",

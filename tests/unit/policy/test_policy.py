@@ -105,6 +105,13 @@ def test_topic_needs_a_kms_key() -> None:
     assert names(v.SNS_TOPIC, {"kmsMasterKeyId": "alias/spike"}) == set()
 
 
+def test_log_groups_and_queues_need_a_kms_key() -> None:
+    assert names(v.LOG_GROUP, {"name": "/aws/lambda/spike-land-prod-rotation"}) == {"log-group-encrypted"}
+    assert names(v.LOG_GROUP, {"kmsKeyId": "arn:aws:kms:eu-west-1:1:key/k"}) == set()
+    assert names(v.SQS_QUEUE, {"name": "spike-land-prod-restore-validation-dlq"}) == {"queue-encrypted"}
+    assert names(v.SQS_QUEUE, {"kmsMasterKeyId": "arn:aws:kms:eu-west-1:1:key/k"}) == set()
+
+
 # --- public access --------------------------------------------------------------------------------------
 
 
