@@ -307,17 +307,18 @@ def handler(event: dict[str, Any], context: object, client: Any = None, cfg: Con
     if not cfg.rotates(arn):
         raise RotationFailed(f"secret {arn} is not one this function rotates")
     metadata = client.describe_secret(SecretId=arn)
-    if not metadata.get("RotationEnabled"):
-        raise RotationFailed(f"secret {arn} has rotation disabled")
     stages = metadata["VersionIdsToStages"].get(token)
     if stages is None:
         raise RotationFailed(f"secret {arn} has no version {token}")
-    if "AWSCURRENT" in stages:
-        outcome = "already current"
-    elif "AWSPENDING" not in stages:
+    if "AWSPENDING" not in stages and "AWSCURRENT" not in stages:
         raise RotationFailed(f"version {token} of {arn} is not AWSPENDING")
-    elif step == "testSecret" and is_configuration_test(client, arn, token):
+    if step == "testSecret" and "AWSCURRENT" not in stages and is_configuration_test(client, arn, token):
+        # Changes nothing, so it does not depend on when RotateSecret reports the rotation enabled.
         outcome = configuration_test(client, cfg, arn)
+    elif not metadata.get("RotationEnabled"):
+        raise RotationFailed(f"secret {arn} has rotation disabled")
+    elif "AWSCURRENT" in stages:
+        outcome = "already current"
     elif step not in STEPS:
         raise RotationFailed(f"unknown step {step!r}")
     else:

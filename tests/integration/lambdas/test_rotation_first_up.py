@@ -185,3 +185,22 @@ def test_a_role_rotates_while_the_masters_rotation_is_between_its_set_and_finish
         for step in ("testSecret", "finishSecret"):  # the master's rotation completes as usual
             sm.run_step(arns["master"], token, step)
         assert sm.pending_version(arns["master"]) is None
+
+
+def test_the_configuration_test_passes_whether_or_not_rotation_already_reads_enabled(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documents do not say when DescribeSecret starts to say RotationEnabled during RotateSecret; the
+    configuration test changes nothing, so it passes either way. A rotation's own steps still require it."""
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name=REGION)
+        arns, _ = first_up(cluster, client)
+        cfg = config(cluster, arns, pgbouncer_port=free_port())
+        sm = FakeSecretsManager(client)
+        token = sm.start_rotation(arns[names.APP_ROLE])
+        sm.rotation_enabled.clear()
+        event = {"SecretId": arns[names.APP_ROLE], "ClientRequestToken": token, "Step": "testSecret"}
+        handler.handler(event, None, sm, cfg)
+        assert json.loads(capsys.readouterr().out)["outcome"].startswith("configuration test passed")
+        with pytest.raises(handler.RotationFailed, match="rotation disabled"):
+            handler.handler({**event, "Step": "createSecret"}, None, sm, cfg)
