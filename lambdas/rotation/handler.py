@@ -21,7 +21,6 @@ idempotent, since Secrets Manager retries a failed rotation from the step that f
   wrote (no value, or AWSCURRENT's), then remove it. The function recognises it (`is_configuration_test`)
   and checks only that the secret reads and has a rotation's shape: on a first `pulumi up` no `_a`/`_b`
   user exists yet and the PgBouncer hosts may still be booting.
-
 - **The migrator's secret** (single user, MIGRATOR_SECRET_ARN): createSecret puts a new password and verifier
   for the same user; setSecret sets the verifier as the master user (with its fingerprint, so `dbctl
   migrate` then changes nothing); testSecret logs in to the primary (CI connects directly, not pooled).

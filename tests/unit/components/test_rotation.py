@@ -279,6 +279,8 @@ def test_the_functions_configuration_comes_from_its_environment() -> None:
         cfg.role_secrets == {"arn:a": names.APP_ROLE} and cfg.db_port == 5432 and cfg.pgbouncer_port == 6543
     )
     assert cfg.test_timeout_s == TEST_TIMEOUT_S
+    assert cfg.migrator_secret_arn == "" and not cfg.rotates("arn:x")  # the migrator's: only when named
+    assert Config.from_env({**env, "MIGRATOR_SECRET_ARN": "arn:x"}).rotates("arn:x")
     assert Path(cfg.pgbouncer_ca_file).read_text() == env["PGBOUNCER_CA_PEM"]
     assert Config.from_env({**env, "PGBOUNCER_CA_PEM": ""}).pgbouncer_ca_file == ""  # clientTls off
     with pytest.raises(ValueError, match="only pooled roles rotate here"):
