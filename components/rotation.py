@@ -82,8 +82,8 @@ class RotationArgs:
     primary_port: pulumi.Input[int]
     pgbouncer_endpoint: pulumi.Input[str]
     pgbouncer_ca_pem: pulumi.Input[str] | None
-    # Each rotated secret's first version ("master" and each pooled role): AWSCURRENT must exist before the
-    # configuration test that declaring the rotation runs.
+    # Each rotated secret's first version ("master", each pooled role, the migrator): AWSCURRENT must exist
+    # before the configuration test that declaring the rotation runs.
     first_versions: Mapping[str, pulumi.Resource]
 
 
