@@ -53,8 +53,9 @@ AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-
 # itself closes idle clients never (client_idle_timeout = 0), so let the NLB wait an hour.
 NLB_TCP_IDLE_TIMEOUT = 3600
 # Seconds a host keeps draining connections after leaving the target group (the default 300 is slow to
-# replace a broken host; transactions in transaction pooling are short).
-DEREGISTRATION_DELAY = 30
+# replace a broken host; transactions in transaction pooling are short). PgBouncer's own stop (SIGINT, at
+# most TimeoutStopSec) waits as long: ud.DRAIN_SECONDS is both.
+DEREGISTRATION_DELAY = ud.DRAIN_SECONDS
 # First boot installs the build tools, builds PgBouncer and fetches secrets before PgBouncer listens: the
 # ASG must not judge a host before that. The build measured 24 s configure + 31 s `make -j2` on a shared
 # 2-vCPU x86 box (docs/pgbouncer.md); on c7g.large / t4g.small (2 Graviton vCPUs) we allow several times
@@ -437,6 +438,10 @@ class PgBouncerTier(pulumi.ComponentResource):
             opts=child,
         )
         self.ca_certificate_pem = None
+        # The hosts' helper reads the TLS secret's current version at boot: the group (and so every host it
+        # launches, on a first `up` or after the NLB, whose name the certificate holds, is replaced) waits
+        # for that version to exist.
+        host_dependencies: list[pulumi.Resource] = []
         if tls_secret is not None:
             material = client_tls_material(name, s.stack, nlb.dns_name, self)
             tls_json: pulumi.Output[str] = pulumi.Output.secret(
@@ -447,9 +452,10 @@ class PgBouncerTier(pulumi.ComponentResource):
                     }
                 )
             )
-            aws.secretsmanager.SecretVersion(
+            tls_version = aws.secretsmanager.SecretVersion(
                 f"{name}-client-tls", secret_id=tls_secret.id, secret_string=tls_json, opts=child
             )
+            host_dependencies.append(tls_version)
             self.ca_certificate_pem = material.ca_certificate_pem
 
         aws.lb.Listener(
@@ -492,7 +498,7 @@ class PgBouncerTier(pulumi.ComponentResource):
                 aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=False)
                 for k, v in tags.items()
             ],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=host_dependencies),
         )
 
         self.endpoint = nlb.dns_name

@@ -83,6 +83,14 @@ TIER_DOWN_UNIT = "spike-pgbouncer-down"
 # Each process's Unix socket directory (systemd's RuntimeDirectory=): its admin console, and where its peers
 # forward cancel requests. dbctl.pgbouncer's unix_socket_dir for the hosts.
 SOCKET_DIR = "/run/pgbouncer-{peer_id}"
+# Stopping PgBouncer (systemd stop/restart, the instance's shutdown): SIGINT, PgBouncer's "safe shutdown"
+# (it waits for every transaction in flight, then closes the clients), not systemd's default SIGTERM, which
+# since 1.23 waits for every *client* to disconnect: long-lived app pools never do, so a stop would hang
+# until systemd's SIGKILL cut the transactions it was meant to protect (tests/integration/hosts/
+# test_pgbouncer_stop_signal.py shows both on the real binary). A stop lasts at most DRAIN_SECONDS, the
+# NLB target group's deregistration delay: the same time a client is given to finish when its host leaves.
+STOP_SIGNAL = "SIGINT"
+DRAIN_SECONDS = 30
 # An instance that fails this often within this long stays failed (and stops the tier).
 START_LIMIT_BURST = 5
 START_LIMIT_INTERVAL = "60s"
@@ -372,6 +380,8 @@ RuntimeDirectory=pgbouncer-%i
 RuntimeDirectoryMode=0755
 ExecStart=$pgbouncer_bin {CONFIG_FILE}
 ExecReload=/bin/kill -HUP \\$MAINPID
+KillSignal={STOP_SIGNAL}
+TimeoutStopSec={DRAIN_SECONDS}s
 LimitNOFILE={nofile_limit(cfg.max_client_conn)}
 Restart=on-failure
 RestartSec=2s

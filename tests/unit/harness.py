@@ -77,6 +77,8 @@ class Resource:
     urn: str = ""
     parent: str = ""
     aliases: frozenset[str] = frozenset()
+    # The URNs it waits for (depends_on and the resources its inputs come from), as the engine orders them.
+    dependencies: frozenset[str] = frozenset()
 
     @property
     def provider_name(self) -> str:
@@ -181,6 +183,7 @@ class _Registration:
     urn: str
     parent: str
     aliases: frozenset[str]
+    dependencies: frozenset[str]
 
 
 class _Monitor(pulumi_mocks.MockMonitor):
@@ -211,6 +214,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
             aliases=frozenset(
                 [self._alias_urn(request, a) for a in request.aliases] + list(request.aliasURNs)
             ),
+            dependencies=frozenset(request.dependencies),
         )
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
@@ -243,6 +247,7 @@ class _Mocks(pulumi.runtime.Mocks):
                 urn=seen.urn if seen else "",
                 parent=seen.parent if seen else "",
                 aliases=seen.aliases if seen else frozenset(),
+                dependencies=seen.dependencies if seen else frozenset(),
             )
         )
         return rid, state

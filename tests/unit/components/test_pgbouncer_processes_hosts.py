@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from components import pgbouncer_userdata as ud
+from components.pgbouncer import DEREGISTRATION_DELAY
 from hosts import pool_metrics
 from tests.unit.components.test_pgbouncer_userdata import _shellcheck
 from tests.unit.harness import RunResult, one, run, settings_for
@@ -78,6 +79,14 @@ def test_a_systemd_template_unit_runs_each_process_and_a_target_wants_all_of_the
     assert "ExecStart=/usr/bin/systemctl stop spike-pgbouncer.target" in prod  # the host leaves the NLB
     assert "Type=notify" in unit and "pgbouncer_bin=/usr/local/bin/pgbouncer\n" in prod  # the built binary
     assert "/etc/systemd/system/pgbouncer.service" not in prod  # no single-process unit beside the template
+
+
+def test_a_stop_is_pgbouncers_safe_shutdown_bounded_by_the_nlbs_deregistration_delay(prod: str) -> None:
+    """SIGINT lets transactions finish and exits; systemd's default SIGTERM would wait for every client
+    (tests/integration/hosts/test_pgbouncer_stop_signal.py); the stop lasts what the NLB gives a client."""
+    unit = prod.split("cat > /etc/systemd/system/pgbouncer@.service <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    assert "KillSignal=SIGINT\n" in unit
+    assert f"TimeoutStopSec={DEREGISTRATION_DELAY}s\n" in unit
 
 
 def test_the_bootstrap_checks_every_process_and_its_socket(prod: str, dev: str) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from components import pgbouncer_source
+from components import pgbouncer_userdata as ud
 from components.pgbouncer import (
     AMI_PARAMETER,
+    DEREGISTRATION_DELAY,
     HEALTH_CHECK_GRACE,
     assets_bucket_prefix,
     ini_config,
@@ -388,6 +390,18 @@ def test_app_security_groups_are_admitted_at_the_nlb() -> None:
         and not r.name.startswith("rotation-")  # the rotation function's testSecret (test_rotation.py)
     ]
     assert refs == [app_sg]
+
+
+def test_the_hosts_wait_for_the_tls_secrets_version(stack: tuple[str, RunResult]) -> None:
+    """The helper reads the secret's current version at boot: the group depends on that version."""
+    _, result = stack
+    version = one(
+        [r for r in result.resources if r.name.startswith("pgbouncer")],
+        "aws:secretsmanager/secretVersion:SecretVersion",
+    )
+    assert version.urn in tier(result, ASG).dependencies
+    # The deregistration delay and PgBouncer's stop (TimeoutStopSec) agree.
+    assert tier(result, TG).inputs["deregistrationDelay"] == DEREGISTRATION_DELAY == ud.DRAIN_SECONDS
 
 
 def test_client_tls_off_renders_no_client_tls() -> None:
