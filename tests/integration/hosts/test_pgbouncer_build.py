@@ -182,7 +182,8 @@ class Run:
             ["bash", "-c", script], env=self.env, capture_output=True, text=True, timeout=1500, check=False
         )
         self.seconds[name] = time.monotonic() - started
-        self.results[name], _ = done, self.order.append(name)
+        self.results[name] = done
+        self.order.append(name)
         return done
 
 

@@ -1,8 +1,9 @@
 """How the real PgBouncer (the pinned 1.24.1 when ./dev built it) stops on each signal systemd could send.
 
 The hosts' unit stops PgBouncer with `KillSignal=SIGINT` and `TimeoutStopSec=DRAIN_SECONDS`
-(components/pgbouncer_userdata.py). This shows why, on the binary itself, with a client holding a transaction
-open through it and another idle (an app pool's connection between queries):
+(components/pgbouncer_image_document.py, the image's template unit). This shows why, on the binary itself,
+with a client holding a transaction open through it and another idle (an app pool's connection, between
+queries):
 
 - SIGINT (safe shutdown): the transaction finishes (its statements and its COMMIT succeed), then PgBouncer
   closes both clients and exits: a stop takes as long as the longest transaction in flight;
@@ -29,7 +30,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from components import pgbouncer_userdata as ud
+from components import pgbouncer_image_document as doc
 from dbctl.core import names
 from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ServerTls
@@ -123,7 +124,7 @@ def _send(server: PgBouncerServer, sig: signal.Signals) -> float:
 
 
 def test_the_unit_stops_with_sigint_within_the_deregistration_delay() -> None:
-    assert (ud.STOP_SIGNAL, ud.DRAIN_SECONDS) == ("SIGINT", 30)
+    assert (doc.STOP_SIGNAL, doc.DRAIN_SECONDS) == ("SIGINT", 30)
 
 
 def test_sigint_lets_the_open_transaction_commit_then_closes_every_client_and_exits(

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from components import pgbouncer_image_document as doc
 from components import pgbouncer_source
-from components import pgbouncer_userdata as ud
 from components.pgbouncer import (
     DEREGISTRATION_DELAY,
     HEALTH_CHECK_GRACE,
@@ -412,7 +412,7 @@ def test_the_hosts_wait_for_the_tls_secrets_version(stack: tuple[str, RunResult]
     )
     assert version.urn in tier(result, ASG).dependencies
     # The deregistration delay and PgBouncer's stop (TimeoutStopSec) agree.
-    assert tier(result, TG).inputs["deregistrationDelay"] == DEREGISTRATION_DELAY == ud.DRAIN_SECONDS
+    assert tier(result, TG).inputs["deregistrationDelay"] == DEREGISTRATION_DELAY == doc.DRAIN_SECONDS
 
 
 def test_client_tls_off_renders_no_client_tls() -> None:
