@@ -654,9 +654,15 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 14,
         "secretRecoveryWindowDays": 7,
         "network": {"endpointsInEveryAz": False},
-        # One process: two (a t4g.small's vCPUs) would need 2 x 2 pools x 25 = 100 server connections, more
-        # than a db.t4g.micro's max_connections (82) minus headroom; a dev tier needs no second core.
-        "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small", "processes": 1},
+        # One process and smaller pools: a db.t4g.micro's max_connections (82) minus headroom is 67, and an
+        # instance refresh runs the host and its replacement at once: 2 hosts x 2 pools x (12 + 3) = 60.
+        "pgbouncer": {
+            "hostCount": 1,
+            "instanceType": "t4g.small",
+            "processes": 1,
+            "defaultPoolSize": 12,
+            "reservePoolSize": 3,
+        },
         "backups": {"preMigrationSnapshot": False},
     },
     "prod": {
