@@ -1,9 +1,11 @@
 """Network: the VPC and private subnets (created or adopted), the DB subnet group and the security groups.
 
 Created VPCs have no internet gateway and no NAT: the database needs none, and the PgBouncer hosts reach
-AWS through VPC endpoints instead (interface endpoints for SSM, Secrets Manager, KMS and CloudWatch; a free
-S3 gateway endpoint, limited to the Amazon Linux 2023 core repositories, for the tools that build PgBouncer,
-and to the PgBouncer component's own bucket, for its pinned source and the RDS CA bundle).
+AWS through VPC endpoints instead (interface endpoints for SSM, Secrets Manager, KMS, CloudWatch, Auto
+Scaling and Image Builder; a free S3 gateway endpoint, limited to the Amazon Linux 2023 core repositories, for
+the tools the PgBouncer image's build installs, to AWSTOE's and Image Builder's buckets for that build, and to
+the PgBouncer component's own bucket, for its pinned source, the host scripts, the RDS CA bundle and the
+image build's logs).
 That keeps the whole tier without a route to the internet. In an adopted VPC the network is the owner's:
 we assume it gives the PgBouncer subnets egress (NAT or endpoints) and create no endpoints.
 
