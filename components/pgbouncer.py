@@ -34,6 +34,7 @@ import pulumi_aws as aws
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
+from components.pgbouncer_group import LAUNCH_HOOK, group_name, host_group
 from components.pgbouncer_image import PgBouncerImage, PgBouncerImageArgs
 from components.pgbouncer_image_document import DRAIN_SECONDS
 from components.pgbouncer_source import S3_PREFIX, LocalSource
@@ -41,8 +42,6 @@ from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client
 from components.provider import default_tags
 from components.sg_rules import allow_tcp
 from dbctl.core.names import MONITOR_ROLE, PGBOUNCER_PORT, READ_POOL_DATABASE
-from dbctl.pgbouncer.capacity import REFRESH_MAX_HEALTHY_PERCENTAGE as REFRESH_MAX_HEALTHY
-from dbctl.pgbouncer.capacity import hosts_at_surge
 from dbctl.pgbouncer.config import (
     POOLED_ROLES,
     ClientTls,
@@ -60,21 +59,6 @@ NLB_TCP_IDLE_TIMEOUT = 3600
 # replace a broken host; transactions in transaction pooling are short). PgBouncer's own stop (SIGINT, at
 # most TimeoutStopSec) waits as long: ud.DRAIN_SECONDS is both.
 DEREGISTRATION_DELAY = DRAIN_SECONDS
-# The boot-time budget (docs/pgbouncer.md, "Boot time"): launch to a healthy NLB target in about 80 s,
-# estimated (only PgBouncer's start is measured, here). Up to the launch hook's completion (instance start,
-# cloud-init, CA bundle, config, auth file, PgBouncer start, the hook call): about 40 s. A host has
-# LAUNCH_HOOK_TIMEOUT for that, then the hook's default result abandons it (the ASG terminates it and
-# launches another).
-LAUNCH_HOOK = "spike-pgbouncer-bootstrap"
-LAUNCH_HOOK_TIMEOUT = 300
-# From InService (the hook completed) to a healthy target: registration and two 10 s checks, about 40 s.
-# The grace period starts at InService (Auto Scaling user guide, "health check grace period": with a launch
-# hook it may even be 0); we allow twice the estimate so a slow registration is not a replacement.
-HEALTH_CHECK_GRACE = 90
-# `pulumi up` waits this long for host_count healthy targets behind the NLB, then fails (instead of
-# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop): a host that uses all of its
-# hook timeout and grace period, and one replacement that does too (2 x 390 s), rounded up.
-WAIT_FOR_CAPACITY_TIMEOUT = "15m"
 
 
 def assets_bucket_prefix(stack: str) -> str:
@@ -149,12 +133,6 @@ def user_data(
         )
     )
     return ud.encode_user_data(script)
-
-
-def group_name(stack: str) -> str:
-    """The hosts' Auto Scaling group: a fixed name, so the user data can complete its launch hook (the
-    group's ARN ends in it, which the instance role's CompleteLifecycleAction names)."""
-    return f"spike-pgb-{stack}-hosts"
 
 
 @dataclass(frozen=True)
@@ -507,53 +485,15 @@ class PgBouncerTier(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The hosts: a fixed count across the private subnets, replaced when the NLB finds one unhealthy; room
-        # for as many again while an instance refresh surges (the pool budget counts them: StackSettings).
-        aws.autoscaling.Group(
+        # The hosts: a fixed count, surging in a refresh, behind the NLB (components/pgbouncer_group.py).
+        host_group(
             f"{name}-hosts",
-            name=group_name(s.stack),
-            vpc_zone_identifiers=args.subnet_ids,
-            desired_capacity=s.pgbouncer.host_count,
-            min_size=s.pgbouncer.host_count,
-            max_size=hosts_at_surge(s.pgbouncer.host_count, REFRESH_MAX_HEALTHY),
-            health_check_type="ELB",
-            health_check_grace_period=HEALTH_CHECK_GRACE,
-            target_group_arns=[target_group.arn],
-            # Create and update wait until every host passes the NLB's health check: a tier that never
-            # comes up fails the deploy. The reason is on the host's console (docs/pgbouncer.md).
-            wait_for_elb_capacity=s.pgbouncer.host_count,
-            wait_for_capacity_timeout=WAIT_FOR_CAPACITY_TIMEOUT,
-            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
-                id=template.id, version=template.latest_version.apply(str)
-            ),
-            # A new host stays Pending:Wait until its bootstrap completes this hook: CONTINUE once PgBouncer
-            # runs; ABANDON (the default on timeout) on any failure, and the group terminates it unused.
-            initial_lifecycle_hooks=[
-                aws.autoscaling.GroupInitialLifecycleHookArgs(
-                    name=LAUNCH_HOOK,
-                    lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
-                    default_result="ABANDON",
-                    heartbeat_timeout=LAUNCH_HOOK_TIMEOUT,
-                )
-            ],
-            # Surge, never shrink: each replacement is healthy before the host it replaces goes (dev's single
-            # host keeps the pooled endpoint up), and a refresh that cannot get there rolls back to the
-            # previous launch template version (numbered, not $Latest: rollback needs that).
-            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
-                strategy="Rolling",
-                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                    min_healthy_percentage=100,
-                    max_healthy_percentage=REFRESH_MAX_HEALTHY,
-                    auto_rollback=True,
-                    instance_warmup=str(HEALTH_CHECK_GRACE),
-                    skip_matching=False,
-                ),
-            ),
-            tags=[
-                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=False)
-                for k, v in tags.items()
-            ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=host_dependencies),
+            s,
+            args.subnet_ids,
+            template,
+            target_group.arn,
+            tags,
+            pulumi.ResourceOptions(parent=self, depends_on=host_dependencies),
         )
 
         self.image_id = ami

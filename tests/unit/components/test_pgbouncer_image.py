@@ -16,13 +16,8 @@ from components import pgbouncer_image as img
 from components import pgbouncer_image_document as doc
 from components import pgbouncer_source
 from components.network import INTERFACE_ENDPOINT_SERVICES
-from components.pgbouncer import (
-    HEALTH_CHECK_GRACE,
-    LAUNCH_HOOK,
-    LAUNCH_HOOK_TIMEOUT,
-    assets_bucket_prefix,
-    group_name,
-)
+from components.pgbouncer import assets_bucket_prefix
+from components.pgbouncer_group import HEALTH_CHECK_GRACE, LAUNCH_HOOK, LAUNCH_HOOK_TIMEOUT, group_name
 from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
 

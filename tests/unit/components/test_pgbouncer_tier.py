@@ -20,11 +20,10 @@ from components import pgbouncer_image_document as doc
 from components import pgbouncer_source
 from components.pgbouncer import (
     DEREGISTRATION_DELAY,
-    HEALTH_CHECK_GRACE,
-    LAUNCH_HOOK_TIMEOUT,
     assets_bucket_prefix,
     ini_config,
 )
+from components.pgbouncer_group import HEALTH_CHECK_GRACE, LAUNCH_HOOK_TIMEOUT
 from components.pgbouncer_image_document import PGBOUNCER_BIN, template_unit
 from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
 from dbctl.core import names
