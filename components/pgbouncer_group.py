@@ -101,3 +101,24 @@ def host_group(
         ],
         opts=opts,
     )
+
+
+# What a refresh that did not reach healthy sends (Auto Scaling user guide, "Instance refresh example events
+# and patterns"): a failed refresh, and each step of its rollback (auto_rollback). Rollback Succeeded is
+# still a failure of the change: the hosts run the previous configuration.
+REFRESH_FAILURE_DETAIL_TYPES = (
+    "EC2 Auto Scaling Instance Refresh Failed",
+    "EC2 Auto Scaling Instance Refresh Rollback Started",
+    "EC2 Auto Scaling Instance Refresh Rollback Succeeded",
+    "EC2 Auto Scaling Instance Refresh Rollback Failed",
+)
+
+
+def refresh_failure_event_pattern(stack: str) -> dict[str, object]:
+    """The EventBridge pattern for this stack's hosts' refresh failures and rollbacks: what the alarm topic
+    should receive (its rule and topic policy belong to components/alarms.py, not wired yet)."""
+    return {
+        "source": ["aws.autoscaling"],
+        "detail-type": list(REFRESH_FAILURE_DETAIL_TYPES),
+        "detail": {"AutoScalingGroupName": [group_name(stack)]},
+    }

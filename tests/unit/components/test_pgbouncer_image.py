@@ -17,7 +17,13 @@ from components import pgbouncer_image_document as doc
 from components import pgbouncer_source
 from components.network import INTERFACE_ENDPOINT_SERVICES
 from components.pgbouncer import assets_bucket_prefix
-from components.pgbouncer_group import HEALTH_CHECK_GRACE, LAUNCH_HOOK, LAUNCH_HOOK_TIMEOUT, group_name
+from components.pgbouncer_group import (
+    HEALTH_CHECK_GRACE,
+    LAUNCH_HOOK,
+    LAUNCH_HOOK_TIMEOUT,
+    group_name,
+    refresh_failure_event_pattern,
+)
 from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import Resource, RunResult, of_type, one, run, settings_for
 
@@ -253,3 +259,17 @@ def test_the_user_data_completes_that_hook_of_that_group(stack: tuple[str, RunRe
     script = gzip.decompress(base64.b64decode(lt["userData"])).decode()
     assert f"--lifecycle-hook-name {LAUNCH_HOOK} --auto-scaling-group-name {group_name(name)}" in script
     assert "complete_launch CONTINUE" in script and "complete_launch ABANDON" in script
+
+
+def test_a_refresh_failure_or_rollback_of_this_stacks_group_matches_the_event_pattern() -> None:
+    """The shape of AWS's example events (Auto Scaling user guide, instance refresh events)."""
+    pattern = refresh_failure_event_pattern("prod")
+    event = {
+        "detail-type": "EC2 Auto Scaling Instance Refresh Rollback Succeeded",
+        "source": "aws.autoscaling",
+        "detail": {"InstanceRefreshId": "c613620e", "AutoScalingGroupName": "spike-pgb-prod-hosts"},
+    }
+    assert event["source"] in pattern["source"]  # type: ignore[operator]
+    assert event["detail-type"] in pattern["detail-type"]  # type: ignore[operator]
+    assert pattern["detail"] == {"AutoScalingGroupName": [group_name("prod")]}
+    assert "EC2 Auto Scaling Instance Refresh Succeeded" not in pattern["detail-type"]  # type: ignore[operator]
