@@ -35,7 +35,7 @@ from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
 from components.pgbouncer_group import LAUNCH_HOOK, group_name, host_group
-from components.pgbouncer_image import PgBouncerImage, PgBouncerImageArgs
+from components.pgbouncer_image import EC2_TRUST_POLICY, PgBouncerImage, PgBouncerImageArgs
 from components.pgbouncer_image_document import DRAIN_SECONDS
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
@@ -230,18 +230,7 @@ class PgBouncerTier(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{name}-host",
             name_prefix=f"{prefix}-host-",
-            assume_role_policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_TRUST_POLICY,
             opts=child,
         )
         partition = aws.get_partition_output(opts=invoke).partition

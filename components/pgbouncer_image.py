@@ -22,6 +22,7 @@ AmazonSSMManagedInstanceCore, which Image Builder needs to run the component thr
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,17 @@ AUTOSCALING_KEY_OPERATIONS = (
     "GenerateDataKeyWithoutPlaintext",
     "DescribeKey",
     "CreateGrant",
+)
+
+
+# The trust policy of an EC2 instance's role: the PgBouncer hosts' and the image build instance's.
+EC2_TRUST_POLICY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
 )
 
 
@@ -133,18 +145,7 @@ class PgBouncerImage(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{name}-build",
             name_prefix=f"spike-pgb-{s.stack}-img-"[:38],
-            assume_role_policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_TRUST_POLICY,
             tags=tags,
             opts=child,
         )
