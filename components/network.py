@@ -1,9 +1,11 @@
 """Network: the VPC and private subnets (created or adopted), the DB subnet group and the security groups.
 
 Created VPCs have no internet gateway and no NAT: the database needs none, and the PgBouncer hosts reach
-AWS through VPC endpoints instead (interface endpoints for SSM, Secrets Manager, KMS and CloudWatch; a free
-S3 gateway endpoint, limited to the Amazon Linux 2023 core repositories, for the tools that build PgBouncer,
-and to the PgBouncer component's own bucket, for its pinned source and the RDS CA bundle).
+AWS through VPC endpoints instead (interface endpoints for SSM, Secrets Manager, KMS, CloudWatch, Auto
+Scaling and Image Builder; a free S3 gateway endpoint, limited to the Amazon Linux 2023 core repositories, for
+the tools the PgBouncer image's build installs, to AWSTOE's and Image Builder's buckets for that build, and to
+the PgBouncer component's own bucket, for its pinned source, the host scripts, the RDS CA bundle and the
+image build's logs).
 That keeps the whole tier without a route to the internet. In an adopted VPC the network is the owner's:
 we assume it gives the PgBouncer subnets egress (NAT or endpoints) and create no endpoints.
 
@@ -25,6 +27,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.pgbouncer import assets_bucket_prefix
+from components.pgbouncer_image import LOG_PREFIX, awstoe_buckets
 from components.sg_rules import allow_tcp, https_out
 from components.subnets import private_subnet_cidrs
 from dbctl.core.names import POSTGRES_PORT
@@ -32,7 +35,10 @@ from dbctl.stackconfig.settings import StackSettings
 
 HTTPS = 443
 # Interface endpoints the PgBouncer hosts use: SSM agent (session manager, run command), Secrets Manager
-# (role secrets for the auth file), KMS (decrypting them), CloudWatch Logs and metrics (agent).
+# (role secrets for the auth file), KMS (decrypting them), CloudWatch Logs and metrics (agent), Auto Scaling
+# (the bootstrap completes its launch lifecycle hook); and the image's build and test instances: Image
+# Builder (AWSTOE fetches the component; Image Builder user guide, "interface VPC endpoints"), with SSM
+# (Image Builder runs the component through Run Command).
 INTERFACE_ENDPOINT_SERVICES = (
     "ssm",
     "ssmmessages",
@@ -41,6 +47,8 @@ INTERFACE_ENDPOINT_SERVICES = (
     "kms",
     "logs",
     "monitoring",
+    "autoscaling",
+    "imagebuilder",
 )
 # Amazon Linux 2023 serves its package repositories from this S3 bucket in each region.
 AL2023_REPO_BUCKET = "al2023-repos-{region}-de612dc2"
@@ -297,6 +305,23 @@ class Network(pulumi.ComponentResource):
                             "Principal": "*",
                             "Action": ["s3:GetObject"],
                             "Resource": [f"arn:aws:s3:::{assets_bucket_prefix(s.stack)}*/*"],
+                        },
+                        {
+                            # The image's build and test instances: AWSTOE and Image Builder's managed
+                            # components (Image Builder user guide, "Custom policies for S3 bucket access").
+                            "Sid": "ImageBuilderAwstoe",
+                            "Effect": "Allow",
+                            "Principal": "*",
+                            "Action": ["s3:GetObject"],
+                            "Resource": list(awstoe_buckets(s.region)),
+                        },
+                        {
+                            # The build instance's logs, under their prefix of the tier's bucket.
+                            "Sid": "ImageBuilderLogs",
+                            "Effect": "Allow",
+                            "Principal": "*",
+                            "Action": ["s3:PutObject"],
+                            "Resource": [f"arn:aws:s3:::{assets_bucket_prefix(s.stack)}*/{LOG_PREFIX}*"],
                         },
                     ],
                 }

@@ -1,18 +1,20 @@
 """The PgBouncer tier: an Auto Scaling group of arm64 hosts behind an internal Network Load Balancer on 6543.
 
-- Hosts: Amazon Linux 2023 arm64 (the public SSM parameter, so every `pulumi up` picks up the current
-  image and an instance refresh rolls it out). PgBouncer is built on the host from its pinned source
-  (components/pgbouncer_source.py), which this component uploads into its private bucket; the build tools
-  come from AL2023's core repository. Both sit behind S3, so the hosts need no internet route: the VPC's
-  S3 gateway and interface endpoints do.
+- Hosts: the stack's PgBouncer image (components/pgbouncer_image.py: EC2 Image Builder builds PgBouncer
+  from its pinned source on Amazon Linux 2023 arm64 and tests it before the image is accepted), by id:
+  `pgbouncer.amiId` when an operator pinned one, else the image this `up` built. The launch template
+  changes only when that id (or the configuration) does, never because AL2023 published a release.
 - Self-healing: the ASG uses the NLB's health (TCP on 6543) and replaces a host whose PgBouncer stops
-  answering; a launch-template change (config, image) rolls the hosts with an instance refresh.
+  answering. A launch-template change rolls the hosts with an instance refresh that surges (a replacement
+  runs before the host it replaces stops: max_healthy_percentage 200, max_size 2 x hosts, which the pool
+  budget counts) and rolls back on failure; a launch lifecycle hook keeps each new host out of service
+  until its bootstrap completes it (or abandons it, with the reason on the console).
 - User data: `components/pgbouncer_userdata.py` around `dbctl.pgbouncer.render_ini`, the same renderer the
   local stack uses. The auth file is built on the host from the role secrets' `scram_verifier` keys.
 - Instance role: SSM Session Manager (no SSH, no key pair, no public IP); GetSecretValue on exactly the
   pooled roles' secrets; kms:Decrypt on the secrets' key, only via Secrets Manager; GetObject on exactly
-  the RDS CA bundle object and the two PgBouncer source objects. No CloudWatch agent: metrics come from
-  the NLB (and PgBouncer's logs go to the journal, reachable through Session Manager).
+  the RDS CA bundle object; CompleteLifecycleAction on its own group. No CloudWatch agent: metrics come
+  from the NLB and the pool metrics (PgBouncer's logs go to the journal, reachable through Session Manager).
 - Security groups: the NLB has its own group, which admits 6543 from the app security groups and CIDRs in
   settings; the PgBouncer group admits 6543 only from the NLB's group (AWS honours that reference even
   with client IP preservation, and the NLB's health checks come from it too). Nothing admits 0.0.0.0/0.
@@ -32,6 +34,9 @@ import pulumi_aws as aws
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
+from components.pgbouncer_group import LAUNCH_HOOK, group_name, host_group
+from components.pgbouncer_image import EC2_TRUST_POLICY, PgBouncerImage, PgBouncerImageArgs
+from components.pgbouncer_image_document import DRAIN_SECONDS
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
 from components.provider import default_tags
@@ -47,23 +52,13 @@ from dbctl.pgbouncer.config import (
 )
 from dbctl.stackconfig.settings import StackSettings
 
-# Amazon Linux 2023, arm64 (Graviton), kept current by AWS.
-AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
 # NLB's TCP idle timeout (default 350 s) would silently cut an app's idle pooled connection; PgBouncer
 # itself closes idle clients never (client_idle_timeout = 0), so let the NLB wait an hour.
 NLB_TCP_IDLE_TIMEOUT = 3600
 # Seconds a host keeps draining connections after leaving the target group (the default 300 is slow to
-# replace a broken host; transactions in transaction pooling are short).
-DEREGISTRATION_DELAY = 30
-# First boot installs the build tools, builds PgBouncer and fetches secrets before PgBouncer listens: the
-# ASG must not judge a host before that. The build measured 24 s configure + 31 s `make -j2` on a shared
-# 2-vCPU x86 box (docs/pgbouncer.md); on c7g.large / t4g.small (2 Graviton vCPUs) we allow several times
-# that, plus a minute or two of dnf through the S3 endpoint: a boot of 3-6 minutes, graced 10.
-HEALTH_CHECK_GRACE = 600
-# `pulumi up` waits this long for host_count healthy targets behind the NLB, then fails (instead of
-# succeeding while the ASG replaces hosts whose bootstrap fails, in a loop): a first boot, and room for one
-# replacement after a failed host's health-check grace period (HEALTH_CHECK_GRACE) and its own boot.
-WAIT_FOR_CAPACITY_TIMEOUT = "25m"
+# replace a broken host; transactions in transaction pooling are short). PgBouncer's own stop (SIGINT, at
+# most TimeoutStopSec) waits as long: ud.DRAIN_SECONDS is both.
+DEREGISTRATION_DELAY = DRAIN_SECONDS
 
 
 def assets_bucket_prefix(stack: str) -> str:
@@ -115,8 +110,6 @@ def user_data(
     read_hosts: Sequence[str],
     role_secret_arns: Mapping[str, str],
     ca_bundle_s3_uri: str,
-    source: LocalSource,
-    source_s3_prefix: str,
     client_tls_secret_arn: str | None = None,
 ) -> str:
     """The launch template's user data (base64 of gzip), from resolved values: pure."""
@@ -128,8 +121,6 @@ def user_data(
             pgbouncer_version=settings.pgbouncer.version,
             role_secret_arns=role_secret_arns,
             ca_bundle_s3_uri=ca_bundle_s3_uri,
-            source=source.pinned,
-            source_s3_prefix=source_s3_prefix,
             max_client_conn=settings.pgbouncer.max_client_conn,
             client_tls_secret_arn=client_tls_secret_arn if settings.pgbouncer.client_tls else None,
             metrics=ud.PoolMetrics(
@@ -138,6 +129,7 @@ def user_data(
                 monitor_secret_arn=role_secret_arns[MONITOR_ROLE],
                 port=PGBOUNCER_PORT,
             ),
+            launch_hook=ud.LaunchHook(group_name=group_name(settings.stack), hook_name=LAUNCH_HOOK),
         )
     )
     return ud.encode_user_data(script)
@@ -220,7 +212,6 @@ class PgBouncerTier(pulumi.ComponentResource):
                 opts=child,
             )
             source_arns.append(pulumi.Output.concat(bucket.arn, "/", obj.key))
-        source_prefix = pulumi.Output.concat("s3://", bucket.id, "/", S3_PREFIX)
 
         # PgBouncer's client TLS key and certificate reach the hosts as the verifiers do: a secret the
         # instance role reads (its value is written once the NLB, whose DNS name it certifies, exists).
@@ -239,21 +230,11 @@ class PgBouncerTier(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{name}-host",
             name_prefix=f"{prefix}-host-",
-            assume_role_policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_TRUST_POLICY,
             opts=child,
         )
         partition = aws.get_partition_output(opts=invoke).partition
+        account = aws.get_caller_identity_output(opts=invoke).account_id
         aws.iam.RolePolicyAttachment(
             f"{name}-ssm",
             role=role.name,
@@ -282,10 +263,19 @@ class PgBouncerTier(pulumi.ComponentResource):
                 "Resource": [ca_object_arn],
             },
             {
-                "Sid": "ReadPgBouncerSource",
+                # The bootstrap completes (or abandons) its own launch lifecycle action.
+                "Sid": "CompleteOwnLaunchHook",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": source_arns,
+                "Action": ["autoscaling:CompleteLifecycleAction"],
+                "Resource": [
+                    pulumi.Output.format(
+                        "arn:{0}:autoscaling:{1}:{2}:autoScalingGroup:*:autoScalingGroupName/{3}",
+                        partition,
+                        s.region,
+                        account,
+                        group_name(s.stack),
+                    )
+                ],
             },
         ]
         if tls_secret is not None:
@@ -359,22 +349,37 @@ class PgBouncerTier(pulumi.ComponentResource):
         # The PgBouncer group's egress (5432 to the database, 443 to the VPC endpoints) is the network's.
 
         # Launch template: the image, the role, the group, IMDSv2 only, encrypted root, the user data.
-        ami = aws.ssm.get_parameter_output(name=AMI_PARAMETER, opts=invoke).value
+        # The image: built and tested by the stack's pipeline, or pinned by hand (pgbouncer.amiId).
+        if args.secrets_kms_key_arn is None:
+            raise ValueError(
+                "PgBouncerTier needs the stack key (secrets_kms_key_arn): the image is encrypted with it"
+            )
+        image = PgBouncerImage(
+            f"{name}-image",
+            PgBouncerImageArgs(
+                settings=s,
+                source=source.pinned,
+                subnet_id=pulumi.Output.from_input(args.subnet_ids).apply(lambda ids: ids[0]),
+                security_group_id=args.security_group_id,
+                kms_key_arn=args.secrets_kms_key_arn,
+                bucket_id=bucket.id,
+                bucket_arn=bucket.arn,
+                source_object_arns=source_arns,
+            ),
+            opts=child,
+        )
+        ami = image.image_id
         arns = pulumi.Output.all(*[args.role_secret_arns[r] for r in POOLED_ROLES])
         read_hosts = pulumi.Output.all(*args.replica_addresses)
         tls_arn: pulumi.Input[str | None] = tls_secret.arn if tls_secret is not None else None
-        encoded = pulumi.Output.all(
-            args.primary_address, read_hosts, arns, ca_uri, source_prefix, tls_arn
-        ).apply(
-            lambda v: user_data(
-                s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], source, v[4], v[5]
-            )
+        encoded = pulumi.Output.all(args.primary_address, read_hosts, arns, ca_uri, tls_arn).apply(
+            lambda v: user_data(s, v[0], v[1], dict(zip(POOLED_ROLES, v[2], strict=True)), v[3], v[4])
         )
         tags = {**default_tags(s), "Name": f"{prefix}-host"}
         template = aws.ec2.LaunchTemplate(
             f"{name}-host",
             name_prefix=f"{prefix}-host-",
-            description="PgBouncer host (Amazon Linux 2023 arm64)",
+            description="PgBouncer host (the stack's PgBouncer image, Amazon Linux 2023 arm64)",
             image_id=ami,
             instance_type=s.pgbouncer.instance_type,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
@@ -437,6 +442,10 @@ class PgBouncerTier(pulumi.ComponentResource):
             opts=child,
         )
         self.ca_certificate_pem = None
+        # The hosts' helper reads the TLS secret's current version at boot: the group (and so every host it
+        # launches, on a first `up` or after the NLB, whose name the certificate holds, is replaced) waits
+        # for that version to exist.
+        host_dependencies: list[pulumi.Resource] = []
         if tls_secret is not None:
             material = client_tls_material(name, s.stack, nlb.dns_name, self)
             tls_json: pulumi.Output[str] = pulumi.Output.secret(
@@ -447,9 +456,10 @@ class PgBouncerTier(pulumi.ComponentResource):
                     }
                 )
             )
-            aws.secretsmanager.SecretVersion(
+            tls_version = aws.secretsmanager.SecretVersion(
                 f"{name}-client-tls", secret_id=tls_secret.id, secret_string=tls_json, opts=child
             )
+            host_dependencies.append(tls_version)
             self.ca_certificate_pem = material.ca_certificate_pem
 
         aws.lb.Listener(
@@ -464,37 +474,19 @@ class PgBouncerTier(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The hosts: a fixed count across the private subnets, replaced when the NLB finds one unhealthy.
-        aws.autoscaling.Group(
+        # The hosts: a fixed count, surging in a refresh, behind the NLB (components/pgbouncer_group.py).
+        host_group(
             f"{name}-hosts",
-            name_prefix=f"{prefix}-",
-            vpc_zone_identifiers=args.subnet_ids,
-            desired_capacity=s.pgbouncer.host_count,
-            min_size=s.pgbouncer.host_count,
-            max_size=s.pgbouncer.host_count,
-            health_check_type="ELB",
-            health_check_grace_period=HEALTH_CHECK_GRACE,
-            target_group_arns=[target_group.arn],
-            # Create and update wait until every host passes the NLB's health check: a tier that never
-            # comes up fails the deploy. The reason is on the host's console (docs/pgbouncer.md).
-            wait_for_elb_capacity=s.pgbouncer.host_count,
-            wait_for_capacity_timeout=WAIT_FOR_CAPACITY_TIMEOUT,
-            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
-                id=template.id, version=template.latest_version.apply(str)
-            ),
-            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
-                strategy="Rolling",
-                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                    min_healthy_percentage=50, instance_warmup=str(HEALTH_CHECK_GRACE)
-                ),
-            ),
-            tags=[
-                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=False)
-                for k, v in tags.items()
-            ],
-            opts=child,
+            s,
+            args.subnet_ids,
+            template,
+            target_group.arn,
+            tags,
+            pulumi.ResourceOptions(parent=self, depends_on=host_dependencies),
         )
 
+        self.image_id = ami
+        self.image_pipeline_arn = image.pipeline_arn
         self.endpoint = nlb.dns_name
         self.nlb_security_group_id = nlb_sg.id  # clients' way in: the rotation function's testSecret too
         self.nlb_arn_suffix = nlb.arn_suffix

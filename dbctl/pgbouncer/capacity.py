@@ -96,6 +96,18 @@ DEFAULT_HEADROOM: Final = (
 USERS_PER_POOLED_ROLE: Final = 2
 
 
+# An instance refresh of the PgBouncer hosts launches each replacement before it terminates the host it
+# replaces (the group's MaxHealthyPercentage, components/pgbouncer.py): for a while the group runs up to
+# this percentage of its hosts, every one with full pools. The budget counts them all.
+REFRESH_MAX_HEALTHY_PERCENTAGE: Final = 200
+
+
+def hosts_at_surge(host_count: int, max_healthy_percentage: int = REFRESH_MAX_HEALTHY_PERCENTAGE) -> int:
+    """The most PgBouncer hosts running at once: host_count, surging to max_healthy_percentage of it while
+    an instance refresh replaces them (the Auto Scaling group's max_size)."""
+    return -(-host_count * max_healthy_percentage // 100)
+
+
 class UnknownInstanceClassError(ValueError):
     """An instance class missing from INSTANCE_MEMORY_GIB."""
 

@@ -231,6 +231,9 @@ class PgBouncerSettings(_Model):
     # PgBouncer processes per host on one port (so_reuseport + peers); unset: one per vCPU of instanceType.
     # Each process has its own pools and its own maxClientConn. Always a whole number once validated.
     processes: Int = Field(default=None, ge=1, le=pgbouncer_config.MAX_PROCESSES, validate_default=True)
+    # The hosts' AMI, pinned by hand (an image the stack's pipeline built and an operator promoted); unset:
+    # the image this stack's pipeline builds on `pulumi up` (components/pgbouncer_image.py).
+    ami_id: str | None = None
 
     @field_validator("instance_type")
     @classmethod
@@ -240,6 +243,13 @@ class PgBouncerSettings(_Model):
         family = v.split(".", 1)[0]
         if not re.fullmatch(r"[a-z]+\d+g[a-z]*", family):
             raise ValueError("must be an arm64 Graviton type (family with a 'g', e.g. t4g, c7g, m7g)")
+        return v
+
+    @field_validator("ami_id")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})", v):
+            raise ValueError("must be an AMI id such as ami-0123456789abcdef0 (the pipeline's output image)")
         return v
 
     @field_validator("version")
@@ -576,7 +586,8 @@ class StackSettings(_Model):
                 self.pool_targets,
                 default_pool_size=self.pgbouncer.default_pool_size,
                 reserve_pool_size=self.pgbouncer.reserve_pool_size,
-                pgbouncer_hosts=self.pgbouncer.host_count,  # the ASG's maximum: never more than this
+                # The ASG's maximum: hostCount, doubled while an instance refresh surges (never more).
+                pgbouncer_hosts=capacity.hosts_at_surge(self.pgbouncer.host_count),
                 processes=self.pgbouncer.processes,
             )
         except capacity.PoolBudgetError as e:
@@ -587,7 +598,11 @@ class StackSettings(_Model):
                 "defaultPoolSize": p.default_pool_size,
                 "reservePoolSize": p.reserve_pool_size,
             }
-            raise _FieldProblem("pgbouncer", value, str(e)) from None
+            surge = (
+                f"while an instance refresh surges to {capacity.hosts_at_surge(p.host_count)} host(s) "
+                f"(hostCount {p.host_count} and their replacements): "
+            )
+            raise _FieldProblem("pgbouncer", value, surge + str(e)) from None
         version = pgbouncer_config.parse_version(self.pgbouncer.version)
         if self.replica_count > 1 and version < pgbouncer_config.HOST_LIST_VERIFY_FULL_SINCE:
             raise _FieldProblem(
@@ -639,9 +654,15 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "logRetentionDays": 14,
         "secretRecoveryWindowDays": 7,
         "network": {"endpointsInEveryAz": False},
-        # One process: two (a t4g.small's vCPUs) would need 2 x 2 pools x 25 = 100 server connections, more
-        # than a db.t4g.micro's max_connections (82) minus headroom; a dev tier needs no second core.
-        "pgbouncer": {"hostCount": 1, "instanceType": "t4g.small", "processes": 1},
+        # One process and smaller pools: a db.t4g.micro's max_connections (82) minus headroom is 67, and an
+        # instance refresh runs the host and its replacement at once: 2 hosts x 2 pools x (12 + 3) = 60.
+        "pgbouncer": {
+            "hostCount": 1,
+            "instanceType": "t4g.small",
+            "processes": 1,
+            "defaultPoolSize": 12,
+            "reservePoolSize": 3,
+        },
         "backups": {"preMigrationSnapshot": False},
     },
     "prod": {

@@ -77,7 +77,7 @@ class Resource:
     urn: str = ""
     parent: str = ""
     aliases: frozenset[str] = frozenset()
-    # The URNs it depends on (depends_on, and the resources its inputs come from): created before it.
+    # The URNs it waits for (depends_on and the resources its inputs come from), as the engine orders them.
     dependencies: frozenset[str] = frozenset()
 
     @property
@@ -336,6 +336,10 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "aws:cloudwatch/metricAlarm:MetricAlarm":
             aname = str(inputs.get("name") or f"{name}-{h[:7]}")
             return aname, {"arn": self._arn("cloudwatch", f"alarm:{aname}")}
+        if typ == "aws:imagebuilder/image:Image":
+            arn = self._arn("imagebuilder", f"image/{name}/1.0.0/1")
+            ami = {"image": f"ami-{h}", "region": self.region, "accountId": ACCOUNT_ID, "name": name}
+            return arn, {"arn": arn, "outputResources": [{"amis": [ami], "containers": []}]}
         if typ == "aws:ec2/launchTemplate:LaunchTemplate":
             return f"lt-{h}", {"arn": self._arn("ec2", f"launch-template/lt-{h}"), "latestVersion": 1}
         if typ == "aws:lb/loadBalancer:LoadBalancer":

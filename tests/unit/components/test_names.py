@@ -48,6 +48,13 @@ NAME_LIMITS: dict[str, int] = {
     "aws:backup/restoreTestingPlan:RestoreTestingPlan": 50,
     "aws:backup/restoreTestingSelection:RestoreTestingSelection": 50,
     "aws:sqs/queue:Queue": 80,  # SQS API reference, CreateQueue QueueName
+    # Image Builder API reference (CreateComponent, CreateImageRecipe, ...): name pattern of 1-128 chars.
+    "aws:imagebuilder/component:Component": 128,
+    "aws:imagebuilder/imageRecipe:ImageRecipe": 128,
+    "aws:imagebuilder/infrastructureConfiguration:InfrastructureConfiguration": 128,
+    "aws:imagebuilder/distributionConfiguration:DistributionConfiguration": 128,
+    "aws:imagebuilder/imagePipeline:ImagePipeline": 128,
+    "aws:kms/grant:Grant": 256,  # KMS API reference, CreateGrant Name
 }
 PREFIX_LIMITS = {"aws:lb/targetGroup:TargetGroup": 6, "aws:lb/loadBalancer:LoadBalancer": 6}
 # Other inputs that name something, with their own limits.

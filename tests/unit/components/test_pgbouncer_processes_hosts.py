@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from components import pgbouncer_image_document as doc
 from components import pgbouncer_userdata as ud
+from components.pgbouncer import DEREGISTRATION_DELAY
 from hosts import pool_metrics
 from tests.unit.components.test_pgbouncer_userdata import _shellcheck
 from tests.unit.harness import RunResult, one, run, settings_for
@@ -68,23 +70,35 @@ def test_prod_hosts_run_one_process_per_vcpu_each_on_its_own_file(prod: str) -> 
 
 
 def test_a_systemd_template_unit_runs_each_process_and_a_target_wants_all_of_them(prod: str) -> None:
-    unit = prod.split("cat > /etc/systemd/system/pgbouncer@.service <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
-    assert "ExecStart=$pgbouncer_bin /etc/pgbouncer/pgbouncer-%i.ini" in unit
+    unit = doc.template_unit()  # the image's (InstallHostFiles), one for every stack
+    assert "ExecStart=/usr/local/bin/pgbouncer /etc/pgbouncer/pgbouncer-%i.ini" in unit
     assert "RuntimeDirectory=pgbouncer-%i" in unit  # the socket dir the ini names, made for the instance
-    assert f"LimitNOFILE={ud.nofile_limit(settings_for('prod').pgbouncer.max_client_conn)}" in unit
+    dropin = prod.split("pgbouncer@.service.d/limits.conf <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    assert (
+        dropin == f"[Service]\nLimitNOFILE={ud.nofile_limit(settings_for('prod').pgbouncer.max_client_conn)}"
+    )
     assert "Restart=on-failure" in unit and "PartOf=spike-pgbouncer.target" in unit
     assert "OnFailure=spike-pgbouncer-down.service" in unit and "StartLimitBurst=5" in unit
     assert "Wants=pgbouncer@1.service pgbouncer@2.service\n" in prod
-    assert "ExecStart=/usr/bin/systemctl stop spike-pgbouncer.target" in prod  # the host leaves the NLB
-    assert "Type=notify" in unit and "pgbouncer_bin=/usr/local/bin/pgbouncer\n" in prod  # the built binary
+    # The host leaves the NLB: the image's unit that stops every process.
+    assert "ExecStart=/usr/bin/systemctl stop spike-pgbouncer.target" in doc.down_unit()
+    assert "Type=notify" in unit and "User=pgbouncer" in unit
     assert "/etc/systemd/system/pgbouncer.service" not in prod  # no single-process unit beside the template
+
+
+def test_a_stop_is_pgbouncers_safe_shutdown_bounded_by_the_nlbs_deregistration_delay() -> None:
+    """SIGINT lets transactions finish and exits; systemd's default SIGTERM would wait for every client
+    (tests/integration/hosts/test_pgbouncer_stop_signal.py); the stop lasts what the NLB gives a client."""
+    unit = doc.template_unit()
+    assert "KillSignal=SIGINT\n" in unit
+    assert f"TimeoutStopSec={DEREGISTRATION_DELAY}s\n" in unit
 
 
 def test_the_bootstrap_checks_every_process_and_its_socket(prod: str, dev: str) -> None:
     for script, n in ((prod, 2), (dev, 1)):
         assert f"for i in $(seq 1 {n}); do\n" in script
         assert 'systemctl is-active --quiet "pgbouncer@$i.service" ||' in script
-        assert "Type=notify\n" in script  # active = it told systemd it listens
+        assert "Type=notify\n" in doc.template_unit()  # active = it told systemd it listens
         assert f'log "pgbouncer is active: {n} process(es) on port 6543"' in script
     socket_check = '[ -S "/run/pgbouncer-$i/.s.PGSQL.6543" ] ||\n    fail "pgbouncer process $i has no socket'
     assert socket_check in prod
@@ -126,7 +140,7 @@ def test_the_prod_script_parses_and_passes_shellcheck(prod: str, tmp_path: Path)
 def test_the_embedded_helper_reloads_each_unit_it_is_given(tmp_path: Path) -> None:
     """The embedded helper, with a stand-in systemctl: a new auth file reloads both processes."""
     program = tmp_path / "helper"
-    program.write_text(ud.helper_source())
+    program.write_text((doc.HOSTS_DIR / "pgbouncer_authfile.py").read_text())
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.log"

@@ -16,17 +16,20 @@ from typing import Any
 
 import pytest
 
+from components import pgbouncer_image_document as doc
 from components import pgbouncer_source
 from components.pgbouncer import (
-    AMI_PARAMETER,
-    HEALTH_CHECK_GRACE,
+    DEREGISTRATION_DELAY,
     assets_bucket_prefix,
     ini_config,
 )
-from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, PGBOUNCER_BIN, nofile_limit
+from components.pgbouncer_group import HEALTH_CHECK_GRACE, LAUNCH_HOOK_TIMEOUT
+from components.pgbouncer_image_document import PGBOUNCER_BIN, template_unit
+from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
 from dbctl.core import names
 from tests.unit.harness import Resource, RunResult, of_type, one, run, run_fresh, settings_for
 
+IMAGE = "aws:imagebuilder/image:Image"
 STACKS = ("dev", "prod")
 HOSTS = {"dev": 1, "prod": 2}
 POOLED = (names.APP_ROLE, names.READONLY_ROLE, names.MONITOR_ROLE)
@@ -48,7 +51,12 @@ def stack(request: pytest.FixtureRequest) -> tuple[str, RunResult]:
 
 def tier(result: RunResult, typ: str, key_prefix: str = "") -> Resource:
     """The one resource of typ that the PgBouncer component declares (objects: the one under key_prefix)."""
-    ours = [r for r in result.resources if r.name.startswith("pgbouncer")]
+    # The image pipeline's own (pgbouncer-image-*) are test_pgbouncer_image.py's.
+    ours = [
+        r
+        for r in result.resources
+        if r.name.startswith("pgbouncer") and not r.name.startswith("pgbouncer-image")
+    ]
     return one([r for r in ours if r.inputs.get("key", "").startswith(key_prefix)], typ)
 
 
@@ -63,14 +71,15 @@ def ids_by_rule(result: RunResult, name: str) -> dict[str, Any]:
 def test_hosts_behind_an_internal_nlb_on_6543(stack: tuple[str, RunResult]) -> None:
     name, result = stack
     asg = tier(result, ASG).inputs
-    assert asg["desiredCapacity"] == asg["minSize"] == asg["maxSize"] == HOSTS[name]
+    assert asg["desiredCapacity"] == asg["minSize"] == HOSTS[name]
+    assert asg["maxSize"] == 2 * HOSTS[name]  # room for the refresh's surge
     assert asg["healthCheckType"] == "ELB"  # a host the NLB finds dead is replaced
     # `pulumi up` fails unless every host passes the NLB's health check within the timeout.
     assert asg["waitForElbCapacity"] == HOSTS[name]
-    # Room for a first boot (which builds PgBouncer) and one replacement after a failed host's grace period.
+    # Room for a host that uses all of its launch hook's time and grace period, and one replacement.
     minutes = re.fullmatch(r"(\d+)m", asg["waitForCapacityTimeout"])
-    assert minutes and int(minutes.group(1)) * 60 >= 2 * HEALTH_CHECK_GRACE + 300
-    assert asg["healthCheckGracePeriod"] == HEALTH_CHECK_GRACE >= 600  # the build's minutes, then some
+    assert minutes and int(minutes.group(1)) * 60 >= 2 * (LAUNCH_HOOK_TIMEOUT + HEALTH_CHECK_GRACE)
+    assert asg["healthCheckGracePeriod"] == HEALTH_CHECK_GRACE == 90  # from InService: the NLB's checks
     assert asg["vpcZoneIdentifiers"] == result.outputs["subnet_ids"]
     assert asg["instanceRefresh"]["strategy"] == "Rolling"
     tg = tier(result, TG)
@@ -95,8 +104,9 @@ def test_launch_template_is_graviton_al2023_imdsv2_without_ssh_or_public_ip(
 ) -> None:
     name, result = stack
     lt = tier(result, LT).inputs
-    assert AMI_PARAMETER.endswith("-arm64") and "al2023" in AMI_PARAMETER
-    assert lt["imageId"] == "ami-0123456789abcdef0"  # what the mock's SSM parameter lookup returns
+    # The image this `up` built and tested (its test phase: test_pgbouncer_image.py), by id.
+    image = one([r for r in result.resources if r.name == "pgbouncer-image-image"], IMAGE)
+    assert lt["imageId"] == image.state["outputResources"][0]["amis"][0]["image"]
     assert lt["instanceType"] == settings_for(name).pgbouncer.instance_type
     assert re.fullmatch(r"[a-z]+\d+g[a-z]*\.[a-z0-9]+", lt["instanceType"])
     assert lt["metadataOptions"]["httpTokens"] == "required"
@@ -138,7 +148,7 @@ def test_user_data_holds_the_rendered_settings(stack: tuple[str, RunResult]) -> 
     assert "\nmax_prepared_statements = " in script  # the hosts run >= 1.21
     assert f"readonly PGBOUNCER_VERSION={p.version}\n" in script
     assert f"LimitNOFILE={nofile_limit(p.max_client_conn)}\n" in script
-    assert "Restart=on-failure" in script and "OnUnitActiveSec=" in script
+    assert "Restart=on-failure" in template_unit() and "OnUnitActiveSec=" in script
     assert f"readonly REGION={settings.region}\n" in script
 
 
@@ -179,7 +189,7 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
         "ReadPooledRoleSecrets",
         "ReadClientTlsKey",
         "ReadRdsCaBundle",
-        "ReadPgBouncerSource",
+        "CompleteOwnLaunchHook",
         "DecryptSecretsViaSecretsManager",
         "PutPoolMetrics",
     }
@@ -199,12 +209,14 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
     ca = by_sid["ReadRdsCaBundle"]
     assert ca["Action"] == ["s3:GetObject"] and len(ca["Resource"]) == 1
     assert ca["Resource"][0].endswith(f"/rds-ca/{settings_for(name).region}-bundle.pem")
-    # The pinned PgBouncer source: exactly its two objects in the tier's bucket, nothing else there.
-    bucket_arn = tier(result, "aws:s3/bucket:Bucket").state["arn"]
-    source = by_sid["ReadPgBouncerSource"]
-    assert source["Action"] == ["s3:GetObject"]
-    assert source["Resource"] == [f"{bucket_arn}/{o.inputs['key']}" for o in source_objects(result)]
-    assert len(source["Resource"]) == 2
+    # The hosts no longer read the source (the image built it); they complete their own launch hook.
+    hook = by_sid["CompleteOwnLaunchHook"]
+    assert hook["Action"] == ["autoscaling:CompleteLifecycleAction"]
+    group = tier(result, ASG).inputs["name"]
+    assert hook["Resource"] == [
+        f"arn:aws:autoscaling:{settings_for(name).region}:123456789012:autoScalingGroup:*:"
+        f"autoScalingGroupName/{group}"
+    ]
     attachment = tier(result, "aws:iam/rolePolicyAttachment:RolePolicyAttachment").inputs
     assert attachment["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
     trust = json.loads(tier(result, "aws:iam/role:Role").inputs["assumeRolePolicy"])
@@ -213,7 +225,8 @@ def test_instance_role_is_least_privilege(stack: tuple[str, RunResult]) -> None:
 
 def source_objects(result: RunResult) -> list[Resource]:
     objects = of_type(result.resources, "aws:s3/bucketObjectv2:BucketObjectv2")
-    return [o for o in objects if o.inputs["key"].startswith(pgbouncer_source.S3_PREFIX)]
+    pinned = {pgbouncer_source.S3_PREFIX + f.name for f in pgbouncer_source.pinned().files}
+    return [o for o in objects if o.inputs["key"] in pinned]
 
 
 def assets_bucket(result: RunResult) -> str:
@@ -236,32 +249,23 @@ def test_the_pinned_source_is_uploaded_into_the_tiers_private_bucket(stack: tupl
         assert pgbouncer_source.sha256_of(pgbouncer_source.REPO_ROOT / asset) == pin.sha256
 
 
-def test_user_data_builds_pgbouncer_from_the_uploaded_source_in_order(stack: tuple[str, RunResult]) -> None:
+def test_user_data_builds_nothing_and_checks_the_images_release(stack: tuple[str, RunResult]) -> None:
     _, result = stack
     script = script_of(result)
-    bucket = assets_bucket(result)
-    assert f"readonly PGBOUNCER_SOURCE_URI=s3://{bucket}/{pgbouncer_source.S3_PREFIX}\n" in script
-    assert pgbouncer_source.pinned().sha256sum_lines() in script  # the pins, checked again on the host
+    for gone in ("dnf ", "./configure", "make ", "patch ", "PGBOUNCER_SOURCE_URI", "sha256sum", "useradd"):
+        assert gone not in script, gone
     steps = [
-        "dnf install -y -q libevent c-ares",
-        'dnf install -y -q "${build_only[@]}"',
-        'aws s3 cp --only-show-errors --region "$REGION" "$PGBOUNCER_SOURCE_URI$name"',
-        "sha256sum -c --strict --quiet",
-        'patch "${patch_opts:--p1}" --forward < "debian/patches/$patch_name"',
-        "./configure --prefix=/usr/local --with-systemd --with-cares=yes --with-openssl",
-        'make -j"$(nproc)"',
-        "make install",
-        'dnf remove -y -q "${build_only[@]}"',
+        f"[ -x {PGBOUNCER_BIN} ] ||",
         f"built=$({PGBOUNCER_BIN} --version",
-        "useradd --system",
         "# 2. The RDS CA bundle",
-        f"pgbouncer_bin={PGBOUNCER_BIN}\n",  # section 6's template unit runs the binary built above
-        "cat > /etc/systemd/system/pgbouncer@.service",
+        "cat > /etc/systemd/system/pgbouncer@.service.d/limits.conf",
+        "systemctl restart spike-pgbouncer.target",
+        "complete_launch CONTINUE || fail",
     ]
     positions = [script.find(step) for step in steps]
     assert -1 not in positions, [s for s, at in zip(steps, positions, strict=True) if at == -1]
     assert positions == sorted(positions)
-    assert "spal" not in script.lower()  # no third-party repository left
+    assert "cat > /etc/systemd/system/pgbouncer@.service " not in script  # the image's unit
 
 
 def test_the_user_data_is_valid_bash(stack: tuple[str, RunResult], tmp_path: Path) -> None:
@@ -318,6 +322,14 @@ def test_no_iam_statement_uses_a_wildcard_resource(stack: tuple[str, RunResult])
                 statement["Resource"] == ["*"]
                 and "cloudwatch:namespace" in statement["Condition"]["StringEquals"]
             )
+            continue
+        if statement["Action"] == ["autoscaling:CompleteLifecycleAction"]:
+            # A group's ARN holds its id, unknown until it exists: AWS's form for "this group, by name".
+            (arn,) = statement["Resource"]
+            assert re.fullmatch(
+                r"arn:aws:autoscaling:[a-z0-9-]+:\d{12}:autoScalingGroup:\*:autoScalingGroupName/spike-pgb-\w+-hosts",
+                arn,
+            ), arn
             continue
         resources = statement["Resource"]
         for resource in resources if isinstance(resources, list) else [resources]:
@@ -388,6 +400,18 @@ def test_app_security_groups_are_admitted_at_the_nlb() -> None:
         and not r.name.startswith("rotation-")  # the rotation function's testSecret (test_rotation.py)
     ]
     assert refs == [app_sg]
+
+
+def test_the_hosts_wait_for_the_tls_secrets_version(stack: tuple[str, RunResult]) -> None:
+    """The helper reads the secret's current version at boot: the group depends on that version."""
+    _, result = stack
+    version = one(
+        [r for r in result.resources if r.name.startswith("pgbouncer")],
+        "aws:secretsmanager/secretVersion:SecretVersion",
+    )
+    assert version.urn in tier(result, ASG).dependencies
+    # The deregistration delay and PgBouncer's stop (TimeoutStopSec) agree.
+    assert tier(result, TG).inputs["deregistrationDelay"] == DEREGISTRATION_DELAY == doc.DRAIN_SECONDS
 
 
 def test_client_tls_off_renders_no_client_tls() -> None:

@@ -1,5 +1,6 @@
-"""The PgBouncer hosts' user data and its auth-file helper: pure rendering, shellcheck, and the helper run
-for real (in-process against moto's Secrets Manager, and as the embedded script with a stand-in `aws`)."""
+"""The PgBouncer hosts' user data and its auth-file helper: pure rendering, shellcheck, the bootstrap run with
+stand-ins (a failure abandons the launch hook), and the helper run for real (in-process against moto's
+Secrets Manager, and as the file the image installs, with a stand-in `aws`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
-from components import pgbouncer_source
+from components import pgbouncer_image_document as doc
 from components import pgbouncer_userdata as ud
 from dbctl.core import names
 from dbctl.core.scram import scram_verifier
@@ -53,13 +54,17 @@ def config(**overrides: object) -> ud.HostConfig:
         "pgbouncer_version": "1.24",
         "role_secret_arns": ARNS,
         "ca_bundle_s3_uri": "s3://spike-land-db-ca-1a2b3c/rds-ca/eu-west-1-bundle.pem",
-        "source": pgbouncer_source.pinned(),
-        "source_s3_prefix": "s3://spike-land-db-ca-1a2b3c/pgbouncer-src/",
         "max_client_conn": 1000,
         "client_tls_secret_arn": TLS_ARN,
+        "launch_hook": ud.LaunchHook(group_name="spike-pgb-dev-hosts", hook_name="spike-pgbouncer-bootstrap"),
     }
     values.update(overrides)
     return ud.HostConfig(**values)  # type: ignore[arg-type]
+
+
+def helper_source() -> str:
+    """The auth-file helper exactly as the image installs it (InstallHostFiles copies this file)."""
+    return (doc.HOSTS_DIR / "pgbouncer_authfile.py").read_text(encoding="utf-8")
 
 
 def heredoc(script: str, tag: str) -> str:
@@ -77,12 +82,11 @@ def test_script_holds_the_settings() -> None:
     assert heredoc(script, "SPIKE_PGBOUNCER_INI_1") == INI  # the renderer's output, verbatim
     assert "readonly REGION=eu-west-1" in script
     assert "readonly PGBOUNCER_VERSION=1.24" in script
-    assert "readonly PGBOUNCER_SOURCE_URI=s3://spike-land-db-ca-1a2b3c/pgbouncer-src/" in script
     assert f"LimitNOFILE={2 * 1000 + ud.NOFILE_MARGIN}" in script
-    assert "Restart=on-failure" in script
-    # PgBouncer runs in the foreground on our config (a template unit's instance), not the package's unit.
-    assert f"\nExecStart=$pgbouncer_bin {ud.CONFIG_FILE}\n" in script and ud.CONFIG_FILE.endswith("-%i.ini")
-    assert "ExecReload=/bin/kill -HUP \\$MAINPID" in script
+    # PgBouncer runs in the foreground on our config (the image's template unit), not the package's unit.
+    assert f"\nExecStart={doc.PGBOUNCER_BIN} {doc.CONFIG_FILE}\n" in doc.template_unit()
+    assert doc.CONFIG_FILE.endswith("-%i.ini") and "Restart=on-failure" in doc.template_unit()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in doc.template_unit()
     assert f"OnUnitActiveSec={ud.AUTH_REFRESH_INTERVAL}" in script
     assert f"--auth-file {ud.AUTH_FILE}" in script and ud.AUTH_FILE.startswith("/run/")
     for role, arn in ARNS.items():
@@ -103,7 +107,7 @@ def test_client_tls_comes_from_its_secret_to_tmpfs_never_made_on_the_host() -> N
     assert f"--tls-key-file {ud.CLIENT_TLS_KEY_FILE} --tls-cert-file {ud.CLIENT_TLS_CERT_FILE}" in script
     assert ud.CLIENT_TLS_KEY_FILE.startswith(ud.AUTH_DIR + "/") and ud.AUTH_DIR.startswith("/run/")
     assert not re.search(r"\bopenssl (req|genpkey|genrsa|x509|ecparam)\b", script)  # no key made here
-    assert "PRIVATE KEY" not in script.replace(ud.helper_source(), "")
+    assert "PRIVATE KEY" not in script.replace(helper_source(), "")
 
 
 def test_client_tls_off_makes_no_certificate() -> None:
@@ -112,9 +116,11 @@ def test_client_tls_off_makes_no_certificate() -> None:
     assert ud.CLIENT_TLS_KEY_FILE not in script
 
 
-def test_embeds_the_helper_verbatim() -> None:
+def test_the_helper_is_the_images_not_the_user_datas() -> None:
     script = ud.render_user_data(config())
-    assert heredoc(script, "SPIKE_AUTHFILE_HELPER") == ud.helper_source()
+    assert "SPIKE_AUTHFILE_HELPER" not in script and "def main(" not in script
+    assert f"ExecStart=/usr/bin/python3 {doc.HELPER_PATH} " in script
+    assert doc.HOST_SCRIPTS["pgbouncer_authfile.py"] == doc.HELPER_PATH
 
 
 def test_no_secret_and_no_tracing_in_the_script() -> None:
@@ -122,7 +128,7 @@ def test_no_secret_and_no_tracing_in_the_script() -> None:
     assert not re.search(r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/=]+\$", script)  # no verifier
     assert not re.search(r"set -[a-z]*x", script.replace("set +x", ""))
     # The only key the helper reads from a secret is the verifier; the plaintext key is never looked up.
-    source = ud.helper_source()
+    source = helper_source()
     assert f'VERIFIER_KEY = "{names.SECRET_VERIFIER_KEY}"' in source
     assert not re.search(r"""\[\s*["']password["']\s*\]|get\(\s*["']password["']""", source)
 
@@ -157,8 +163,7 @@ def test_oversized_user_data_is_refused() -> None:
         ({"role_secret_arns": {"Bad Role": ARNS["spike_app"]}}, "not a PostgreSQL role name"),
         ({"ca_bundle_s3_uri": "https://example.com/ca.pem"}, "not an s3://bucket/key URI"),
         ({"max_client_conn": 0}, "max_client_conn must be >= 1"),
-        ({"pgbouncer_version": "1.25"}, "pinned PgBouncer source is 1.24.1, not pgbouncer_version 1.25"),
-        ({"source_s3_prefix": "s3://bucket/pgbouncer-src"}, "not an s3://bucket/prefix/ URI"),
+        ({"launch_hook": ud.LaunchHook("spike pgb", "hook")}, "are not ASG names"),
         ({"pgbouncer_inis": (INI + "SPIKE_PGBOUNCER_INI_1\n",)}, "heredoc delimiter"),
     ],
 )
@@ -315,10 +320,9 @@ def test_helper_holds_every_user_of_a_rotation_under_way(
 
 
 def test_embedded_helper_runs_end_to_end(tmp_path: Path) -> None:
-    """The helper bytes from the user data, run by python with stand-in `aws` and `systemctl` on PATH."""
-    script = ud.render_user_data(config())
+    """The helper the image installs, run by python with stand-in `aws` and `systemctl` on PATH."""
     program = tmp_path / "spike-pgbouncer-authfile"
-    program.write_text(heredoc(script, "SPIKE_AUTHFILE_HELPER"))
+    program.write_text(helper_source())
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     for role, arn in ARNS.items():
@@ -392,9 +396,8 @@ def _file_of(arn: str) -> str:
 
 
 def test_embedded_helper_writes_the_client_tls_files_0600_and_never_prints_them(tmp_path: Path) -> None:
-    script = ud.render_user_data(config())
     program = tmp_path / "helper"
-    program.write_text(heredoc(script, "SPIKE_AUTHFILE_HELPER"))
+    program.write_text(helper_source())
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     for role, arn in ARNS.items():
@@ -490,40 +493,31 @@ def _text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def test_a_failed_package_install_is_reported_on_the_console_and_in_the_boot_log(tmp_path: Path) -> None:
-    done, console, boot_log = _run_bootstrap(tmp_path, {"dnf": "echo 'No match for argument' >&2; exit 1"})
-    assert done.returncode == 1
-    assert re.search(r"BOOTSTRAP FAILED: exit status 1 at line \d+: dnf install", console), console
-    assert ud.BOOT_LOG in console or "bootstrap.log" in console  # where the details are
-    assert "BOOTSTRAP FAILED: exit status 1" in boot_log and "dnf install" in boot_log
-    assert "bootstrap complete" not in console
+HOOK_STUBS = {
+    # IMDSv2: a token, then the instance id; the ASG call is logged (the launch hook's result).
+    "curl": 'case "$*" in *api/token*) echo token ;; *instance-id*) echo i-0123456789abcdef0 ;; esac',
+    "aws": 'echo "aws $*" >> "$SPIKE_CALLS"',
+}
 
 
-def test_a_source_that_does_not_match_its_pins_stops_the_bootstrap_before_the_build(tmp_path: Path) -> None:
-    """The rendered script, stand-in dnf/rpm and an `aws` that serves altered tarballs; the real sha256sum."""
-    served = tmp_path / "bucket"
-    served.mkdir()
-    for f in pgbouncer_source.pinned().files:
-        (served / f.name).write_bytes(b"not the pinned bytes\n")
-    aws = f'[ "$1 $2" = "s3 cp" ] || exit 1; cp "{served}/${{6##*/}}" "$7"'
-    stubs = {"dnf": "exit 0", "rpm": "exit 1", "aws": aws, "tar": "echo tar must not run >&2; exit 1"}
-    done, console, boot_log = _run_bootstrap(tmp_path, stubs, {"TMPDIR": str(tmp_path)})
+def test_a_host_without_the_images_pgbouncer_abandons_its_launch_and_says_why(tmp_path: Path) -> None:
+    """A host that is not on the stack's image (no /usr/local/bin/pgbouncer here) never takes traffic."""
+    calls = tmp_path / "calls"
+    done, console, boot_log = _run_bootstrap(tmp_path, HOOK_STUBS, {"SPIKE_CALLS": str(calls)})
     assert done.returncode == 1
-    expected = (
-        "BOOTSTRAP FAILED: the PgBouncer source in s3://spike-land-db-ca-1a2b3c/pgbouncer-src/ does not"
+    reason = f"BOOTSTRAP FAILED: {doc.PGBOUNCER_BIN} is missing: this is not the stack's PgBouncer image"
+    assert reason in console and reason in boot_log and "bootstrap complete" not in console
+    assert calls.read_text() == (
+        "aws autoscaling complete-lifecycle-action --region eu-west-1 --lifecycle-action-result ABANDON "
+        "--lifecycle-hook-name spike-pgbouncer-bootstrap --auto-scaling-group-name spike-pgb-dev-hosts "
+        "--instance-id i-0123456789abcdef0\n"
     )
-    assert expected in console and expected in boot_log
-    assert "tar must not run" not in done.stderr and "bootstrap complete" not in console
 
 
-def test_the_build_is_the_pinned_release_with_debians_patches_and_the_configure_flags() -> None:
-    source = pgbouncer_source.pinned()
-    steps = ud.build_steps(source, "/opt/x")
-    assert f"./configure --prefix=/opt/x {' '.join(ud.CONFIGURE_FLAGS)}\n" in steps
-    assert ud.CONFIGURE_FLAGS == ("--with-systemd", "--with-cares=yes", "--with-openssl")
-    assert "done < debian/patches/series" in steps
-    assert source.sha256sum_lines() in steps
-    # The user data runs exactly these steps, into /usr/local, and checks the binary it installed there.
+def test_the_bootstrap_completes_the_launch_hook_only_after_pgbouncer_runs() -> None:
     script = ud.render_user_data(config())
-    assert ud.build_steps(source, ud.PREFIX) in script and ud.version_check(ud.PGBOUNCER_BIN) in script
-    assert ud.PGBOUNCER_BIN == "/usr/local/bin/pgbouncer"
+    started = script.index('systemctl is-active --quiet "pgbouncer@$i.service"')
+    assert script.index("complete_launch CONTINUE") > started
+    assert "complete_launch ABANDON" in script.split("fail() {", 1)[1].split("\n}\n", 1)[0]
+    # Without a hook (no group), nothing is called.
+    assert "complete_launch() { :; }" in ud.render_user_data(config(launch_hook=None))

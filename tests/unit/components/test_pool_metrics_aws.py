@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from components import pgbouncer_image_document as doc
 from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from dbctl.stackconfig.settings import SettingsError
@@ -88,7 +89,9 @@ def test_bad_pool_thresholds_name_the_key(overrides: dict[str, object], message:
 def test_the_instance_role_may_put_metrics_only_into_the_stacks_namespace(stack: str) -> None:
     r = run(stack)
     [policy] = [
-        p for p in of_type(r.resources, "aws:iam/rolePolicy:RolePolicy") if p.name.startswith("pgbouncer")
+        p
+        for p in of_type(r.resources, "aws:iam/rolePolicy:RolePolicy")
+        if p.name.startswith("pgbouncer") and not p.name.startswith("pgbouncer-image")
     ]
     puts = [
         s
@@ -125,12 +128,11 @@ def test_each_host_runs_the_publisher_every_minute(stack: str) -> None:
     r = run(stack)
     raw = user_data(r)
     script = gzip.decompress(raw).decode()
-    # The publisher exactly as the repository has it, run by a timer as a oneshot service.
-    assert ud._METRICS_SOURCE.read_text() in script
-    assert f"cat > {ud.METRICS_PATH} <<'SPIKE_POOL_METRICS'" in script
+    # The publisher, run by a timer as a oneshot service; the script is the image's (InstallHostFiles).
+    assert doc.HOST_SCRIPTS["pool_metrics.py"] == doc.METRICS_PATH and "SPIKE_POOL_METRICS" not in script
     assert "OnUnitActiveSec=60s" in script and f"systemctl enable --now {ud.METRICS_UNIT}.timer" in script
     monitor_arn = r.outputs["role_secret_arns"]["spike_monitor"]
     assert f"--namespace SpikeLandDb/{stack} --monitor-secret {monitor_arn} --port 6543" in script
-    assert f"dnf install -y -q {ud.PSQL_PACKAGE}" in script
+    assert "dnf " not in script  # psql is the image's too (doc.PSQL_PACKAGE)
     assert len(raw) <= ud.USER_DATA_LIMIT
     print(f"{stack}: user data {len(script)} bytes, {len(raw)} gzipped (limit {ud.USER_DATA_LIMIT})")

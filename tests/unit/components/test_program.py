@@ -16,6 +16,7 @@ from components.credentials import INITIAL_STAGE
 from components.database import replica_zones
 from dbctl.core import names
 from dbctl.core.scram import is_scram_verifier
+from dbctl.pgbouncer import capacity
 from dbctl.stackconfig.settings import SettingsError
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
 
@@ -483,8 +484,8 @@ def test_prod_with_two_replicas_renders_a_read_pool_over_both() -> None:
 
 
 def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
-    # db.t4g.small holds 192 by RDS's formula; 2 hosts x 1 process x (85 + 5) = 180 fits the m7g.large
-    # primary (855) but not 192 - 15 headroom on either replica.
+    # db.t4g.small holds 192 by RDS's formula; 2 hosts, surging to 4 in a refresh, x 1 process x (85 + 5)
+    # = 360 fits the m7g.large primary (855) but not 192 - 15 headroom on either replica.
     overrides: dict[str, object] = {
         "replicaCount": 2,
         "pgbouncer.version": "1.25",
@@ -492,9 +493,30 @@ def test_the_budget_refuses_a_layout_that_would_overfill_a_replica() -> None:
         "replicaInstanceClass": "db.t4g.small",
         "pgbouncer.defaultPoolSize": 85,
     }
-    with pytest.raises(SettingsError, match=r"180 server connections to replica 1, .*192 - 15 headroom"):
+    with pytest.raises(
+        SettingsError, match=r"surges to 4 host.*360 server connections to replica 1, .*192 - 15 headroom"
+    ):
         settings_for("prod", overrides)
-    assert settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 80}).replica_count == 2
+    assert settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 35}).replica_count == 2
+
+
+def test_the_budget_counts_the_hosts_an_instance_refresh_surges_to() -> None:
+    """2 hosts x (40 + 5) = 90 would fit a replica's 177; the refresh's 4 hosts (180) do not."""
+    overrides: dict[str, object] = {
+        "replicaCount": 2,
+        "pgbouncer.version": "1.25",
+        "pgbouncer.processes": 1,
+        "replicaInstanceClass": "db.t4g.small",
+        "pgbouncer.defaultPoolSize": 40,
+    }
+    assert capacity.hosts_at_surge(2) == 4 and capacity.hosts_at_surge(1) == 2
+    with pytest.raises(SettingsError, match=r"surges to 4 host\(s\) \(hostCount 2 and their replacements\)"):
+        settings_for("prod", overrides)
+    targets = settings_for("prod", {**overrides, "pgbouncer.defaultPoolSize": 35}).pool_targets
+    fits_without_surge = capacity.check_layout(
+        targets, default_pool_size=40, reserve_pool_size=5, pgbouncer_hosts=2, processes=1
+    )
+    assert [b.pooled for b in fits_without_surge] == [90, 90, 90]
 
 
 def test_two_replicas_need_a_pgbouncer_whose_verify_full_works_over_a_host_list() -> None:

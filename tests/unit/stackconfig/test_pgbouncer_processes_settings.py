@@ -64,11 +64,12 @@ def test_the_budget_counts_every_process_of_every_host() -> None:
     dev = settings_for("dev")
     budget = dev.effective_max_connections - capacity.DEFAULT_HEADROOM
     per_pool = dev.pgbouncer.default_pool_size + dev.pgbouncer.reserve_pool_size
-    # One host, two pools on the primary (no replica): one process fits, two do not.
-    assert 2 * per_pool <= budget < 2 * 2 * per_pool
+    # One host and its replacement during a refresh, two pools on the primary (no replica): one process
+    # fits, two do not.
+    assert 2 * 2 * per_pool <= budget < 2 * 2 * 2 * per_pool
     error, declared = failing_run("dev", {"pgbouncer.processes": 2})
     assert isinstance(error, SettingsError)
-    shown = "1 host(s) x 2 process(es) x 2 pool(s) x (20 default_pool_size + 5 reserve_pool_size)"
-    assert f"{shown} = {4 * per_pool}" in str(error)
+    shown = "2 host(s) x 2 process(es) x 2 pool(s) x (12 default_pool_size + 3 reserve_pool_size)"
+    assert f"{shown} = {8 * per_pool}" in str(error)
     assert "fewer PgBouncer hosts or processes" in str(error)
     assert declared == []

@@ -285,12 +285,14 @@ def test_a_pool_that_would_exhaust_the_primary_stops_the_program_before_any_reso
 
 def test_with_a_replica_each_instance_carries_one_pool_per_host() -> None:
     settings = settings_for("prod")
-    hosts, reserve = settings.pgbouncer.host_count, settings.pgbouncer.reserve_pool_size
+    # The hosts an instance refresh surges to (2 -> 4), each with full pools.
+    hosts = capacity.hosts_at_surge(settings.pgbouncer.host_count)
+    reserve = settings.pgbouncer.reserve_pool_size
     processes = settings.pgbouncer.processes  # c7g.large: 2 vCPUs, a process each
     budget = settings.effective_max_connections - capacity.DEFAULT_HEADROOM
     largest = budget // (hosts * processes) - reserve  # hosts x processes x 1 pool x (largest + reserve)
     assert settings_for("prod", {"pgbouncer.defaultPoolSize": largest}).pgbouncer.default_pool_size == largest
-    with pytest.raises(SettingsError, match=r"2 host\(s\) x 2 process\(es\) x 1 pool\(s\) .* to the primary"):
+    with pytest.raises(SettingsError, match=r"4 host\(s\) x 2 process\(es\) x 1 pool\(s\) .* to the primary"):
         settings_for("prod", {"pgbouncer.defaultPoolSize": largest + 1})
-    with pytest.raises(SettingsError, match=r"2 host\(s\) x 2 process\(es\) x 2 pool\(s\) .* to the primary"):
+    with pytest.raises(SettingsError, match=r"4 host\(s\) x 2 process\(es\) x 2 pool\(s\) .* to the primary"):
         settings_for("prod", {"pgbouncer.defaultPoolSize": largest, "replicaCount": 0})
