@@ -185,7 +185,9 @@ class PasswordSource(enum.Enum):
     RESET = "reset"  # --credentials with --reset-passwords: the operator says the auth source holds them
 
 
-def overwritten_users(conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str]) -> list[str]:
+def overwritten_users(
+    conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str]
+) -> list[str]:
     """The login users whose password dbctl (the post-deploy step or a rotation) set, to another verifier
     than the one given: the users a migrate from a file would move to another password."""
     rows = conn.execute(
