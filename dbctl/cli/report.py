@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from dbctl.cli import targets
-from dbctl.cli.errors import errors
+from dbctl.cli.errors import EXIT_ERROR, errors
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
 from dbctl.schema import commands, report
@@ -88,6 +88,9 @@ def report_command(
     else:
         click.echo(f"report for {where}\n")
         click.echo(report.render(result), nl=False)
+    # Each section reports its own error; only a report with nothing read fails (exit 2, as errors() would).
+    if report.nothing_read(result):
+        raise SystemExit(EXIT_ERROR)
 
 
 def _note(line: str) -> None:

@@ -17,7 +17,8 @@ from dbctl.local import rotation as local_rotation
 from dbctl.local.stack import Echo, Stack, existing_stack, no_replica_reason, open_stack, running_stack
 from dbctl.local.state import Credential, LocalError, Paths, stack_lock
 from dbctl.postgres.install import find_binary, find_install
-from dbctl.schema import commands as schema_commands
+from dbctl.schema.connection import connect
+from dbctl.schema.migrate import resolve_rolled_back
 
 
 def check_major(postgres_major: int | None) -> None:
@@ -89,7 +90,9 @@ def resolve(paths: Paths, echo: Echo, rolled_back: str) -> None:
     the next `up` applies the (fixed) migration again."""
     with stack_lock(paths, echo):
         stack = running_stack(paths)
-        schema_commands.resolve(schema_commands.Database(stack.cluster.admin_url(), None), rolled_back)
+        conn, _ = connect(stack.cluster.admin_url(), application_name="dbctl local resolve")
+        with conn:
+            resolve_rolled_back(conn, rolled_back)
 
 
 def exec_psql(paths: Paths, role: str, psql_args: Iterable[str]) -> NoReturn:
