@@ -37,6 +37,7 @@ from dbctl.core.errors import DbctlError
 from dbctl.local.retention import SUFFIX, backup_name, list_backups
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.install import find_binary
+from dbctl.postgres.tls import fsync_directory
 
 CRITICAL_TABLES: Final = ("User", "App", "Requirement")
 SCRATCH_PREFIX: Final = f"{names.DATABASE_NAME}_restore_test_"
@@ -157,8 +158,9 @@ def take_backup(
         # pg_cron's tables (its jobs, their run history) are behind row-level security and belong to the
         # scheduler, not to the app: the post-deploy step schedules the jobs again on any restored database.
         dump = [str(pg_dump), "--format=custom", "--exclude-table-data=cron.*", f"--file={partial}"]
-        _run_client(dump, env, "pg_dump")
+        _run_client(dump, env, "pg_dump")  # pg_dump fsyncs the file (PostgreSQL 12+, unless --no-sync)
         partial.rename(target)
+        fsync_directory(backup_dir)
     finally:
         partial.unlink(missing_ok=True)
     return target

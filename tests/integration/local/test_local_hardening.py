@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +187,34 @@ def test_a_killed_backups_partial_file_is_removed_and_new_ones_are_0600(
     assert f"removed {stale}: a partial dump an interrupted backup left" in said
     assert modes == [0o600] and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not [p for p in stack.paths.backup_dir.iterdir() if p.name.endswith(".partial")]
+
+
+# ---------------------------------------------------------------- item 7: a stuck replica's lag
+
+
+def test_a_replica_with_replay_stopped_never_looks_current(stack: LocalStack) -> None:
+    """Replay paused on the replica while the primary writes: `status` said "replay lag 2.0 ms" with 554 KB
+    of WAL waiting (pg_stat_replication's replay_lag is the last replayed commit's delay)."""
+    s = existing_stack(stack.paths)
+    with psycopg.connect(s.replica.superuser_conninfo("postgres"), autocommit=True) as standby:
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with stack.connect("DIRECT_URL") as conn:
+                conn.execute(
+                    'CREATE TABLE "LagProbe" AS'
+                    " SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 3000) g"
+                )
+                conn.execute('DROP TABLE "LagProbe"')
+            time.sleep(1.5)  # so "how long ago" is visibly more than the commit's own delay
+            status = dbctl_local(stack.root, "status")
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+    [line] = [line for line in status.stdout.splitlines() if line.startswith("replication ")]
+    pending = int(line.split("replay lag ")[1].split(" bytes")[0])
+    assert pending > 100_000, line
+    assert " bytes of WAL not yet replayed; " in line
+    seconds = float(line.split("last replayed commit ")[1].split(" s ago")[0])
+    assert seconds >= 1.5, line
 
 
 # ---------------------------------------------------------------- item 3: `up` converges a running stack
