@@ -25,8 +25,8 @@ from dbctl.local import retention as local_retention
 from dbctl.local.migrations import apply_migrations, migration_status
 from dbctl.local.stack import existing_stack
 from dbctl.local.state import LocalError
-from dbctl.schema import migrate
 from tests.integration.local.test_local import LocalStack, dbctl_local, running_stack
+from tests.integration.schema.test_migrate import add_migration, copy_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -243,11 +243,9 @@ def test_up_on_a_running_stack_repairs_role_drift_that_status_reports(stack: Loc
 def test_a_broken_migration_leaves_pgbouncer_and_the_replica_up(
     stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrations = tmp_path / "migrations"
-    shutil.copytree(migrate.MIGRATIONS_DIR, migrations)
+    migrations = copy_migrations(tmp_path)
+    add_migration(migrations, "20991231000009_broken", "SELECT 1/0;\n")
     broken = migrations / "20991231000009_broken"
-    broken.mkdir()
-    (broken / "migration.sql").write_text("SELECT 1/0;\n")
     monkeypatch.setattr(
         lifecycle, "apply_migrations", functools.partial(apply_migrations, migrations_dir=migrations)
     )

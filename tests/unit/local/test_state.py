@@ -44,7 +44,6 @@ def test_credentials_json_is_fsynced_before_its_rename_and_its_directory_after(
     import os
 
     from dbctl.local.state import new_credential, save_credentials
-    from dbctl.postgres import tls
 
     synced: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -57,8 +56,8 @@ def test_credentials_json_is_fsynced_before_its_rename_and_its_directory_after(
         synced.append(f"rename -> {dst}")
         real_replace(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tls.os, "fsync", fsync)
-    monkeypatch.setattr(tls.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     paths = Paths(tmp_path)
     save_credentials(paths, {role: new_credential(role) for role in names.LOGIN_ROLES})
     [data, rename, directory] = synced

@@ -1,4 +1,4 @@
-"""dbctl.schema.report's pure parts: literal redaction and the human tables."""
+"""dbctl.schema.report's pure parts (literal redaction, failed sections) and report_text's human tables."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ from psycopg.conninfo import conninfo_to_dict
 from dbctl.aws import stack
 from dbctl.cli.main import cli
 from dbctl.core import names
-from dbctl.schema.report import (
-    SECTIONS,
-    UNSCANNABLE,
-    failed_sections,
-    nothing_read,
-    redact_literals,
-    render,
-    table,
-)
+from dbctl.schema.report import SECTIONS, UNSCANNABLE, failed_sections, nothing_read, redact_literals
+from dbctl.schema.report_text import render, table
 from tests.unit.aws.test_stack import outputs
 
 
@@ -95,7 +88,7 @@ def test_nothing_read_only_when_every_database_section_failed() -> None:
     report["bloat"] = {"error": "permission denied for function pgstattuple_approx"}
     assert failed_sections(report) == ["bloat"] and not nothing_read(report)
     assert "== bloat ==\nerror: permission denied for function pgstattuple_approx" in render(report)
-    everything = {key: {"error": "permission denied"} for key in SECTIONS}
+    everything: dict[str, object] = {key: {"error": "permission denied"} for key in SECTIONS}
     everything["pgbouncer_pools"] = {"reachable": False, "pools": [], "note": "no PgBouncer given"}
     assert nothing_read(everything)
 
