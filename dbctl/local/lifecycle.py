@@ -161,7 +161,7 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         changed |= apply_migrations(stack, echo)
     except (DbctlError, psycopg.Error) as exc:
         failure = local_advice(one_line(exc))
-        echo("migrations and roles stopped; starting the servers anyway (the data is as it was)")
+        echo("migrations and roles stopped (the error follows at the end); starting the servers anyway")
     if ensure_shadow_database(stack):
         echo(f"shadow database {SHADOW_DATABASE} for `prisma migrate dev` (SHADOW_DATABASE_URL)")
         changed = True
