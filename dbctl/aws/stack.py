@@ -10,6 +10,9 @@
   secret; ``via=HOST:PORT`` connects through a tunnel (e.g. an SSM port-forward) while TLS still verifies
   the RDS host name (libpq ``hostaddr``).
 - ``role_verifiers(client, target)``: each login role's SCRAM verifier from its secret (never the password).
+  The secrets are PgBouncer's auth source (its hosts read the same AWSCURRENT versions), so `--stack` may set
+  these verifiers even where dbctl or a rotation set another (dbctl.schema.credentials.PasswordSource); an
+  operator's ``--credentials`` file may not.
 - ``load(stack_name)``, ``admin_access(target, ...)``, ``monitor_url(stack_name, ...)``: the above put
   together, with a Secrets Manager client in the stack's region (what `--stack` resolves to).
 """

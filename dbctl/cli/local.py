@@ -172,6 +172,17 @@ def reset_command(
     _print_summary(stack)
 
 
+@local.command("resolve")
+@click.option("--rolled-back", "rolled_back", required=True, metavar="NAME", help="The failed migration.")
+@click.pass_obj
+def resolve_command(paths: Paths, rolled_back: str) -> None:
+    """Mark a failed migration as rolled back (`dbctl migrate resolve` on the local stack); fix the migration
+    first, then `dbctl local up` applies it again."""
+    with errors():
+        commands.resolve(paths, _echo, rolled_back)
+    click.echo(f"marked {rolled_back} as rolled back; `dbctl local up` applies it again")
+
+
 @local.command("psql", context_settings={"ignore_unknown_options": True})
 @click.option("--role", type=click.Choice(list(PSQL_ROLES)), default="app", show_default=True)
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
@@ -213,14 +224,16 @@ def backup_command(paths: Paths) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, with `counts` per table.")
 @click.pass_obj
 def restore_test_command(paths: Paths, as_json: bool) -> None:
-    """The seed's monthly test: restore the latest backup into a scratch database, compare the migration
+    """The seed's monthly test: restore the newest backup into a scratch database, compare the migration
     history and the row counts of "User", "App", "Requirement" with spike_land, drop it.
 
-    Exit 1 on a mismatch."""
+    Exit 1 on a mismatch or a backup that does not restore; --json prints one object in every case."""
     with errors(as_json):
         report = commands.restore_test(paths, _echo)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+    elif report.error is not None:
+        click.echo(f"restore test FAILED: {report.backup} could not be restored: {report.error}")
     else:
         click.echo(f"restored {report.backup} into {report.scratch_database} (dropped afterwards)")
         m = report.migrations

@@ -44,6 +44,12 @@ def _echo_step(as_json: bool) -> deploy.Echo | None:
 @_schema_options
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @click.option("--lock-wait", default=60.0, show_default=True, help="Seconds to wait for another run's lock.")
+@click.option(
+    "--reset-passwords",
+    is_flag=True,
+    help="With --credentials: also change passwords dbctl or a rotation already set (only once PgBouncer's "
+    "auth source holds these verifiers; an older file would undo a rotation).",
+)
 @click.pass_context
 def migrate_command(
     ctx: click.Context,
@@ -56,6 +62,7 @@ def migrate_command(
     as_json: bool,
     dry_run: bool,
     lock_wait: float,
+    reset_passwords: bool,
 ) -> None:
     """Apply pending schema migrations and converge the least-privilege roles (the post-deploy step)."""
     if ctx.invoked_subcommand is not None:
@@ -68,6 +75,7 @@ def migrate_command(
             dry_run=dry_run,
             lock_wait=lock_wait,
             echo=_echo_step(as_json),
+            reset_passwords=reset_passwords,
         )
     if as_json:
         click.echo(json.dumps({"ok": True, **report.as_dict()}))

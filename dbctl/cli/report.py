@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from dbctl.cli import targets
-from dbctl.cli.errors import errors
+from dbctl.cli.errors import EXIT_ERROR, errors
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
-from dbctl.schema import commands, report
+from dbctl.schema import commands, report, report_text
 
 
 def _local_target(root: Path) -> tuple[str, report.PoolsReader]:
@@ -87,7 +87,10 @@ def report_command(
         click.echo(json.dumps(result, default=str))
     else:
         click.echo(f"report for {where}\n")
-        click.echo(report.render(result), nl=False)
+        click.echo(report_text.render(result), nl=False)
+    # Each section reports its own error; only a report with nothing read fails (exit 2, as errors() would).
+    if report.nothing_read(result):
+        raise SystemExit(EXIT_ERROR)
 
 
 def _note(line: str) -> None:

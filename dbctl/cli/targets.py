@@ -92,7 +92,7 @@ def admin_database(
 
         target = stack.load(stack_name)
         url, verifiers = stack.admin_access(target, via=via, ssl_root_cert=ssl_root_cert)
-        return Database(url, verifiers, snapshots.before_pending_migrations(target, _say))
+        return Database(url, verifiers, snapshots.before_pending_migrations(target, _say), auth_source=True)
     _tunnel_needs_stack(stack_name, via, ssl_root_cert)
     if not database_url:
         raise DbctlError("no database: pass --stack NAME, or --database-url / DATABASE_URL")

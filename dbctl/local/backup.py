@@ -1,20 +1,19 @@
 """The seed's backups and monthly restore test, on the local stack (`dbctl local backup`, `restore-test`).
 
-- ``take_backup(cluster, backup_dir, now, migration=None) -> Path``: ``pg_dump -Fc`` of ``spike_land`` into
-  ``backup_dir`` (0700; the file 0600), named ``spike_land-<yyyymmddThhmmssZ>.dump``, or
-  ``spike_land-<ts>-pre-migration-<first pending migration>.dump`` before ``up`` applies migrations. It is
-  written to a hidden ``.partial`` file and renamed only when pg_dump succeeded, so a failed dump is never
-  mistaken for a backup.
-- ``plan_retention(backups, now) -> Retention``: the seed's tiers, pure (unit-tested on synthetic lists):
-  the newest backup of each of the last 30 days, 12 weeks (Monday to Sunday, UTC) and 12 months is kept;
-  pre-migration dumps are kept for ever; everything else is pruned. Files whose names this module did not
-  write are never touched.
-- ``restore_test(cluster, backup_dir) -> RestoreReport``: the seed's monthly procedure. Restore the latest
-  backup into a scratch database, compare its migration history and the row counts of the critical tables
-  with the live database, drop the scratch database (always, also when the restore fails).
+- ``take_backup(cluster, backup_dir, now, migration=None, echo=None) -> Path``: ``pg_dump -Fc`` of
+  ``spike_land`` into ``backup_dir`` (0700), named as dbctl.local.retention says. It is written to a hidden
+  ``.partial`` file, 0600 from its first byte, and renamed only when pg_dump succeeded, so a failed dump is
+  never mistaken for a backup; the partial files a killed run left are removed at the next one, which says
+  so (backups hold `.local/lock`, so no other run is writing one).
+- ``restore_test(cluster, backup_dir, now, echo) -> RestoreReport``: the seed's monthly procedure. Restore
+  the newest backup not dated in the future into a scratch database that only the admin may connect to,
+  compare its migration history and the row counts of the critical tables with the live database, drop the
+  scratch database (always; one a killed run left is dropped at the next run, which says so). A backup that
+  pg_restore cannot read is the test's verdict (ok false, with pg_restore's reason), not a crash.
 
 pg_dump and pg_restore are the server's major version (``client_binary``); they get the password in
-``PGPASSWORD`` in their own environment, never on a command line.
+``PGPASSWORD`` in their own environment, never on a command line. Their stderr is read as bytes and decoded
+leniently: a damaged archive's bytes end up in it.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import re
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -35,103 +34,21 @@ from psycopg import sql
 
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
+from dbctl.local.retention import SUFFIX, backup_name, list_backups
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.install import find_binary
+from dbctl.postgres.tls import fsync_directory
 
 CRITICAL_TABLES: Final = ("User", "App", "Requirement")
-PRE_MIGRATION: Final = "pre-migration"
-SUFFIX: Final = ".dump"
-_STAMP: Final = "%Y%m%dT%H%M%SZ"
-_NAME: Final = re.compile(
-    rf"^{re.escape(names.DATABASE_NAME)}-(?P<stamp>\d{{8}}T\d{{6}}Z)"
-    rf"(?:-{PRE_MIGRATION}-(?P<migration>[A-Za-z0-9_.-]+))?{re.escape(SUFFIX)}$"
-)
-# The seed's retention policy: (tier, how many of its periods, counting the current one).
-TIERS: Final = (("daily", 30), ("weekly", 12), ("monthly", 12))
-_MIGRATION_NAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+SCRATCH_PREFIX: Final = f"{names.DATABASE_NAME}_restore_test_"
+_SCRATCH: Final = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}[0-9a-f]{{8}}$")
+_PARTIAL: Final = re.compile(rf"^\.{re.escape(names.DATABASE_NAME)}-.*{re.escape(SUFFIX)}\.partial$")
+Echo = Callable[[str], None]
+Conn = psycopg.Connection[tuple[object, ...]]
 
 
 class BackupError(DbctlError):
     """A dump, restore or restore test could not run; the message says why and what to do."""
-
-
-# ---------------------------------------------------------------- names and retention (pure)
-
-
-@dataclass(frozen=True, order=True)
-class Backup:
-    taken_at: dt.datetime
-    name: str
-    migration: str | None = None
-
-    @property
-    def pre_migration(self) -> bool:
-        return self.migration is not None
-
-
-def backup_name(now: dt.datetime, migration: str | None = None) -> str:
-    stamp = now.astimezone(dt.UTC).strftime(_STAMP)
-    tail = f"-{PRE_MIGRATION}-{_MIGRATION_NAME_UNSAFE.sub('_', migration)}" if migration else ""
-    return f"{names.DATABASE_NAME}-{stamp}{tail}{SUFFIX}"
-
-
-def parse_backup(name: str) -> Backup | None:
-    """The backup a file name stands for, or None when this module did not write that name."""
-    match = _NAME.match(name)
-    if match is None:
-        return None
-    taken_at = dt.datetime.strptime(match["stamp"], _STAMP).replace(tzinfo=dt.UTC)
-    return Backup(taken_at, name, match["migration"])
-
-
-def _period(tier: str, day: dt.date) -> int:
-    """A running number of the day, week (Monday first: ordinal 1 is Monday 0001-01-01) or month."""
-    if tier == "daily":
-        return day.toordinal()
-    if tier == "weekly":
-        return (day.toordinal() - 1) // 7
-    return day.year * 12 + day.month - 1
-
-
-@dataclass(frozen=True)
-class Retention:
-    kept: dict[str, list[str]]  # name -> the tiers (or "pre-migration") that keep it
-    pruned: list[str]
-
-
-def plan_retention(backups: Iterable[Backup], now: dt.datetime) -> Retention:
-    """Which backups the seed's tiers keep at `now`, and why; the rest, oldest first, are pruned.
-
-    For each tier, the newest scheduled backup of each of its last N periods (the current one included) is
-    kept. A period's newest backup only changes while the period is current, and the daily tier keeps every
-    day of the last 30, so no backup a tier will later need is pruned early."""
-    reasons: dict[str, list[str]] = {}
-    scheduled = sorted(b for b in backups if not b.pre_migration)
-    for b in backups:
-        if b.pre_migration:
-            reasons[b.name] = [PRE_MIGRATION]
-    today = now.astimezone(dt.UTC).date()
-    for tier, count in TIERS:
-        current = _period(tier, today)
-        newest: dict[int, Backup] = {}
-        for b in scheduled:  # oldest first: the last one seen in a period is its newest
-            period = _period(tier, b.taken_at.date())
-            if current - period < count:
-                newest[period] = b
-        for b in newest.values():
-            reasons.setdefault(b.name, []).append(tier)
-    pruned = [b.name for b in scheduled if b.name not in reasons]
-    return Retention(
-        kept={b.name: reasons[b.name] for b in sorted(backups) if b.name in reasons}, pruned=pruned
-    )
-
-
-def list_backups(backup_dir: Path) -> list[Backup]:
-    """The backups in backup_dir, oldest first (other files are ignored and never deleted)."""
-    if not backup_dir.is_dir():
-        return []
-    found = (parse_backup(p.name) for p in backup_dir.iterdir() if p.is_file())
-    return sorted(b for b in found if b is not None)
 
 
 # ---------------------------------------------------------------- pg_dump / pg_restore
@@ -177,19 +94,50 @@ def server_major(cluster: Cluster, dbname: str = names.DATABASE_NAME) -> int:
         return conn.info.server_version // 10000
 
 
-def _run_client(args: list[str], env: dict[str, str], what: str) -> None:
-    result = subprocess.run(
-        args, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600, check=False
-    )
+def _text(data: bytes) -> str:
+    """A client's output as text: invalid UTF-8 (a damaged archive's bytes) and control characters escaped."""
+    text = data.decode("utf-8", errors="backslashreplace")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def _first_error(stderr: bytes, returncode: int) -> str:
+    lines = _text(stderr).splitlines()
+    lines = [line for line in lines if "error:" in line] or [line for line in lines if line.strip()]
+    return " ".join(lines[0].split()) if lines else f"exit status {returncode}"
+
+
+def _run_client(args: list[str], env: dict[str, str], what: str, timeout: float = 3600) -> bytes:
+    """Run pg_dump or pg_restore; its stdout, or BackupError with the first error line of its stderr."""
+    try:
+        result = subprocess.run(
+            args, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BackupError(f"{what} did not finish in {timeout:.0f} s") from None
+    except OSError as e:
+        raise BackupError(f"{what} could not start: {e.strerror}") from None
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if "error:" in line] or [
-            line for line in result.stderr.splitlines() if line.strip()
-        ]
-        detail = " ".join(lines[0].split()) if lines else f"exit status {result.returncode}"
-        raise BackupError(f"{what} failed: {detail}")
+        raise BackupError(f"{what} failed: {_first_error(result.stderr, result.returncode)}")
+    return result.stdout
 
 
-def take_backup(cluster: Cluster, backup_dir: Path, now: dt.datetime, migration: str | None = None) -> Path:
+def remove_stale_partials(backup_dir: Path, echo: Echo | None = None) -> list[str]:
+    """Remove the hidden .partial files a killed backup left (the caller holds .local/lock); their names."""
+    removed = sorted(p.name for p in backup_dir.iterdir() if p.is_file() and _PARTIAL.match(p.name))
+    for name in removed:
+        (backup_dir / name).unlink(missing_ok=True)
+        if echo is not None:
+            echo(f"removed {backup_dir / name}: a partial dump an interrupted backup left")
+    return removed
+
+
+def take_backup(
+    cluster: Cluster,
+    backup_dir: Path,
+    now: dt.datetime,
+    migration: str | None = None,
+    echo: Echo | None = None,
+) -> Path:
     """pg_dump -Fc of spike_land into backup_dir; returns the new file. Never overwrites a backup."""
     try:
         backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -197,6 +145,7 @@ def take_backup(cluster: Cluster, backup_dir: Path, now: dt.datetime, migration:
         raise BackupError(
             f"cannot create {backup_dir} ({e.strerror}); make it a writable directory"
         ) from None
+    remove_stale_partials(backup_dir, echo)
     target = backup_dir / backup_name(now, migration)
     if target.exists():
         raise BackupError(f"{target} already exists (two backups in one second); run the command again")
@@ -204,20 +153,17 @@ def take_backup(cluster: Cluster, backup_dir: Path, now: dt.datetime, migration:
     pg_dump = client_binary("pg_dump", server_major(cluster))
     env = client_env(cluster, names.DATABASE_NAME, "dbctl local backup")
     try:
+        # 0600 before pg_dump writes a byte: it opens the file it is given for writing and keeps its mode.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # pg_cron's tables (its jobs, their run history) are behind row-level security and belong to the
         # scheduler, not to the app: the post-deploy step schedules the jobs again on any restored database.
         dump = [str(pg_dump), "--format=custom", "--exclude-table-data=cron.*", f"--file={partial}"]
-        _run_client(dump, env, "pg_dump")
-        partial.chmod(0o600)
+        _run_client(dump, env, "pg_dump")  # pg_dump fsyncs the file (PostgreSQL 12+, unless --no-sync)
         partial.rename(target)
+        fsync_directory(backup_dir)
     finally:
         partial.unlink(missing_ok=True)
     return target
-
-
-def prune(backup_dir: Path, retention: Retention) -> None:
-    for name in retention.pruned:
-        (backup_dir / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the restore test
@@ -256,14 +202,23 @@ class RestoreReport:
     migrations: dict[str, object] = field(default_factory=dict)
     counts: dict[str, dict[str, object]] = field(default_factory=dict)
     mismatches: list[str] = field(default_factory=list)
+    error: str | None = None  # the restore itself failed (pg_restore's reason): nothing was compared
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        return not self.mismatches and self.error is None
+
+    @property
+    def reason(self) -> str:
+        """Why the test failed, in one line ("" when it passed)."""
+        return self.error or "; ".join(self.mismatches)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
+            "verdict": "passed" if self.ok else "failed",
+            "reason": self.reason,
+            "error": self.error,
             "backup": self.backup,
             "scratch_database": self.scratch_database,
             "scratch_dropped": True,
@@ -307,16 +262,16 @@ _SKIP_ENTRY: Final = re.compile(
 
 def restore_archive(pg_restore: Path, archive: Path, env: dict[str, str]) -> None:
     """pg_restore archive into env's PGDATABASE, all or nothing, without the entries in _SKIP_ENTRY."""
-    listing = subprocess.run(
-        [str(pg_restore), "--list", str(archive)], capture_output=True, text=True, timeout=600, check=False
-    )
-    if listing.returncode != 0:
-        raise BackupError(f"{archive} is not a readable pg_dump archive: {listing.stderr.strip()}")
+    try:
+        listing = _run_client([str(pg_restore), "--list", str(archive)], env, "pg_restore --list", 600)
+    except BackupError as e:
+        raise BackupError(f"{archive} is not a readable pg_dump archive: {e}") from None
     with tempfile.TemporaryDirectory(prefix="dbctl-restore-") as tmp:
         entries = Path(tmp) / "toc.list"
-        entries.write_text(
-            "".join(line for line in listing.stdout.splitlines(True) if not _SKIP_ENTRY.match(line))
-        )
+        # Byte for byte (a damaged archive's names need not be UTF-8); only whole entries are left out.
+        lines = listing.decode("utf-8", errors="surrogateescape").splitlines(True)
+        kept = "".join(line for line in lines if not _SKIP_ENTRY.match(line))
+        entries.write_bytes(kept.encode("utf-8", errors="surrogateescape"))
         _run_client(
             [
                 str(pg_restore),
@@ -331,16 +286,42 @@ def restore_archive(pg_restore: Path, archive: Path, env: dict[str, str]) -> Non
         )
 
 
-def restore_test(cluster: Cluster, backup_dir: Path) -> RestoreReport:
-    """Restore the latest backup into a scratch database, compare it with spike_land, drop the scratch."""
-    backups = list_backups(backup_dir)
+def drop_leftover_scratch(conn: Conn, echo: Echo | None = None) -> list[str]:
+    """Drop the scratch databases a killed restore test left (the caller holds .local/lock); their names."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX + "%",))
+    leftovers = sorted(str(r[0]) for r in rows.fetchall() if _SCRATCH.match(str(r[0])))
+    for name in leftovers:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if echo is not None:
+            echo(f"dropped {name}: the scratch database of an interrupted restore test")
+    return leftovers
+
+
+def create_scratch(conn: Conn, name: str) -> None:
+    """A database only the admin (its owner) may connect to: created closed to connections, PUBLIC's CONNECT
+    and TEMPORARY revoked, then opened, so no other role has a session in it when the data arrives."""
+    db = sql.Identifier(name)
+    conn.execute(sql.SQL("CREATE DATABASE {} ALLOW_CONNECTIONS false").format(db))
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(db))
+
+
+def restore_test(
+    cluster: Cluster, backup_dir: Path, now: dt.datetime | None = None, echo: Echo | None = None
+) -> RestoreReport:
+    """Restore the newest backup not dated after now into a scratch database, compare it with spike_land,
+    drop the scratch; a backup pg_restore cannot read is a failed report (its error), not an exception."""
+    now = now or dt.datetime.now(dt.UTC)
+    with psycopg.connect(cluster.admin_conninfo("postgres"), autocommit=True) as conn:
+        drop_leftover_scratch(conn, echo)
+    backups = list_backups(backup_dir, now, echo)
     if not backups:
         raise BackupError(f"no backup in {backup_dir}; take one with `dbctl local backup`")
     latest = backups[-1]
-    scratch = f"{names.DATABASE_NAME}_restore_test_{secrets.token_hex(4)}"
+    scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
     pg_restore = client_binary("pg_restore", server_major(cluster))
     with psycopg.connect(cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+        create_scratch(conn, scratch)
         try:
             # pg_restore sets owners (ALTER ... OWNER TO spike_owner) before it restores the schema's ACL,
             # and a new owner needs CREATE on the schema: grant what dbctl.roles grants in spike_land.
@@ -350,9 +331,14 @@ def restore_test(cluster: Cluster, backup_dir: Path) -> RestoreReport:
                         sql.Identifier(names.OWNER_ROLE)
                     )
                 )
-            restore_archive(
-                pg_restore, backup_dir / latest.name, client_env(cluster, scratch, "dbctl local restore-test")
-            )
+            try:
+                restore_archive(
+                    pg_restore,
+                    backup_dir / latest.name,
+                    client_env(cluster, scratch, "dbctl local restore-test"),
+                )
+            except BackupError as e:
+                return RestoreReport(latest.name, scratch, error=str(e))
             with psycopg.connect(cluster.admin_conninfo(scratch), autocommit=True) as restored_conn:
                 restored = read_facts(restored_conn)
             with psycopg.connect(cluster.admin_conninfo(names.DATABASE_NAME), autocommit=True) as live_conn:

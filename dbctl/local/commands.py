@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from dbctl.local import backup as local_backup
-from dbctl.local import lifecycle
+from dbctl.local import lifecycle, retention
 from dbctl.local import rotation as local_rotation
 from dbctl.local.stack import Echo, Stack, existing_stack, no_replica_reason, open_stack, running_stack
 from dbctl.local.state import Credential, LocalError, Paths, stack_lock
 from dbctl.postgres.install import find_binary, find_install
+from dbctl.schema.connection import connect
+from dbctl.schema.migrate import resolve_rolled_back
 
 
 def check_major(postgres_major: int | None) -> None:
@@ -83,6 +85,16 @@ def reset(
         return lifecycle.reset(paths, echo, pg_port, pgbouncer_port, postgres_major)
 
 
+def resolve(paths: Paths, echo: Echo, rolled_back: str) -> None:
+    """`local resolve --rolled-back NAME`: `dbctl migrate resolve` on the local stack, as its master role, so
+    the next `up` applies the (fixed) migration again."""
+    with stack_lock(paths, echo):
+        stack = running_stack(paths)
+        conn, _ = connect(stack.cluster.admin_url(), application_name="dbctl local resolve")
+        with conn:
+            resolve_rolled_back(conn, rolled_back)
+
+
 def exec_psql(paths: Paths, role: str, psql_args: Iterable[str]) -> NoReturn:
     """`local psql`: replace this process with psql as role (a key of lifecycle.PSQL_ROLES).
 
@@ -92,23 +104,24 @@ def exec_psql(paths: Paths, role: str, psql_args: Iterable[str]) -> NoReturn:
     os.execvpe(psql, [psql, *psql_args], lifecycle.psql_env(stack, role))  # noqa: S606
 
 
-def backup(paths: Paths, echo: Echo) -> tuple[Path, local_backup.Retention]:
+def backup(paths: Paths, echo: Echo) -> tuple[Path, retention.Retention]:
     """`local backup`: a pg_dump into .local/backups/, then the seed's retention; (the dump, what is kept
-    and what was pruned)."""
+    and what was pruned). Files named like backups that cannot be one (an impossible date) or are dated in
+    the future are left alone, with a warning each."""
     with stack_lock(paths, echo):
         stack = running_stack(paths)
         now = dt.datetime.now(dt.UTC)
-        path = local_backup.take_backup(stack.cluster, paths.backup_dir, now)
-        retention = local_backup.plan_retention(local_backup.list_backups(paths.backup_dir), now)
-        local_backup.prune(paths.backup_dir, retention)
-    return path, retention
+        path = local_backup.take_backup(stack.cluster, paths.backup_dir, now, echo=echo)
+        kept = retention.plan_retention(retention.list_backups(paths.backup_dir, now, echo), now)
+        retention.prune(paths.backup_dir, kept)
+    return path, kept
 
 
 def restore_test(paths: Paths, echo: Echo) -> local_backup.RestoreReport:
-    """`local restore-test`: restore the latest backup into a scratch database and compare it with the live
-    one (dbctl.local.backup.restore_test)."""
+    """`local restore-test`: restore the newest backup (not dated in the future) into a scratch database and
+    compare it with the live one (dbctl.local.backup.restore_test)."""
     with stack_lock(paths, echo):
-        return local_backup.restore_test(running_stack(paths).cluster, paths.backup_dir)
+        return local_backup.restore_test(running_stack(paths).cluster, paths.backup_dir, echo=echo)
 
 
 def rotate(

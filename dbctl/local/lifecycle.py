@@ -2,7 +2,8 @@
 dbctl.local.migrations, the shadow database, PgBouncer, `.env`), `down`, `reset`; psql's environment.
 
 Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`
-(dbctl.local.stack), `up(stack, echo) -> bool` (False: was already up, nothing changed), `down(stack, echo)`.
+(dbctl.local.stack), `up(stack, echo) -> bool` (False: was already up, nothing changed; a failed migration
+raises LocalError once the servers are up), `down(stack, echo)`.
 The caller holds `stack_lock` (dbctl.local.commands does).
 """
 
@@ -18,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from dbctl.core import names
+from dbctl.core.errors import DbctlError, one_line
 from dbctl.local import replica as local_replica
 from dbctl.local.bouncer import (
     ensure_pgbouncer_tls,
@@ -30,7 +32,7 @@ from dbctl.local.bouncer import (
     userlist_stale,
 )
 from dbctl.local.env import SHADOW_DATABASE, env_urls, render_env
-from dbctl.local.migrations import apply_migrations
+from dbctl.local.migrations import apply_migrations, local_advice
 from dbctl.local.stack import Echo, Stack, no_replica_reason, open_stack, require_free_port, server_dir
 from dbctl.local.state import LocalError, Paths, State, write_private
 from dbctl.postgres.cluster import Cluster
@@ -148,11 +150,18 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         changed = True
     if not durable:
         echo(UNSAFE_NOTE)
-    # A userlist behind credentials.json (an upgraded credentials file, an interrupted rotation): the roles
-    # step first, so the server knows every verifier before PgBouncer hands it out.
-    if changed or not bouncer_running or userlist_stale(stack):
-        echo("migrations and roles (dbctl migrate's code) ...")
-        apply_migrations(stack, echo)
+    # Every `up` converges: pending migrations, role drift, a userlist behind credentials.json (an upgraded
+    # credentials file, an interrupted rotation). The roles step comes first, so the server knows every
+    # verifier before PgBouncer hands it out. A failed migration does not keep the servers down: as in
+    # production, where the post-deploy step never stops PgBouncer, the app's URLs work and `up` then says
+    # what failed.
+    echo("migrations and roles (dbctl migrate's code) ...")
+    failure: str | None = None
+    try:
+        changed |= apply_migrations(stack, echo)
+    except (DbctlError, psycopg.Error) as exc:
+        failure = local_advice(one_line(exc))
+        echo("migrations and roles stopped (the error follows at the end); starting the servers anyway")
     if ensure_shadow_database(stack):
         echo(f"shadow database {SHADOW_DATABASE} for `prisma migrate dev` (SHADOW_DATABASE_URL)")
         changed = True
@@ -169,7 +178,10 @@ def up(stack: Stack, echo: Echo, *, durable: bool = True) -> bool:
         echo(f"starting PgBouncer {version[0]}.{version[1]} on {HOST}:{stack.state.pgbouncer_port} ...")
         start_pgbouncer(stack)
         changed = True
-    return write_env(stack, version) or changed
+    changed |= write_env(stack, version)
+    if failure is not None:
+        raise LocalError(f"the servers are up and .env is written, but {failure}")
+    return changed
 
 
 def up_replica(stack: Stack, echo: Echo, *, durable: bool) -> bool:

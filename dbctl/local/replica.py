@@ -132,19 +132,37 @@ def remove(primary: Cluster, replica: Cluster, slot: str = SLOT) -> bool:
 
 
 def status(primary: Cluster, replica: Cluster, slot: str = SLOT) -> tuple[bool, str]:
-    """(streaming?, one line): in recovery?, the primary's view (state, replay lag in bytes and time)."""
+    """(streaming?, one line): in recovery?, the primary's view (state, WAL not yet replayed), and, only when
+    WAL waits, how long ago the replica replayed its last commit (see replay_line)."""
     with psycopg.connect(replica.admin_conninfo("postgres"), autocommit=True) as conn:
-        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        row = conn.execute(
+            "SELECT pg_is_in_recovery(), extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+        ).fetchone()
     in_recovery = bool(row and row[0])
+    since_replay = float(str(row[1])) if row and row[1] is not None else None
     with psycopg.connect(primary.admin_conninfo("postgres"), autocommit=True) as conn:
         stat = conn.execute(
-            "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
-            "coalesce(extract(epoch FROM replay_lag), 0)::float8 "
+            "SELECT state, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint "
             "FROM pg_stat_replication WHERE application_name = %s",
             (slot,),
         ).fetchone()
     if stat is None:
         return False, f"in recovery: {in_recovery}; NOT streaming (no walsender for {slot})"
-    state, lag_bytes, lag_s = stat
+    state, pending = stat
     ok = in_recovery and state == "streaming"
-    return ok, f"in recovery: {in_recovery}; {state}, replay lag {lag_bytes} bytes, {lag_s * 1000:.1f} ms"
+    return ok, f"in recovery: {in_recovery}; {state}, {replay_line(int(str(pending)), since_replay)}"
+
+
+def replay_line(pending_bytes: int, since_replay_s: float | None) -> str:
+    """The replay lag, bytes first. pg_stat_replication's replay_lag is the delay of the last replayed
+    commit, so it stays small while replay is stopped; when WAL waits, the time shown is how long ago the
+    replica replayed its last commit (now() - pg_last_xact_replay_timestamp()), which grows while it is
+    stuck."""
+    if pending_bytes <= 0:
+        return "replay lag 0 bytes (caught up)"
+    since = (
+        "no commit replayed yet"
+        if since_replay_s is None
+        else f"last replayed commit {since_replay_s:.1f} s ago"
+    )
+    return f"replay lag {pending_bytes} bytes of WAL not yet replayed; {since}"

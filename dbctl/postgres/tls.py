@@ -49,7 +49,9 @@ class TlsError(DbctlError, RuntimeError):
 
 
 def write_file(path: Path, data: bytes, mode: int, owner: Owner = None) -> None:
-    """Write data to path atomically, with mode from the first byte (never briefly world-readable)."""
+    """Write data to path atomically and durably, with mode from the first byte (never briefly
+    world-readable): the data is fsynced before the rename and the directory after it, so a crash leaves
+    the old file or the new one, whole (some of these files, .local/credentials.json, are the only copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -58,10 +60,22 @@ def write_file(path: Path, data: bytes, mode: int, owner: Owner = None) -> None:
             f.write(data)
             if owner is not None:
                 os.fchown(f.fileno(), *owner)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync a directory: a file created or renamed in it then survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

@@ -17,6 +17,7 @@ from dbctl.core import names
 from dbctl.core.errors import DbctlError
 from dbctl.schema import deploy
 from dbctl.schema.connection import Target, connect
+from dbctl.schema.credentials import PasswordSource
 from dbctl.schema.migrate import MIGRATIONS_DIR, resolve_rolled_back
 from dbctl.schema.report import DEFAULT_TOP_N, PoolsReader, collect, show_pools
 
@@ -30,6 +31,8 @@ class Database:
     url: str
     verifiers: dict[str, str] | None
     before_apply: deploy.BeforeApply | None = None
+    # The verifiers are the auth source PgBouncer checks (--stack's secrets), not an operator's file.
+    auth_source: bool = False
 
 
 def migrate(
@@ -39,10 +42,18 @@ def migrate(
     dry_run: bool = False,
     lock_wait: float = 60.0,
     echo: deploy.Echo | None = None,
+    reset_passwords: bool = False,
 ) -> deploy.Report:
-    """Apply pending migrations and converge roles and maintenance (the post-deploy step)."""
+    """Apply pending migrations and converge roles and maintenance (the post-deploy step). A password
+    dbctl already set changes only from the auth source, or with reset_passwords (--reset-passwords)."""
     if database.verifiers is None:
         raise DbctlError("pass --credentials FILE (each login role's SCRAM verifier)")
+    if database.auth_source:
+        if reset_passwords:
+            raise DbctlError("--reset-passwords goes with --credentials; --stack sets the secrets' passwords")
+        passwords = PasswordSource.AUTH_SOURCE
+    else:
+        passwords = PasswordSource.RESET if reset_passwords else PasswordSource.FILE
     return deploy.run_migrate(
         database.url,
         database.verifiers,
@@ -51,6 +62,7 @@ def migrate(
         lock_wait=lock_wait,
         before_apply=database.before_apply,
         echo=echo,
+        passwords=passwords,
     )
 
 

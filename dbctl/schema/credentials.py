@@ -18,17 +18,29 @@ secret's ``scram_verifier``): every pooled login would then fail. A salt derived
 make the role's fingerprint COMMENT (readable by every role) a password-guessing oracle.
 
 Every problem is reported, one line each, naming the role; no message quotes a secret.
+
+**Which passwords a migrate may set** (``PasswordSource``, checked by ``refuse_overwrites`` before anything
+changes): a password must never move backwards because an operator passed an old file. PgBouncer checks
+logins against its auth source (a stack's role secrets, or the local stack's ``.local/credentials.json``), so
+the post-deploy step sets a login user's password only when the user has none that dbctl (or a rotation)
+set, i.e. no fingerprint COMMENT (a new user), or when its verifiers come from that auth source itself
+(``--stack``, ``dbctl local up``). A ``--credentials`` file that would change an existing password is refused,
+naming the users: change it by rotation, or with ``--reset-passwords`` when the auth source already holds
+the new verifier.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
-from dbctl.core import names, scram
+import psycopg
+
+from dbctl.core import names, roles, scram
 from dbctl.core.errors import DbctlError
 
 MAX_FILE_BYTES = 64 * 1024
@@ -163,3 +175,46 @@ def load_credentials_file(path: Path) -> dict[str, str]:
             "expected an object mapping each login role to its SCRAM verifier"
         ) from None
     return verifiers_from_mapping(parsed, source)
+
+
+class PasswordSource(enum.Enum):
+    """Where the verifiers a migrate is given come from, which decides the passwords it may set."""
+
+    AUTH_SOURCE = "auth source"  # what PgBouncer checks: the role secrets (--stack), .local/credentials.json
+    FILE = "file"  # --credentials: sets only the passwords of users that have none dbctl set
+    RESET = "reset"  # --credentials with --reset-passwords: the operator says the auth source holds them
+
+
+def overwritten_users(
+    conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str]
+) -> list[str]:
+    """The login users whose password dbctl (the post-deploy step or a rotation) set, to another verifier
+    than the one given: the users a migrate from a file would move to another password."""
+    rows = conn.execute(
+        "SELECT rolname, coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles"
+        " WHERE rolname = ANY(%s) ORDER BY rolname",
+        (sorted(verifiers),),
+    ).fetchall()
+    return [
+        str(user)
+        for user, comment in rows
+        if str(comment).startswith(roles.COMMENT_PREFIX)
+        and comment != roles.COMMENT_PREFIX + roles.fingerprint(str(user), verifiers[str(user)])
+    ]
+
+
+def refuse_overwrites(
+    conn: psycopg.Connection[tuple[object, ...]], verifiers: Mapping[str, str], source: PasswordSource
+) -> None:
+    """Raise one DbctlError line when verifiers from a file would change a password dbctl already set."""
+    if source is not PasswordSource.FILE:
+        return
+    users = overwritten_users(conn, verifiers)
+    if users:
+        raise DbctlError(
+            f"the credentials would change the existing password of {', '.join(users)}, and an older file "
+            "would undo a rotation and fail every pooled login; nothing was changed: give the current "
+            "verifiers (the role secrets, or .local/credentials.json), change a password by rotation "
+            "(`dbctl local rotate`, or the secret's rotation on AWS), or pass --reset-passwords once "
+            "PgBouncer's auth source holds the new ones"
+        )

@@ -5,7 +5,9 @@
 1. connect directly (never through PgBouncer) as the admin (master) user;
 2. take Prisma's advisory lock 72707369 (waiting up to ``lock_wait`` seconds; an idle pooled-role session
    holding it is ended, as it cannot be a migration run);
-3. read the migration plan; an unresolved failure or a changed applied file stops here, changing nothing;
+3. read the migration plan; an unresolved failure or a changed applied file stops here, changing nothing,
+   and so does a password the verifiers may not set (dbctl.schema.credentials: a ``--credentials`` file
+   never changes a password dbctl or a rotation already set, unless ``PasswordSource.RESET``);
 4. ``before_apply(pending)`` when there are pending migrations (the --stack flow takes a snapshot there);
 5. converge roles and privileges (dbctl.roles), create ``_prisma_migrations`` as spike_owner if missing;
 6. apply each pending migration in its own transaction, as spike_owner;
@@ -27,6 +29,7 @@ from pathlib import Path
 from dbctl.core import roles
 from dbctl.schema import maintenance, migrate
 from dbctl.schema.connection import connect
+from dbctl.schema.credentials import PasswordSource, refuse_overwrites
 
 Echo = Callable[["Step"], None]
 BeforeApply = Callable[[list[migrate.Migration]], None]
@@ -94,8 +97,12 @@ def run_migrate(
     lock_wait: float = 60.0,
     before_apply: BeforeApply | None = None,
     echo: Echo | None = None,
+    passwords: PasswordSource = PasswordSource.AUTH_SOURCE,
 ) -> Report:
-    """Bring the database to the migrations and roles; raises DbctlError (one clear line) on any problem."""
+    """Bring the database to the migrations and roles; raises DbctlError (one clear line) on any problem.
+
+    passwords: where the verifiers come from (dbctl.schema.credentials.PasswordSource); the default, the
+    auth source, may set any password (the verifiers are what PgBouncer checks)."""
     report = Report(dry_run=dry_run)
     timer = _Timer(report, echo)
     started = time.perf_counter()
@@ -114,6 +121,7 @@ def run_migrate(
             step.detail = f"{len(plan.applied)} applied, {len(plan.pending)} pending" + (
                 f": {', '.join(report.pending)}" if report.pending else ""
             )
+            refuse_overwrites(conn, verifiers, passwords)
         if plan.pending and before_apply is not None and not dry_run:
             with timer.step("pre-apply", "before applying pending migrations"):
                 before_apply(plan.pending)

@@ -18,17 +18,20 @@ and returns exactly the sections in ``SECTIONS``, in that order:
 Query texts: pg_stat_statements replaces the constants of plannable statements (SELECT, INSERT, UPDATE,
 DELETE, MERGE) with ``$1``, ``$2`` ...; utility statements keep their literals on PostgreSQL 15 and only
 partly lose them from 16 on. So ``redact_literals`` replaces every string and number literal left in a text
-with ``?`` before the text leaves this module: the report never shows a value a query was run with.
+with ``?`` before the text leaves this module, with PostgreSQL's own lexer (pglast): the report never shows a
+value a query was run with, and a text the lexer cannot read is not shown at all.
+
+The human form (tables) is dbctl/schema/report_text.py.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pglast.parser
 import psycopg
+from pglast.parser import scan
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -48,7 +51,6 @@ SECTIONS = (
 )
 DEFAULT_TOP_N = 10
 QUERY_TEXT_CHARS = 200
-CELL_CHARS = 80
 BLOAT_METHOD = (
     "pgstattuple_approx (tables: exact for pages not all-visible, estimated from the free space map for the"
     " rest) and pgstatindex (btree indexes: reads the whole index; bloat = 90 % fill factor minus average"
@@ -64,36 +66,35 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 # ---------------------------------------------------------------- redaction
 
-# One alternative per token kind, tried left to right: quoted identifiers and comments are skipped whole so
-# their insides are never touched; the literals (E'…', U&'…', '…', $tag$…$tag$, numbers) become `?`.
-_TOKENS = re.compile(
-    r"""
-    (?P<ident>"(?:[^"]|"")*")
-  | (?P<comment>--[^\n]*|/\*.*?\*/)
-  | (?P<string>(?:[eE]|[uU]&|[bBxX])?'(?:[^'\\]|''|\\.)*'?)
-  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*|)\$.*?(?:\$(?P=tag)\$|\Z))
-  | (?P<param>\$\d+)
-  | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
-  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+# PostgreSQL's own lexer (pglast.parser.scan, libpg_query's copy of scan.l) with its defaults, which are the
+# server's and RDS's: standard_conforming_strings on, so 'C:\' is a whole string and only E'' takes escapes.
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+UNSCANNABLE = "(query text not shown: PostgreSQL's lexer cannot read it)"
 
 
 def redact_literals(text: str) -> str:
-    """The statement with every string, dollar-quoted and numeric literal replaced by `?`; comments dropped.
+    """The statement with every string (E'', U&'', b'', x'', $$, $tag$) and numeric literal replaced by `?`
+    and comments dropped, as PostgreSQL's lexer reads it; a text the lexer rejects is not shown at all.
 
     Identifiers (quoted or not) and pg_stat_statements' own `$n` placeholders stay as they are."""
-
-    def replace(m: re.Match[str]) -> str:
-        kind = m.lastgroup
-        if kind in ("string", "dollar", "number"):
-            return "?"
-        if kind == "comment":
-            return ""
-        return m.group(0)
-
-    return " ".join(_TOKENS.sub(replace, text).split())
+    try:
+        tokens = scan(text)
+    except pglast.parser.ParseError:
+        return UNSCANNABLE
+    out: list[str] = []
+    position = 0
+    for token in tokens:
+        out.append(text[position : token.start])
+        if token.name in _LITERAL_TOKENS:
+            out.append("?")
+        elif token.name in _COMMENT_TOKENS:
+            out.append(" ")
+        else:
+            out.append(text[token.start : token.end + 1])
+        position = token.end + 1
+    out.append(text[position:])
+    return " ".join("".join(out).split())
 
 
 def _short(text: str) -> str:
@@ -313,67 +314,43 @@ def _first_line(text: str) -> str:
 # ---------------------------------------------------------------- all of it
 
 
+def _guarded(conn: Conn, read: Callable[[], Any]) -> Any:
+    """One section in a savepoint: its rows, or {"error": <the server's reason>} when reading it failed (a
+    privilege the monitor role lacks), so the other sections still report."""
+    try:
+        with conn.transaction():
+            return read()
+    except psycopg.Error as exc:
+        reason = exc.diag.message_primary if exc.sqlstate else None
+        return {"error": _first_line(reason or str(exc))}
+
+
 def collect(conn: Conn, *, pools: PoolsReader | None = None, top_n: int = DEFAULT_TOP_N) -> dict[str, Any]:
-    """Every section, in SECTIONS order. Read-only: runs in a READ ONLY transaction that is rolled back."""
+    """Every section, in SECTIONS order. Read-only: runs in a READ ONLY transaction that is rolled back.
+    A section that cannot be read is {"error": …}; the others still report."""
+    readers: dict[str, Callable[[], Any]] = {
+        "connections": lambda: connections(conn),
+        "slow_queries": lambda: slow_queries(conn, top_n),
+        "table_sizes": lambda: table_sizes(conn),
+        "index_usage": lambda: index_usage(conn),
+        "unused_indexes": lambda: unused_indexes(conn),
+        "bloat": lambda: bloat(conn),
+        "replication": lambda: replication(conn),
+        "maintenance": lambda: maintenance.job_report(conn),
+        "large_objects": lambda: large_objects(conn),
+    }
     with conn.transaction(force_rollback=True):
         conn.execute("SET TRANSACTION READ ONLY")
-        report: dict[str, Any] = {
-            "connections": connections(conn),
-            "slow_queries": slow_queries(conn, top_n),
-            "table_sizes": table_sizes(conn),
-            "index_usage": index_usage(conn),
-            "unused_indexes": unused_indexes(conn),
-            "bloat": bloat(conn),
-            "replication": replication(conn),
-        }
-        report["maintenance"] = maintenance.job_report(conn)
-        report["large_objects"] = large_objects(conn)
+        report = {key: _guarded(conn, read) for key, read in readers.items()}
     report["pgbouncer_pools"] = pgbouncer_pools(pools)
     return {key: report[key] for key in SECTIONS}
 
 
-# ---------------------------------------------------------------- the human form
+def failed_sections(report: Mapping[str, Any]) -> list[str]:
+    """The sections whose reading failed (slow_queries without pg_stat_statements among them)."""
+    return [key for key in SECTIONS if isinstance(report.get(key), Mapping) and "error" in report[key]]
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
-    text = str(value)
-    # A table stays readable in a terminal: long texts (queries, messages) are cut; --json has them whole.
-    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
-
-
-def table(rows: Sequence[Mapping[str, object]]) -> str:
-    """Aligned columns with a header line; `(none)` for no rows."""
-    if not rows:
-        return "(none)"
-    columns = list(rows[0])
-    cells = [columns, *([_cell(r.get(c)) for c in columns] for r in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def render(report: Mapping[str, Any]) -> str:
-    out: list[str] = []
-    for key in SECTIONS:
-        value = report[key]
-        out.append(f"== {key} ==")
-        if isinstance(value, list):
-            out.append(table(value))
-        elif "error" in value:
-            out.append(f"error: {value['error']}")
-        else:
-            for label, inner in value.items():
-                if isinstance(inner, list):
-                    out.append(f"{label}:")
-                    out.append(table(inner))
-                elif inner not in ("", None):
-                    out.append(f"{label}: {_cell(inner)}")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
+def nothing_read(report: Mapping[str, Any]) -> bool:
+    """True when every database section failed: the report then exits non-zero."""
+    return set(failed_sections(report)) >= set(SECTIONS) - {"pgbouncer_pools"}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dbctl.local import backup as local_backup
+from dbctl.local import retention as local_retention
 from dbctl.local.migrations import apply_migrations
 from dbctl.local.stack import existing_stack
 from dbctl.schema import migrate
@@ -77,7 +78,7 @@ def test_backup_then_restore_test_reports_matching_counts(stack: LocalStack) -> 
     seed_rows(stack, users=3, apps_per_user=2)
     result = dbctl_local(stack.root, "backup")
     assert result.returncode == 0, result.stderr
-    backups = local_backup.list_backups(stack.paths.backup_dir)
+    backups = local_retention.list_backups(stack.paths.backup_dir)
     assert len(backups) == 1 and not backups[0].pre_migration
     path = stack.paths.backup_dir / backups[0].name
     assert f"backup  {path}" in result.stdout
@@ -166,7 +167,7 @@ def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them
     s = existing_stack(stack.paths)
     apply_migrations(s, lines.append, migrations_dir=migrations)
 
-    dumps = [b for b in local_backup.list_backups(stack.paths.backup_dir) if b.pre_migration]
+    dumps = [b for b in local_retention.list_backups(stack.paths.backup_dir) if b.pre_migration]
     assert [b.migration for b in dumps] == [new.name]
     assert any(f"pre-migration dump: {stack.paths.backup_dir / dumps[0].name}" in line for line in lines)
     listing = subprocess.run(
@@ -181,7 +182,7 @@ def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them
 
     # Nothing pending now: no second dump. A later `backup` keeps the pre-migration dump.
     apply_migrations(s, lines.append, migrations_dir=migrations)
-    assert len([b for b in local_backup.list_backups(stack.paths.backup_dir) if b.pre_migration]) == 1
+    assert len([b for b in local_retention.list_backups(stack.paths.backup_dir) if b.pre_migration]) == 1
     result = dbctl_local(stack.root, "backup")
     assert result.returncode == 0, result.stderr
     assert f"kept    {dumps[0].name}  (pre-migration)" in result.stdout

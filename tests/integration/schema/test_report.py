@@ -235,3 +235,23 @@ def test_bad_arguments_are_one_line(stack: LocalStack, args: tuple[str, ...], me
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+
+
+@pytest.mark.integration
+def test_a_missing_privilege_fails_its_sections_only(stack: LocalStack) -> None:  # noqa: F811
+    """Issue 25, item 6: `REVOKE pg_monitor FROM spike_monitor` made the whole report one error line."""
+    with admin_conn(stack, BOOTSTRAP_SUPERUSER) as su:
+        su.execute(f"REVOKE pg_monitor FROM {names.MONITOR_ROLE}")
+        try:
+            result = dbctl_report(stack, "--local", "--json")
+            text = dbctl_report(stack, "--local")
+        finally:
+            su.execute(f"GRANT pg_monitor TO {names.MONITOR_ROLE}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    data = json.loads(result.stdout)
+    failed = report.failed_sections(data)
+    assert "bloat" in failed and "permission denied" in data["bloat"]["error"]
+    assert isinstance(data["table_sizes"], list) and data["table_sizes"]
+    assert isinstance(data["connections"], list)
+    assert text.returncode == 0, text.stderr
+    assert "== bloat ==\nerror: permission denied" in text.stdout and "== table_sizes ==" in text.stdout

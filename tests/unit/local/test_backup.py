@@ -1,4 +1,5 @@
-"""dbctl.local.backup's pure parts: backup names and the seed's retention tiers on synthetic file lists."""
+"""dbctl.local.retention (backup names and the seed's retention tiers on synthetic file lists) and
+dbctl.local.backup's parts that need no server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from dbctl.local import backup as local_backup
-from dbctl.local.backup import Backup, backup_name, parse_backup, plan_retention
+from dbctl.local import retention as local_retention
 from dbctl.local.lifecycle import wipe
+from dbctl.local.retention import Backup, backup_name, parse_backup, plan_retention
 from dbctl.local.state import Paths
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)  # a Tuesday
@@ -102,8 +104,8 @@ def test_list_backups_ignores_other_files(tmp_path: Path) -> None:
     names = [backup_name(NOW - dt.timedelta(days=n)) for n in range(3)]
     for name in [*names, "README", ".partial"]:
         (tmp_path / name).write_text("x")
-    assert [b.name for b in local_backup.list_backups(tmp_path)] == sorted(names)
-    assert local_backup.list_backups(tmp_path / "missing") == []
+    assert [b.name for b in local_retention.list_backups(tmp_path)] == sorted(names)
+    assert local_retention.list_backups(tmp_path / "missing") == []
 
 
 def test_reset_keeps_the_backups(tmp_path: Path) -> None:
@@ -119,3 +121,60 @@ def test_reset_keeps_the_backups(tmp_path: Path) -> None:
 def test_a_client_of_another_major_than_the_server_is_refused() -> None:
     with pytest.raises(local_backup.BackupError, match="postgresql-client-99"):
         local_backup.client_binary("pg_dump", 99)
+
+
+# ---------------------------------------------------------------- issue 25, items 4, 8, 11
+
+
+def test_a_name_with_an_impossible_date_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    """Item 8: `spike_land-20261399T000000Z.dump` crashed `backup` (after its dump, before retention) and
+    `restore-test` with a traceback."""
+    stray = "spike_land-20261399T000000Z.dump"
+    good = backup_name(NOW)
+    for name in (stray, good):
+        (tmp_path / name).write_text("x")
+    assert parse_backup(stray) is None
+    said: list[str] = []
+    assert [b.name for b in local_retention.list_backups(tmp_path, NOW, said.append)] == [good]
+    [line] = said
+    assert line.startswith(f"warning: ignoring {tmp_path / stray}: ") and "date cannot be" in line
+
+
+def test_a_backup_dated_in_the_future_counts_for_no_tier_and_is_not_tested(tmp_path: Path) -> None:
+    """Item 4: a backup dated in the future (clock skew, a copied file) was kept by every tier and was always
+    the one restore-test tested; the one just taken was then never tested."""
+    future = NOW + dt.timedelta(days=400)
+    taken = [NOW - dt.timedelta(days=1), NOW]
+    for at in (*taken, future):
+        (tmp_path / backup_name(at)).write_text("x")
+    said: list[str] = []
+    listed = local_retention.list_backups(tmp_path, NOW, said.append)
+    assert [b.name for b in listed] == [backup_name(at) for at in taken]
+    assert listed[-1].name == backup_name(NOW)  # what restore-test tests: the newest not in the future
+    [line] = said
+    assert f"ignoring {tmp_path / backup_name(future)}: dated 2028-01-05 09:00:00 UTC, after now" in line
+    # Given to the tiers anyway, it is neither kept nor pruned, and today's backup keeps its tiers.
+    everything = [Backup(at, backup_name(at)) for at in (*taken, future)]
+    retention = plan_retention(everything, NOW)
+    assert backup_name(future) not in retention.kept and backup_name(future) not in retention.pruned
+    assert retention.kept[backup_name(NOW)] == ["daily", "weekly", "monthly"]
+
+
+def test_stale_partial_dumps_are_removed_and_said(tmp_path: Path) -> None:
+    """Item 11: a killed backup left `.spike_land-….dump.partial` for ever (0644)."""
+    stale = tmp_path / f".{backup_name(NOW)}.partial"
+    stale.write_text("half a dump")
+    other = tmp_path / ".notes.partial"
+    other.write_text("not ours")
+    said: list[str] = []
+    assert local_backup.remove_stale_partials(tmp_path, said.append) == [stale.name]
+    assert not stale.exists() and other.exists()
+    assert said == [f"removed {stale}: a partial dump an interrupted backup left"]
+
+
+def test_a_clients_undecodable_stderr_is_one_escaped_line() -> None:
+    """Item 9: pg_restore's stderr carries raw archive bytes; reading it as text raised UnicodeDecodeError."""
+    stderr = b"pg_restore: error: could not read \xff\xfe\x00 entry \x1b[2J\nsecond line\n"
+    line = local_backup._first_error(stderr, 1)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.startswith("pg_restore: error: could not read")

@@ -19,7 +19,7 @@ POOLS: list[tuple[str, ...]] = [
     ("spike_land", "spike_app_a", "3", "1"),
     ("spike_land_read", "spike_readonly_a", "0", "10"),
 ]
-HEALTHY_REPLICATION = Check(True, "in recovery: True; streaming, replay lag 0 bytes, 0.0 ms")
+HEALTHY_REPLICATION = Check(True, "in recovery: True; streaming, replay lag 0 bytes (caught up)")
 
 
 def healthy_status() -> Status:
@@ -152,7 +152,7 @@ def test_the_lines_of_a_healthy_stack() -> None:
         "PgBouncer   running on 127.0.0.1:6543  [/s/pgbouncer]",
         "            PgBouncer 1.24.1 (/tools/pgbouncer)",
         "Replica     running on 127.0.0.1:5433  [/s/replica]",
-        "replication in recovery: True; streaming, replay lag 0 bytes, 0.0 ms",
+        "replication in recovery: True; streaming, replay lag 0 bytes (caught up)",
         "TLS         CA /r/.local/tls/ca.crt (every URL's sslrootcert)",
         "durability  fsync, synchronous_commit, full_page_writes on",
         "migrations  up to date; 9 applied, roles: no drift",
@@ -228,3 +228,14 @@ def test_no_replica_says_why_and_the_tls_line_follows_postgresql() -> None:
         "TLS         CA /r/.local/tls/ca.crt (the pooled URLs' sslrootcert; the direct URLs say "
         "sslmode=disable: this PostgreSQL 18 has no TLS)",
     ]
+
+
+def test_replay_lag_shows_bytes_first_and_the_time_since_the_last_replay_only_when_wal_waits() -> None:
+    """Issue 25, item 7: a stopped replica read "2.0 ms" while 554 KB of WAL waited."""
+    from dbctl.local.replica import replay_line
+
+    assert replay_line(0, 0.002) == "replay lag 0 bytes (caught up)"
+    assert replay_line(567_296, 42.25) == (
+        "replay lag 567296 bytes of WAL not yet replayed; last replayed commit 42.2 s ago"
+    )
+    assert replay_line(10, None).endswith("; no commit replayed yet")
