@@ -85,17 +85,27 @@ def migrate_command(
 @targets.stack_option()
 @targets.via_option("With --stack: connect through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
+@click.option(
+    "--migrations-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MIGRATIONS_DIR,
+    show_default=True,
+    help="Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped.",
+)
 def resolve_command(
     rolled_back: str,
     database_url: str | None,
     stack_name: str | None,
     via: str | None,
     ssl_root_cert: str | None,
+    migrations_dir: Path,
 ) -> None:
     """Mark a failed migration as rolled back (like `prisma migrate resolve --rolled-back`)."""
     with errors(False):
         database = targets.admin_database(database_url, None, stack_name, via, ssl_root_cert)
-        where = commands.resolve(database, rolled_back)
+        where, dropped = commands.resolve(database, rolled_back, migrations_dir=migrations_dir)
+    for line in dropped:
+        click.echo(line)
     click.echo(f"marked {rolled_back} as rolled back on {where}; the next `dbctl migrate` applies it again")
 
 
