@@ -13,7 +13,7 @@ import click
 
 from dbctl.cli import targets
 from dbctl.cli.errors import errors
-from dbctl.schema import commands, deploy
+from dbctl.schema import commands, deploy, lint
 from dbctl.schema.migrate import MIGRATIONS_DIR
 
 
@@ -107,6 +107,48 @@ def resolve_command(
     for line in dropped:
         click.echo(line)
     click.echo(f"marked {rolled_back} as rolled back on {where}; the next `dbctl migrate` applies it again")
+
+
+@migrate_command.command("lint")
+@click.option(
+    "--migrations-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MIGRATIONS_DIR,
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
+@click.option(
+    "--github",
+    is_flag=True,
+    help="Also GitHub Actions annotations on stdout and a job summary (GITHUB_STEP_SUMMARY).",
+)
+@click.option(
+    "--squawk",
+    "squawk",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The squawk binary (default: the locked one in tools/squawk).",
+)
+def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path | None) -> None:
+    """Lint every migration with squawk: locks and rewrites that can take production down, each with its
+    safe rewrite. Exit 0 when clean, 1 with findings.
+
+    Accept a finding in the file, with a reason: `-- squawk-ignore RULE -- why it is safe here`.
+    """
+    with errors(as_json):
+        report = lint.lint(migrations_dir, squawk)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.as_dict()}))
+    else:
+        for finding in report.findings:
+            click.echo(finding.text())
+        accepted = f", {len(report.accepted)} accepted with a reason" if report.accepted else ""
+        click.echo(f"{len(report.checked)} migration(s) checked: {len(report.findings)} finding(s){accepted}")
+    if github:
+        for line in lint.github_annotations(report):
+            click.echo(line)
+        lint.write_step_summary(report)
+    sys.exit(1 if report.findings else 0)
 
 
 @click.command("status")

@@ -90,6 +90,22 @@ def test_pull_requests_run_the_tests_then_preview_both_stacks_with_the_policy_pa
     assert pulumi["with"]["comment-on-pr"] is True
 
 
+def test_pull_requests_lint_changed_migrations_with_the_locked_squawk_and_no_token() -> None:
+    job = load("pull-request.yml")["jobs"]["migration-lint"]
+    assert job["permissions"] == {"contents": "read"}  # annotations and the job summary need no token
+    scripts = "\n".join(str(step.get("run", "")) for step in job["steps"])
+    assert 'git diff --quiet "$BASE_SHA" HEAD -- sql/migrations prisma .squawk.toml tools/squawk' in scripts
+    assert "npm ci --ignore-scripts --no-audit --no-fund --prefix tools/squawk" in scripts
+    [lint] = [step for step in job["steps"] if "dbctl migrate lint" in str(step.get("run", ""))]
+    assert lint["run"].strip() == ".venv/bin/python -m dbctl migrate lint --github"
+    assert lint["if"] == "steps.changes.outputs.lint == 'true'"
+    package = json.loads((ROOT / "tools" / "squawk" / "package.json").read_text())
+    lock = json.loads((ROOT / "tools" / "squawk" / "package-lock.json").read_text())
+    pinned = package["dependencies"]["squawk-cli"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "an exact version, as the lock has it"
+    assert lock["packages"]["node_modules/squawk-cli"]["version"] == pinned
+
+
 def test_the_test_workflow_runs_the_readme_command() -> None:
     workflow = load("test.yml")
     assert set(triggers(workflow)) == {"workflow_call"}
