@@ -13,6 +13,10 @@ import click
 
 from dbctl.cli import targets
 from dbctl.cli.errors import errors
+from dbctl.cli.local import REPO_ROOT, ROOT_ENV_VAR
+from dbctl.core.errors import DbctlError
+from dbctl.local.state import Paths
+from dbctl.rehearsal import copies
 from dbctl.schema import commands, deploy, lint
 from dbctl.schema.migrate import MIGRATIONS_DIR
 
@@ -149,6 +153,69 @@ def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path
             click.echo(line)
         lint.write_step_summary(report)
     sys.exit(1 if report.findings else 0)
+
+
+@migrate_command.command("rehearse")
+@click.option(
+    "--migrations-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MIGRATIONS_DIR,
+    show_default=True,
+)
+@click.option("--load", is_flag=True, help="Run a light read/write load of the app's queries meanwhile.")
+@click.option(
+    "--copy-url",
+    envvar="REHEARSE_DATABASE_URL",
+    show_envvar=True,
+    help="Rehearse on this copy (e.g. a PITR clone) instead of the latest local backup; refused when it "
+    "reaches the primary (--stack's, else the local stack's).",
+)
+@targets.stack_option()
+@targets.via_option("With --stack: connect to its primary (for the check) through a tunnel.")
+@targets.ssl_root_cert_option("With --stack: RDS CA.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO_ROOT,
+    envvar=ROOT_ENV_VAR,
+    hidden=True,
+)
+def rehearse_command(
+    migrations_dir: Path,
+    load: bool,
+    copy_url: str | None,
+    stack_name: str | None,
+    via: str | None,
+    ssl_root_cert: str | None,
+    as_json: bool,
+    root: Path,
+) -> None:
+    """Apply the pending migrations to a copy of real data and report, per migration, its duration and the
+    strongest lock it took (table, how long), and whether lock_timeout would fire. The copy is dropped.
+
+    Without --copy-url: the latest `dbctl local backup`, restored into a scratch database.
+    """
+    say = None if as_json else click.echo
+    with errors(as_json):
+        paths = Paths(root.resolve())
+        if copy_url:
+            if load:
+                raise DbctlError("--load runs as the local stack's app role: use it without --copy-url")
+            if stack_name:
+                primary = targets.admin_database(None, None, stack_name, via, ssl_root_cert).url
+            else:
+                primary = copies.local_primary(paths)
+            report = copies.rehearse_copy(copy_url, primary, migrations_dir, say=say)
+        else:
+            if stack_name:
+                raise DbctlError("--stack needs --copy-url, a copy of that stack's data: never its primary")
+            report = copies.rehearse_local(paths, migrations_dir, load=load, say=say)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.as_dict()}))
+    elif report.load:
+        click.echo(f"load: {report.app_queries} app queries" + "".join(f"; {e}" for e in report.app_errors))
+    sys.exit(0 if all(m.ok for m in report.migrations) else 1)
 
 
 @click.command("status")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -232,8 +233,14 @@ def transaction_sql(migration: Migration) -> str:
     return statements.transaction_sql(f"migration {migration.name}", migration.sql_text)
 
 
-def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> None:
-    """Apply one migration and record it. Raises MigrationFailed (after recording the error) on failure."""
+def apply_one(
+    conn: Conn,
+    migration: Migration,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    before_commit: Callable[[Conn], None] | None = None,
+) -> None:
+    """Apply one migration and record it. Raises MigrationFailed (after recording the error) on failure.
+    before_commit runs in a transactional migration's transaction, its locks still held (the rehearsal)."""
     set_role = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE))
     set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
     insert = sql.SQL(
@@ -280,6 +287,8 @@ def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK
                 escape = escaped_owner(conn, in_transaction=True)
                 if escape:
                     raise DbctlError(f"migration {migration.name} {escape}; nothing was kept or recorded")
+                if before_commit is not None:
+                    before_commit(conn)
                 conn.execute(finish.format(sql.Literal(row_id)))
     except psycopg.Error as exc:
         message = _error_text(exc)
