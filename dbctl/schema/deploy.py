@@ -128,7 +128,8 @@ def run_migrate(
         else:
             created = migrate.ensure_history_table(conn)
             for migration in plan.pending:
-                with timer.step("apply", migration.name):
+                alone = migration.no_transaction or migration.runs_alone()
+                with timer.step("apply", migration.name + (" (outside a transaction)" if alone else "")):
                     migrate.apply_one(conn, migration)
                 report.applied.append(migration.name)
             if report.applied or created:

@@ -49,7 +49,7 @@ def test_a_lone_create_index_concurrently_applies_outside_a_transaction(
     add_migration(migrations, INDEX, LONE)
     result = run_migrate("migrate", migrations_dir=migrations)
     assert result.returncode == 0, result.stderr
-    assert f"apply     {INDEX}" in result.stdout
+    assert f"apply     {INDEX} (outside a transaction)" in result.stdout
     assert index_state(fresh_db) == (names.OWNER_ROLE, True)
     checksum = hashlib.sha256(LONE.encode()).hexdigest()
     assert full_history(fresh_db)[-1] == (INDEX, checksum, True, False, None, 1)
