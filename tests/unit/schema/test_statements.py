@@ -56,3 +56,16 @@ def test_begin_commit_are_blanked_keeping_lines_and_rollback_is_refused() -> Non
         statements.transaction_sql("m", "SELECT 1;\nROLLBACK;\n")
     with pytest.raises(DbctlError, match="parser rejects line 2"):
         statements.parse("m", "SELECT 1;\nSELEC 2;\n")
+
+
+def test_a_history_row_without_logs_says_what_happened_not_no_log() -> None:
+    import datetime as dt
+
+    from dbctl.schema.migrate import _failure_line
+
+    started = dt.datetime(2026, 12, 1, 10, 0, 0, tzinfo=dt.UTC)
+    assert _failure_line(None, started) == (
+        "started 2026-12-01 10:00:00 UTC and never finished, with no error recorded: the run was killed or "
+        "lost its connection (or, when no run holds the lock, is still running)"
+    )
+    assert _failure_line("relation x does not exist\nSQLSTATE 42P01", started) == "relation x does not exist"
