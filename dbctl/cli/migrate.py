@@ -124,7 +124,8 @@ def resolve_command(
 @click.option(
     "--github",
     is_flag=True,
-    help="Also GitHub Actions annotations on stdout and a job summary (GITHUB_STEP_SUMMARY).",
+    help="Also GitHub Actions annotations on stdout (not with --json) and a job summary "
+    "(GITHUB_STEP_SUMMARY).",
 )
 @click.option(
     "--squawk",
@@ -149,8 +150,9 @@ def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path
         accepted = f", {len(report.accepted)} accepted with a reason" if report.accepted else ""
         click.echo(f"{len(report.checked)} migration(s) checked: {len(report.findings)} finding(s){accepted}")
     if github:
-        for line in lint.github_annotations(report):
-            click.echo(line)
+        if not as_json:  # stdout stays one JSON object with --json
+            for line in lint.github_annotations(report):
+                click.echo(line)
         lint.write_step_summary(report)
     sys.exit(1 if report.findings else 0)
 
