@@ -172,7 +172,7 @@ def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path
     help="Rehearse on this copy (e.g. a PITR clone) instead of the latest local backup; refused when it "
     "reaches the primary (--stack's, else the local stack's).",
 )
-@targets.stack_option()
+@targets.stack_option("With --copy-url: the stack whose primary the URL must not reach (checked first).")
 @targets.via_option("With --stack: connect to its primary (for the check) through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
@@ -194,9 +194,10 @@ def rehearse_command(
     root: Path,
 ) -> None:
     """Apply the pending migrations to a copy of real data and report, per migration, its duration and the
-    strongest lock it took (table, how long), and whether lock_timeout would fire. The copy is dropped.
+    strongest lock it took (table, how long), and whether lock_timeout would fire.
 
-    Without --copy-url: the latest `dbctl local backup`, restored into a scratch database.
+    Without --copy-url: the latest `dbctl local backup`, restored into a scratch database that is dropped
+    afterwards.
     """
     say = None if as_json else click.echo
     with errors(as_json):
