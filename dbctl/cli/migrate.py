@@ -21,17 +21,23 @@ from dbctl.schema import commands, deploy, lint
 from dbctl.schema.migrate import MIGRATIONS_DIR
 
 
+def _migrations_dir_option(help: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--migrations-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=MIGRATIONS_DIR,
+        show_default=True,
+        help=help,
+    )
+
+
+def _json_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
+
+
 def _schema_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--migrations-dir and --json, after the connection's options."""
-    options = [
-        click.option(
-            "--migrations-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=MIGRATIONS_DIR,
-            show_default=True,
-        ),
-        click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines."),
-    ]
+    options = [_migrations_dir_option(), _json_option()]
     for option in reversed(options):
         func = option(func)
     return func
@@ -89,12 +95,8 @@ def migrate_command(
 @targets.stack_option()
 @targets.via_option("With --stack: connect through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
-@click.option(
-    "--migrations-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=MIGRATIONS_DIR,
-    show_default=True,
-    help="Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped.",
+@_migrations_dir_option(
+    "Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped"
 )
 def resolve_command(
     rolled_back: str,
@@ -114,13 +116,8 @@ def resolve_command(
 
 
 @migrate_command.command("lint")
-@click.option(
-    "--migrations-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=MIGRATIONS_DIR,
-    show_default=True,
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
+@_migrations_dir_option()
+@_json_option()
 @click.option(
     "--github",
     is_flag=True,
@@ -158,12 +155,7 @@ def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path
 
 
 @migrate_command.command("rehearse")
-@click.option(
-    "--migrations-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=MIGRATIONS_DIR,
-    show_default=True,
-)
+@_migrations_dir_option()
 @click.option("--load", is_flag=True, help="Run a light read/write load of the app's queries meanwhile.")
 @click.option(
     "--copy-url",
@@ -175,7 +167,7 @@ def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path
 @targets.stack_option("With --copy-url: the stack whose primary the URL must not reach (checked first).")
 @targets.via_option("With --stack: connect to its primary (for the check) through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
+@_json_option()
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
