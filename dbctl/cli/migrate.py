@@ -96,7 +96,7 @@ def migrate_command(
 @targets.via_option("With --stack: connect through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
 @_migrations_dir_option(
-    "Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped"
+    "Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped."
 )
 def resolve_command(
     rolled_back: str,
