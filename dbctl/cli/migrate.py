@@ -131,14 +131,17 @@ def resolve_command(
     default=None,
     help="The squawk binary (default: the locked one in tools/squawk).",
 )
-def lint_command(migrations_dir: Path, as_json: bool, github: bool, squawk: Path | None) -> None:
-    """Lint every migration with squawk: locks and rewrites that can take production down, each with its
-    safe rewrite. Exit 0 when clean, 1 with findings.
+@click.argument("migrations", nargs=-1, metavar="[MIGRATION]...")
+def lint_command(
+    migrations_dir: Path, as_json: bool, github: bool, squawk: Path | None, migrations: tuple[str, ...]
+) -> None:
+    """Lint migrations with squawk (the named ones, else every one): locks and rewrites that can take
+    production down, each with its safe rewrite. Exit 0 when clean, 1 with findings.
 
     Accept a finding in the file, with a reason: `-- squawk-ignore RULE -- why it is safe here`.
     """
     with errors(as_json):
-        report = lint.lint(migrations_dir, squawk)
+        report = lint.lint(migrations_dir, squawk, list(migrations))
     if as_json:
         click.echo(json.dumps({"ok": True, **report.as_dict()}))
     else:

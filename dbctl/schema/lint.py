@@ -207,11 +207,27 @@ def _enum_values_used_at_once(migration: Migration, display: str, report: LintRe
                 report.findings.append(Finding(migration.name, display, statement.line, rule, risk, rewrite))
 
 
-def lint(migrations_dir: Path = MIGRATIONS_DIR, squawk: Path | None = None) -> LintReport:
-    """Every migration in migrations_dir through squawk and dbctl's own checks; raises only when it cannot
-    lint (no squawk, a directory that is not a migrations folder)."""
+def _select(migrations: list[Migration], only: list[str], directory: Path) -> list[Migration]:
+    """The migrations named in only (a name, or a path ending in it); all when only is empty."""
+    if not only:
+        return migrations
+    paths = [Path(item) for item in only]
+    wanted = {p.parent.name if p.name == "migration.sql" else p.name for p in paths}
+    unknown = sorted(wanted - {m.name for m in migrations})
+    if unknown:
+        raise DbctlError(
+            f"no migration {unknown[0]} in {directory}; name one of its <timestamp>_<name> directories"
+        )
+    return [m for m in migrations if m.name in wanted]
+
+
+def lint(
+    migrations_dir: Path = MIGRATIONS_DIR, squawk: Path | None = None, only: list[str] | None = None
+) -> LintReport:
+    """The migrations in migrations_dir (those named in only, else all) through squawk and dbctl's own
+    checks; raises only when it cannot lint (no squawk, not a migrations folder, an unknown name)."""
     binary = find_squawk(squawk)
-    migrations = load_migrations(migrations_dir)
+    migrations = _select(load_migrations(migrations_dir), only or [], migrations_dir)
     report = LintReport(squawk=str(binary))
     by_path: dict[Path, tuple[Migration, str]] = {}
     in_tx: list[Path] = []

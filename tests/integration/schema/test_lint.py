@@ -193,3 +193,13 @@ def test_missing_squawk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(lint, "SQUAWK_DIR", tmp_path)
     with pytest.raises(DbctlError, match=r"^squawk is not installed \(tools/squawk/node_modules\); install"):
         lint.lint(MIGRATIONS_DIR)
+
+
+def test_only_the_named_migrations_are_linted(tmp_path: Path) -> None:
+    migrations = migrations_with(tmp_path, DANGEROUS["required column"][0], DANGEROUS["foreign key"][0])
+    second = migrations / "20261201000001_change_1"
+    report = lint.lint(migrations, only=[str(second / "migration.sql"), INIT])
+    assert report.checked == [INIT, "20261201000001_change_1"]
+    assert {f.migration for f in report.findings} == {"20261201000001_change_1"}
+    with pytest.raises(DbctlError, match=rf"^no migration 20991231000000_x in {migrations}; name one of its"):
+        lint.lint(migrations, only=["20991231000000_x"])
