@@ -13,21 +13,31 @@ import click
 
 from dbctl.cli import targets
 from dbctl.cli.errors import errors
-from dbctl.schema import commands, deploy
+from dbctl.cli.local import REPO_ROOT, ROOT_ENV_VAR
+from dbctl.core.errors import DbctlError
+from dbctl.local.state import Paths
+from dbctl.rehearsal import copies
+from dbctl.schema import commands, deploy, lint
 from dbctl.schema.migrate import MIGRATIONS_DIR
+
+
+def _migrations_dir_option(help: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--migrations-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=MIGRATIONS_DIR,
+        show_default=True,
+        help=help,
+    )
+
+
+def _json_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines.")
 
 
 def _schema_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--migrations-dir and --json, after the connection's options."""
-    options = [
-        click.option(
-            "--migrations-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=MIGRATIONS_DIR,
-            show_default=True,
-        ),
-        click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for machines."),
-    ]
+    options = [_migrations_dir_option(), _json_option()]
     for option in reversed(options):
         func = option(func)
     return func
@@ -93,18 +103,125 @@ def migrate_command(
 @targets.stack_option()
 @targets.via_option("With --stack: connect through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
+@_migrations_dir_option(
+    "Where the migration is: its CREATE INDEX CONCURRENTLY's INVALID leftovers are dropped."
+)
 def resolve_command(
     rolled_back: str,
     database_url: str | None,
     stack_name: str | None,
     via: str | None,
     ssl_root_cert: str | None,
+    migrations_dir: Path,
 ) -> None:
     """Mark a failed migration as rolled back (like `prisma migrate resolve --rolled-back`)."""
     with errors(False):
         database = targets.admin_database(database_url, None, stack_name, via, ssl_root_cert)
-        where = commands.resolve(database, rolled_back)
+        where, dropped = commands.resolve(database, rolled_back, migrations_dir=migrations_dir)
+    for line in dropped:
+        click.echo(line)
     click.echo(f"marked {rolled_back} as rolled back on {where}; the next `dbctl migrate` applies it again")
+
+
+@migrate_command.command("lint")
+@_migrations_dir_option()
+@_json_option()
+@click.option(
+    "--github",
+    is_flag=True,
+    help="Also GitHub Actions annotations on stdout (not with --json) and a job summary "
+    "(GITHUB_STEP_SUMMARY).",
+)
+@click.option(
+    "--squawk",
+    "squawk",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The squawk binary (default: the locked one in tools/squawk).",
+)
+@click.argument("migrations", nargs=-1, metavar="[MIGRATION]...")
+def lint_command(
+    migrations_dir: Path, as_json: bool, github: bool, squawk: Path | None, migrations: tuple[str, ...]
+) -> None:
+    """Lint migrations with squawk (the named ones, else every one): locks and rewrites that can take
+    production down, each with its safe rewrite. Exit 0 when clean, 1 with findings.
+
+    Accept a finding in the file, with a reason: `-- squawk-ignore RULE -- why it is safe here`.
+    """
+    with errors(as_json):
+        report = lint.lint(migrations_dir, squawk, list(migrations))
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.as_dict()}))
+    else:
+        for finding in report.findings:
+            click.echo(finding.text())
+        accepted = f", {len(report.accepted)} accepted with a reason" if report.accepted else ""
+        click.echo(f"{len(report.checked)} migration(s) checked: {len(report.findings)} finding(s){accepted}")
+    if github:
+        if not as_json:  # stdout stays one JSON object with --json
+            for line in lint.github_annotations(report):
+                click.echo(line)
+        lint.write_step_summary(report)
+    sys.exit(1 if report.findings else 0)
+
+
+@migrate_command.command("rehearse")
+@_migrations_dir_option()
+@click.option("--load", is_flag=True, help="Run a light read/write load of the app's queries meanwhile.")
+@click.option(
+    "--copy-url",
+    envvar="REHEARSE_DATABASE_URL",
+    show_envvar=True,
+    help="Rehearse on this copy (e.g. a PITR clone) instead of the latest local backup; refused when it "
+    "reaches the primary (--stack's, else the local stack's).",
+)
+@targets.stack_option("With --copy-url: the stack whose primary the URL must not reach (checked first).")
+@targets.via_option("With --stack: connect to its primary (for the check) through a tunnel.")
+@targets.ssl_root_cert_option("With --stack: RDS CA.")
+@_json_option()
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO_ROOT,
+    envvar=ROOT_ENV_VAR,
+    hidden=True,
+)
+def rehearse_command(
+    migrations_dir: Path,
+    load: bool,
+    copy_url: str | None,
+    stack_name: str | None,
+    via: str | None,
+    ssl_root_cert: str | None,
+    as_json: bool,
+    root: Path,
+) -> None:
+    """Apply the pending migrations to a copy of real data and report, per migration, its duration and the
+    strongest lock it took (table, how long), and whether lock_timeout would fire.
+
+    Without --copy-url: the latest `dbctl local backup`, restored into a scratch database that is dropped
+    afterwards.
+    """
+    say = None if as_json else click.echo
+    with errors(as_json):
+        paths = Paths(root.resolve())
+        if copy_url:
+            if load:
+                raise DbctlError("--load runs as the local stack's app role: use it without --copy-url")
+            if stack_name:
+                primary = targets.admin_database(None, None, stack_name, via, ssl_root_cert).url
+            else:
+                primary = copies.local_primary(paths)
+            report = copies.rehearse_copy(copy_url, primary, migrations_dir, say=say)
+        else:
+            if stack_name:
+                raise DbctlError("--stack needs --copy-url, a copy of that stack's data: never its primary")
+            report = copies.rehearse_local(paths, migrations_dir, load=load, say=say)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.as_dict()}))
+    elif report.load:
+        click.echo(f"load: {report.app_queries} app queries" + "".join(f"; {e}" for e in report.app_errors))
+    sys.exit(0 if all(m.ok for m in report.migrations) else 1)
 
 
 @click.command("status")

@@ -18,7 +18,7 @@ from dbctl.core.errors import DbctlError
 from dbctl.schema import deploy
 from dbctl.schema.connection import Target, connect
 from dbctl.schema.credentials import PasswordSource
-from dbctl.schema.migrate import MIGRATIONS_DIR, resolve_rolled_back
+from dbctl.schema.migrate import MIGRATIONS_DIR, load_migrations, resolve_rolled_back
 from dbctl.schema.report import DEFAULT_TOP_N, PoolsReader, collect, show_pools
 
 Say = Callable[[str], None]
@@ -73,12 +73,16 @@ def status(
     return deploy.status(database.url, database.verifiers, migrations_dir=migrations_dir, echo=echo)
 
 
-def resolve(database: Database, rolled_back: str) -> Target:
-    """Mark the failed migration `rolled_back` as rolled back; return where (no password)."""
+def resolve(
+    database: Database, rolled_back: str, *, migrations_dir: Path = MIGRATIONS_DIR
+) -> tuple[Target, list[str]]:
+    """Mark the failed migration `rolled_back` as rolled back, dropping the INVALID indexes its
+    CREATE INDEX CONCURRENTLY left; return where (no password) and one line per index dropped."""
+    migrations = load_migrations(migrations_dir) if migrations_dir.is_dir() else []
     conn, where = connect(database.url, application_name="dbctl migrate resolve")
     with conn:
-        resolve_rolled_back(conn, rolled_back)
-    return where
+        dropped = resolve_rolled_back(conn, rolled_back, migrations)
+    return where, dropped
 
 
 def report(

@@ -136,7 +136,8 @@ def run_migrate(
         else:
             created = migrate.ensure_history_table(conn)
             for migration in plan.pending:
-                with timer.step("apply", migration.name):
+                alone = migration.no_transaction or migration.runs_alone()
+                with timer.step("apply", migration.name + (" (outside a transaction)" if alone else "")):
                     migrate.apply_one(conn, migration)
                 report.applied.append(migration.name)
             if report.applied or created:
@@ -202,6 +203,12 @@ def status(
                 "restore it from version control (or from the tool that applied it)"
                 for name in plan.unknown
             ] + roles.foreign_owned(conn)
+            report.drift += [
+                f'index "{schema}"."{index}" is INVALID (a CREATE INDEX CONCURRENTLY failed or was killed): '
+                "writes maintain it, no query uses it. `dbctl migrate resolve --rolled-back NAME` drops it "
+                f'when a failed migration made it, else: DROP INDEX CONCURRENTLY "{schema}"."{index}"'
+                for schema, index in migrate.invalid_indexes(conn)
+            ]
             step.detail = f"{len(report.drift)} drift item(s)" if report.drift else "no drift"
     report.changed = bool(
         report.pending

@@ -2,45 +2,49 @@
 
 - ``load_migrations(directory)``: ``<name>/migration.sql`` in name order; ``checksum`` is the sha256 hex of
   the file's bytes, as Prisma computes it.
-- ``advisory_lock(conn, timeout)``: the session advisory lock 72707369 that ``prisma migrate deploy`` takes
-  too, polled with pg_try_advisory_lock until the timeout. An idle session of a pooled role (which never runs
-  migrations) holding it is ended with pg_terminate_backend, and said so.
+- ``advisory_lock(conn, timeout)``: Prisma's advisory lock (dbctl/schema/migrate_lock.py).
 - ``plan(conn, migrations) -> Plan``: applied, pending and failed migrations. Raises ``DbctlError`` (changing
   nothing) on a failed migration that is not resolved, or on a checksum mismatch.
 - ``apply_one(conn, migration)``: one migration, as ``spike_owner``, with ``lock_timeout``; in a transaction
-  together with its history row unless the file's first line is ``-- dbctl:no-transaction``. On failure the
-  transaction rolls back, a history row records the error in ``logs`` (finished_at NULL, as Prisma does) and
-  ``MigrationFailed`` is raised.
-- ``transaction_sql(migration)``: the SQL that runs in that transaction. PostgreSQL's own parser (pglast)
-  finds top-level transaction control: the ``BEGIN;`` / ``COMMIT;`` that Prisma writes around some steps
-  (e.g. recreating an enum) are blanked out, so the whole file stays one transaction (a ``COMMIT`` would
-  otherwise keep the statements before it when a later one fails); ROLLBACK, PREPARE TRANSACTION and the
-  like, and SQL the parser rejects, are refused by ``plan`` before anything is applied.
-- ``resolve_rolled_back(conn, name)``: ``prisma migrate resolve --rolled-back`` (sets rolled_back_at).
+  together with its history row, unless the file's first line is ``-- dbctl:no-transaction`` or its only
+  statement cannot run in a transaction (a lone ``CREATE INDEX CONCURRENTLY``, as Prisma's docs write it:
+  sent as one simple query, as ``prisma migrate deploy`` does). On failure the transaction rolls back, a
+  history row records the error in ``logs`` (finished_at NULL, as Prisma does) and ``MigrationFailed`` is
+  raised.
+- ``transaction_sql(migration)``: the SQL that runs in that transaction (dbctl/schema/statements.py: the
+  ``BEGIN;`` / ``COMMIT;`` Prisma writes around some steps blanked out, so the whole file stays one
+  transaction); ROLLBACK, PREPARE TRANSACTION and the like, SQL the parser rejects, and a statement that
+  cannot run in a transaction mixed with others are refused by ``plan`` before anything is applied.
+- ``invalid_indexes(conn)``: INVALID indexes in schema public (a ``CREATE INDEX CONCURRENTLY`` that failed or
+  was killed leaves one), for ``dbctl status``.
+- ``resolve_rolled_back(conn, name, migrations)``: ``prisma migrate resolve --rolled-back`` (sets
+  rolled_back_at); first drops the INVALID indexes that migration's ``CREATE INDEX CONCURRENTLY`` left, so the
+  next run can build them again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from pglast import ast, parser
-from pglast.enums.parsenodes import TransactionStmtKind
 from psycopg import sql
 
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
+from dbctl.schema import statements
+from dbctl.schema.escape import escaped_owner
+from dbctl.schema.migrate_lock import LOCK_KEY as LOCK_KEY
+from dbctl.schema.migrate_lock import NOT_MIGRATORS as NOT_MIGRATORS
+from dbctl.schema.migrate_lock import advisory_lock as advisory_lock
+from dbctl.schema.statements import NO_TRANSACTION_MARKER as NO_TRANSACTION_MARKER
 
-LOCK_KEY = 72707369  # Prisma Migrate's advisory lock key
 HISTORY_TABLE = "_prisma_migrations"
-NO_TRANSACTION_MARKER = "-- dbctl:no-transaction"
 DEFAULT_LOCK_TIMEOUT = "10s"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 _NAME = re.compile(r"^[0-9]{14}_[A-Za-z0-9_]+$")
@@ -71,8 +75,14 @@ class Migration:
 
     @property
     def no_transaction(self) -> bool:
+        """The file's first line is the marker: each `;`-terminated line runs on its own."""
         first = self.sql_text.lstrip().splitlines()[:1]
         return bool(first) and first[0].strip() == NO_TRANSACTION_MARKER
+
+    def runs_alone(self) -> bool:
+        """Its only statement cannot run in a transaction: sent alone, as `prisma migrate deploy` sends it.
+        Raises DbctlError when such a statement is mixed with others (statements.mode)."""
+        return statements.mode(f"migration {self.name}", self.sql_text) == "alone"
 
 
 @dataclass(frozen=True)
@@ -125,77 +135,6 @@ def _has_sql(text: str) -> bool:
     return bool(without_comments.replace(";", " ").strip())
 
 
-# The roles that connect through PgBouncer (dbctl.pgbouncer.POOLED_ROLES): none of them ever runs migrations,
-# so a lock 72707369 one of them holds is a stray (e.g. `SELECT pg_advisory_lock(72707369)` through a pool,
-# which outlives its client on the pooled server connection), not another run.
-NOT_MIGRATORS = tuple(user for role in names.ALTERNATING_ROLES for user in (role, *names.login_users(role)))
-
-
-def _lock_holders(conn: Conn) -> list[tuple[object, ...]]:
-    """(pid, user, application_name, backend_start, state) of each session holding the lock here."""
-    return conn.execute(
-        "SELECT a.pid, a.usename, a.application_name, a.backend_start, a.state"
-        " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1"
-        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        (LOCK_KEY,),
-    ).fetchall()
-
-
-def _end_stray_holders(conn: Conn, holders: list[tuple[object, ...]]) -> list[str]:
-    """Terminate idle sessions of NOT_MIGRATORS that hold the lock; one line per session ended.
-
-    Only idle ones: their transaction is over and only the pool keeps the session (and the lock) alive. A
-    holder inside a transaction is waited for (statement and idle-in-transaction timeouts bound it).
-    """
-    ended = []
-    for pid, user, _app, _since, state in holders:
-        if user in NOT_MIGRATORS and state == "idle":
-            row = conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
-            if row and row[0]:
-                ended.append(
-                    f"ended session {pid} of {user}, which held lock {LOCK_KEY} without running a migration"
-                )
-    return ended
-
-
-@contextmanager
-def advisory_lock(conn: Conn, timeout: float = 60.0, poll: float = 0.1) -> Iterator[list[str]]:
-    """Hold Prisma's session advisory lock; wait up to timeout seconds for it.
-
-    Yields the sessions it ended to get it: idle pooled-role sessions holding the key (_end_stray_holders).
-    """
-    deadline = time.monotonic() + timeout
-    ended: list[str] = []
-    while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-        if row and row[0]:
-            break
-        holders = _lock_holders(conn)
-        try:
-            ended += _end_stray_holders(conn, holders)
-        except psycopg.errors.InsufficientPrivilege:
-            raise DbctlError(
-                f"a {'/'.join(NOT_MIGRATORS)} session holds advisory lock {LOCK_KEY} and this admin may not "
-                "end it; grant it pg_signal_backend (RDS's master has it), or end that session by hand"
-            ) from None
-        if time.monotonic() >= deadline:
-            who = ""
-            if holders:
-                pid, user, app, since, _ = holders[0]
-                who = f" (pid {pid}, {user}, {app or 'unnamed'}, since {since})"
-            raise DbctlError(
-                f"another migration run holds advisory lock {LOCK_KEY}{who}; waited {timeout:.0f} s. "
-                "Wait for it to finish (or stop it), then run again"
-            )
-        time.sleep(poll)
-    try:
-        yield ended
-    finally:
-        if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-
-
 def _history_exists(conn: Conn) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'public."{HISTORY_TABLE}"',)).fetchone()
     return bool(row and row[0])
@@ -231,19 +170,19 @@ def read_plan(conn: Conn, migrations: list[Migration]) -> tuple[Plan, list[str]]
     rows: list[tuple[object, ...]] = []
     if _history_exists(conn):
         rows = conn.execute(
-            "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs"
-            ' FROM "_prisma_migrations" ORDER BY started_at'
+            "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs,"
+            ' started_at FROM "_prisma_migrations" ORDER BY started_at'
         ).fetchall()
     by_name = {m.name: m for m in migrations}
     applied: list[str] = []
     failed: list[tuple[str, str]] = []
     problems: list[str] = []
-    for name, checksum, finished, rolled_back, logs in rows:
+    for name, checksum, finished, rolled_back, logs, started in rows:
         name = str(name)
         if rolled_back:
             continue
         if not finished:
-            failed.append((name, (str(logs or "").strip().splitlines() or ["(no log)"])[0]))
+            failed.append((name, _failure_line(logs, started)))
             continue
         applied.append(name)
         local = by_name.get(name)
@@ -259,6 +198,18 @@ def read_plan(conn: Conn, migrations: list[Migration]) -> tuple[Plan, list[str]]
     return Plan(applied, pending, failed, unknown), problems
 
 
+def _failure_line(logs: object, started: object) -> str:
+    """The first line of a failed migration's logs; for a row with none, what that means."""
+    lines = str(logs or "").strip().splitlines()
+    if lines:
+        return lines[0]
+    when = f"{started:%Y-%m-%d %H:%M:%S %Z}" if isinstance(started, datetime) else "at an unknown time"
+    return (
+        f"started {when.strip()} and never finished, with no error recorded: the run was killed or lost its "
+        "connection (or, when no run holds the lock, is still running)"
+    )
+
+
 def plan(conn: Conn, migrations: list[Migration]) -> Plan:
     """What would be applied. Raises, changing nothing, on an unresolved failure or a changed file."""
     result, problems = read_plan(conn, migrations)
@@ -271,69 +222,25 @@ def plan(conn: Conn, migrations: list[Migration]) -> Plan:
     if problems:
         raise DbctlError(problems[0])
     for migration in result.pending:
-        if not migration.no_transaction:
-            transaction_sql(migration)  # refuses, before anything is applied, what cannot run atomically
+        # Refuses, before anything is applied, what cannot run atomically or alone.
+        if not migration.no_transaction and not migration.runs_alone():
+            transaction_sql(migration)
     return result
 
 
-# BEGIN / START TRANSACTION / COMMIT (END) around a migration's steps are redundant inside dbctl's own
-# transaction; anything else that ends or splits a transaction cannot be made atomic.
-_REDUNDANT = frozenset({TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START})
-_REDUNDANT |= {TransactionStmtKind.TRANS_STMT_COMMIT}
-
-
 def transaction_sql(migration: Migration) -> str:
-    """The migration's SQL to run in one transaction with its history row: top-level BEGIN/COMMIT blanked
-    out (same lines, so server errors keep their line numbers). Raises DbctlError for transaction control
-    that cannot be made atomic, or SQL that PostgreSQL's parser rejects."""
-    text = migration.sql_text
-    try:
-        slices = list(parser.split(text, with_parser=True, only_slices=True))
-        statements = parser.parse_sql(text)
-    except parser.ParseError as exc:
-        message, at = (*exc.args, 0)[:2]  # (message, byte offset)
-        line = text.encode()[: int(at)].count(b"\n") + 1
-        raise DbctlError(
-            f"migration {migration.name}: PostgreSQL's parser rejects line {line} ({message}); nothing "
-            f"was applied. Fix {migration.path}"
-        ) from None
-    out = list(text)
-    for part, raw in zip(slices, statements, strict=True):
-        stmt = raw.stmt
-        if not isinstance(stmt, ast.TransactionStmt):
-            continue
-        kind = stmt.kind
-        line = text.count("\n", 0, part.start) + 1
-        if kind not in _REDUNDANT:
-            raise DbctlError(
-                f"migration {migration.name}, line {line}: {text[part].strip()!r} cannot run inside the one "
-                "transaction dbctl applies a migration in; nothing was applied. Remove it, or split the "
-                f"migration (or mark it `{NO_TRANSACTION_MARKER}`)"
-            )
-        for i in range(part.start, part.stop):
-            if out[i] != "\n":
-                out[i] = " "
-    return "".join(out)
+    """The migration's SQL to run in one transaction with its history row (statements.transaction_sql)."""
+    return statements.transaction_sql(f"migration {migration.name}", migration.sql_text)
 
 
-def _statements(text: str) -> list[str]:
-    """Split a no-transaction migration into statements: each ends with ';' at the end of a line."""
-    statements: list[str] = []
-    current: list[str] = []
-    for line in text.splitlines():
-        if line.strip().startswith("--") and not current:
-            continue
-        current.append(line)
-        if line.rstrip().endswith(";"):
-            statements.append("\n".join(current).strip())
-            current = []
-    if "\n".join(current).strip():
-        statements.append("\n".join(current).strip())
-    return statements
-
-
-def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> None:
-    """Apply one migration and record it. Raises MigrationFailed (after recording the error) on failure."""
+def apply_one(
+    conn: Conn,
+    migration: Migration,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    before_commit: Callable[[Conn], None] | None = None,
+) -> None:
+    """Apply one migration and record it. Raises MigrationFailed (after recording the error) on failure.
+    before_commit runs in a transactional migration's transaction, its locks still held (the rehearsal)."""
     set_role = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE))
     set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
     insert = sql.SQL(
@@ -345,17 +252,20 @@ def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK
     )
     row_id = str(uuid.uuid4())
     values = (sql.Literal(row_id), sql.Literal(migration.checksum), sql.Literal(migration.name))
+    alone = not migration.no_transaction and migration.runs_alone()
     try:
-        if migration.no_transaction:
+        if migration.no_transaction or alone:
             with conn.transaction():
                 conn.execute(set_role)
                 conn.execute(insert.format(*values))
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+            # Alone: the whole file as one simple query, as prisma migrate deploy sends it (comments and all).
+            parts = [migration.sql_text] if alone else statements.split(migration.sql_text)
             try:
-                for statement in _statements(migration.sql_text):
+                for statement in parts:
                     conn.execute(statement.encode())
-                    escape = _escape(conn, in_transaction=False)
+                    escape = escaped_owner(conn, in_transaction=False)
                     if escape:
                         _record_failure(conn, migration, row_id, escape)
                         raise MigrationFailed(
@@ -374,61 +284,27 @@ def apply_one(conn: Conn, migration: Migration, lock_timeout: str = DEFAULT_LOCK
                 conn.execute(set_lock_timeout)
                 conn.execute(insert.format(*values))
                 conn.execute(transaction_sql(migration).encode())
-                escape = _escape(conn, in_transaction=True)
+                escape = escaped_owner(conn, in_transaction=True)
                 if escape:
                     raise DbctlError(f"migration {migration.name} {escape}; nothing was kept or recorded")
+                if before_commit is not None:
+                    before_commit(conn)
                 conn.execute(finish.format(sql.Literal(row_id)))
     except psycopg.Error as exc:
         message = _error_text(exc)
         _record_failure(conn, migration, row_id, message)
-        where = "no change was kept" if not migration.no_transaction else "statements before it were kept"
+        where = (
+            "statements before it were kept"
+            if migration.no_transaction
+            else "it ran outside a transaction: an INVALID index it left is listed by `dbctl status` and "
+            "dropped by resolve"
+            if alone
+            else "no change was kept"
+        )
         raise MigrationFailed(
             f"migration {migration.name} failed: {message.splitlines()[0]} ({where}). Fix it, then run: "
             f"dbctl migrate resolve --rolled-back {migration.name}"
         ) from None
-
-
-def _escape(conn: Conn, *, in_transaction: bool) -> str | None:
-    """Why the migration left spike_owner (RESET ROLE / SET ROLE), or None.
-
-    Checked after a transactional migration's SQL, before its history row is finished: the session must still
-    be spike_owner, and nothing this transaction created or changed may belong to another role (a
-    `RESET ROLE; CREATE …; SET ROLE spike_owner` round trip). A no-transaction migration is checked after each
-    statement (current role only). Objects of an extension are left out: a trusted extension's belong to the
-    bootstrap superuser by design.
-    """
-    row = conn.execute("SELECT current_user").fetchone()
-    user = str(row[0]) if row else ""
-    if user != names.OWNER_ROLE:
-        return (
-            f"left role {names.OWNER_ROLE} (it runs as {user} now: RESET ROLE or SET ROLE in the file); "
-            f"objects it creates would not belong to {names.OWNER_ROLE}. Remove that statement"
-        )
-    if not in_transaction:
-        return None
-    owner = names.OWNER_ROLE
-    foreign = conn.execute(
-        "SELECT kind || ' ' || name || ' (owner ' || owner || ')' FROM ("
-        " SELECT 'relation' AS kind, c.oid, c.oid::regclass::text AS name,"
-        "  pg_get_userbyid(c.relowner) AS owner"
-        "  FROM pg_class c WHERE c.xmin = pg_current_xact_id()::xid AND c.relowner <> %(owner)s::regrole"
-        " UNION ALL SELECT 'type', t.oid, t.oid::regtype::text, pg_get_userbyid(t.typowner)"
-        "  FROM pg_type t WHERE t.xmin = pg_current_xact_id()::xid AND t.typowner <> %(owner)s::regrole"
-        " UNION ALL SELECT 'function', p.oid, p.oid::regprocedure::text, pg_get_userbyid(p.proowner)"
-        "  FROM pg_proc p WHERE p.xmin = pg_current_xact_id()::xid AND p.proowner <> %(owner)s::regrole"
-        " UNION ALL SELECT 'schema', n.oid, n.nspname::text, pg_get_userbyid(n.nspowner)"
-        "  FROM pg_namespace n WHERE n.xmin = pg_current_xact_id()::xid AND n.nspowner <> %(owner)s::regrole"
-        ") f WHERE NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = f.oid AND d.deptype = 'e')"
-        " ORDER BY 1 LIMIT 3",
-        {"owner": owner},
-    ).fetchall()
-    if foreign:
-        return (
-            f"escaped role {owner} (RESET ROLE or SET ROLE in the file): it made "
-            f"{', '.join(str(r[0]) for r in foreign)}, which would not belong to {owner}. "
-            "Remove that statement"
-        )
-    return None
 
 
 def _error_text(exc: psycopg.Error) -> str:
@@ -459,20 +335,53 @@ def _record_failure(conn: Conn, migration: Migration, row_id: str, message: str)
         )
 
 
-def resolve_rolled_back(conn: Conn, name: str) -> None:
-    """Mark a failed migration as rolled back, so the next run applies it again."""
+def invalid_indexes(conn: Conn) -> list[tuple[str, str]]:
+    """(schema, index) of each INVALID index outside the system schemas: a failed or killed
+    CREATE INDEX CONCURRENTLY leaves one, which writes keep up to date and no query uses."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT x.indisvalid"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+        " ORDER BY 1, 2"
+    ).fetchall()
+    return [(str(schema), str(name)) for schema, name in rows]
+
+
+def resolve_rolled_back(conn: Conn, name: str, migrations: list[Migration] | None = None) -> list[str]:
+    """Mark a failed migration as rolled back, so the next run applies it again. Drops first (CONCURRENTLY,
+    as spike_owner) each INVALID index that migration's CREATE INDEX CONCURRENTLY left; returns one line per
+    index dropped."""
     if not _history_exists(conn):
         raise DbctlError(f"no migration history in this database; there is no failed migration {name}")
+    row = conn.execute(
+        'SELECT count(*) FROM "_prisma_migrations"'
+        " WHERE migration_name = %s AND finished_at IS NULL AND rolled_back_at IS NULL",
+        (name,),
+    ).fetchone()
+    if not row or not row[0]:
+        raise DbctlError(
+            f"migration {name} has no failed, unresolved entry in _prisma_migrations; "
+            "`resolve --rolled-back` applies only to a failed migration"
+        )
+    dropped = []
+    migration = next((m for m in migrations or [] if m.name == name), None)
+    if migration is not None:
+        invalid = set(invalid_indexes(conn))
+        for schema, index in statements.concurrent_indexes(migration.sql_text):
+            if (schema, index) in invalid:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
+                try:
+                    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}")
+                    conn.execute(drop.format(sql.Identifier(schema, index)))
+                finally:
+                    conn.execute("RESET ROLE")
+                dropped.append(f'dropped INVALID index "{schema}"."{index}" that {name} left')
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.OWNER_ROLE)))
-        cur = conn.execute(
+        conn.execute(
             sql.SQL(
                 'UPDATE "_prisma_migrations" SET rolled_back_at = now()'
                 " WHERE migration_name = {} AND finished_at IS NULL AND rolled_back_at IS NULL"
             ).format(sql.Literal(name))
         )
-        if cur.rowcount == 0:
-            raise DbctlError(
-                f"migration {name} has no failed, unresolved entry in _prisma_migrations; "
-                "`resolve --rolled-back` applies only to a failed migration"
-            )
+    return dropped

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from dbctl.core import roles
 from dbctl.core.errors import DbctlError
-from dbctl.schema import migrate
+from dbctl.schema import migrate, statements
 from dbctl.schema.connection import connect, parse_target
 
 
@@ -55,7 +55,7 @@ def test_no_transaction_marker_and_statement_split(tmp_path: Path) -> None:
     write(tmp_path, "20260101000000_idx", text)
     (only,) = migrate.load_migrations(tmp_path)
     assert only.no_transaction
-    assert migrate._statements(text) == ["CREATE INDEX CONCURRENTLY a ON t(x);", "DROP INDEX b;"]
+    assert statements.split(text) == ["CREATE INDEX CONCURRENTLY a ON t(x);", "DROP INDEX b;"]
 
 
 def test_init_migration_follows_prisma_format() -> None:

@@ -90,6 +90,63 @@ def test_pull_requests_run_the_tests_then_preview_both_stacks_with_the_policy_pa
     assert pulumi["with"]["comment-on-pr"] is True
 
 
+def test_pull_requests_lint_changed_migrations_with_the_locked_squawk_and_no_token() -> None:
+    job = load("pull-request.yml")["jobs"]["migration-lint"]
+    assert job["permissions"] == {"contents": "read"}  # annotations and the job summary need no token
+    scripts = "\n".join(str(step.get("run", "")) for step in job["steps"])
+    assert 'git diff --quiet "$BASE_SHA" HEAD -- sql/migrations prisma .squawk.toml tools/squawk' in scripts
+    assert "npm ci --ignore-scripts --no-audit --no-fund --prefix tools/squawk" in scripts
+    [lint] = [step for step in job["steps"] if "dbctl migrate lint" in str(step.get("run", ""))]
+    assert lint["run"].strip().endswith('.venv/bin/python -m dbctl migrate lint --github "${changed[@]}"')
+    assert lint["if"] == "steps.changes.outputs.lint == 'true'"
+    package = json.loads((ROOT / "tools" / "squawk" / "package.json").read_text())
+    lock = json.loads((ROOT / "tools" / "squawk" / "package-lock.json").read_text())
+    pinned = package["dependencies"]["squawk-cli"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "an exact version, as the lock has it"
+    assert lock["packages"]["node_modules/squawk-cli"]["version"] == pinned
+
+
+def test_the_lint_step_names_the_migrations_the_pr_adds_or_edits(tmp_path: Path) -> None:
+    """The step's script against a real git history: only the new and the edited migration are passed."""
+    job = load("pull-request.yml")["jobs"]["migration-lint"]
+    [script] = [str(s["run"]) for s in job["steps"] if "dbctl migrate lint" in str(s.get("run", ""))]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    migrations = tmp_path / "sql" / "migrations"
+    for name in ("20260101000000_old", "20260102000000_edited"):
+        (migrations / name).mkdir(parents=True)
+        (migrations / name / "migration.sql").write_text("SELECT 1;\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    base = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    (migrations / "20260102000000_edited" / "migration.sql").write_text("SELECT 2;\n")
+    (migrations / "20260103000000_new").mkdir()
+    (migrations / "20260103000000_new" / "migration.sql").write_text("SELECT 3;\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "pr"], check=True)
+    fake = tmp_path / ".venv" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (fake / "python").chmod(0o755)
+    result = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "BASE_SHA": base.strip()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.splitlines() == [
+        "-m",
+        "dbctl",
+        "migrate",
+        "lint",
+        "--github",
+        "20260102000000_edited",
+        "20260103000000_new",
+    ]
+
+
 def test_the_test_workflow_runs_the_readme_command() -> None:
     workflow = load("test.yml")
     assert set(triggers(workflow)) == {"workflow_call"}
