@@ -205,6 +205,9 @@ def test_the_hosts_launch_from_the_image_this_up_built(stack: tuple[str, RunResu
     ami = image_part(result, IMAGE).state["outputResources"][0]["amis"][0]["image"]
     assert lt["imageId"] == ami
     assert not [r for r in result.resources if r.typ == "aws:ssm/getParameter:getParameter"]
+    # The outputs the promote/rollback runbook starts from (docs/pgbouncer.md).
+    assert result.outputs["pgbouncer_image_id"] == ami
+    assert result.outputs["pgbouncer_image_pipeline_arn"] == image_part(result, PIPELINE).state["arn"]
 
 
 @pytest.mark.parametrize("name", STACKS)
@@ -214,6 +217,8 @@ def test_a_pinned_ami_is_what_the_hosts_launch_and_no_image_is_built(name: str) 
     assert lt["imageId"] == PINNED
     assert not [r for r in result.resources if r.typ == IMAGE]  # the pin promotes; no build on `up`
     assert len(of_type(result.resources, PIPELINE)) == 1  # the pipeline stays, to build the next one
+    assert result.outputs["pgbouncer_image_id"] == PINNED
+    assert result.outputs["pgbouncer_image_pipeline_arn"] == one(result.resources, PIPELINE).state["arn"]
 
 
 def test_an_ami_pin_that_is_not_an_ami_id_is_refused() -> None:
