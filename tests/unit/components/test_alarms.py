@@ -290,7 +290,7 @@ def test_eventbridge_may_use_the_topic_key_to_publish(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_alarm_rule_is_routed_to_the_topic_and_admitted_by_it(stack: str) -> None:
-    """The route check: drop a rule's target, its topic-policy statement or the refresh rule, and this fails."""
+    """The route check: drop a rule's target, its topic-policy statement or the refresh rule: this fails."""
     r = result(stack)
     rules = {x.state["name"]: x for x in of_type(r.resources, RULE) if x.name.startswith("alarms-")}
     patterns = [json.loads(x.inputs["eventPattern"]) for x in rules.values()]
