@@ -35,7 +35,14 @@ from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
 from components.pgbouncer_group import LAUNCH_HOOK, group_name, host_group
-from components.pgbouncer_image import EC2_TRUST_POLICY, PgBouncerImage, PgBouncerImageArgs
+from components.pgbouncer_image import (
+    EC2_TRUST_POLICY,
+    ROOT_DEVICE,
+    ROOT_VOLUME_GB,
+    ROOT_VOLUME_TYPE,
+    PgBouncerImage,
+    PgBouncerImageArgs,
+)
 from components.pgbouncer_image_document import DRAIN_SECONDS
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
@@ -391,9 +398,12 @@ class PgBouncerTier(pulumi.ComponentResource):
             ),
             block_device_mappings=[
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                    device_name="/dev/xvda",
+                    device_name=ROOT_DEVICE,
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                        volume_size=16, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                        volume_size=ROOT_VOLUME_GB,
+                        volume_type=ROOT_VOLUME_TYPE,
+                        encrypted="true",
+                        delete_on_termination="true",
                     ),
                 )
             ],

@@ -41,7 +41,9 @@ VERSION = "1.0.0"
 LOG_PREFIX = "image-builder-logs/"
 # Image Builder runs the test phase within this (its minimum; ours takes minutes).
 TEST_TIMEOUT_MINUTES = 60
-ROOT_VOLUME_GB = 16
+ROOT_VOLUME_GB = 16  # the AMI's root volume; the launch template's is the same size (not smaller)
+ROOT_DEVICE = "/dev/xvda"
+ROOT_VOLUME_TYPE = "gp3"
 # What the EC2 Auto Scaling service-linked role needs to launch from an AMI encrypted with our key (AWS
 # Auto Scaling user guide, "Required AWS KMS key policy for use with encrypted volumes").
 AUTOSCALING_KEY_OPERATIONS = (
@@ -83,6 +85,16 @@ def awstoe_buckets(region: str) -> tuple[str, str]:
 def build_name(stack: str, data: str) -> str:
     """spike-pgb-<stack>-<hash of the document>: a changed build is a new component and recipe."""
     return f"spike-pgb-{stack}-{hashlib.sha256(data.encode()).hexdigest()[:12]}"
+
+
+def recipe_name(stack: str, data: str) -> str:
+    """The recipe's name: the document's hash and the recipe's own fixed inputs (parent, root volume).
+
+    Image Builder never updates a recipe (every argument replaces it) and its name/version must be new:
+    Pulumi creates the replacement before deleting the old one, which a pipeline still uses. So a change
+    to any of these, and not only to the document, must change the name."""
+    fixed = json.dumps([PARENT_IMAGE, ROOT_DEVICE, ROOT_VOLUME_GB, ROOT_VOLUME_TYPE])
+    return build_name(stack, f"{data}\n{fixed}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +192,7 @@ class PgBouncerImage(pulumi.ComponentResource):
 
         recipe = aws.imagebuilder.ImageRecipe(
             f"{name}-recipe",
-            name=base,
+            name=recipe_name(s.stack, data),
             version=VERSION,
             description=f"PgBouncer {args.source.version} hosts of spike-land-{s.stack}",
             parent_image=partition.apply(lambda p: parent_image_arn(p, s.region)),
@@ -200,10 +212,10 @@ class PgBouncerImage(pulumi.ComponentResource):
             ],
             block_device_mappings=[
                 aws.imagebuilder.ImageRecipeBlockDeviceMappingArgs(
-                    device_name="/dev/xvda",
+                    device_name=ROOT_DEVICE,
                     ebs=aws.imagebuilder.ImageRecipeBlockDeviceMappingEbsArgs(
                         volume_size=ROOT_VOLUME_GB,
-                        volume_type="gp3",
+                        volume_type=ROOT_VOLUME_TYPE,
                         encrypted="true",
                         kms_key_id=args.kms_key_arn,
                         delete_on_termination="true",

@@ -65,6 +65,7 @@ def test_the_pipeline_builds_the_component_on_al2023_arm64(stack: tuple[str, Run
     phases = [p["name"] for p in yaml.safe_load(data)["phases"]]
     assert phases == ["build", "test"]  # the test phase runs on an instance of the new AMI
     recipe = image_part(result, RECIPE)
+    assert recipe.inputs["name"] == img.recipe_name(name, data)
     assert recipe.inputs["parentImage"] == (
         f"arn:aws:imagebuilder:{settings.region}:aws:image/amazon-linux-2023-arm64/x.x.x"
     )
@@ -278,3 +279,29 @@ def test_a_refresh_failure_or_rollback_of_this_stacks_group_matches_the_event_pa
     assert event["detail-type"] in pattern["detail-type"]  # type: ignore[operator]
     assert pattern["detail"] == {"AutoScalingGroupName": [group_name("prod")]}
     assert "EC2 Auto Scaling Instance Refresh Succeeded" not in pattern["detail-type"]  # type: ignore[operator]
+
+
+def test_a_recipe_input_that_is_not_the_document_still_renames_the_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Image Builder replaces a recipe for any change and refuses a name/version that exists: Pulumi creates
+    the replacement first, so e.g. a bigger root volume must be a new name, or `up` fails."""
+    data = doc.component_document(pgbouncer_source.pinned())
+    before = img.recipe_name("prod", data)
+    assert before != img.build_name("prod", data) and before.startswith("spike-pgb-prod-")
+    monkeypatch.setattr(img, "ROOT_VOLUME_GB", img.ROOT_VOLUME_GB + 4)
+    assert img.recipe_name("prod", data) != before
+    monkeypatch.setattr(img, "PARENT_IMAGE", "amazon-linux-2023-x86")
+    assert img.recipe_name("prod", data) not in {before, img.build_name("prod", data)}
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_the_hosts_root_volume_is_the_images_size_and_type(name: str) -> None:
+    """A launch template volume smaller than the AMI's snapshot fails every launch."""
+    result = run(name, {})
+    lt = one([r for r in result.resources if r.name == "pgbouncer-host"], LT).inputs
+    [mapping] = lt["blockDeviceMappings"]
+    [recipe_mapping] = image_part(result, RECIPE).inputs["blockDeviceMappings"]
+    assert mapping["deviceName"] == recipe_mapping["deviceName"] == img.ROOT_DEVICE
+    assert mapping["ebs"]["volumeSize"] == recipe_mapping["ebs"]["volumeSize"] == img.ROOT_VOLUME_GB
+    assert mapping["ebs"]["volumeType"] == recipe_mapping["ebs"]["volumeType"] == "gp3"
