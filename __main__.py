@@ -51,6 +51,7 @@ pgbouncer = PgBouncerTier(
         role_secret_arns=credentials.role_secret_arns,
         secrets_kms_key_arn=credentials.kms_key_arn,
         pgbouncer_source=pgbouncer_source,
+        egress_ready=network.egress_ready,
     ),
     opts=pulumi.ResourceOptions(providers=[provider]),
 )

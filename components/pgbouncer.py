@@ -154,6 +154,8 @@ class PgBouncerTierArgs:
     secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
     # PgBouncer's pinned source on this machine, checked before anything was declared (__main__.py)
     pgbouncer_source: LocalSource
+    # The network's endpoints and rules (Network.egress_ready): the image build and the hosts wait for them.
+    egress_ready: Sequence[pulumi.Resource] = ()
 
 
 class PgBouncerTier(pulumi.ComponentResource):
@@ -372,6 +374,7 @@ class PgBouncerTier(pulumi.ComponentResource):
                 bucket_id=bucket.id,
                 bucket_arn=bucket.arn,
                 source_object_arns=source_arns,
+                egress_ready=args.egress_ready,
             ),
             opts=child,
         )
@@ -455,7 +458,7 @@ class PgBouncerTier(pulumi.ComponentResource):
         # The hosts' helper reads the TLS secret's current version at boot: the group (and so every host it
         # launches, on a first `up` or after the NLB, whose name the certificate holds, is replaced) waits
         # for that version to exist.
-        host_dependencies: list[pulumi.Resource] = []
+        host_dependencies: list[pulumi.Resource] = list(args.egress_ready)
         if tls_secret is not None:
             material = client_tls_material(name, s.stack, nlb.dns_name, self)
             tls_json: pulumi.Output[str] = pulumi.Output.secret(

@@ -107,6 +107,8 @@ class PgBouncerImageArgs:
     bucket_id: pulumi.Input[str]  # the tier's private bucket: the source, the host scripts, the logs
     bucket_arn: pulumi.Input[str]
     source_object_arns: Sequence[pulumi.Input[str]]  # the pinned source's objects
+    # What the build instance needs to reach AWS (the network's endpoints and rules: Network.egress_ready).
+    egress_ready: Sequence[pulumi.Resource] = ()
 
 
 class PgBouncerImage(pulumi.ComponentResource):
@@ -161,13 +163,13 @@ class PgBouncerImage(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.iam.RolePolicyAttachment(
+        ssm = aws.iam.RolePolicyAttachment(
             f"{name}-build-ssm",
             role=role.name,
             policy_arn=partition.apply(lambda p: f"arn:{p}:iam::aws:policy/AmazonSSMManagedInstanceCore"),
             opts=child,
         )
-        aws.iam.RolePolicy(
+        policy = aws.iam.RolePolicy(
             f"{name}-build",
             role=role.id,
             policy=pulumi.Output.json_dumps(
@@ -303,6 +305,9 @@ class PgBouncerImage(pulumi.ComponentResource):
         if s.pgbouncer.ami_id is not None:
             self.image_id = pulumi.Output.from_input(s.pgbouncer.ami_id)
         else:
+            # The build starts as soon as this resource is created: its instance must find its role's
+            # policies (Session Manager, the source objects, which the policy names and so waits for), the
+            # script objects and the VPC endpoints in place, which nothing else in its inputs waits for.
             image = aws.imagebuilder.Image(
                 f"{name}-image",
                 image_recipe_arn=recipe.arn,
@@ -311,7 +316,9 @@ class PgBouncerImage(pulumi.ComponentResource):
                 image_tests_configuration=tests,
                 enhanced_image_metadata_enabled=False,
                 tags=tags,
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[ssm, policy, *args.egress_ready])
+                ),
             )
             self.image_id = image.output_resources.apply(_ami_of)
         self.register_outputs({"image_id": self.image_id, "pipeline_arn": self.pipeline_arn})

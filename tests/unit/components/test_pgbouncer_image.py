@@ -305,3 +305,50 @@ def test_the_hosts_root_volume_is_the_images_size_and_type(name: str) -> None:
     assert mapping["deviceName"] == recipe_mapping["deviceName"] == img.ROOT_DEVICE
     assert mapping["ebs"]["volumeSize"] == recipe_mapping["ebs"]["volumeSize"] == img.ROOT_VOLUME_GB
     assert mapping["ebs"]["volumeType"] == recipe_mapping["ebs"]["volumeType"] == "gp3"
+
+
+def test_the_build_waits_for_what_its_instance_needs(stack: tuple[str, RunResult]) -> None:
+    """CreateImage starts the build at once: without these its instance can boot before it may use Session
+    Manager, read the source or reach the endpoints, which are minutes from available on a first `up`."""
+    _, result = stack
+    image = image_part(result, IMAGE)
+    named_in = {r.name: r for r in result.resources}
+    needs = [
+        named_in["pgbouncer-image-build-ssm"],  # AmazonSSMManagedInstanceCore
+        one(
+            [r for r in result.resources if r.name == "pgbouncer-image-build"],
+            "aws:iam/rolePolicy:RolePolicy",
+        ),
+        *[named_in[f"network-{service}"] for service in INTERFACE_ENDPOINT_SERVICES],
+        named_in["network-s3"],
+        named_in["network-pgbouncer-to-endpoints"],
+        named_in["network-pgbouncer-to-s3"],
+    ]
+    assert {"ssm", "ssmmessages", "ec2messages", "imagebuilder"} <= set(INTERFACE_ENDPOINT_SERVICES)
+    missing = [r.name for r in needs if r.urn not in image.dependencies]
+    assert missing == []
+    # The role policy names the source and script objects, so it (and the build after it) waits for them.
+    policy = one(
+        [r for r in result.resources if r.name == "pgbouncer-image-build"], "aws:iam/rolePolicy:RolePolicy"
+    )
+    objects = [
+        r
+        for r in of_type(result.resources, "aws:s3/bucketObjectv2:BucketObjectv2")
+        if "-ca-bundle" not in r.name
+    ]
+    assert objects and all(o.urn in policy.dependencies for o in objects)
+
+
+def test_the_hosts_wait_for_the_endpoints_too(stack: tuple[str, RunResult]) -> None:
+    """With pgbouncer.amiId pinned nothing else makes a first host wait for the endpoints it boots through."""
+    name, _ = stack
+    result = run(name, {"pgbouncer.amiId": PINNED})
+    asg = one(result.resources, "aws:autoscaling/group:Group")
+    endpoints = [
+        e
+        for e in of_type(result.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
+        if e.name.startswith("network-")
+    ]
+    assert len(endpoints) == len(INTERFACE_ENDPOINT_SERVICES) + 1 and all(
+        e.urn in asg.dependencies for e in endpoints
+    )
