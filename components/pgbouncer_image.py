@@ -289,7 +289,7 @@ class PgBouncerImage(pulumi.ComponentResource):
 
         # The hosts launch from an AMI encrypted with the stack key: the Auto Scaling service-linked role
         # gets a grant on it (its own policy covers AWS managed keys only).
-        aws.kms.Grant(
+        grant = aws.kms.Grant(
             f"{name}-autoscaling",
             name=f"spike-pgb-{s.stack}-autoscaling",
             key_id=args.kms_key_arn,
@@ -303,7 +303,7 @@ class PgBouncerImage(pulumi.ComponentResource):
         )
 
         if s.pgbouncer.ami_id is not None:
-            self.image_id = pulumi.Output.from_input(s.pgbouncer.ami_id)
+            ami: pulumi.Output[str] = pulumi.Output.from_input(s.pgbouncer.ami_id)
         else:
             # The build starts as soon as this resource is created: its instance must find its role's
             # policies (Session Manager, the source objects, which the policy names and so waits for), the
@@ -320,7 +320,10 @@ class PgBouncerImage(pulumi.ComponentResource):
                     child, pulumi.ResourceOptions(depends_on=[ssm, policy, *args.egress_ready])
                 ),
             )
-            self.image_id = image.output_resources.apply(_ami_of)
+            ami = image.output_resources.apply(_ami_of)
+        # The id carries the grant as a dependency: no launch template (so no host) before the group's role
+        # can use the key (a pinned AMI has no build to wait for first).
+        self.image_id = pulumi.Output.all(ami, grant.id).apply(lambda v: str(v[0]))
         self.register_outputs({"image_id": self.image_id, "pipeline_arn": self.pipeline_arn})
 
 

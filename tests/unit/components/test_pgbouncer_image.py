@@ -352,3 +352,11 @@ def test_the_hosts_wait_for_the_endpoints_too(stack: tuple[str, RunResult]) -> N
     assert len(endpoints) == len(INTERFACE_ENDPOINT_SERVICES) + 1 and all(
         e.urn in asg.dependencies for e in endpoints
     )
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_no_host_launches_before_the_groups_role_may_use_the_amis_key(name: str) -> None:
+    for result in (run(name, {}), run(name, {"pgbouncer.amiId": PINNED})):
+        grant = one(result.resources, "aws:kms/grant:Grant")
+        lt = one([r for r in result.resources if r.name == "pgbouncer-host"], LT)
+        assert grant.urn in lt.dependencies
