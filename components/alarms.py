@@ -342,21 +342,19 @@ def _topic_policy(
                     "StringEquals": {"aws:SourceAccount": account},
                 },
             },
-            {
-                "Sid": "BackupFailureRule",
-                "Effect": "Allow",
-                "Principal": {"Service": "events.amazonaws.com"},
-                "Action": "SNS:Publish",
-                "Resource": topic_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": rules.backup}},
-            },
-            {
-                "Sid": "PgBouncerRefreshFailureRule",
-                "Effect": "Allow",
-                "Principal": {"Service": "events.amazonaws.com"},
-                "Action": "SNS:Publish",
-                "Resource": topic_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": rules.refresh}},
-            },
+            _rule_may_publish("BackupFailureRule", topic_arn, rules.backup),
+            _rule_may_publish("PgBouncerRefreshFailureRule", topic_arn, rules.refresh),
         ],
+    }
+
+
+def _rule_may_publish(sid: str, topic_arn: str, rule_arn: str) -> dict[str, object]:
+    """EventBridge may publish to the topic for this one rule (it sends the rule's ARN as aws:SourceArn)."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "SNS:Publish",
+        "Resource": topic_arn,
+        "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
     }

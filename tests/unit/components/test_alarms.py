@@ -40,6 +40,11 @@ def topic(r: RunResult) -> Resource:
     return one(r.resources, "aws:sns/topic:Topic")
 
 
+def topic_policy(r: RunResult) -> dict[str, Any]:
+    policy: dict[str, Any] = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    return policy
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_topic_is_encrypted_with_its_own_key_that_the_publishers_may_use(stack: str) -> None:
     r = result(stack)
@@ -61,7 +66,7 @@ def test_topic_is_encrypted_with_its_own_key_that_the_publishers_may_use(stack: 
 @pytest.mark.parametrize("stack", STACKS)
 def test_topic_policy_lets_exactly_the_publishers_in(stack: str) -> None:
     r = result(stack)
-    policy = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    policy = topic_policy(r)
     by_sid = {st["Sid"]: st for st in policy["Statement"]}
     assert by_sid["CloudWatchAlarms"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert by_sid["RdsEventSubscriptions"]["Principal"] == {"Service": "events.rds.amazonaws.com"}
@@ -259,10 +264,9 @@ def test_pgbouncer_refresh_failures_rollbacks_and_failed_launches_go_to_the_topi
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_topic_admits_eventbridge_only_for_this_stacks_two_rules(stack: str) -> None:
     r = result(stack)
-    policy = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
-    by_sid = {st["Sid"]: st for st in policy["Statement"]}
     refresh = named(of_type(r.resources, RULE), "alarms-pgbouncer-refresh")
-    statement = by_sid["PgBouncerRefreshFailureRule"]
+    policy = topic_policy(r)
+    (statement,) = [st for st in policy["Statement"] if st["Sid"] == "PgBouncerRefreshFailureRule"]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Action"] == "SNS:Publish"
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": refresh.state["arn"]}}
@@ -300,7 +304,7 @@ def test_every_alarm_rule_is_routed_to_the_topic_and_admitted_by_it(stack: str) 
     assert all(t.inputs["arn"] == topic(r).state["arn"] for t in targets.values())
     # No RoleArn: SNS targets go by the topic policy (with a role, delivery to an encrypted topic may fail).
     assert not any("roleArn" in t.inputs for t in targets.values())
-    policy = json.dumps(json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"]))
+    policy = json.dumps(topic_policy(r))
     assert all(rule.state["arn"] in policy for rule in rules.values())
 
 
