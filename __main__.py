@@ -51,6 +51,7 @@ pgbouncer = PgBouncerTier(
         role_secret_arns=credentials.role_secret_arns,
         secrets_kms_key_arn=credentials.kms_key_arn,
         pgbouncer_source=pgbouncer_source,
+        egress_ready=network.egress_ready,
     ),
     opts=pulumi.ResourceOptions(providers=[provider]),
 )
@@ -139,6 +140,10 @@ pulumi.export("pgbouncer_port", pgbouncer.port)
 pulumi.export("read_pool_database", pgbouncer.read_pool_database)
 # The CA that signed PgBouncer's certificate (public): the pooled URL's sslrootcert (docs/pgbouncer.md).
 pulumi.export("pgbouncer_ca_certificate", pgbouncer.ca_certificate_pem)
+# The hosts' AMI (the image this stack built and tested, or pgbouncer.amiId) and the pipeline that rebuilds
+# it by hand: what promoting and rolling back an image start from (docs/pgbouncer.md).
+pulumi.export("pgbouncer_image_id", pgbouncer.image_id)
+pulumi.export("pgbouncer_image_pipeline_arn", pgbouncer.image_pipeline_arn)
 pulumi.export("pre_migration_snapshot", settings.backups.pre_migration_snapshot)
 pulumi.export("backup_vault_name", backups.vault_name)
 pulumi.export("restore_testing_plan_name", backups.restore_testing_plan_name)

@@ -12,7 +12,8 @@
 - Slow queries: a metric filter on the primary's exported `postgresql` log group (declared, with retention
   and KMS, by `components/database.py` before the instance exists).
 - RDS event subscription for the primary and replicas; an EventBridge rule for AWS Backup job, copy and
-  restore (including restore-test) failures.
+  restore (including restore-test) failures; one for the PgBouncer hosts' group: an instance refresh that
+  failed or rolled back, and a launch that failed (`pgbouncer_group.refresh_failure_event_pattern`).
 - A CloudWatch dashboard per stack (`alarm_rules.dashboard_body`).
 """
 
@@ -28,6 +29,7 @@ import pulumi_aws as aws
 
 from components import alarm_rules
 from components.kms import key_policy
+from components.pgbouncer_group import refresh_failure_event_pattern
 from components.provider import account_of
 from dbctl.stackconfig import slow_query
 from dbctl.stackconfig.settings import StackSettings
@@ -121,12 +123,28 @@ class Alarms(pulumi.ComponentResource):
             opts=child,
         )
 
+        # A PgBouncer refresh that cannot reach healthy (it fails, or rolls back) and a host that cannot
+        # launch: `pulumi up` may have returned already (a rollback finishes later), so the topic says so.
+        refresh_rule = aws.cloudwatch.EventRule(
+            f"{name}-pgbouncer-refresh",
+            name_prefix=f"{prefix}-pgbref-",  # 64 - 26 characters, as the backup rule's
+            description=f"{prefix}: PgBouncer host refresh failed or rolled back, or a host failed to launch",
+            event_pattern=json.dumps(refresh_failure_event_pattern(s.stack)),
+            opts=child,
+        )
+
         source_ids: list[pulumi.Input[str]] = [args.primary_identifier, *args.replica_identifiers]
         policy = aws.sns.TopicPolicy(
             f"{name}-topic",
             arn=topic.arn,
-            policy=pulumi.Output.all(topic.arn, backup_rule.arn, pulumi.Output.all(*source_ids)).apply(
-                lambda a: json.dumps(_topic_policy(a[0], a[1], partition, account, s.region, a[2]))
+            policy=pulumi.Output.all(
+                topic.arn, backup_rule.arn, refresh_rule.arn, pulumi.Output.all(*source_ids)
+            ).apply(
+                lambda a: json.dumps(
+                    _topic_policy(
+                        a[0], EventRules(backup=a[1], refresh=a[2]), partition, account, s.region, a[3]
+                    )
+                )
             ),
             opts=child,
         )
@@ -147,6 +165,9 @@ class Alarms(pulumi.ComponentResource):
 
         aws.cloudwatch.EventTarget(
             f"{name}-backup-failures", rule=backup_rule.name, arn=topic.arn, opts=after_policy
+        )
+        aws.cloudwatch.EventTarget(
+            f"{name}-pgbouncer-refresh", rule=refresh_rule.name, arn=topic.arn, opts=after_policy
         )
 
         aws.rds.EventSubscription(
@@ -254,15 +275,23 @@ def db_instance_arn(partition: str, region: str, account: str, identifier: str) 
     return f"arn:{partition}:rds:{region}:{account}:db:{identifier}"
 
 
+@dataclass(frozen=True)
+class EventRules:
+    """The ARNs of this stack's EventBridge rules that publish to the topic."""
+
+    backup: str
+    refresh: str
+
+
 def _topic_policy(
     topic_arn: str,
-    rule_arn: str,
+    rules: EventRules,
     partition: str,
     account: str,
     region: str,
     db_identifiers: Sequence[str],
 ) -> dict[str, object]:
-    """The owner keeps full control; CloudWatch alarms, RDS events and our EventBridge rule may publish.
+    """The owner keeps full control; CloudWatch alarms, RDS events and our two EventBridge rules may publish.
 
     RDS publishes an event notification with aws:SourceArn set to the resource that raised the event (the
     RDS user guide's "Granting permissions to publish notifications to an Amazon SNS topic": `...:db:<id>`),
@@ -313,13 +342,19 @@ def _topic_policy(
                     "StringEquals": {"aws:SourceAccount": account},
                 },
             },
-            {
-                "Sid": "BackupFailureRule",
-                "Effect": "Allow",
-                "Principal": {"Service": "events.amazonaws.com"},
-                "Action": "SNS:Publish",
-                "Resource": topic_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
-            },
+            _rule_may_publish("BackupFailureRule", topic_arn, rules.backup),
+            _rule_may_publish("PgBouncerRefreshFailureRule", topic_arn, rules.refresh),
         ],
+    }
+
+
+def _rule_may_publish(sid: str, topic_arn: str, rule_arn: str) -> dict[str, object]:
+    """EventBridge may publish to the topic for this one rule (it sends the rule's ARN as aws:SourceArn)."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "SNS:Publish",
+        "Resource": topic_arn,
+        "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
     }

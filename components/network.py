@@ -67,6 +67,10 @@ class Network(pulumi.ComponentResource):
     db_security_group_id: pulumi.Output[str]
     pgbouncer_security_group_id: pulumi.Output[str]
     endpoints_security_group_id: pulumi.Output[str] | None
+    # What a PgBouncer host or image build instance needs before it boots to reach AWS: the endpoints and
+    # the security group rules to them (or, in an existing VPC, the HTTPS egress rule). Interface endpoints
+    # take minutes to become available, and nothing else makes an instance wait for them.
+    egress_ready: list[pulumi.Resource]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("spike-land-db:index:Network", name, None, opts)
@@ -203,11 +207,12 @@ class Network(pulumi.ComponentResource):
         )
 
         self.endpoints_security_group_id = None
+        self.egress_ready = []
         if route_table_id is not None and s.network.vpc_endpoints:
             endpoints_sg = self._endpoints(name, s, vpc_id, subnet_ids, route_table_id, pgb_sg, child)
             self.endpoints_security_group_id = endpoints_sg.id
         elif s.network.mode == "existing":
-            https_out(
+            self.egress_ready += https_out(
                 f"{name}-pgbouncer-https",
                 source=pgb_sg.id,
                 description="AWS APIs (SSM, Secrets Manager, KMS, CloudWatch) and packages via the VPC NAT",
@@ -255,7 +260,7 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{prefix}-endpoints"},
             opts=child,
         )
-        allow_tcp(
+        self.egress_ready += allow_tcp(
             port=HTTPS,
             source=pgb_sg.id,
             target=endpoints_sg.id,
@@ -268,7 +273,7 @@ class Network(pulumi.ComponentResource):
             subnet_ids if s.network.endpoints_in_every_az else subnet_ids.apply(lambda ids: ids[:1])
         )
         for service in INTERFACE_ENDPOINT_SERVICES:
-            aws.ec2.VpcEndpoint(
+            endpoint = aws.ec2.VpcEndpoint(
                 f"{name}-{service}",
                 vpc_id=vpc_id,
                 service_name=f"com.amazonaws.{s.region}.{service}",
@@ -279,6 +284,7 @@ class Network(pulumi.ComponentResource):
                 tags={"Name": f"{prefix}-{service}"},
                 opts=child,
             )
+            self.egress_ready.append(endpoint)
         bucket = AL2023_REPO_BUCKET.format(region=s.region)
         s3 = aws.ec2.VpcEndpoint(
             f"{name}-s3",
@@ -329,7 +335,7 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{prefix}-s3"},
             opts=child,
         )
-        aws.vpc.SecurityGroupEgressRule(
+        to_s3 = aws.vpc.SecurityGroupEgressRule(
             f"{name}-pgbouncer-to-s3",
             security_group_id=pgb_sg.id,
             ip_protocol="tcp",
@@ -339,4 +345,5 @@ class Network(pulumi.ComponentResource):
             description="Amazon Linux package repositories through the S3 gateway endpoint",
             opts=child,
         )
+        self.egress_ready += [s3, to_s3]
         return endpoints_sg

@@ -35,7 +35,14 @@ from components import pgbouncer_userdata as ud
 from components.alarm_rules import custom_namespace
 from components.kms import use_via_secrets_manager
 from components.pgbouncer_group import LAUNCH_HOOK, group_name, host_group
-from components.pgbouncer_image import EC2_TRUST_POLICY, PgBouncerImage, PgBouncerImageArgs
+from components.pgbouncer_image import (
+    EC2_TRUST_POLICY,
+    ROOT_DEVICE,
+    ROOT_VOLUME_GB,
+    ROOT_VOLUME_TYPE,
+    PgBouncerImage,
+    PgBouncerImageArgs,
+)
 from components.pgbouncer_image_document import DRAIN_SECONDS
 from components.pgbouncer_source import S3_PREFIX, LocalSource
 from components.pgbouncer_tls import SECRET_CERT_FIELD, SECRET_KEY_FIELD, client_tls_material
@@ -147,6 +154,8 @@ class PgBouncerTierArgs:
     secrets_kms_key_arn: pulumi.Input[str] | None  # the secrets' customer managed key, if any
     # PgBouncer's pinned source on this machine, checked before anything was declared (__main__.py)
     pgbouncer_source: LocalSource
+    # The network's endpoints and rules (Network.egress_ready): the image build and the hosts wait for them.
+    egress_ready: Sequence[pulumi.Resource] = ()
 
 
 class PgBouncerTier(pulumi.ComponentResource):
@@ -365,6 +374,7 @@ class PgBouncerTier(pulumi.ComponentResource):
                 bucket_id=bucket.id,
                 bucket_arn=bucket.arn,
                 source_object_arns=source_arns,
+                egress_ready=args.egress_ready,
             ),
             opts=child,
         )
@@ -391,9 +401,12 @@ class PgBouncerTier(pulumi.ComponentResource):
             ),
             block_device_mappings=[
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                    device_name="/dev/xvda",
+                    device_name=ROOT_DEVICE,
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                        volume_size=16, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                        volume_size=ROOT_VOLUME_GB,
+                        volume_type=ROOT_VOLUME_TYPE,
+                        encrypted="true",
+                        delete_on_termination="true",
                     ),
                 )
             ],
@@ -445,7 +458,7 @@ class PgBouncerTier(pulumi.ComponentResource):
         # The hosts' helper reads the TLS secret's current version at boot: the group (and so every host it
         # launches, on a first `up` or after the NLB, whose name the certificate holds, is replaced) waits
         # for that version to exist.
-        host_dependencies: list[pulumi.Resource] = []
+        host_dependencies: list[pulumi.Resource] = list(args.egress_ready)
         if tls_secret is not None:
             material = client_tls_material(name, s.stack, nlb.dns_name, self)
             tls_json: pulumi.Output[str] = pulumi.Output.secret(

@@ -105,18 +105,22 @@ def host_group(
 
 # What a refresh that did not reach healthy sends (Auto Scaling user guide, "Instance refresh example events
 # and patterns"): a failed refresh, and each step of its rollback (auto_rollback). Rollback Succeeded is
-# still a failure of the change: the hosts run the previous configuration.
+# still a failure of the change: the hosts run the previous configuration. And a host the group could not
+# launch at all (EventBridge events reference, "Amazon EC2 Auto Scaling events": EC2 Instance Launch
+# Unsuccessful), such as an AMI whose key the service-linked role cannot use: the group retries it, and
+# neither the NLB alarm nor `pulumi up` says why.
 REFRESH_FAILURE_DETAIL_TYPES = (
     "EC2 Auto Scaling Instance Refresh Failed",
     "EC2 Auto Scaling Instance Refresh Rollback Started",
     "EC2 Auto Scaling Instance Refresh Rollback Succeeded",
     "EC2 Auto Scaling Instance Refresh Rollback Failed",
+    "EC2 Instance Launch Unsuccessful",
 )
 
 
 def refresh_failure_event_pattern(stack: str) -> dict[str, object]:
-    """The EventBridge pattern for this stack's hosts' refresh failures and rollbacks: what the alarm topic
-    should receive (its rule and topic policy belong to components/alarms.py, not wired yet)."""
+    """The EventBridge pattern for this stack's hosts' refresh failures, rollbacks and failed launches: the
+    alarm topic receives them (components/alarms.py routes them, its topic policy admits that rule only)."""
     return {
         "source": ["aws.autoscaling"],
         "detail-type": list(REFRESH_FAILURE_DETAIL_TYPES),

@@ -41,7 +41,9 @@ VERSION = "1.0.0"
 LOG_PREFIX = "image-builder-logs/"
 # Image Builder runs the test phase within this (its minimum; ours takes minutes).
 TEST_TIMEOUT_MINUTES = 60
-ROOT_VOLUME_GB = 16
+ROOT_VOLUME_GB = 16  # the AMI's root volume; the launch template's is the same size (not smaller)
+ROOT_DEVICE = "/dev/xvda"
+ROOT_VOLUME_TYPE = "gp3"
 # What the EC2 Auto Scaling service-linked role needs to launch from an AMI encrypted with our key (AWS
 # Auto Scaling user guide, "Required AWS KMS key policy for use with encrypted volumes").
 AUTOSCALING_KEY_OPERATIONS = (
@@ -85,6 +87,16 @@ def build_name(stack: str, data: str) -> str:
     return f"spike-pgb-{stack}-{hashlib.sha256(data.encode()).hexdigest()[:12]}"
 
 
+def recipe_name(stack: str, data: str) -> str:
+    """The recipe's name: the document's hash and the recipe's own fixed inputs (parent, root volume).
+
+    Image Builder never updates a recipe (every argument replaces it) and its name/version must be new:
+    Pulumi creates the replacement before deleting the old one, which a pipeline still uses. So a change
+    to any of these, and not only to the document, must change the name."""
+    fixed = json.dumps([PARENT_IMAGE, ROOT_DEVICE, ROOT_VOLUME_GB, ROOT_VOLUME_TYPE])
+    return build_name(stack, f"{data}\n{fixed}")
+
+
 @dataclass(frozen=True)
 class PgBouncerImageArgs:
     settings: StackSettings
@@ -95,6 +107,8 @@ class PgBouncerImageArgs:
     bucket_id: pulumi.Input[str]  # the tier's private bucket: the source, the host scripts, the logs
     bucket_arn: pulumi.Input[str]
     source_object_arns: Sequence[pulumi.Input[str]]  # the pinned source's objects
+    # What the build instance needs to reach AWS (the network's endpoints and rules: Network.egress_ready).
+    egress_ready: Sequence[pulumi.Resource] = ()
 
 
 class PgBouncerImage(pulumi.ComponentResource):
@@ -149,13 +163,13 @@ class PgBouncerImage(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.iam.RolePolicyAttachment(
+        ssm = aws.iam.RolePolicyAttachment(
             f"{name}-build-ssm",
             role=role.name,
             policy_arn=partition.apply(lambda p: f"arn:{p}:iam::aws:policy/AmazonSSMManagedInstanceCore"),
             opts=child,
         )
-        aws.iam.RolePolicy(
+        policy = aws.iam.RolePolicy(
             f"{name}-build",
             role=role.id,
             policy=pulumi.Output.json_dumps(
@@ -180,7 +194,7 @@ class PgBouncerImage(pulumi.ComponentResource):
 
         recipe = aws.imagebuilder.ImageRecipe(
             f"{name}-recipe",
-            name=base,
+            name=recipe_name(s.stack, data),
             version=VERSION,
             description=f"PgBouncer {args.source.version} hosts of spike-land-{s.stack}",
             parent_image=partition.apply(lambda p: parent_image_arn(p, s.region)),
@@ -200,10 +214,10 @@ class PgBouncerImage(pulumi.ComponentResource):
             ],
             block_device_mappings=[
                 aws.imagebuilder.ImageRecipeBlockDeviceMappingArgs(
-                    device_name="/dev/xvda",
+                    device_name=ROOT_DEVICE,
                     ebs=aws.imagebuilder.ImageRecipeBlockDeviceMappingEbsArgs(
                         volume_size=ROOT_VOLUME_GB,
-                        volume_type="gp3",
+                        volume_type=ROOT_VOLUME_TYPE,
                         encrypted="true",
                         kms_key_id=args.kms_key_arn,
                         delete_on_termination="true",
@@ -275,7 +289,7 @@ class PgBouncerImage(pulumi.ComponentResource):
 
         # The hosts launch from an AMI encrypted with the stack key: the Auto Scaling service-linked role
         # gets a grant on it (its own policy covers AWS managed keys only).
-        aws.kms.Grant(
+        grant = aws.kms.Grant(
             f"{name}-autoscaling",
             name=f"spike-pgb-{s.stack}-autoscaling",
             key_id=args.kms_key_arn,
@@ -289,8 +303,11 @@ class PgBouncerImage(pulumi.ComponentResource):
         )
 
         if s.pgbouncer.ami_id is not None:
-            self.image_id = pulumi.Output.from_input(s.pgbouncer.ami_id)
+            ami: pulumi.Output[str] = pulumi.Output.from_input(s.pgbouncer.ami_id)
         else:
+            # The build starts as soon as this resource is created: its instance must find its role's
+            # policies (Session Manager, the source objects, which the policy names and so waits for), the
+            # script objects and the VPC endpoints in place, which nothing else in its inputs waits for.
             image = aws.imagebuilder.Image(
                 f"{name}-image",
                 image_recipe_arn=recipe.arn,
@@ -299,9 +316,14 @@ class PgBouncerImage(pulumi.ComponentResource):
                 image_tests_configuration=tests,
                 enhanced_image_metadata_enabled=False,
                 tags=tags,
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[ssm, policy, *args.egress_ready])
+                ),
             )
-            self.image_id = image.output_resources.apply(_ami_of)
+            ami = image.output_resources.apply(_ami_of)
+        # The id carries the grant as a dependency: no launch template (so no host) before the group's role
+        # can use the key (a pinned AMI has no build to wait for first).
+        self.image_id = pulumi.Output.all(ami, grant.id).apply(lambda v: str(v[0]))
         self.register_outputs({"image_id": self.image_id, "pipeline_arn": self.pipeline_arn})
 
 

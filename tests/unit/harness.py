@@ -352,6 +352,10 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "aws:backup/vault:Vault":
             vname = str(inputs.get("name") or name)
             return vname, {"arn": self._arn("backup", f"backup-vault:{vname}")}
+        if typ == "aws:cloudwatch/eventRule:EventRule":
+            # The provider names a rule from its prefix (+ 26 characters); its ARN ends in rule/<name>.
+            ename = str(inputs.get("name") or f"{inputs.get('namePrefix', name)}{_hex(name, 26)}")
+            return ename, {"arn": self._arn("events", f"rule/{ename}"), "name": ename}
         if typ == "aws:backup/plan:Plan":
             return h, {"arn": self._arn("backup", f"backup-plan:{h}")}
         if typ.startswith("aws:"):

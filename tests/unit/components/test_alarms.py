@@ -10,6 +10,7 @@ import pytest
 
 from components import alarm_rules
 from components.alarms import BACKUP_FAILED_STATES, RDS_EVENT_CATEGORIES
+from components.pgbouncer_group import group_name, refresh_failure_event_pattern
 from dbctl.pgbouncer import capacity
 from dbctl.stackconfig import slow_query
 from tests.unit.harness import Resource, RunResult, named, of_type, one, run, settings_for
@@ -39,6 +40,11 @@ def topic(r: RunResult) -> Resource:
     return one(r.resources, "aws:sns/topic:Topic")
 
 
+def topic_policy(r: RunResult) -> dict[str, Any]:
+    policy: dict[str, Any] = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    return policy
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_topic_is_encrypted_with_its_own_key_that_the_publishers_may_use(stack: str) -> None:
     r = result(stack)
@@ -60,7 +66,7 @@ def test_topic_is_encrypted_with_its_own_key_that_the_publishers_may_use(stack: 
 @pytest.mark.parametrize("stack", STACKS)
 def test_topic_policy_lets_exactly_the_publishers_in(stack: str) -> None:
     r = result(stack)
-    policy = json.loads(one(r.resources, "aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    policy = topic_policy(r)
     by_sid = {st["Sid"]: st for st in policy["Statement"]}
     assert by_sid["CloudWatchAlarms"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert by_sid["RdsEventSubscriptions"]["Principal"] == {"Service": "events.rds.amazonaws.com"}
@@ -232,3 +238,85 @@ def test_one_dashboard_per_stack_shows_the_alarmed_metrics(stack: str) -> None:
         assert metric in text
     assert r.outputs["primary_instance_id"] in text
     assert ("ReplicaLag" in text) == (settings_for(stack).replica_count > 0)
+
+
+RULE = "aws:cloudwatch/eventRule:EventRule"
+TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pgbouncer_refresh_failures_rollbacks_and_failed_launches_go_to_the_topic(stack: str) -> None:
+    r = result(stack)
+    rule = named(of_type(r.resources, RULE), "alarms-pgbouncer-refresh")
+    pattern = json.loads(rule.inputs["eventPattern"])
+    assert pattern == refresh_failure_event_pattern(stack)
+    assert pattern["detail"] == {"AutoScalingGroupName": [group_name(stack)]}
+    # The group the tier declares is the one the pattern names.
+    (group,) = of_type(r.resources, "aws:autoscaling/group:Group")
+    assert group.inputs["name"] == group_name(stack)
+    assert rule.inputs["namePrefix"] == f"spike-land-{stack}-pgbref-"
+    assert len(rule.inputs["namePrefix"]) <= 64 - 26
+    target = named(of_type(r.resources, TARGET), "alarms-pgbouncer-refresh")
+    assert target.inputs["rule"] == rule.state["name"]
+    assert target.inputs["arn"] == topic(r).state["arn"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_topic_admits_eventbridge_only_for_this_stacks_two_rules(stack: str) -> None:
+    r = result(stack)
+    refresh = named(of_type(r.resources, RULE), "alarms-pgbouncer-refresh")
+    policy = topic_policy(r)
+    (statement,) = [st for st in policy["Statement"] if st["Sid"] == "PgBouncerRefreshFailureRule"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "SNS:Publish"
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": refresh.state["arn"]}}
+    # EventBridge gets in by rule ARN only, never unconditioned, and only for the alarms' own rules.
+    eventbridge = [st for st in policy["Statement"] if st["Principal"] == {"Service": "events.amazonaws.com"}]
+    admitted = {st["Condition"]["ArnEquals"]["aws:SourceArn"] for st in eventbridge}
+    rules = {x.state["arn"] for x in of_type(r.resources, RULE) if x.name.startswith("alarms-")}
+    assert admitted == rules and len(rules) == 2
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_eventbridge_may_use_the_topic_key_to_publish(stack: str) -> None:
+    """EventBridge publishing to an encrypted topic needs kms:GenerateDataKey and kms:Decrypt on its key."""
+    r = result(stack)
+    key = named(of_type(r.resources, "aws:kms/key:Key"), "alarms-topic-key")
+    assert topic(r).inputs["kmsMasterKeyId"] == key.state["arn"]
+    allowed = [
+        st
+        for st in json.loads(key.inputs["policy"])["Statement"]
+        if st["Effect"] == "Allow" and "events.amazonaws.com" in st["Principal"].get("Service", [])
+    ]
+    actions = {a for st in allowed for a in st["Action"]}
+    assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_alarm_rule_is_routed_to_the_topic_and_admitted_by_it(stack: str) -> None:
+    """The route check: drop a rule's target, its topic-policy statement or the refresh rule: this fails."""
+    r = result(stack)
+    rules = {x.state["name"]: x for x in of_type(r.resources, RULE) if x.name.startswith("alarms-")}
+    patterns = [json.loads(x.inputs["eventPattern"]) for x in rules.values()]
+    assert refresh_failure_event_pattern(stack) in patterns
+    targets = {t.inputs["rule"]: t for t in of_type(r.resources, TARGET) if t.name.startswith("alarms-")}
+    assert set(targets) == set(rules)
+    assert all(t.inputs["arn"] == topic(r).state["arn"] for t in targets.values())
+    # No RoleArn: SNS targets go by the topic policy (with a role, delivery to an encrypted topic may fail).
+    assert not any("roleArn" in t.inputs for t in targets.values())
+    policy = json.dumps(topic_policy(r))
+    assert all(rule.state["arn"] in policy for rule in rules.values())
+
+
+def test_the_documented_failed_launch_event_matches_the_pattern() -> None:
+    """AWS's example "EC2 Instance Launch Unsuccessful" event (EC2 Auto Scaling event reference)."""
+    pattern = refresh_failure_event_pattern("dev")
+    event = {
+        "detail-type": "EC2 Instance Launch Unsuccessful",
+        "source": "aws.autoscaling",
+        "detail": {"StatusCode": "Failed", "AutoScalingGroupName": group_name("dev"), "Cause": "..."},
+    }
+    assert event["source"] in pattern["source"]  # type: ignore[operator]
+    assert event["detail-type"] in pattern["detail-type"]  # type: ignore[operator]
+    assert event["detail"]["AutoScalingGroupName"] in pattern["detail"]["AutoScalingGroupName"]  # type: ignore[index]
+    assert "EC2 Instance Launch Successful" not in pattern["detail-type"]  # type: ignore[operator]

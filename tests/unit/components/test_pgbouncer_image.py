@@ -65,6 +65,7 @@ def test_the_pipeline_builds_the_component_on_al2023_arm64(stack: tuple[str, Run
     phases = [p["name"] for p in yaml.safe_load(data)["phases"]]
     assert phases == ["build", "test"]  # the test phase runs on an instance of the new AMI
     recipe = image_part(result, RECIPE)
+    assert recipe.inputs["name"] == img.recipe_name(name, data)
     assert recipe.inputs["parentImage"] == (
         f"arn:aws:imagebuilder:{settings.region}:aws:image/amazon-linux-2023-arm64/x.x.x"
     )
@@ -205,6 +206,9 @@ def test_the_hosts_launch_from_the_image_this_up_built(stack: tuple[str, RunResu
     ami = image_part(result, IMAGE).state["outputResources"][0]["amis"][0]["image"]
     assert lt["imageId"] == ami
     assert not [r for r in result.resources if r.typ == "aws:ssm/getParameter:getParameter"]
+    # The outputs the promote/rollback runbook starts from (docs/pgbouncer.md).
+    assert result.outputs["pgbouncer_image_id"] == ami
+    assert result.outputs["pgbouncer_image_pipeline_arn"] == image_part(result, PIPELINE).state["arn"]
 
 
 @pytest.mark.parametrize("name", STACKS)
@@ -214,6 +218,8 @@ def test_a_pinned_ami_is_what_the_hosts_launch_and_no_image_is_built(name: str) 
     assert lt["imageId"] == PINNED
     assert not [r for r in result.resources if r.typ == IMAGE]  # the pin promotes; no build on `up`
     assert len(of_type(result.resources, PIPELINE)) == 1  # the pipeline stays, to build the next one
+    assert result.outputs["pgbouncer_image_id"] == PINNED
+    assert result.outputs["pgbouncer_image_pipeline_arn"] == one(result.resources, PIPELINE).state["arn"]
 
 
 def test_an_ami_pin_that_is_not_an_ami_id_is_refused() -> None:
@@ -273,3 +279,84 @@ def test_a_refresh_failure_or_rollback_of_this_stacks_group_matches_the_event_pa
     assert event["detail-type"] in pattern["detail-type"]  # type: ignore[operator]
     assert pattern["detail"] == {"AutoScalingGroupName": [group_name("prod")]}
     assert "EC2 Auto Scaling Instance Refresh Succeeded" not in pattern["detail-type"]  # type: ignore[operator]
+
+
+def test_a_recipe_input_that_is_not_the_document_still_renames_the_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Image Builder replaces a recipe for any change and refuses a name/version that exists: Pulumi creates
+    the replacement first, so e.g. a bigger root volume must be a new name, or `up` fails."""
+    data = doc.component_document(pgbouncer_source.pinned())
+    before = img.recipe_name("prod", data)
+    assert before != img.build_name("prod", data) and before.startswith("spike-pgb-prod-")
+    monkeypatch.setattr(img, "ROOT_VOLUME_GB", img.ROOT_VOLUME_GB + 4)
+    assert img.recipe_name("prod", data) != before
+    monkeypatch.setattr(img, "PARENT_IMAGE", "amazon-linux-2023-x86")
+    assert img.recipe_name("prod", data) not in {before, img.build_name("prod", data)}
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_the_hosts_root_volume_is_the_images_size_and_type(name: str) -> None:
+    """A launch template volume smaller than the AMI's snapshot fails every launch."""
+    result = run(name, {})
+    lt = one([r for r in result.resources if r.name == "pgbouncer-host"], LT).inputs
+    [mapping] = lt["blockDeviceMappings"]
+    [recipe_mapping] = image_part(result, RECIPE).inputs["blockDeviceMappings"]
+    assert mapping["deviceName"] == recipe_mapping["deviceName"] == img.ROOT_DEVICE
+    assert mapping["ebs"]["volumeSize"] == recipe_mapping["ebs"]["volumeSize"] == img.ROOT_VOLUME_GB
+    assert mapping["ebs"]["volumeType"] == recipe_mapping["ebs"]["volumeType"] == "gp3"
+
+
+def test_the_build_waits_for_what_its_instance_needs(stack: tuple[str, RunResult]) -> None:
+    """CreateImage starts the build at once: without these its instance can boot before it may use Session
+    Manager, read the source or reach the endpoints, which are minutes from available on a first `up`."""
+    _, result = stack
+    image = image_part(result, IMAGE)
+    named_in = {r.name: r for r in result.resources}
+    needs = [
+        named_in["pgbouncer-image-build-ssm"],  # AmazonSSMManagedInstanceCore
+        one(
+            [r for r in result.resources if r.name == "pgbouncer-image-build"],
+            "aws:iam/rolePolicy:RolePolicy",
+        ),
+        *[named_in[f"network-{service}"] for service in INTERFACE_ENDPOINT_SERVICES],
+        named_in["network-s3"],
+        named_in["network-pgbouncer-to-endpoints"],
+        named_in["network-pgbouncer-to-s3"],
+    ]
+    assert {"ssm", "ssmmessages", "ec2messages", "imagebuilder"} <= set(INTERFACE_ENDPOINT_SERVICES)
+    missing = [r.name for r in needs if r.urn not in image.dependencies]
+    assert missing == []
+    # The role policy names the source and script objects, so it (and the build after it) waits for them.
+    policy = one(
+        [r for r in result.resources if r.name == "pgbouncer-image-build"], "aws:iam/rolePolicy:RolePolicy"
+    )
+    objects = [
+        r
+        for r in of_type(result.resources, "aws:s3/bucketObjectv2:BucketObjectv2")
+        if "-ca-bundle" not in r.name
+    ]
+    assert objects and all(o.urn in policy.dependencies for o in objects)
+
+
+def test_the_hosts_wait_for_the_endpoints_too(stack: tuple[str, RunResult]) -> None:
+    """With pgbouncer.amiId pinned nothing else makes a first host wait for the endpoints it boots through."""
+    name, _ = stack
+    result = run(name, {"pgbouncer.amiId": PINNED})
+    asg = one(result.resources, "aws:autoscaling/group:Group")
+    endpoints = [
+        e
+        for e in of_type(result.resources, "aws:ec2/vpcEndpoint:VpcEndpoint")
+        if e.name.startswith("network-")
+    ]
+    assert len(endpoints) == len(INTERFACE_ENDPOINT_SERVICES) + 1 and all(
+        e.urn in asg.dependencies for e in endpoints
+    )
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_no_host_launches_before_the_groups_role_may_use_the_amis_key(name: str) -> None:
+    for result in (run(name, {}), run(name, {"pgbouncer.amiId": PINNED})):
+        grant = one(result.resources, "aws:kms/grant:Grant")
+        lt = one([r for r in result.resources if r.name == "pgbouncer-host"], LT)
+        assert grant.urn in lt.dependencies
