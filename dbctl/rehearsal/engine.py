@@ -210,6 +210,8 @@ def _one(
         started = time.monotonic()
         try:
             migrate.apply_one(conn, migration, lock_timeout, before_commit=before_commit)
+        except migrate.MigrationFailed as exc:  # on the copy: fix the file and rehearse again
+            result.ok, result.error = False, exc.reason
         except DbctlError as exc:
             result.ok, result.error = False, str(exc)
         ended = time.monotonic()

@@ -98,7 +98,12 @@ class Plan:
 
 
 class MigrationFailed(DbctlError):
-    pass
+    """A migration that failed; `reason` is the failure without the advice to resolve it (a rehearsal's copy
+    is dropped, so there is nothing to resolve)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -301,9 +306,9 @@ def apply_one(
             if alone
             else "no change was kept"
         )
+        reason = f"migration {migration.name} failed: {message.splitlines()[0]} ({where})"
         raise MigrationFailed(
-            f"migration {migration.name} failed: {message.splitlines()[0]} ({where}). Fix it, then run: "
-            f"dbctl migrate resolve --rolled-back {migration.name}"
+            f"{reason}. Fix it, then run: dbctl migrate resolve --rolled-back {migration.name}", reason
         ) from None
 
 

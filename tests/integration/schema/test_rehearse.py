@@ -155,3 +155,25 @@ def test_a_url_that_reaches_the_primary_is_refused_before_anything_runs(
     digest = hashlib.sha256(result.stderr.encode()).hexdigest()
     assert digest  # the message names no password
     assert stack.env()["DIRECT_URL"].split(":")[2].split("@")[0] not in result.stderr
+
+
+def test_a_migration_that_fails_on_the_copy_says_why_and_nothing_to_resolve(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """Prisma's required column without a default, on a table with rows: it fails on the copy. The copy is
+    dropped, so the line gives the cause, not the advice to resolve a failure that only the copy had."""
+    failing = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, failing)
+    (failing / "20261201000000_user_plan").mkdir()
+    (failing / "20261201000000_user_plan" / "migration.sql").write_text(
+        'ALTER TABLE "User" ADD COLUMN "plan" TEXT NOT NULL;\n'
+    )
+    assert dbctl_local(stack.root, "backup").returncode == 0
+    before = primary_fingerprint(stack)
+    result = rehearse(stack, "--migrations-dir", str(failing))
+    assert result.returncode == 1, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("20261201000000_user_plan: "))
+    assert "FAILED after" in line and 'column "plan" of relation "User" contains null values' in line, line
+    assert "resolve" not in line, line
+    assert "dropped spike_land_rehearse_" in result.stdout
+    assert primary_fingerprint(stack) == before
