@@ -260,8 +260,8 @@ def test_the_post_deploy_step_reports_a_changed_reset_function_as_drift_and_repa
     assert not any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)
     with psycopg.connect(pg_cluster.admin_conninfo(database), autocommit=True) as conn:
         assert conn.execute(
-            "SELECT prosrc = %s, NOT prosecdef FROM pg_proc WHERE oid = 'spike_ops.reset_session()'::regprocedure",
-            (session_reset.BODY,),
+            "SELECT prosrc = %s, NOT prosecdef FROM pg_proc WHERE oid = %s::regprocedure",
+            (session_reset.BODY, "spike_ops.reset_session()"),
         ).fetchone() == (True, True)
 
 
@@ -279,7 +279,7 @@ def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
             psycopg.connect(conninfo, options="-c statement_timeout=5s")
         with pytest.raises(psycopg.OperationalError, match="unsupported options startup parameter"):
             psycopg.connect(conninfo, options="not-a-flag")
-        # Tracked parameters are applied per client; Prisma 6's search_path is dropped (public is the default).
+        # Tracked parameters are applied per client; Prisma 6's search_path is dropped (public: the default).
         with psycopg.connect(
             conninfo, options="-c TimeZone=Asia/Tokyo -c search_path=public -c extra_float_digits=2"
         ) as conn:
