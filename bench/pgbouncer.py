@@ -17,7 +17,7 @@ Rows (the issue's targets are in the last table):
   transaction and the logged latency is the transaction's own; the connect is the `connect ms` column.
 - 50 steady clients, select-only (`-S`) and read/write (80 % a one-row SELECT, 20 % UPDATE + INSERT in a
   transaction), as an application's pool connects: direct, PgBouncer as rendered, and PgBouncer without
-  `server_reset_query_always` (the DISCARD ALL after every transaction; how much of the gap it is).
+  `server_reset_query_always` (the session reset after every transaction; how much of the gap it is).
 
 Per run: TPS (pgbench's), p50/p99 from `--log` (every transaction's latency), and CPU seconds per 1,000
 transactions from /proc around the run: the machine's (all CPU states except idle and iowait, whatever
@@ -358,7 +358,7 @@ def format_targets(items: Sequence[Target]) -> str:
 
 def who_pays(rows: Mapping[tuple[str, str], Row]) -> list[str]:
     """Per workload: the servers' CPU per 1,000 tx (pgbench excluded), PgBouncer path over direct; and how
-    much of the TPS gap the DISCARD ALL reset is (PgBouncer without it, measured in the same rounds)."""
+    much of the TPS gap the session reset is (PgBouncer without it, measured in the same rounds)."""
     lines = []
     for workload in ("1 client", "connect-per-tx", "select-only", "read/write"):
         direct, pooled = rows[(workload, "direct")], rows[(workload, "pgbouncer")]
@@ -376,7 +376,7 @@ def who_pays(rows: Mapping[tuple[str, str], Row]) -> list[str]:
         if no_reset and direct.tps > pooled.tps:
             share = (no_reset.tps - pooled.tps) / (direct.tps - pooled.tps)
             lines.append(
-                f"{workload}: without DISCARD ALL PgBouncer/direct TPS is {no_reset.tps / direct.tps:.2f} "
+                f"{workload}: without the reset PgBouncer/direct TPS is {no_reset.tps / direct.tps:.2f} "
                 f"(with it {pooled.tps / direct.tps:.2f}): the reset is {share:.0%} of the gap"
             )
     return lines
