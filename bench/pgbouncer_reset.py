@@ -4,7 +4,7 @@
 
 bench/pgbouncer.py's stack and helpers (`dbctl local up --no-replica` in a temp dir, pgbench as spike_app over
 TLS + SCRAM with verify-full, CPU from /proc around each run), four paths interleaved in one run: PostgreSQL
-direct; the stack's PgBouncer as rendered (`server_reset_query = SELECT spike_ops.reset_session()`); the same
+direct; the stack's PgBouncer as rendered (`server_reset_query = CALL spike_ops.reset_session()`); the same
 config with `DISCARD ALL`; and with no reset (`server_reset_query_always = 0`). The workload is the
 Prisma-shaped transaction of issue 24: BEGIN, three reads by primary key, COMMIT, with named prepared
 statements (`-M prepared`, what PgBouncer >= 1.21 keeps per server connection) and unnamed (`-M extended`).

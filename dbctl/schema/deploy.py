@@ -10,7 +10,7 @@
 5. converge roles and privileges (dbctl.roles), create ``_prisma_migrations`` as spike_owner if missing;
 6. apply each pending migration in its own transaction, as spike_owner;
 7. converge privileges again when migrations created objects (e.g. keep the app off ``_prisma_migrations``);
-8. converge PgBouncer's session reset function (dbctl.schema.session_reset: spike_ops.reset_session());
+8. converge PgBouncer's session reset procedure (dbctl.schema.session_reset: spike_ops.reset_session());
 9. converge scheduled maintenance (dbctl.maintenance: pg_cron's weekly VACUUM ANALYZE), or say why not.
 
 ``status(url, verifiers)`` reports applied/pending/failed migrations, role drift, history rows with no

@@ -1,6 +1,6 @@
 """The app's real client (Prisma 7 over @prisma/adapter-pg) through the pool with the session reset.
 
-Issue 24. A throwaway `dbctl local` stack (its PgBouncer renders `server_reset_query = SELECT
+Issue 24. A throwaway `dbctl local` stack (its PgBouncer renders `server_reset_query = CALL
 spike_ops.reset_session()`) with `log_statement = all`, and tests/integration/app/prisma_statements.mts run
 by Node against the .env URLs. What node-postgres sends is read from PostgreSQL's log (`execute <unnamed>`
 or `execute PGBOUNCER_n`), what PgBouncer did from its SHOW STATS. Needs the e2e suite's packages

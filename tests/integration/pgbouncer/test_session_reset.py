@@ -1,8 +1,8 @@
 """The session reset (issue 24) through the real PgBouncer and PostgreSQL: what leaks, what stays cached.
 
 Pools of one server connection (default_pool_size = 1), so client B provably gets client A's backend
-(pg_backend_pid()). Three resets: the rendered one (spike_ops.reset_session()), DISCARD ALL, and none. The
-leak matrix must come out closed for the first two and open for none (which proves each row's setup really
+(pg_backend_pid()). Three resets: the rendered one (CALL spike_ops.reset_session()), DISCARD ALL, and none.
+The leak matrix must come out closed for the first two and open for none (which proves each row's setup really
 leaves the state behind); PgBouncer's prepared statements must stay on the server for the rendered reset and
 none, and are gone after DISCARD ALL (PgBouncer forgets them on that command tag). Then PgBouncer's own
 counters: a Prisma-shaped transaction parses nothing on the server after warm-up, and application_name is
@@ -250,19 +250,17 @@ def test_the_post_deploy_step_reports_a_changed_reset_function_as_drift_and_repa
     url = pg_cluster.admin_url(database)
     assert not any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)
     with psycopg.connect(pg_cluster.admin_conninfo(database), autocommit=True) as conn:
-        conn.execute(
-            "CREATE OR REPLACE FUNCTION spike_ops.reset_session() RETURNS void LANGUAGE sql AS 'SELECT 1'"
-        )
-        conn.execute("REVOKE EXECUTE ON FUNCTION spike_ops.reset_session() FROM PUBLIC")
+        conn.execute("CREATE OR REPLACE PROCEDURE spike_ops.reset_session() LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("REVOKE EXECUTE ON PROCEDURE spike_ops.reset_session() FROM PUBLIC")
     drift = [c for c in deploy.status(url, verifiers).maintenance if "reset_session" in c]
     assert len(drift) == 2, drift  # the body and the grant
     deploy.run_migrate(url, verifiers)
     assert not any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)
     with psycopg.connect(pg_cluster.admin_conninfo(database), autocommit=True) as conn:
         assert conn.execute(
-            "SELECT prosrc = %s, NOT prosecdef FROM pg_proc WHERE oid = %s::regprocedure",
+            "SELECT prosrc = %s, NOT prosecdef, prokind FROM pg_proc WHERE oid = %s::regprocedure",
             (session_reset.BODY, "spike_ops.reset_session()"),
-        ).fetchone() == (True, True)
+        ).fetchone() == (True, True, "p")
 
 
 def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(

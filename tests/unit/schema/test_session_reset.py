@@ -23,6 +23,6 @@ def test_every_function_the_body_calls_is_schema_qualified() -> None:
 
 
 def test_the_reset_query_lives_in_the_maintenance_schema_and_the_renderer_accepts_it() -> None:
-    assert f"SELECT {maintenance.SCHEMA}.reset_session()" == session_reset.RESET_QUERY
+    assert f"CALL {maintenance.SCHEMA}.reset_session()" == session_reset.RESET_QUERY
     field = PgBouncerConfig.model_fields["server_reset_query"]
     assert field.default == session_reset.RESET_QUERY
