@@ -430,6 +430,28 @@ def prepare(stack: Stack, pgbench: Path, scale: int) -> None:
     )
 
 
+@contextmanager
+def bench_on_a_stack(scale: int) -> Iterator[tuple[Bench, Stack]]:
+    """A scratch stack with pgbench's tables at `scale`, and a Bench that runs pgbench as the app's user."""
+    pgbench = find_binary("pgbench")
+    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
+        prepare(stack, pgbench, scale)
+        postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+        app = stack.creds[names.APP_ROLE]
+        yield (
+            Bench(
+                pgbench,
+                app.username,
+                app.password,
+                stack.authority.cert_file,
+                postmaster,
+                scale,
+                Path(scripts),
+            ),
+            stack,
+        )
+
+
 class ExtraSettingsServer(PgBouncerServer):
     """A PgBouncer whose rendered pgbouncer.ini gets `extra` settings appended (the last section is
     [pgbouncer], and a later line wins): settings the renderer does not have, to price them."""
@@ -630,21 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.seconds, args.scale = 2, 2, 1
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
-    pgbench = find_binary("pgbench")
     fds = measure.raise_fd_limit(8192)
     started, started_at, load_before = time.monotonic(), time.gmtime(), load_average()
-    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
-        prepare(stack, pgbench, args.scale)
-        postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        bench = Bench(
-            pgbench,
-            stack.creds[names.APP_ROLE].username,
-            stack.creds[names.APP_ROLE].password,
-            stack.authority.cert_file,
-            postmaster,
-            args.scale,
-            Path(scripts),
-        )
+    with bench_on_a_stack(args.scale) as (bench, stack):
         body = (compare_settings if args.compare_settings else main_tables)(bench, stack, args)
         config = render_ini(pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)))
     bouncer = ".".join(map(str, pgbouncer_version()))

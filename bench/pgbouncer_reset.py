@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -43,19 +42,17 @@ from bench.pgbouncer import (
     _at_most,
     _ratio,
     alternate,
+    bench_on_a_stack,
     extra_pgbouncer,
     format_rows,
     format_targets,
     load_average,
     machine,
-    prepare,
     say,
-    scratch_stack,
 )
 from dbctl.core import names
 from dbctl.local.stack import Stack
 from dbctl.pgbouncer.process import PgBouncerServer
-from dbctl.postgres.install import find_binary
 from dbctl.postgres.osproc import HOST
 from dbctl.schema.session_reset import RESET_QUERY
 
@@ -77,8 +74,9 @@ PATHS: Mapping[str, Mapping[str, object] | None] = {
 }
 
 
-def server_parses(stack: Stack, port: int) -> int:
-    """PgBouncer's total_server_parse_count for the app's database, as spike_monitor (a stats user)."""
+def pgbouncer_totals(stack: Stack, port: int) -> dict[str, int]:
+    """PgBouncer's SHOW STATS totals (total_xact_count, total_server_parse_count, ...) for the app's database,
+    as spike_monitor (a stats user); tests/integration/app/test_prisma_statements.py reads them too."""
     monitor = stack.creds[names.MONITOR_ROLE]
     conninfo = make_conninfo(
         host=HOST,
@@ -94,8 +92,12 @@ def server_parses(stack: Stack, port: int) -> int:
         columns = [c.name for c in cur.description or []]
         for row in cur.fetchall():
             if row[columns.index("database")] == names.DATABASE_NAME:
-                return int(str(row[columns.index("total_server_parse_count")]))
-    return 0
+                return {c: int(str(v)) for c, v in zip(columns, row, strict=True) if c.startswith("total_")}
+    raise SystemExit(f"PgBouncer on port {port}: SHOW STATS has no row for {names.DATABASE_NAME}")
+
+
+def server_parses(stack: Stack, port: int) -> int:
+    return pgbouncer_totals(stack, port)["total_server_parse_count"]
 
 
 def reset_tables(bench: Bench, stack: Stack, args: argparse.Namespace) -> str:
@@ -183,22 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.seconds, args.scale = 2, 2, 1
     if args.rounds < 1 or args.seconds < 1 or args.clients < 1:
         parser.error("--rounds, --seconds and --clients must be at least 1")
-    pgbench = find_binary("pgbench")
     fds = measure.raise_fd_limit(8192)
     started, started_at, load_before = time.monotonic(), time.gmtime(), load_average()
-    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
-        prepare(stack, pgbench, args.scale)
-        postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        app = stack.creds[names.APP_ROLE]
-        bench = Bench(
-            pgbench,
-            app.username,
-            app.password,
-            stack.authority.cert_file,
-            postmaster,
-            args.scale,
-            Path(scripts),
-        )
+    with bench_on_a_stack(args.scale) as (bench, stack):
         body = reset_tables(bench, stack, args)
     print(f"machine: {machine(started_at)}; load average before/after: {load_before} / {load_average()}")
     print(

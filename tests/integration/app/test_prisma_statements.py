@@ -16,16 +16,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from dbctl.core import names
+from bench.pgbouncer_reset import pgbouncer_totals
 from dbctl.local.env import read_env
 from dbctl.local.lifecycle import down, up
 from dbctl.local.stack import Stack, open_stack
 from dbctl.local.state import Paths
-from dbctl.postgres.osproc import HOST, free_port
+from dbctl.postgres.osproc import free_port
 from dbctl.schema.session_reset import RESET_QUERY
 from tests.integration.app.test_app_toolchain import E2E, _run, _tool, install_e2e_packages
 
@@ -50,23 +48,7 @@ def stack() -> Iterator[Stack]:
 
 
 def pgbouncer_stats(stack: Stack) -> dict[str, int]:
-    monitor = stack.creds[names.MONITOR_ROLE]
-    conninfo = make_conninfo(
-        host=HOST,
-        port=str(stack.state.pgbouncer_port),
-        dbname="pgbouncer",
-        user=monitor.username,
-        password=monitor.password,
-        sslmode="verify-full",
-        sslrootcert=str(stack.authority.cert_file),
-    )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        cur = conn.execute("SHOW STATS")
-        columns = [c.name for c in cur.description or []]
-        for row in cur.fetchall():
-            if row[columns.index("database")] == names.DATABASE_NAME:
-                return {c: int(str(v)) for c, v in zip(columns, row, strict=True) if c.startswith("total_")}
-    raise AssertionError("SHOW STATS has no row for the app's pool")
+    return pgbouncer_totals(stack, stack.state.pgbouncer_port)
 
 
 def run_phase(stack: Stack, phase: str) -> tuple[dict[str, int], str]:
