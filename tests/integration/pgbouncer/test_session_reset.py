@@ -11,16 +11,24 @@ not SET again before every transaction. The assertions count things; none measur
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
+from dbctl.local.lifecycle import down, up
+from dbctl.local.stack import open_stack
+from dbctl.local.state import Paths
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
+from dbctl.postgres.osproc import HOST, free_port
 from dbctl.schema import deploy, maintenance, session_reset
 from tests.integration.conftest import login_user, verifier_of
 from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start
@@ -288,3 +296,35 @@ def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
             assert _value(conn, "SELECT current_user") == pool.role
     finally:
         _cleanup(pgbouncer)
+
+
+def test_the_reset_runs_on_a_hot_standby_behind_the_read_pool() -> None:
+    """The read pool's server is a replica in recovery: CALL, RESET, UNLISTEN, DEALLOCATE must run there."""
+    root = Path(tempfile.mkdtemp(prefix="dbctl-test-reset-replica-"))
+    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
+    stack = open_stack(Paths(root), free_port(), free_port(), replica=True)
+    try:
+        up(stack, lambda message: None, durable=False)
+        reader = stack.creds[names.READONLY_ROLE]
+        conninfo = make_conninfo(
+            host=HOST,
+            port=str(stack.state.pgbouncer_port),
+            dbname=names.READ_POOL_DATABASE,
+            user=reader.username,
+            password=reader.password,
+            sslmode="verify-full",
+            sslrootcert=str(stack.authority.cert_file),
+        )
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            assert _value(conn, "SELECT pg_is_in_recovery()") is True
+            with conn.transaction():
+                conn.execute("SET statement_timeout = 0")
+                conn.execute("PREPARE left_behind AS SELECT 1")
+                backend = _value(conn, "SELECT pg_backend_pid()")
+            with conn.transaction():  # the next transaction, after the reset
+                assert _value(conn, "SELECT pg_backend_pid()") == backend  # min_pool_size: still warm
+                assert _value(conn, "SHOW statement_timeout") == POOLS["read"].timeout
+                assert _value(conn, "SELECT count(*) FROM pg_prepared_statements") == 0
+    finally:
+        down(stack, lambda message: None)
+        shutil.rmtree(root, ignore_errors=True)
