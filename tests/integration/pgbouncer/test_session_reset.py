@@ -283,8 +283,11 @@ def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
             psycopg.OperationalError, match="unsupported startup parameter in options: statement_timeout"
         ):
             psycopg.connect(conninfo, options="-c statement_timeout=5s")
-        with pytest.raises(psycopg.OperationalError, match="unsupported options startup parameter"):
-            psycopg.connect(conninfo, options="not-a-flag")
+        # Malformed values (no flag, no '=', a trailing backslash, longer than PgBouncer's 400-byte buffer)
+        # are refused too, and PgBouncer 1.24.1 keeps serving (checked below: a hang would time out).
+        for malformed in ("not-a-flag", "-c", "-c a", "-c a=b\\", "-c application_name=" + "x" * 500 + " y"):
+            with pytest.raises(psycopg.OperationalError, match=r"unsupported (options )?startup parameter"):
+                psycopg.connect(conninfo, options=malformed)
         # Tracked parameters are applied per client; Prisma 6's search_path is dropped (public: the default).
         with psycopg.connect(
             conninfo, options="-c TimeZone=Asia/Tokyo -c search_path=public -c extra_float_digits=2"
