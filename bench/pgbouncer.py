@@ -17,7 +17,7 @@ Rows (the issue's targets are in the last table):
   transaction and the logged latency is the transaction's own; the connect is the `connect ms` column.
 - 50 steady clients, select-only (`-S`) and read/write (80 % a one-row SELECT, 20 % UPDATE + INSERT in a
   transaction), as an application's pool connects: direct, PgBouncer as rendered, and PgBouncer without
-  `server_reset_query_always` (the DISCARD ALL after every transaction; how much of the gap it is).
+  `server_reset_query_always` (the session reset after every transaction; how much of the gap it is).
 
 Per run: TPS (pgbench's), p50/p99 from `--log` (every transaction's latency), and CPU seconds per 1,000
 transactions from /proc around the run: the machine's (all CPU states except idle and iowait, whatever
@@ -358,7 +358,7 @@ def format_targets(items: Sequence[Target]) -> str:
 
 def who_pays(rows: Mapping[tuple[str, str], Row]) -> list[str]:
     """Per workload: the servers' CPU per 1,000 tx (pgbench excluded), PgBouncer path over direct; and how
-    much of the TPS gap the DISCARD ALL reset is (PgBouncer without it, measured in the same rounds)."""
+    much of the TPS gap the session reset is (PgBouncer without it, measured in the same rounds)."""
     lines = []
     for workload in ("1 client", "connect-per-tx", "select-only", "read/write"):
         direct, pooled = rows[(workload, "direct")], rows[(workload, "pgbouncer")]
@@ -376,7 +376,7 @@ def who_pays(rows: Mapping[tuple[str, str], Row]) -> list[str]:
         if no_reset and direct.tps > pooled.tps:
             share = (no_reset.tps - pooled.tps) / (direct.tps - pooled.tps)
             lines.append(
-                f"{workload}: without DISCARD ALL PgBouncer/direct TPS is {no_reset.tps / direct.tps:.2f} "
+                f"{workload}: without the reset PgBouncer/direct TPS is {no_reset.tps / direct.tps:.2f} "
                 f"(with it {pooled.tps / direct.tps:.2f}): the reset is {share:.0%} of the gap"
             )
     return lines
@@ -428,6 +428,28 @@ def prepare(stack: Stack, pgbench: Path, scale: int) -> None:
     subprocess.run(
         [str(pgbench), "-i", "-q", "-s", str(scale), conninfo], env=env, check=True, capture_output=True
     )
+
+
+@contextmanager
+def bench_on_a_stack(scale: int) -> Iterator[tuple[Bench, Stack]]:
+    """A scratch stack with pgbench's tables at `scale`, and a Bench that runs pgbench as the app's user."""
+    pgbench = find_binary("pgbench")
+    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
+        prepare(stack, pgbench, scale)
+        postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+        app = stack.creds[names.APP_ROLE]
+        yield (
+            Bench(
+                pgbench,
+                app.username,
+                app.password,
+                stack.authority.cert_file,
+                postmaster,
+                scale,
+                Path(scripts),
+            ),
+            stack,
+        )
 
 
 class ExtraSettingsServer(PgBouncerServer):
@@ -630,21 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.seconds, args.scale = 2, 2, 1
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
-    pgbench = find_binary("pgbench")
     fds = measure.raise_fd_limit(8192)
     started, started_at, load_before = time.monotonic(), time.gmtime(), load_average()
-    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
-        prepare(stack, pgbench, args.scale)
-        postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        bench = Bench(
-            pgbench,
-            stack.creds[names.APP_ROLE].username,
-            stack.creds[names.APP_ROLE].password,
-            stack.authority.cert_file,
-            postmaster,
-            args.scale,
-            Path(scripts),
-        )
+    with bench_on_a_stack(args.scale) as (bench, stack):
         body = (compare_settings if args.compare_settings else main_tables)(bench, stack, args)
         config = render_ini(pgbouncer_config(stack, PgBouncerServer(stack.pgbouncer_dir)))
     bouncer = ".".join(map(str, pgbouncer_version()))

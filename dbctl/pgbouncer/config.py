@@ -29,6 +29,7 @@ from dbctl.core.names import (
     login_users,
 )
 from dbctl.core.scram import is_scram_verifier
+from dbctl.schema.session_reset import RESET_QUERY
 
 Version = tuple[int, int]
 
@@ -199,14 +200,19 @@ class PgBouncerConfig(BaseModel):
     dns_max_ttl: int = Field(default=5, ge=0)
     # Run server_reset_query after every transaction, not only in session pooling (see docs/pgbouncer.md).
     server_reset_query_always: bool = True
-    server_reset_query: str = Field(default="DISCARD ALL", pattern=r"^[A-Za-z0-9_ ;*(),]+$")
+    # CALL spike_ops.reset_session() (dbctl.schema.session_reset): DISCARD ALL's resets in one round trip,
+    # without the command tag that makes PgBouncer forget the server's prepared statements.
+    server_reset_query: str = Field(default=RESET_QUERY, pattern=r"^[A-Za-z0-9_ ;*(),.]+$")
     idle_transaction_timeout: int = Field(default=60, ge=0)
     listen_backlog: int = Field(default=1024, ge=1)
     # TCP_DEFER_ACCEPT (PgBouncer's default 1 on Linux): off costs PgBouncer less CPU per new client
     # (bench/pgbouncer.py --compare-settings; docs/benchmarks.md).
     tcp_defer_accept: bool = False
     max_prepared_statements: int = Field(default=200, ge=0)
-    ignore_startup_parameters: tuple[StartupParameter, ...] = ("extra_float_digits", "options")
+    # Not `options`: listed, PgBouncer drops every `-c name=value` it does not track without a word (a
+    # client's `-c statement_timeout=5s` ran with none). Unlisted, it applies the parameters it tracks and
+    # refuses the connection naming any other (docs/connecting-the-app.md); `search_path` is Prisma 6's.
+    ignore_startup_parameters: tuple[StartupParameter, ...] = ("extra_float_digits", "search_path")
     log_connections: bool = False
     log_disconnections: bool = False
 
@@ -427,7 +433,16 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
             c.dns_max_ttl,
             "re-resolve the RDS endpoint as often as its 5 s TTL allows: a failover moves it",
         ),
-        ("server_reset_query", c.server_reset_query, "what resets a server connection's session state"),
+        (
+            "server_reset_query",
+            c.server_reset_query,
+            "what resets a server connection's session state"
+            + (
+                ": DISCARD ALL's resets in one call, PgBouncer's prepared statements kept"
+                if c.server_reset_query == RESET_QUERY
+                else ""
+            ),
+        ),
         (
             "server_reset_query_always",
             c.server_reset_query_always,
@@ -457,7 +472,7 @@ def _settings(config: PgBouncerConfig) -> list[_Entry]:
         (
             "ignore_startup_parameters",
             c.ignore_startup_parameters,
-            "JDBC-style extra_float_digits and Prisma's options would otherwise refuse the connection",
+            "dropped: JDBC's extra_float_digits, Prisma 6's search_path (public anyway); others refused",
         ),
         (
             "server_tls_sslmode",

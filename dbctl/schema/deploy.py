@@ -12,7 +12,8 @@
 5. converge roles and privileges (dbctl.roles), create ``_prisma_migrations`` as spike_owner if missing;
 6. apply each pending migration in its own transaction, as spike_owner;
 7. converge privileges again when migrations created objects (e.g. keep the app off ``_prisma_migrations``);
-8. converge scheduled maintenance (dbctl.maintenance: pg_cron's weekly VACUUM ANALYZE), or say why not.
+8. converge PgBouncer's session reset procedure (dbctl.schema.session_reset: spike_ops.reset_session());
+9. converge scheduled maintenance (dbctl.maintenance: pg_cron's weekly VACUUM ANALYZE), or say why not.
 
 ``status(url, verifiers)`` reports applied/pending/failed migrations, role drift, history rows with no
 migration file and objects in schema public not owned by spike_owner, without changing anything.
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dbctl.core import roles
-from dbctl.schema import maintenance, migrate
+from dbctl.schema import maintenance, migrate, session_reset
 from dbctl.schema.connection import connect
 from dbctl.schema.credentials import PasswordSource, refuse_overwrites
 
@@ -148,9 +149,16 @@ def run_migrate(
                     step.detail = _describe(after)
             report.pending = []
             report.changed = bool(changes or report.applied or created)
+        with timer.step("reset") as step:
+            resets = session_reset.plan(conn)
+            report.maintenance = [c.description for c in resets]
+            if resets and not dry_run:
+                session_reset.apply(conn, resets)
+            report.changed |= bool(resets)
+            step.detail = ("would make " if dry_run and resets else "") + _describe(resets)
         with timer.step("maintain") as step:
             upkeep = maintenance.plan(conn)
-            report.maintenance = [c.description for c in upkeep.changes]
+            report.maintenance += [c.description for c in upkeep.changes]
             if upkeep.changes and not dry_run:
                 maintenance.apply(conn, upkeep.changes)
             report.changed |= bool(upkeep.changes)
@@ -193,9 +201,13 @@ def status(
             drift = roles.plan(conn, verifiers)
             report.role_changes = [c.description for c in drift]
             step.detail = "no drift" if not drift else "drift: " + _describe(drift)
+        with timer.step("reset") as step:
+            resets = session_reset.plan(conn)
+            report.maintenance = [c.description for c in resets]
+            step.detail = "no drift" if not resets else "drift: " + _describe(resets)
         with timer.step("maintain") as step:
             upkeep = maintenance.plan(conn)
-            report.maintenance = [c.description for c in upkeep.changes]
+            report.maintenance += [c.description for c in upkeep.changes]
             step.detail = f"skipped: {upkeep.skipped}" if upkeep.skipped else _describe(upkeep.changes)
         with timer.step("objects") as step:
             report.drift = [

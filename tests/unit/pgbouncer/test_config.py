@@ -27,6 +27,7 @@ from dbctl.pgbouncer.config import (
     render_ini,
     render_userlist,
 )
+from dbctl.schema import session_reset
 
 
 def config(**overrides: object) -> PgBouncerConfig:
@@ -177,7 +178,9 @@ def test_every_setting_has_a_reason_on_the_line_above() -> None:
 
 def test_startup_parameters_and_logging_choices() -> None:
     ini = parse(render_ini(config()))["pgbouncer"]
-    assert ini["ignore_startup_parameters"] == "extra_float_digits,options"
+    # `options` is not ignored: PgBouncer then applies the -c parameters it tracks and refuses any other,
+    # where listing it dropped them all silently (tests/integration/pgbouncer/test_session_reset.py).
+    assert ini["ignore_startup_parameters"] == "extra_float_digits,search_path"
     assert ini["log_connections"] == "0"
     assert ini["log_disconnections"] == "0"
     assert "verbose" not in ini  # statements are never logged at the default verbosity
@@ -247,7 +250,7 @@ def test_recovery_and_reset_settings_are_rendered_with_reasons() -> None:
     ini = parse(text)["pgbouncer"]
     assert ini["server_login_retry"] == "1"
     assert ini["dns_max_ttl"] == "5"
-    assert ini["server_reset_query"] == "DISCARD ALL"
+    assert ini["server_reset_query"] == "CALL spike_ops.reset_session()" == session_reset.RESET_QUERY
     assert ini["server_reset_query_always"] == "1"
     lines = text.splitlines()
     for key in ("server_login_retry", "dns_max_ttl", "server_reset_query_always"):

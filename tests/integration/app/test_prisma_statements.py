@@ -1,0 +1,88 @@
+"""The app's real client (Prisma 7 over @prisma/adapter-pg) through the pool with the session reset.
+
+Issue 24. A throwaway `dbctl local` stack (its PgBouncer renders `server_reset_query = CALL
+spike_ops.reset_session()`) with `log_statement = all`, and tests/integration/app/prisma_statements.mts run
+by Node against the .env URLs. What node-postgres sends is read from PostgreSQL's log (`execute <unnamed>`
+or `execute PGBOUNCER_n`), what PgBouncer did from its SHOW STATS. Needs the e2e suite's packages
+(tests/e2e, `npm ci`), as test_app_toolchain.py does; it fails, never skips, when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.pgbouncer_reset import pgbouncer_totals
+from dbctl.local.env import read_env
+from dbctl.local.lifecycle import down, up
+from dbctl.local.stack import Stack, open_stack
+from dbctl.local.state import Paths
+from dbctl.postgres.osproc import free_port
+from dbctl.schema.session_reset import RESET_QUERY
+from tests.integration.app.test_app_toolchain import E2E, _run, _tool, install_e2e_packages
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).with_name("prisma_statements.mts")
+ROUNDS = 20
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="dbctl-test-prisma-ps-"))
+    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
+    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
+    try:
+        up(stack, lambda message: None, durable=False)
+        stack.cluster.set_parameter("log_statement", "all")
+        yield stack
+    finally:
+        down(stack, lambda message: None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pgbouncer_stats(stack: Stack) -> dict[str, int]:
+    return pgbouncer_totals(stack, stack.state.pgbouncer_port)
+
+
+def run_phase(stack: Stack, phase: str) -> tuple[dict[str, int], str]:
+    """A warm-up run, then ROUNDS transactions; (PgBouncer's counters over them, the server log of them)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "NODE_", "PRISMA_"))},
+        **read_env(stack.paths),
+    }
+    argv = [_tool("node"), "--import", "tsx", str(SCRIPT), phase]
+    _run([*argv, "3"], env=env, timeout=300)
+    log_file = stack.cluster.log_file
+    offset = len(log_file.read_text(errors="replace"))
+    before = pgbouncer_stats(stack)
+    output = _run([*argv, str(ROUNDS)], env=env, timeout=300)
+    after = pgbouncer_stats(stack)
+    assert json.loads(output.strip().splitlines()[-1]) == {"phase": phase, "transactions": ROUNDS}
+    return {k: after[k] - before[k] for k in after}, log_file.read_text(errors="replace")[offset:]
+
+
+@pytest.mark.timeout(900)
+def test_prisma_s_statements_stay_cached_on_the_server_through_the_reset(stack: Stack) -> None:
+    install_e2e_packages()
+    assert E2E.is_dir()
+    # As the app builds it: node-postgres sends every statement unnamed, so there is no cache to keep.
+    stats, log = run_phase(stack, "default")
+    assert "execute <unnamed>" in log and "execute PGBOUNCER_" not in log
+    assert stats["total_client_parse_count"] == stats["total_server_parse_count"] == 0
+    assert log.count(RESET_QUERY) >= ROUNDS  # the reset ran after each transaction
+    # With PrismaPg's statementNameGenerator the statements are named: a new client parses each once, and
+    # the server connection already has them from the warm-up, so nothing is parsed on the server.
+    stats, log = run_phase(stack, "named")
+    assert "execute PGBOUNCER_" in log
+    # Per transaction: BEGIN, the three reads and COMMIT, each named; the new client parses each once.
+    per_transaction = stats["total_bind_count"] / ROUNDS
+    assert per_transaction == stats["total_client_parse_count"] == 5, stats
+    assert stats["total_server_parse_count"] == 0, stats
+    assert log.count(RESET_QUERY) >= ROUNDS
