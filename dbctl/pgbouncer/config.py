@@ -200,9 +200,10 @@ class PgBouncerConfig(BaseModel):
     dns_max_ttl: int = Field(default=5, ge=0)
     # Run server_reset_query after every transaction, not only in session pooling (see docs/pgbouncer.md).
     server_reset_query_always: bool = True
-    # CALL spike_ops.reset_session() (dbctl.schema.session_reset): DISCARD ALL's resets in one round trip,
-    # without the command tag that makes PgBouncer forget the server's prepared statements.
-    server_reset_query: str = Field(default=RESET_QUERY, pattern=r"^[A-Za-z0-9_ ;*(),.]+$")
+    # CALL spike_ops.reset_session() in a block that ends the session if the call fails (RESET_QUERY):
+    # DISCARD ALL's resets in one round trip, without the command tag that makes PgBouncer forget the
+    # server's prepared statements. One line of SQL: no newline, quote or comment can reach the ini file.
+    server_reset_query: str = Field(default=RESET_QUERY, pattern=r"^[A-Za-z0-9_ ;*(),.$]+$")
     idle_transaction_timeout: int = Field(default=60, ge=0)
     listen_backlog: int = Field(default=1024, ge=1)
     # TCP_DEFER_ACCEPT (PgBouncer's default 1 on Linux): off costs PgBouncer less CPU per new client

@@ -1,7 +1,8 @@
 """PgBouncer's server_reset_query as one procedure call: reset what leaks, keep what PgBouncer caches.
 
-``CALL spike_ops.reset_session()`` runs after every pooled transaction (``server_reset_query = RESET_QUERY``,
-``server_reset_query_always = 1``; dbctl.pgbouncer.config renders it for the AWS hosts and the local stack).
+``CALL spike_ops.reset_session()``, wrapped to fail closed (``RESET_QUERY``), runs after every pooled
+transaction (``server_reset_query = RESET_QUERY``, ``server_reset_query_always = 1``; dbctl.pgbouncer.config
+renders it for the AWS hosts and the local stack).
 It is ``DISCARD ALL`` without the two parts that cost the app its statement cache:
 
 - ``DISCARD ALL`` cannot run inside a function (PostgreSQL 15 and 18: "DISCARD ALL cannot be executed from
@@ -23,8 +24,9 @@ SECURITY INVOKER and no SET clause (a routine's SET clause would be restored on 
 every name in the body is schema-qualified, so a client's ``SET search_path`` cannot redirect a call. The
 procedure runs as whatever role the previous client left current (``SET ROLE spike_rw``, or a predefined role
 a monitor user may SET), so PUBLIC gets USAGE on the schema and EXECUTE on the procedure; it can only reset
-the caller's own session. Should the call fail anyway, PgBouncer closes that server connection: state never
-passes on, the next client pays a new server login.
+the caller's own session. Should the call fail anyway, ``RESET_QUERY`` ends that server session (PgBouncer
+itself would keep it: it ignores a failing reset): state never passes on, the next client pays a new server
+login.
 
 ``plan(conn)`` returns the ``roles.Change``s that create or repair it (dbctl.roles' shape: plan, print,
 apply); ``dbctl status`` reports a non-empty plan as drift.
@@ -44,7 +46,19 @@ from dbctl.schema import maintenance
 SCHEMA: Final = maintenance.SCHEMA
 FUNCTION: Final = "reset_session"
 # CALL, not SELECT: a utility statement, no plan and no result row; 20 of the call's ~80 µs here.
-RESET_QUERY: Final = f"CALL {SCHEMA}.{FUNCTION}()"
+CALL: Final = f"CALL {SCHEMA}.{FUNCTION}()"
+# Fail closed. PgBouncer 1.24.1 ignores an error from server_reset_query and keeps the server connection
+# (src/server.c: the ErrorResponse is only logged; ReadyForQuery then releases the server to the pool), so a
+# missing procedure (a stack whose hosts have the new setting before `dbctl migrate` created it), one the
+# caller may not run, or a statement_timeout a client left that cancels it, would pass every leak on. On any
+# such failure the block ends the server's own session instead, and PgBouncer opens a fresh one for the
+# next client. SET ROLE NONE first: only the login user itself may signal its backend, and RESET ROLE would
+# return to the login user's `role` setting (its group role), which may not. The anonymous block costs
+# ~45 µs more than the bare CALL, measured direct here (docs/benchmarks.md).
+RESET_QUERY: Final = (
+    f"DO $$BEGIN {CALL}; EXCEPTION WHEN OTHERS OR query_canceled THEN SET ROLE NONE; "
+    "PERFORM pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END$$"
+)
 
 BODY: Final = """
 DECLARE

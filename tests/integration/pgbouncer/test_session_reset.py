@@ -271,6 +271,59 @@ def test_the_post_deploy_step_reports_a_changed_reset_function_as_drift_and_repa
         ).fetchone() == (True, True, "p")
 
 
+BROKEN = {
+    "missing": "DROP PROCEDURE spike_ops.reset_session()",
+    "failing": "CREATE OR REPLACE PROCEDURE spike_ops.reset_session() LANGUAGE plpgsql"
+    " AS $$BEGIN RAISE EXCEPTION 'reset broken'; END$$",
+    "not granted": "REVOKE EXECUTE ON PROCEDURE spike_ops.reset_session() FROM PUBLIC",
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_reset_that_fails_ends_the_server_session_so_nothing_passes_on(
+    pg_cluster: Cluster, verifiers: dict[str, str], role_passwords: dict[str, str], broken: str
+) -> None:
+    """PgBouncer 1.24.1 ignores an error from server_reset_query and hands the same server connection to
+    the next client. A missing procedure (an upgraded stack between `pulumi up` and `dbctl migrate`), a
+    failing one, or one the pooled role may not run must not pass client A's session state to client B:
+    the rendered reset ends that server session instead, and no client sees an error. The next migrate
+    repairs the procedure and one server connection serves everyone again."""
+    name = f"reset_broken_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(name)
+    url = pg_cluster.admin_url(name)
+    deploy.run_migrate(url, verifiers)
+    with psycopg.connect(pg_cluster.admin_conninfo(name), autocommit=True) as conn:
+        conn.execute(BROKEN[broken])
+    pool = POOLS["app"]
+    password = role_passwords[pool.role]
+    pgbouncer = _start(pg_cluster, name, verifiers, **ONE_CONNECTION)
+
+    def clients() -> tuple[list[object], list[object]]:
+        pids, timeouts = [], []
+        for client in ("client-a", "client-b", "client-c"):
+            with _connect(pgbouncer, pool, password, client) as conn:
+                pids.append(_value(conn, "SELECT pg_backend_pid()"))
+                timeouts.append(_value(conn, "SHOW statement_timeout"))
+                assert _value(conn, 'SELECT count(*) FROM "User"') == 0
+                with conn.transaction():
+                    conn.execute("SET statement_timeout = 0")  # the leak the reset must close
+        return pids, timeouts
+
+    try:
+        pids, timeouts = clients()
+        assert timeouts == [pool.timeout] * 3  # nothing passed on
+        assert len(set(pids)) == 3  # each failed reset ended its server session
+        assert any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)  # drift said
+        deploy.run_migrate(url, verifiers)
+        pids, timeouts = clients()
+        assert timeouts == [pool.timeout] * 3
+        assert len(set(pids)) == 1  # the reset works again: one server connection serves all three
+    finally:
+        _cleanup(pgbouncer)
+        with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
     pg_cluster: Cluster, database: str, verifiers: dict[str, str], role_passwords: dict[str, str]
 ) -> None:

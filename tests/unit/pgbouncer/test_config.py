@@ -250,7 +250,7 @@ def test_recovery_and_reset_settings_are_rendered_with_reasons() -> None:
     ini = parse(text)["pgbouncer"]
     assert ini["server_login_retry"] == "1"
     assert ini["dns_max_ttl"] == "5"
-    assert ini["server_reset_query"] == "CALL spike_ops.reset_session()" == session_reset.RESET_QUERY
+    assert ini["server_reset_query"] == session_reset.RESET_QUERY
     assert ini["server_reset_query_always"] == "1"
     lines = text.splitlines()
     for key in ("server_login_retry", "dns_max_ttl", "server_reset_query_always"):

@@ -23,6 +23,9 @@ def test_every_function_the_body_calls_is_schema_qualified() -> None:
 
 
 def test_the_reset_query_lives_in_the_maintenance_schema_and_the_renderer_accepts_it() -> None:
-    assert f"CALL {maintenance.SCHEMA}.reset_session()" == session_reset.RESET_QUERY
+    assert f"CALL {maintenance.SCHEMA}.reset_session()" == session_reset.CALL
+    # The call, and on any failure the end of the server's session (PgBouncer ignores a failing reset).
+    assert session_reset.RESET_QUERY.startswith(f"DO $$BEGIN {session_reset.CALL}; EXCEPTION WHEN OTHERS")
+    assert "pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())" in session_reset.RESET_QUERY
     field = PgBouncerConfig.model_fields["server_reset_query"]
     assert field.default == session_reset.RESET_QUERY
