@@ -4,10 +4,11 @@
 
 bench/pgbouncer.py's stack and helpers (`dbctl local up --no-replica` in a temp dir, pgbench as spike_app over
 TLS + SCRAM with verify-full, CPU from /proc around each run), four paths interleaved in one run: PostgreSQL
-direct; the stack's PgBouncer as rendered (`server_reset_query = CALL spike_ops.reset_session()`); the same
-config with `DISCARD ALL`; and with no reset (`server_reset_query_always = 0`). The workload is the
-Prisma-shaped transaction of issue 24: BEGIN, three reads by primary key, COMMIT, with named prepared
-statements (`-M prepared`, what PgBouncer >= 1.21 keeps per server connection) and unnamed (`-M extended`).
+direct; the stack's PgBouncer as rendered (`server_reset_query = RESET_QUERY`, the call in its fail-closed
+block); the same config with `DISCARD ALL`; and with no reset (`server_reset_query_always = 0`). The
+workload is the Prisma-shaped transaction of issue 24: BEGIN, three reads by primary key, COMMIT, with named
+prepared statements (`-M prepared`, what PgBouncer >= 1.21 keeps per server connection) and unnamed
+(`-M extended`).
 Per path: TPS, p50/p99, CPU s per 1,000 transactions (machine-wide, then pgbench / PgBouncer / PostgreSQL),
 and PgBouncer's own `total_server_parse_count` per transaction (SHOW STATS around each run, after a warm-up
 run per path; every pgbench run opens new clients, whose first statements a server connection may not have
