@@ -69,8 +69,12 @@ def migrate(
 def status(
     database: Database, *, migrations_dir: Path = MIGRATIONS_DIR, echo: deploy.Echo | None = None
 ) -> deploy.Report:
-    """Applied, pending and failed migrations and drift (passwords unchecked without verifiers)."""
-    return deploy.status(database.url, database.verifiers, migrations_dir=migrations_dir, echo=echo)
+    """Applied, pending and failed migrations and drift (passwords unchecked without verifiers); with a
+    --credentials file, each password migrate would refuse to move is a drift line that says so."""
+    passwords = PasswordSource.AUTH_SOURCE if database.auth_source else PasswordSource.FILE
+    return deploy.status(
+        database.url, database.verifiers, migrations_dir=migrations_dir, echo=echo, passwords=passwords
+    )
 
 
 def resolve(

@@ -30,7 +30,7 @@ from pathlib import Path
 from dbctl.core import roles
 from dbctl.schema import maintenance, migrate, session_reset
 from dbctl.schema.connection import connect
-from dbctl.schema.credentials import PasswordSource, refuse_overwrites
+from dbctl.schema.credentials import PasswordSource, overwritten_users, refuse_overwrites
 
 Echo = Callable[["Step"], None]
 BeforeApply = Callable[[list[migrate.Migration]], None]
@@ -177,8 +177,10 @@ def status(
     *,
     migrations_dir: Path = migrate.MIGRATIONS_DIR,
     echo: Echo | None = None,
+    passwords: PasswordSource = PasswordSource.AUTH_SOURCE,
 ) -> Report:
-    """Applied, pending and failed migrations, checksum problems and role drift; changes nothing."""
+    """Applied, pending and failed migrations, checksum problems and role drift; changes nothing. With
+    verifiers from a file (PasswordSource.FILE), a password the file would move is drift migrate refuses."""
     report = Report(dry_run=True)
     timer = _Timer(report, echo)
     started = time.perf_counter()
@@ -201,6 +203,14 @@ def status(
             drift = roles.plan(conn, verifiers)
             report.role_changes = [c.description for c in drift]
             step.detail = "no drift" if not drift else "drift: " + _describe(drift)
+            if verifiers and passwords is PasswordSource.FILE:
+                report.role_changes += [
+                    f"password of {user}: the file's verifier differs from the one dbctl or a rotation set, "
+                    "and `dbctl migrate --credentials` refuses to change it (an older file would undo a "
+                    "rotation): give the current verifiers, or --reset-passwords once PgBouncer's auth "
+                    "source holds these"
+                    for user in overwritten_users(conn, verifiers)
+                ]
         with timer.step("reset") as step:
             resets = session_reset.plan(conn)
             report.maintenance = [c.description for c in resets]

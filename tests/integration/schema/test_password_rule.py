@@ -73,6 +73,12 @@ def test_an_old_file_cannot_undo_two_rotations(
     # A dry run says the same, and the current verifiers (as the secret holds them) go through unchanged.
     dry = run_migrate("migrate", "--dry-run", credentials=old, reset_passwords=False)
     assert dry.returncode == 2 and "spike_app_a" in dry.stderr
+    # status with the old file says migrate would refuse, not only "set password of spike_app_a".
+    status = run_migrate("status", credentials=old)
+    assert status.returncode == 1, status.stderr
+    said = status.stdout + status.stderr
+    assert "password of spike_app_a: the file's verifier differs" in said and "refuses" in said, said
+    assert current.password not in said
     now = secret_shaped(passwords) | {names.APP_ROLE: current.as_json()}
     fine = run_migrate("migrate", credentials=write(tmp_path / "now.json", now), reset_passwords=False)
     assert fine.returncode == 0, fine.stderr
