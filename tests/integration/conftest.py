@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -23,7 +24,7 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from dbctl.core import names, scram
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
 from dbctl.postgres.errors import ClusterError
 from dbctl.postgres.install import PostgresInstall, system_install, wheel_install
-from dbctl.schema import maintenance
+from dbctl.schema import deploy, maintenance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_MAJORS = "all_majors"
@@ -127,13 +128,27 @@ def login_user(role: str) -> str:
     return names.login_users(role)[0] if role in names.LOGIN_ROLES else role
 
 
+@contextlib.contextmanager
+def scratch_database(
+    cluster: Cluster, prefix: str, verifiers: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """A database of its own on the shared cluster, named prefix + a random tail; with verifiers, prepared
+    by the post-deploy step (schema, roles, reset procedure). Dropped afterwards, connections and all."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    cluster.create_database(name)
+    try:
+        if verifiers is not None:
+            deploy.run_migrate(cluster.admin_url(name), verifiers)
+        yield name
+    finally:
+        with psycopg.connect(cluster.admin_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def fresh_db(pg_cluster: Cluster) -> Iterator[FreshDatabase]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_cluster.create_database(name)
-    yield FreshDatabase(pg_cluster, name)
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "t_") as name:
+        yield FreshDatabase(pg_cluster, name)
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,11 @@ import shutil
 import signal
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from components import pgbouncer_image_document as doc
@@ -37,8 +35,7 @@ from dbctl.pgbouncer.config import POOLED_ROLES, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.osproc import free_port
-from dbctl.schema.deploy import run_migrate
-from tests.integration.conftest import login_user
+from tests.integration.conftest import login_user, scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +53,8 @@ def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
-    name = f"pgb_stop_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_database(name)
-    run_migrate(pg_cluster.admin_url(name), verifiers)
-    yield name
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "pgb_stop_", verifiers) as name:
+        yield name
 
 
 @pytest.fixture

@@ -36,9 +36,8 @@ from dbctl.pgbouncer.config import (
 from dbctl.pgbouncer.process import PgBouncerServer, PgBouncerServerError, detect_version, find_pgbouncer
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.osproc import free_port
-from dbctl.schema.deploy import run_migrate
 from dbctl.stackconfig.settings import PgBouncerSettings
-from tests.integration.conftest import login_user
+from tests.integration.conftest import login_user, scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +59,8 @@ def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
     """A database of its own (the pools point at it), prepared by the post-deploy step: schema and roles."""
-    name = f"pgb_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    run_migrate(pg_cluster.admin_url(name), verifiers)
-    yield name
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "pgb_", verifiers) as name:
+        yield name
 
 
 def pooled(verifiers: dict[str, str]) -> dict[str, str]:

@@ -12,13 +12,11 @@ import ctypes
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
@@ -27,8 +25,7 @@ from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.osproc import free_port
-from dbctl.schema.deploy import run_migrate
-from tests.integration.conftest import login_user
+from tests.integration.conftest import login_user, scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +58,8 @@ def setup(pg_cluster: Cluster, role_passwords: dict[str, str]) -> Iterator[tuple
         login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
         for role in names.LOGIN_ROLES
     }
-    name = f"pgbtls_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    run_migrate(pg_cluster.admin_url(name), verifiers)
-    yield name, {login_user(role): verifiers[login_user(role)] for role in POOLED_ROLES}
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "pgbtls_", verifiers) as name:
+        yield name, {login_user(role): verifiers[login_user(role)] for role in POOLED_ROLES}
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from dbctl.core import names
 from dbctl.core.errors import DbctlError
@@ -23,7 +21,14 @@ from dbctl.postgres import postmaster
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
 from dbctl.postgres.install import find_binary
 from dbctl.schema import deploy, maintenance, migrate
-from tests.integration.conftest import REPO_ROOT, login_user, migrate_command, secret_shaped, verifier_of
+from tests.integration.conftest import (
+    REPO_ROOT,
+    login_user,
+    migrate_command,
+    scratch_database,
+    secret_shaped,
+    verifier_of,
+)
 from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start
 
 pytestmark = pytest.mark.integration
@@ -38,12 +43,8 @@ def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
-    name = f"pool_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    deploy.run_migrate(pg_cluster.admin_url(name), verifiers)
-    yield name
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "pool_", verifiers) as name:
+        yield name
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
@@ -30,7 +28,7 @@ from dbctl.local.state import Paths
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
 from dbctl.postgres.osproc import HOST, free_port
 from dbctl.schema import deploy, maintenance, session_reset
-from tests.integration.conftest import login_user, verifier_of
+from tests.integration.conftest import login_user, scratch_database, verifier_of
 from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start
 
 pytestmark = pytest.mark.integration
@@ -131,13 +129,10 @@ def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def database(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[str]:
-    name = f"reset_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    report = deploy.run_migrate(pg_cluster.admin_url(name), verifiers)
-    assert any("reset_session" in change for change in report.maintenance)  # the step created it
-    yield name
-    with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_cluster, "reset_") as name:
+        report = deploy.run_migrate(pg_cluster.admin_url(name), verifiers)
+        assert any("reset_session" in change for change in report.maintenance)  # the step created it
+        yield name
 
 
 @pytest.fixture(scope="module", params=list(RESETS))
@@ -288,40 +283,36 @@ def test_a_reset_that_fails_ends_the_server_session_so_nothing_passes_on(
     failing one, or one the pooled role may not run must not pass client A's session state to client B:
     the rendered reset ends that server session instead, and no client sees an error. The next migrate
     repairs the procedure and one server connection serves everyone again."""
-    name = f"reset_broken_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_database(name)
-    url = pg_cluster.admin_url(name)
-    deploy.run_migrate(url, verifiers)
-    with psycopg.connect(pg_cluster.admin_conninfo(name), autocommit=True) as conn:
-        conn.execute(BROKEN[broken])
     pool = POOLS["app"]
     password = role_passwords[pool.role]
-    pgbouncer = _start(pg_cluster, name, verifiers, **ONE_CONNECTION)
+    with scratch_database(pg_cluster, "reset_broken_", verifiers) as name:
+        url = pg_cluster.admin_url(name)
+        with psycopg.connect(pg_cluster.admin_conninfo(name), autocommit=True) as conn:
+            conn.execute(BROKEN[broken])
+        pgbouncer = _start(pg_cluster, name, verifiers, **ONE_CONNECTION)
 
-    def clients() -> tuple[list[object], list[object]]:
-        pids, timeouts = [], []
-        for client in ("client-a", "client-b", "client-c"):
-            with _connect(pgbouncer, pool, password, client) as conn:
-                pids.append(_value(conn, "SELECT pg_backend_pid()"))
-                timeouts.append(_value(conn, "SHOW statement_timeout"))
-                assert _value(conn, 'SELECT count(*) FROM "User"') == 0
-                with conn.transaction():
-                    conn.execute("SET statement_timeout = 0")  # the leak the reset must close
-        return pids, timeouts
+        def clients() -> tuple[list[object], list[object]]:
+            pids, timeouts = [], []
+            for client in ("client-a", "client-b", "client-c"):
+                with _connect(pgbouncer, pool, password, client) as conn:
+                    pids.append(_value(conn, "SELECT pg_backend_pid()"))
+                    timeouts.append(_value(conn, "SHOW statement_timeout"))
+                    assert _value(conn, 'SELECT count(*) FROM "User"') == 0
+                    with conn.transaction():
+                        conn.execute("SET statement_timeout = 0")  # the leak the reset must close
+            return pids, timeouts
 
-    try:
-        pids, timeouts = clients()
-        assert timeouts == [pool.timeout] * 3  # nothing passed on
-        assert len(set(pids)) == 3  # each failed reset ended its server session
-        assert any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)  # drift said
-        deploy.run_migrate(url, verifiers)
-        pids, timeouts = clients()
-        assert timeouts == [pool.timeout] * 3
-        assert len(set(pids)) == 1  # the reset works again: one server connection serves all three
-    finally:
-        _cleanup(pgbouncer)
-        with psycopg.connect(pg_cluster.admin_conninfo("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        try:
+            pids, timeouts = clients()
+            assert timeouts == [pool.timeout] * 3  # nothing passed on
+            assert len(set(pids)) == 3  # each failed reset ended its server session
+            assert any("reset_session" in c for c in deploy.status(url, verifiers).maintenance)  # drift said
+            deploy.run_migrate(url, verifiers)
+            pids, timeouts = clients()
+            assert timeouts == [pool.timeout] * 3
+            assert len(set(pids)) == 1  # the reset works again: one server connection serves all three
+        finally:
+            _cleanup(pgbouncer)
 
 
 def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
