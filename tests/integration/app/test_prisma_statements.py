@@ -1,10 +1,11 @@
 """The app's real client (Prisma 7 over @prisma/adapter-pg) through the pool with the session reset.
 
 Issue 24. A throwaway `dbctl local` stack (its PgBouncer renders the session reset,
-`CALL spike_ops.reset_session()` in its fail-closed block) with `log_statement = all`, and tests/integration/app/prisma_statements.mts run
-by Node against the .env URLs. What node-postgres sends is read from PostgreSQL's log (`execute <unnamed>`
-or `execute PGBOUNCER_n`), what PgBouncer did from its SHOW STATS. Needs the e2e suite's packages
-(tests/e2e, `npm ci`), as test_app_toolchain.py does; it fails, never skips, when they are missing.
+`CALL spike_ops.reset_session()` in its fail-closed block) with `log_statement = all`, and
+tests/integration/app/prisma_statements.mts run by Node against the .env URLs. What node-postgres sends is
+read from PostgreSQL's log (`execute <unnamed>` or `execute PGBOUNCER_n`), what PgBouncer did from its SHOW
+STATS. Needs the e2e suite's packages (tests/e2e, `npm ci`), as test_app_toolchain.py does; it fails, never
+skips, when they are missing.
 """
 
 from __future__ import annotations
