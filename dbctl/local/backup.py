@@ -24,6 +24,7 @@ import re
 import secrets
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,8 @@ def take_backup(
     migration: str | None = None,
     echo: Echo | None = None,
 ) -> Path:
-    """pg_dump -Fc of spike_land into backup_dir; returns the new file. Never overwrites a backup."""
+    """pg_dump -Fc of spike_land into backup_dir; returns the new file (named for `now`, or for the next
+    second when a backup already has this second's name). Never overwrites a backup."""
     try:
         backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
@@ -147,8 +149,12 @@ def take_backup(
         ) from None
     remove_stale_partials(backup_dir, echo)
     target = backup_dir / backup_name(now, migration)
+    if target.exists():  # a second one this second: `up` again right after a failed migration, say
+        next_second = now.replace(microsecond=0) + dt.timedelta(seconds=1)
+        time.sleep(max(0.0, (next_second - dt.datetime.now(dt.UTC)).total_seconds()))
+        target = backup_dir / backup_name(dt.datetime.now(dt.UTC), migration)
     if target.exists():
-        raise BackupError(f"{target} already exists (two backups in one second); run the command again")
+        raise BackupError(f"{target} already exists (a backup dated ahead of this clock?); run it again")
     partial = backup_dir / f".{target.name}.partial"
     pg_dump = client_binary("pg_dump", server_major(cluster))
     env = client_env(cluster, names.DATABASE_NAME, "dbctl local backup")

@@ -112,6 +112,7 @@ def backup(paths: Paths, echo: Echo) -> tuple[Path, retention.Retention]:
         stack = running_stack(paths)
         now = dt.datetime.now(dt.UTC)
         path = local_backup.take_backup(stack.cluster, paths.backup_dir, now, echo=echo)
+        now = dt.datetime.now(dt.UTC)  # the backup may be named for the next second: never "in the future"
         kept = retention.plan_retention(retention.list_backups(paths.backup_dir, now, echo), now)
         retention.prune(paths.backup_dir, kept)
     return path, kept

@@ -155,6 +155,23 @@ def test_pg_dump_and_pg_restore_get_the_password_only_in_their_environment(
 
 
 @pytest.mark.integration
+def test_two_backups_in_one_second_both_land_and_neither_is_overwritten(stack: LocalStack) -> None:
+    """`up` again right after a failed migration took its pre-migration dump in the same second as the first
+    attempt, and the name was taken: the whole `up` failed with "two backups in one second" (seen in CI).
+    The second one is named for the next second instead."""
+    s = existing_stack(stack.paths)
+    backup_dir = Path(stack.paths.state_dir / "backups-same-second")
+    now = dt.datetime.now(dt.UTC)
+    first = local_backup.take_backup(s.cluster, backup_dir, now, "20991231000009_broken")
+    first_bytes = first.read_bytes()
+    second = local_backup.take_backup(s.cluster, backup_dir, now, "20991231000009_broken")
+    assert first != second and first.exists() and first.read_bytes() == first_bytes
+    taken = [b.taken_at for b in local_retention.list_backups(backup_dir, dt.datetime.now(dt.UTC))]
+    assert len(taken) == 2 and taken[1] - taken[0] >= dt.timedelta(seconds=1)  # neither dated ahead
+    shutil.rmtree(backup_dir)
+
+
+@pytest.mark.integration
 def test_pending_migrations_get_a_pre_migration_dump_of_the_database_before_them(
     stack: LocalStack, tmp_path: Path
 ) -> None:
