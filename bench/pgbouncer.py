@@ -56,9 +56,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench import measure
 from dbctl.core import names
 from dbctl.local.bouncer import pgbouncer_config, pgbouncer_version, pooled_verifiers
-from dbctl.local.lifecycle import down, up
-from dbctl.local.stack import Stack, open_stack
-from dbctl.local.state import Paths
+from dbctl.local.lifecycle import throwaway_stack
+from dbctl.local.stack import Stack
 from dbctl.pgbouncer.config import PgBouncerConfig, render_ini
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.install import find_binary
@@ -397,22 +396,6 @@ def machine(started: time.struct_time) -> str:
     return f"{os.cpu_count()} vCPUs ({model}), started {time.strftime('%Y-%m-%d %H:%M UTC', started)}"
 
 
-@contextmanager
-def scratch_stack() -> Iterator[Stack]:
-    """`dbctl local up --no-replica` in a temp dir on free ports; torn down afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="dbctl-bench-"))
-    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
-    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
-    try:
-        # Not durable (fsync off): the figures are about pooling, and fsync on a shared disk would only add
-        # noise to both sides.
-        up(stack, say, durable=False)
-        yield stack
-    finally:
-        down(stack, lambda m: None)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def prepare(stack: Stack, pgbench: Path, scale: int) -> None:
     """pgbench's tables, owned by spike_owner (so spike_app gets DML by default privileges)."""
     migrator = stack.creds[names.MIGRATOR_ROLE]
@@ -434,7 +417,12 @@ def prepare(stack: Stack, pgbench: Path, scale: int) -> None:
 def bench_on_a_stack(scale: int) -> Iterator[tuple[Bench, Stack]]:
     """A scratch stack with pgbench's tables at `scale`, and a Bench that runs pgbench as the app's user."""
     pgbench = find_binary("pgbench")
-    with tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts, scratch_stack() as stack:
+    # The stack is not durable (fsync off): the figures are about pooling, and fsync on a shared disk would
+    # only add noise to both sides.
+    with (
+        tempfile.TemporaryDirectory(prefix="dbctl-bench-scripts-") as scripts,
+        throwaway_stack("dbctl-bench-", echo=say) as stack,
+    ):
         prepare(stack, pgbench, scale)
         postmaster = int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
         app = stack.creds[names.APP_ROLE]

@@ -3,8 +3,8 @@ dbctl.local.migrations, the shadow database, PgBouncer, `.env`), `down`, `reset`
 
 Python API (the benchmark uses it): `open_stack(Paths(root), pg_port, pgbouncer_port) -> Stack`
 (dbctl.local.stack), `up(stack, echo) -> bool` (False: was already up, nothing changed; a failed migration
-raises LocalError once the servers are up), `down(stack, echo)`.
-The caller holds `stack_lock` (dbctl.local.commands does).
+raises LocalError once the servers are up), `down(stack, echo)`; `throwaway_stack(prefix)` for tests and
+benchmarks. The caller holds `stack_lock` (dbctl.local.commands does).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -39,7 +42,7 @@ from dbctl.postgres.cluster import Cluster
 from dbctl.postgres.config import MAX_CONNECTIONS
 from dbctl.postgres.errors import ClusterError
 from dbctl.postgres.install import find_install, system_install
-from dbctl.postgres.osproc import HOST
+from dbctl.postgres.osproc import HOST, free_port
 from dbctl.postgres.spec import DEFAULT_ADMIN_USER
 from dbctl.schema import maintenance
 
@@ -230,6 +233,22 @@ def down(stack: Stack, echo: Echo) -> None:
     if stack.replica.is_running():
         echo("stopping the replica ...")
         stack.replica.stop()
+
+
+@contextlib.contextmanager
+def throwaway_stack(prefix: str, *, replica: bool = False, echo: Echo | None = None) -> Iterator[Stack]:
+    """`up` in a new temp dir on free ports, stopped and removed afterwards: for tests and benchmarks. Not
+    durable (fsync off: its data is thrown away). The dir is tempfile's, made 0755: as root the servers run
+    as `postgres`, which must enter it (pytest's tmp_path is under a 0700 dir)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    stack = open_stack(Paths(root), free_port(), free_port(), replica=replica)
+    try:
+        up(stack, echo or (lambda message: None), durable=False)
+        yield stack
+    finally:
+        down(stack, lambda message: None)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- reset

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +23,9 @@ import psycopg
 import pytest
 
 from dbctl.local.env import libpq_url, read_env
-from dbctl.local.lifecycle import down, up
+from dbctl.local.lifecycle import throwaway_stack
 from dbctl.local.migrations import login_verifiers
-from dbctl.local.stack import Stack, open_stack
-from dbctl.local.state import Paths
-from dbctl.postgres.osproc import free_port
+from dbctl.local.stack import Stack
 from dbctl.schema import deploy
 from tests.integration.helpers import node_tool
 
@@ -74,17 +70,10 @@ def install_e2e_packages() -> None:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="dbctl-test-e2e-"))
-    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
     # replica=False: the e2e suite's read tests (read.test.ts) expect a write to show at once through the
     # read client and a permission error on writes there, i.e. the read pool on the primary.
-    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
-    try:
-        up(stack, lambda message: None, durable=False)  # throwaway: fsync off, as the benchmark does
+    with throwaway_stack("dbctl-test-e2e-", replica=False) as stack:
         yield stack
-    finally:
-        down(stack, lambda message: None)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def node_summary(output: str) -> dict[str, int]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +20,8 @@ import pytest
 
 from bench.pgbouncer_reset import pgbouncer_totals
 from dbctl.local.env import read_env
-from dbctl.local.lifecycle import down, up
-from dbctl.local.stack import Stack, open_stack
-from dbctl.local.state import Paths
-from dbctl.postgres.osproc import free_port
+from dbctl.local.lifecycle import throwaway_stack
+from dbctl.local.stack import Stack
 from dbctl.schema.session_reset import RESET_QUERY
 from tests.integration.app.test_app_toolchain import E2E, _run, _tool, install_e2e_packages
 
@@ -37,16 +33,9 @@ ROUNDS = 20
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="dbctl-test-prisma-ps-"))
-    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
-    stack = open_stack(Paths(root), free_port(), free_port(), replica=False)
-    try:
-        up(stack, lambda message: None, durable=False)
+    with throwaway_stack("dbctl-test-prisma-ps-") as stack:
         stack.cluster.set_parameter("log_statement", "all")
         yield stack
-    finally:
-        down(stack, lambda message: None)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def pgbouncer_stats(stack: Stack) -> dict[str, int]:
