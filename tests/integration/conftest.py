@@ -162,6 +162,12 @@ def verifier_of(role: str, password: str) -> str:
     return scram.scram_verifier(password, secrets.token_bytes(scram.SALT_BYTES))
 
 
+@pytest.fixture(scope="session")
+def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
+    """Each login role's user (a pooled role's _a) and the verifier its secret holds, PgBouncer's userlist."""
+    return {login_user(role): verifier_of(role, pw) for role, pw in role_passwords.items()}
+
+
 def secret_shaped(passwords: dict[str, str]) -> dict[str, dict[str, str]]:
     """{role: {password, scram_verifier}}: the shape of the role secrets and of .local/credentials.json."""
     return {

@@ -30,7 +30,6 @@ from psycopg.conninfo import make_conninfo
 
 from components import pgbouncer_image_document as doc
 from dbctl.core import names
-from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import Cluster
@@ -41,14 +40,6 @@ pytestmark = pytest.mark.integration
 
 # Long enough that a PgBouncer which would exit does so well within it (it exits in milliseconds).
 OBSERVE_SECONDS = 3.0
-
-
-@pytest.fixture(scope="module")
-def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
-    return {
-        login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
-        for role in names.LOGIN_ROLES
-    }
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
-from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import (
     POOLED_ROLES,
     PREPARED_STATEMENTS_SINCE,
@@ -44,16 +43,6 @@ pytestmark = pytest.mark.integration
 TABLE = "User"  # from the init migration
 CLIENTS = 1000
 CROWD = "pgbouncer-crowd"
-
-
-@pytest.fixture(scope="module")
-def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
-    """A SCRAM verifier per login role's user (a pooled role's _a), from the session's passwords (as the
-    role secrets hold them)."""
-    return {
-        login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
-        for role in names.LOGIN_ROLES
-    }
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from psycopg.conninfo import make_conninfo
 from dbctl.core import names
 from dbctl.postgres.cluster import Cluster
 from tests.integration.conftest import login_user
-from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start, database, verifiers
+from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start, database
 
 pytestmark = pytest.mark.integration
-__all__ = ["database", "verifiers"]  # module fixtures reused from test_pgbouncer
+__all__ = ["database"]  # the module fixture reused from test_pgbouncer
 
 PROCESSES = 2
 QUERIES = 16  # all right by chance without [peers]: 2**-16

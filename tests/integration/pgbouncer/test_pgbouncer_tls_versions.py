@@ -9,7 +9,6 @@ lower, so it fails when the setting does not reach the binary.
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
-from dbctl.core.scram import SALT_BYTES, scram_verifier
 from dbctl.pgbouncer.config import POOLED_ROLES, ClientTls, ServerTls
 from dbctl.pgbouncer.process import PgBouncerServer
 from dbctl.postgres.cluster import Cluster
@@ -52,12 +50,8 @@ def client_protocol(conn: psycopg.Connection[tuple[object, ...]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(pg_cluster: Cluster, role_passwords: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+def setup(pg_cluster: Cluster, verifiers: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     """A database prepared by the post-deploy step, and the pooled roles' verifiers."""
-    verifiers = {
-        login_user(role): scram_verifier(role_passwords[role], os.urandom(SALT_BYTES))
-        for role in names.LOGIN_ROLES
-    }
     with scratch_database(pg_cluster, "pgbtls_", verifiers) as name:
         yield name, {login_user(role): verifiers[login_user(role)] for role in POOLED_ROLES}
 

@@ -27,18 +27,11 @@ from tests.integration.conftest import (
     migrate_command,
     scratch_database,
     secret_shaped,
-    verifier_of,
 )
 from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start
 
 pytestmark = pytest.mark.integration
 RECOVERY_BOUND_S = 6.0
-
-
-@pytest.fixture(scope="module")
-def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
-    """The verifiers the role secrets (and so PgBouncer's userlist) hold."""
-    return {login_user(role): verifier_of(role, pw) for role, pw in role_passwords.items()}
 
 
 @pytest.fixture

@@ -11,24 +11,19 @@ not SET again before every transaction. The assertions count things; none measur
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from dbctl.core import names
-from dbctl.local.lifecycle import down, up
-from dbctl.local.stack import open_stack
-from dbctl.local.state import Paths
+from dbctl.local.lifecycle import throwaway_stack
 from dbctl.postgres.cluster import Cluster, throwaway_cluster
-from dbctl.postgres.osproc import HOST, free_port
+from dbctl.postgres.osproc import HOST
 from dbctl.schema import deploy, maintenance, session_reset
-from tests.integration.conftest import login_user, scratch_database, verifier_of
+from tests.integration.conftest import scratch_database
 from tests.integration.pgbouncer.test_pgbouncer import Bouncer, _cleanup, _start
 
 pytestmark = pytest.mark.integration
@@ -120,11 +115,6 @@ def _rows(pool: Pool) -> dict[str, tuple[str, Callable[[Cur], bool]]]:
         # Last: everything above runs as the pool's role.
         "set_role": (f"SET ROLE {pool.switch_to}", lambda b: _value(b, "SELECT current_user") != pool.role),
     }
-
-
-@pytest.fixture(scope="module")
-def verifiers(role_passwords: dict[str, str]) -> dict[str, str]:
-    return {login_user(role): verifier_of(role, pw) for role, pw in role_passwords.items()}
 
 
 @pytest.fixture(scope="module")
@@ -347,11 +337,7 @@ def test_options_apply_what_pgbouncer_tracks_and_refuse_the_rest_by_name(
 
 def test_the_reset_runs_on_a_hot_standby_behind_the_read_pool() -> None:
     """The read pool's server is a replica in recovery: CALL, RESET, UNLISTEN, DEALLOCATE must run there."""
-    root = Path(tempfile.mkdtemp(prefix="dbctl-test-reset-replica-"))
-    root.chmod(0o755)  # as root the servers run as `postgres`, which must enter it
-    stack = open_stack(Paths(root), free_port(), free_port(), replica=True)
-    try:
-        up(stack, lambda message: None, durable=False)
+    with throwaway_stack("dbctl-test-reset-replica-", replica=True) as stack:
         reader = stack.creds[names.READONLY_ROLE]
         conninfo = make_conninfo(
             host=HOST,
@@ -372,6 +358,3 @@ def test_the_reset_runs_on_a_hot_standby_behind_the_read_pool() -> None:
                 assert _value(conn, "SELECT pg_backend_pid()") == backend  # min_pool_size: still warm
                 assert _value(conn, "SHOW statement_timeout") == POOLS["read"].timeout
                 assert _value(conn, "SELECT count(*) FROM pg_prepared_statements") == 0
-    finally:
-        down(stack, lambda message: None)
-        shutil.rmtree(root, ignore_errors=True)
