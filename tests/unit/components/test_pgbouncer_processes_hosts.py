@@ -22,9 +22,9 @@ from components import pgbouncer_image_document as doc
 from components import pgbouncer_userdata as ud
 from components.pgbouncer import DEREGISTRATION_DELAY
 from hosts import pool_metrics
-from tests.unit.components.test_pgbouncer_userdata import _shellcheck
 from tests.unit.harness import RunResult, one, run, settings_for
 from tests.unit.pgbouncer.test_config import parse
+from tests.unit.shell import assert_parses, assert_shellcheck_clean
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 
@@ -123,18 +123,9 @@ def test_dev_keeps_one_process_without_peering(dev: str) -> None:
     assert files[1]["pgbouncer"]["unix_socket_dir"] == ""
 
 
-def test_the_prod_script_parses_and_passes_shellcheck(prod: str, tmp_path: Path) -> None:
-    path = tmp_path / "user-data.sh"
-    path.write_text(prod)
-    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
-    assert syntax.returncode == 0, syntax.stderr
-    done = subprocess.run(
-        [_shellcheck(), "--shell=bash", "--severity=style", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_the_prod_script_parses_and_passes_shellcheck(prod: str) -> None:
+    assert_parses(prod)
+    assert_shellcheck_clean(prod)
 
 
 def test_the_embedded_helper_reloads_each_unit_it_is_given(tmp_path: Path) -> None:

