@@ -35,6 +35,7 @@ from pathlib import Path
 
 import click
 
+from dbctl.cli import targets
 from dbctl.cli.errors import errors
 from dbctl.core import names
 from dbctl.local import commands
@@ -44,23 +45,13 @@ from dbctl.local.stack import Stack, existing_stack
 from dbctl.local.state import Paths
 from dbctl.postgres.osproc import HOST
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ROOT_ENV_VAR = "DBCTL_LOCAL_ROOT"
-
 
 def _echo(message: str) -> None:
     click.echo(f"==> {message}", err=True)
 
 
 @click.group("local")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=REPO_ROOT,
-    envvar=ROOT_ENV_VAR,
-    hidden=True,
-    help="Directory holding .local/ and .env (default: the repository root).",
-)
+@targets.local_root_option()
 @click.pass_context
 def local(ctx: click.Context, root: Path) -> None:
     """The production topology on this machine: PostgreSQL + PgBouncer + migrations + roles."""

@@ -13,7 +13,6 @@ import click
 
 from dbctl.cli import targets
 from dbctl.cli.errors import errors
-from dbctl.cli.local import REPO_ROOT, ROOT_ENV_VAR
 from dbctl.core.errors import DbctlError
 from dbctl.local.state import Paths
 from dbctl.rehearsal import copies
@@ -179,13 +178,7 @@ def lint_command(
 @targets.via_option("With --stack: connect to its primary (for the check) through a tunnel.")
 @targets.ssl_root_cert_option("With --stack: RDS CA.")
 @_json_option()
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=REPO_ROOT,
-    envvar=ROOT_ENV_VAR,
-    hidden=True,
-)
+@targets.local_root_option()
 def rehearse_command(
     migrations_dir: Path,
     load: bool,

@@ -27,6 +27,22 @@ ADMIN_URL_HELP = (
 )
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOT_ENV_VAR = "DBCTL_LOCAL_ROOT"
+
+
+def local_root_option() -> Callable[[F], F]:
+    """--root (hidden; DBCTL_LOCAL_ROOT): where the local stack's .local/ and .env are, for tests."""
+    return click.option(
+        "--root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=REPO_ROOT,
+        envvar=ROOT_ENV_VAR,
+        hidden=True,
+        help="Directory holding .local/ and .env (default: the repository root).",
+    )
+
+
 def database_url_option(help: str, envvar: str = "DATABASE_URL") -> Callable[[F], F]:
     return click.option("--database-url", envvar=envvar, show_envvar=True, help=help)
 

@@ -25,7 +25,7 @@ import pytest
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from dbctl.cli.local import ROOT_ENV_VAR
+from dbctl.cli.targets import ROOT_ENV_VAR
 from dbctl.core import names
 from dbctl.core.scram import is_scram_verifier
 from dbctl.local import env as local_env

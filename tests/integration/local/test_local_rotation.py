@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbctl.cli.local import ROOT_ENV_VAR
+from dbctl.cli.targets import ROOT_ENV_VAR
 from dbctl.core import names
 from dbctl.local import env as local_env
 from dbctl.local.env import libpq_url

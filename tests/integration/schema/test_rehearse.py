@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dbctl.cli.local import ROOT_ENV_VAR
+from dbctl.cli.targets import ROOT_ENV_VAR
 from dbctl.schema.migrate import MIGRATIONS_DIR
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.local.test_local import LocalStack, dbctl_local, running_stack

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from dbctl.cli.local import ROOT_ENV_VAR
+from dbctl.cli.targets import ROOT_ENV_VAR
 from dbctl.core import names
 from dbctl.local.stack import existing_stack
 from dbctl.postgres.osproc import free_port
